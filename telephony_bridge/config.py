@@ -1,0 +1,226 @@
+"""Configuration: the environment and the per-number TOML file, loaded and validated once at start-up.
+
+Everything the bridge reads from outside lives here; nothing else reads ``os.environ``.
+An invalid file stops start-up with one line naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+from urllib.parse import quote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+
+DEFAULT_FALLBACK = "Sorry, we cannot take your call right now. Please try again later."
+DEFAULT_BUSY = "All our lines are busy right now. Please call again in a few minutes."
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TurnDetection(_Strict):
+    """How the model decides the caller has finished speaking (server-side voice activity detection)."""
+
+    type: Literal["server_vad", "semantic_vad"] = "server_vad"
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    prefix_padding_ms: int | None = Field(default=None, ge=0, le=5000)
+    silence_duration_ms: int | None = Field(default=None, ge=0, le=10000)
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
+
+
+class CallProfile(_Strict):
+    """What a caller of one number gets: the effective settings after the number's table overrides the defaults."""
+
+    instructions: str = "You are a helpful, concise assistant answering a phone call."
+    voice: str = "marin"
+    greeting: str | None = None
+    turn_detection: TurnDetection = TurnDetection()
+    transcription: str | None = None
+    fallback_message: str = DEFAULT_FALLBACK
+
+
+class _NumberTable(_Strict):
+    """A `[defaults]` or `[numbers."+E164"]` table as written: every key optional."""
+
+    instructions: str | None = None
+    voice: str | None = None
+    greeting: str | None = None
+    turn_detection: dict[str, Any] | None = None
+    transcription: str | None = None
+    fallback_message: str | None = None
+
+
+class Limits(_Strict):
+    max_calls: int = Field(default=500, ge=1)
+    busy_message: str = DEFAULT_BUSY
+
+
+class _ConfigFile(_Strict):
+    defaults: _NumberTable = _NumberTable()
+    numbers: dict[str, _NumberTable] = {}
+    limits: Limits = Limits()
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """The per-number configuration: the defaults and one profile per called number."""
+
+    defaults: CallProfile = CallProfile()
+    numbers: Mapping[str, CallProfile] = field(default_factory=dict)
+    limits: Limits = Limits()
+    source: str = "<built-in defaults>"
+
+    def profile_for(self, called_number: str) -> CallProfile:
+        """The profile of the number the caller dialled; an unlisted number gets the defaults."""
+        return self.numbers.get(called_number, self.defaults)
+
+
+def _merge(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        if key == "turn_detection" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _first_error(source: str, prefix: str, error: ValidationError) -> ConfigError:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
+    reason = first["msg"]
+    if first["type"] == "extra_forbidden":
+        reason = "unknown key"
+    return ConfigError(source, key or "<file>", reason)
+
+
+def _profile(source: str, key: str, table: dict[str, Any]) -> CallProfile:
+    try:
+        return CallProfile.model_validate(table)
+    except ValidationError as error:
+        raise _first_error(source, key, error) from None
+
+
+def parse_config(text: str, source: str) -> BridgeConfig:
+    """Validate a TOML configuration; raise `ConfigError` naming the key and the reason."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(source, "<file>", f"not valid TOML: {error}") from None
+    try:
+        parsed = _ConfigFile.model_validate(raw)
+    except ValidationError as error:
+        raise _first_error(source, "", error) from None
+    default_table = parsed.defaults.model_dump(exclude_none=True)
+    defaults = _profile(source, "defaults", default_table)
+    numbers = {}
+    for number, table in parsed.numbers.items():
+        if not E164.match(number):
+            raise ConfigError(source, f'numbers."{number}"', "not an E.164 number such as +14155550100")
+        numbers[number] = _profile(
+            source, f'numbers."{number}"', _merge(default_table, table.model_dump(exclude_none=True))
+        )
+    return BridgeConfig(defaults=defaults, numbers=numbers, limits=parsed.limits, source=source)
+
+
+def load_config(path: Path) -> BridgeConfig:
+    """Read and validate the configuration file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(str(path), "<file>", f"cannot be read: {error.strerror}") from None
+    return parse_config(text, str(path))
+
+
+Dialect = Literal["ga", "preview"]
+
+
+@dataclass(frozen=True)
+class RealtimeEndpoint:
+    """Where and how to open a Realtime session. `headers` hold the key: never log them."""
+
+    url: str
+    headers: Mapping[str, str] = field(repr=False)
+    dialect: Dialect
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The environment the bridge runs in; secrets are kept out of `repr`."""
+
+    public_url: str
+    realtime: RealtimeEndpoint
+    config_path: Path
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    stream_token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+
+    @property
+    def media_stream_url(self) -> str:
+        """The wss:// URL Twilio connects to, and signs, for the Media Stream."""
+        parts = urlsplit(self.public_url)
+        return f"wss://{parts.netloc}{parts.path.rstrip('/')}/twilio/media"
+
+    @property
+    def voice_webhook_url(self) -> str:
+        return f"{self.public_url.rstrip('/')}/twilio/voice"
+
+
+def _realtime_endpoint(env: Mapping[str, str]) -> RealtimeEndpoint:
+    forced = env.get("REALTIME_API")
+    if forced not in (None, "", "ga", "preview"):
+        raise ConfigError("environment", "REALTIME_API", f"must be 'ga' or 'preview', not {forced!r}")
+    model = env.get("REALTIME_MODEL") or "gpt-realtime"
+    azure_endpoint = env.get("AZURE_OPENAI_ENDPOINT")
+    if azure_endpoint:
+        key = env.get("AZURE_OPENAI_API_KEY")
+        deployment = env.get("AZURE_OPENAI_DEPLOYMENT")
+        if not key:
+            raise ConfigError("environment", "AZURE_OPENAI_API_KEY", "required with AZURE_OPENAI_ENDPOINT")
+        if not deployment:
+            raise ConfigError("environment", "AZURE_OPENAI_DEPLOYMENT", "required with AZURE_OPENAI_ENDPOINT")
+        host = urlsplit(azure_endpoint if "://" in azure_endpoint else f"https://{azure_endpoint}").netloc
+        api_version = env.get("AZURE_OPENAI_API_VERSION")
+        if api_version:
+            url = (
+                f"wss://{host}/openai/realtime?api-version={quote(api_version)}&deployment={quote(deployment)}"
+            )
+            dialect: Dialect = "preview"
+        else:
+            url = f"wss://{host}/openai/v1/realtime?model={quote(deployment)}"
+            dialect = "ga"
+        headers = {"api-key": key}
+    else:
+        url = f"wss://api.openai.com/v1/realtime?model={quote(model)}"
+        dialect = "ga"
+        key = env.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = env.get("REALTIME_URL") or url
+    return RealtimeEndpoint(url=url, headers=headers, dialect=forced or dialect)  # type: ignore[arg-type]
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the bridge's environment variables (see README) into `Settings`."""
+    env = os.environ if env is None else env
+    public_url = env.get("PUBLIC_URL") or "http://127.0.0.1:8080"
+    scheme = urlsplit(public_url).scheme
+    if scheme not in ("http", "https") or not urlsplit(public_url).netloc:
+        raise ConfigError("environment", "PUBLIC_URL", f"must be an http(s) URL such as https://bridge.example.com, not {public_url!r}")
+    secret = env.get("STREAM_TOKEN_SECRET")
+    return Settings(
+        public_url=public_url.rstrip("/"),
+        realtime=_realtime_endpoint(env),
+        config_path=Path(env.get("BRIDGE_CONFIG") or "config/bridge.toml"),
+        twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
+        stream_token_secret=secret.encode() if secret else secrets.token_bytes(32),
+    )

@@ -1,0 +1,209 @@
+"""The one vocabulary of the call controller: events in, actions out.
+
+The socket adapters parse Twilio messages and Realtime events (in either dialect) into these
+small frozen classes, and encode the actions back into each wire format, so the controller
+never sees JSON, base64 or a dialect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Union
+
+from .config import CallProfile
+
+
+# Events from Twilio's Media Stream.
+@dataclass(frozen=True, slots=True)
+class StreamStarted:
+    stream_sid: str
+    call_sid: str
+    custom_parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallerAudio:
+    """20 ms of the caller's voice, in practice: raw 8 kHz μ-law."""
+
+    ulaw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MarkEchoed:
+    """Twilio has played (or, after a clear, discarded) all audio sent before this mark."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DigitPressed:
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStopped:
+    """The caller hung up or the call was ended: Twilio's `stop`."""
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioDisconnected:
+    """The media socket closed without a `stop`."""
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioMessageRejected:
+    """A message from Twilio that could not be understood; counted, and the call goes on."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndCall:
+    """The bridge itself ends the call: shutting down, or no media stream arrived."""
+
+    reason: str
+
+
+# Events from the Realtime session.
+@dataclass(frozen=True, slots=True)
+class RealtimeConnected:
+    """The Realtime websocket is open; actions for it can be sent from now on."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """The service's voice activity detection heard the caller start speaking."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStarted:
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAudio:
+    """A chunk of the model's answer: 24 kHz PCM16 for one conversation item."""
+
+    response_id: str
+    item_id: str
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAudioDone:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    response_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDone:
+    """A finished transcript of one side of the call (`speaker` is "caller" or "model")."""
+
+    speaker: str
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeErrorReported:
+    """The service rejected something; logged and counted, never the end of a call."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeMessageRejected:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeDisconnected:
+    reason: str
+
+
+Event = Union[
+    StreamStarted,
+    CallerAudio,
+    MarkEchoed,
+    DigitPressed,
+    StreamStopped,
+    TwilioDisconnected,
+    TwilioMessageRejected,
+    EndCall,
+    RealtimeConnected,
+    SpeechStarted,
+    ResponseStarted,
+    ModelAudio,
+    ModelAudioDone,
+    ResponseDone,
+    TranscriptDone,
+    RealtimeErrorReported,
+    RealtimeMessageRejected,
+    RealtimeDisconnected,
+]
+
+
+# Actions towards Twilio.
+@dataclass(frozen=True, slots=True)
+class SendTwilioMedia:
+    ulaw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendTwilioMark:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClearTwilio:
+    """Empty Twilio's playback buffer: the caller stops hearing the model at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseTwilio:
+    """End the media stream, so Twilio goes on to the TwiML after `<Connect>` (the fallback)."""
+
+    reason: str
+
+
+# Actions towards the Realtime session.
+@dataclass(frozen=True, slots=True)
+class ConfigureSession:
+    profile: CallProfile
+
+
+@dataclass(frozen=True, slots=True)
+class AppendAudio:
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateItem:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddCallerText:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResponse:
+    instructions: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRealtime:
+    reason: str
+
+
+TwilioAction = Union[SendTwilioMedia, SendTwilioMark, ClearTwilio, CloseTwilio]
+RealtimeAction = Union[ConfigureSession, AppendAudio, TruncateItem, AddCallerText, CreateResponse, CloseRealtime]
+Action = Union[TwilioAction, RealtimeAction]

@@ -1,0 +1,102 @@
+"""Twilio Media Stream messages: JSON text frames in, controller events out, and back.
+
+Twilio sends `connected`, `start`, `media` (20 ms of 8 kHz μ-law, base64), `dtmf`, `mark` and
+`stop`; it accepts `media`, `mark` and `clear`. Anything else it sends us is rejected with a
+reason the caller's call can log and count, never an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from .events import (
+    CallerAudio,
+    ClearTwilio,
+    DigitPressed,
+    Event,
+    MarkEchoed,
+    SendTwilioMark,
+    SendTwilioMedia,
+    StreamStarted,
+    StreamStopped,
+    TwilioAction,
+    TwilioMessageRejected,
+)
+
+MAX_MESSAGE_BYTES = 64 * 1024
+"""A 20 ms media frame is about 300 bytes of JSON; anything near this size is not from Twilio."""
+
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+
+def _reject(reason: str) -> TwilioMessageRejected:
+    return TwilioMessageRejected(reason)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse_twilio_message(frame: str | bytes) -> Event | None:
+    """Parse one websocket frame from Twilio. `None` means a message with nothing to act on (`connected`)."""
+    if not isinstance(frame, str):
+        return _reject("binary frame (Twilio sends text only)")
+    if len(frame) > MAX_MESSAGE_BYTES:
+        return _reject(f"oversized message ({len(frame)} bytes)")
+    try:
+        message = json.loads(frame)
+    except ValueError:
+        return _reject("not JSON")
+    if not isinstance(message, dict):
+        return _reject("not a JSON object")
+    kind = message.get("event")
+    body = message.get(kind) if isinstance(kind, str) else None
+    if kind == "media":
+        payload = _text(body.get("payload")) if isinstance(body, dict) else None
+        if payload is None:
+            return _reject("media without a payload")
+        if body.get("track", "inbound") != "inbound":
+            return None
+        try:
+            return CallerAudio(base64.b64decode(payload, validate=True))
+        except (binascii.Error, ValueError):
+            return _reject("media payload is not base64")
+    if kind == "mark":
+        name = _text(body.get("name")) if isinstance(body, dict) else None
+        return MarkEchoed(name) if name is not None else _reject("mark without a name")
+    if kind == "start":
+        if not isinstance(body, dict):
+            return _reject("start without a start object")
+        call_sid = _text(body.get("callSid"))
+        stream_sid = _text(message.get("streamSid")) or _text(body.get("streamSid"))
+        parameters = body.get("customParameters") or {}
+        if not call_sid or not stream_sid:
+            return _reject("start without callSid or streamSid")
+        if not isinstance(parameters, dict) or not all(isinstance(v, str) for v in parameters.values()):
+            return _reject("start with malformed customParameters")
+        return StreamStarted(stream_sid=stream_sid, call_sid=call_sid, custom_parameters=parameters)
+    if kind == "dtmf":
+        digit = _text(body.get("digit")) if isinstance(body, dict) else None
+        if digit is None or digit not in DTMF_DIGITS:
+            return _reject("dtmf without a valid digit")
+        return DigitPressed(digit)
+    if kind == "stop":
+        return StreamStopped()
+    if kind == "connected":
+        return None
+    return _reject(f"unknown event {str(kind)[:40]!r}")
+
+
+def encode_for_twilio(action: TwilioAction, stream_sid: str) -> str:
+    """The JSON text frame Twilio expects for an action (the hot path builds media frames by hand)."""
+    if isinstance(action, SendTwilioMedia):
+        payload = base64.b64encode(action.ulaw).decode("ascii")
+        return f'{{"event":"media","streamSid":{json.dumps(stream_sid)},"media":{{"payload":"{payload}"}}}}'
+    if isinstance(action, SendTwilioMark):
+        return json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": action.name}})
+    if isinstance(action, ClearTwilio):
+        return json.dumps({"event": "clear", "streamSid": stream_sid})
+    raise TypeError(f"{type(action).__name__} is not sent to Twilio as a message")

@@ -1,0 +1,192 @@
+"""The Realtime API at the edge: both dialects translated to and from the controller's vocabulary.
+
+GA (the current API): nested `session.audio.input/output`, `response.output_audio.delta`,
+`conversation.item.added`. Preview (Azure `api-version=2024-10-01-preview` and later previews):
+flat session fields, `response.audio.delta`, `conversation.item.created`. Everything else the
+bridge uses (`input_audio_buffer.*`, `conversation.item.truncate`, `response.create`, `error`)
+is spelled the same in both. See shared PROTOCOLS.md sections 4 and 5.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Callable
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from .config import CallProfile, Dialect, RealtimeEndpoint
+from .errors import RealtimeConnectError
+from .events import (
+    AddCallerText,
+    AppendAudio,
+    ConfigureSession,
+    CreateResponse,
+    Event,
+    ModelAudio,
+    ModelAudioDone,
+    RealtimeAction,
+    RealtimeErrorReported,
+    RealtimeMessageRejected,
+    ResponseDone,
+    ResponseStarted,
+    SpeechStarted,
+    TranscriptDone,
+    TruncateItem,
+)
+
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+"""A whole response's audio can arrive as one delta; the service's own frames stay well below this."""
+
+_AUDIO_EVENTS: dict[Dialect, tuple[str, str, str]] = {
+    "ga": ("response.output_audio.delta", "response.output_audio.done", "response.output_audio_transcript.done"),
+    "preview": ("response.audio.delta", "response.audio.done", "response.audio_transcript.done"),
+}
+
+
+def _turn_detection(profile: CallProfile) -> dict[str, Any]:
+    settings = profile.turn_detection.model_dump(exclude_none=True)
+    if settings["type"] == "server_vad":
+        settings.pop("eagerness", None)
+    else:
+        for key in ("threshold", "prefix_padding_ms", "silence_duration_ms"):
+            settings.pop(key, None)
+    settings.update(create_response=True, interrupt_response=True)
+    return settings
+
+
+def session_update(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
+    """`session.update` configuring voice, instructions, turn detection and 24 kHz PCM16 both ways."""
+    if dialect == "preview":
+        session: dict[str, Any] = {
+            "modalities": ["audio", "text"],
+            "instructions": profile.instructions,
+            "voice": profile.voice,
+            "input_audio_format": "pcm16",
+            "output_audio_format": "pcm16",
+            "turn_detection": _turn_detection(profile),
+        }
+        if profile.transcription:
+            session["input_audio_transcription"] = {"model": profile.transcription}
+        return {"type": "session.update", "session": session}
+    audio_input: dict[str, Any] = {
+        "format": {"type": "audio/pcm", "rate": 24000},
+        "turn_detection": _turn_detection(profile),
+    }
+    if profile.transcription:
+        audio_input["transcription"] = {"model": profile.transcription}
+    return {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "instructions": profile.instructions,
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": audio_input,
+                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": profile.voice},
+            },
+        },
+    }
+
+
+def encode_for_realtime(action: RealtimeAction, dialect: Dialect) -> str:
+    """The JSON text of the client event for an action (audio appends are built by hand: the hot path)."""
+    if isinstance(action, AppendAudio):
+        return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(action.pcm).decode("ascii") + '"}'
+    if isinstance(action, TruncateItem):
+        event: dict[str, Any] = {
+            "type": "conversation.item.truncate",
+            "item_id": action.item_id,
+            "content_index": 0,
+            "audio_end_ms": action.audio_end_ms,
+        }
+    elif isinstance(action, ConfigureSession):
+        event = session_update(action.profile, dialect)
+    elif isinstance(action, AddCallerText):
+        event = {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": action.text}]},
+        }
+    elif isinstance(action, CreateResponse):
+        event = {"type": "response.create"}
+        if action.instructions:
+            event["response"] = {"instructions": action.instructions}
+    else:
+        raise TypeError(f"{type(action).__name__} is not sent to the Realtime service as an event")
+    return json.dumps(event)
+
+
+class RealtimeEventParser:
+    """Turns one dialect's server events into controller events; types the bridge does not act on give `None`."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        audio_delta, audio_done, transcript_done = _AUDIO_EVENTS[dialect]
+        self._handlers: dict[str, Callable[[dict[str, Any]], Event]] = {
+            audio_delta: _audio_delta,
+            audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
+            transcript_done: lambda e: TranscriptDone("model", _str(e, "item_id"), _str(e, "transcript")),
+            "input_audio_buffer.speech_started": lambda e: SpeechStarted(),
+            "response.created": lambda e: ResponseStarted(_str(e["response"], "id")),
+            "response.done": lambda e: ResponseDone(_str(e["response"], "id"), _str(e["response"], "status")),
+            "conversation.item.input_audio_transcription.completed": lambda e: TranscriptDone(
+                "caller", _str(e, "item_id"), _str(e, "transcript")
+            ),
+            "error": _error,
+        }
+
+    def parse(self, frame: str | bytes) -> Event | None:
+        if not isinstance(frame, str):
+            return RealtimeMessageRejected("binary frame")
+        try:
+            event = json.loads(frame)
+        except ValueError:
+            return RealtimeMessageRejected("not JSON")
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return RealtimeMessageRejected("not an event object")
+        handler = self._handlers.get(event["type"])
+        if handler is None:
+            return None
+        try:
+            return handler(event)
+        except (KeyError, TypeError, ValueError, binascii.Error) as error:
+            return RealtimeMessageRejected(f"malformed {event['type']}: {type(error).__name__} {error}"[:200])
+
+
+def _str(event: dict[str, Any], key: str) -> str:
+    value = event[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key} is not a string")
+    return value
+
+
+def _audio_delta(event: dict[str, Any]) -> ModelAudio:
+    pcm = base64.b64decode(_str(event, "delta"), validate=True)
+    if len(pcm) % 2:
+        raise ValueError("odd number of PCM16 bytes")
+    return ModelAudio(response_id=_str(event, "response_id"), item_id=_str(event, "item_id"), pcm=pcm)
+
+
+def _error(event: dict[str, Any]) -> RealtimeErrorReported:
+    error = event.get("error") if isinstance(event.get("error"), dict) else {}
+    return RealtimeErrorReported(code=str(error.get("code") or error.get("type") or "unknown"), message=str(error.get("message", "")))
+
+
+async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientConnection:
+    """Open the websocket; the error names the cause but never the key."""
+    try:
+        return await connect(
+            endpoint.url,
+            additional_headers=dict(endpoint.headers),
+            open_timeout=timeout_s,
+            max_size=MAX_EVENT_BYTES,
+            compression=None,
+        )
+    except websockets.InvalidStatus as error:
+        raise RealtimeConnectError(f"Realtime service refused the session: HTTP {error.response.status_code}") from None
+    except TimeoutError:
+        raise RealtimeConnectError(f"Realtime service did not answer within {timeout_s:g} s") from None
+    except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as error:
+        raise RealtimeConnectError(f"Realtime service unreachable: {type(error).__name__}: {error}") from None

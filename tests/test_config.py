@@ -1,0 +1,117 @@
+"""Configuration: per-number profiles, and start-up errors that name the file, the key and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from telephony_bridge.config import load_config, parse_config, settings_from_env
+from telephony_bridge.errors import ConfigError
+
+SHIPPED_CONFIG = Path(__file__).parent.parent / "config" / "bridge.toml"
+
+
+def test_the_shipped_example_config_is_valid_and_has_two_numbers() -> None:
+    config = load_config(SHIPPED_CONFIG)
+    assert len(config.numbers) == 2
+
+
+def test_a_number_table_overrides_the_defaults_and_keeps_the_rest() -> None:
+    config = parse_config(
+        """
+        [defaults]
+        voice = "marin"
+        instructions = "default"
+        [defaults.turn_detection]
+        silence_duration_ms = 700
+        [numbers."+14155550100"]
+        instructions = "clinic"
+        [numbers."+14155550100".turn_detection]
+        threshold = 0.7
+        """,
+        "t.toml",
+    )
+    clinic = config.profile_for("+14155550100")
+    assert (clinic.instructions, clinic.voice) == ("clinic", "marin")
+    assert (clinic.turn_detection.threshold, clinic.turn_detection.silence_duration_ms) == (0.7, 700)
+
+
+def test_an_unlisted_number_gets_the_defaults() -> None:
+    config = parse_config('[defaults]\nvoice = "cedar"\n[numbers."+14155550100"]\nvoice = "sage"\n', "t.toml")
+    assert config.profile_for("+15005550006").voice == "cedar"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ('[defaults]\nvoise = "marin"\n', "defaults.voise", "unknown key"),
+        ("[defaults]\nvoice = 5\n", "defaults.voice", "string"),
+        ('[numbers."4155550100"]\nvoice = "marin"\n', 'numbers."4155550100"', "E.164"),
+        ('[numbers."+14155550100".turn_detection]\ntype = "loud"\n', 'numbers."+14155550100".turn_detection.type', "server_vad"),
+        ("[limits]\nmax_calls = 0\n", "limits.max_calls", "greater than"),
+        ("[defaults\n", "<file>", "not valid TOML"),
+    ],
+)
+def test_an_invalid_config_names_the_file_the_key_and_the_reason(text: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "config/bad.toml")
+    message = str(raised.value)
+    assert message.startswith(f"config/bad.toml: {key}: ")
+    assert reason in message
+    assert "\n" not in message
+
+
+def test_a_missing_config_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing.toml: <file>: cannot be read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_openai_is_the_default_endpoint_with_the_ga_dialect() -> None:
+    settings = settings_from_env({"OPENAI_API_KEY": "sk-test"})
+    assert settings.realtime.url == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    assert settings.realtime.headers == {"Authorization": "Bearer sk-test"}
+    assert settings.realtime.dialect == "ga"
+
+
+def test_azure_ga_uses_the_v1_path_and_the_api_key_header() -> None:
+    settings = settings_from_env(
+        {"AZURE_OPENAI_ENDPOINT": "https://clinic.openai.azure.com/", "AZURE_OPENAI_API_KEY": "k", "AZURE_OPENAI_DEPLOYMENT": "rt"}
+    )
+    assert settings.realtime.url == "wss://clinic.openai.azure.com/openai/v1/realtime?model=rt"
+    assert settings.realtime.headers == {"api-key": "k"}
+    assert settings.realtime.dialect == "ga"
+
+
+def test_an_azure_api_version_selects_the_preview_path_and_dialect() -> None:
+    settings = settings_from_env(
+        {
+            "AZURE_OPENAI_ENDPOINT": "https://clinic.openai.azure.com",
+            "AZURE_OPENAI_API_KEY": "k",
+            "AZURE_OPENAI_DEPLOYMENT": "rt",
+            "AZURE_OPENAI_API_VERSION": "2024-10-01-preview",
+        }
+    )
+    assert settings.realtime.url == "wss://clinic.openai.azure.com/openai/realtime?api-version=2024-10-01-preview&deployment=rt"
+    assert settings.realtime.dialect == "preview"
+
+
+def test_realtime_url_and_realtime_api_override_the_endpoint() -> None:
+    settings = settings_from_env({"REALTIME_URL": "ws://127.0.0.1:9/v1/realtime", "REALTIME_API": "preview"})
+    assert (settings.realtime.url, settings.realtime.dialect) == ("ws://127.0.0.1:9/v1/realtime", "preview")
+
+
+def test_secrets_stay_out_of_the_settings_repr() -> None:
+    settings = settings_from_env({"OPENAI_API_KEY": "sk-secret-123", "TWILIO_AUTH_TOKEN": "tw-secret-456"})
+    assert "sk-secret-123" not in repr(settings) and "tw-secret-456" not in repr(settings)
+
+
+def test_the_media_stream_url_is_the_public_host_over_wss() -> None:
+    settings = settings_from_env({"PUBLIC_URL": "https://bridge.example.com/"})
+    assert settings.media_stream_url == "wss://bridge.example.com/twilio/media"
+    assert settings.voice_webhook_url == "https://bridge.example.com/twilio/voice"
+
+
+def test_an_invalid_public_url_is_an_error_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="environment: PUBLIC_URL"):
+        settings_from_env({"PUBLIC_URL": "bridge.example.com"})
