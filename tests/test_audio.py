@@ -1,0 +1,171 @@
+"""Behaviour of the 8 kHz mu-law <-> 24 kHz PCM16 converters, one property per test."""
+
+import audioop
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from telephony_bridge.audio import (
+    DELAY_MS,
+    Pcm24kToUlaw8k,
+    Ulaw8kToPcm24k,
+    pcm24k_to_ulaw8k,
+    ulaw8k_to_pcm24k,
+)
+
+FRAME_MS = 20
+HELD_BACK_8K = round(DELAY_MS * 8)  # 8 kHz samples of look-ahead held back
+HELD_BACK_24K = round(DELAY_MS * 24)
+
+
+def noise_pcm(seed: int, samples: int) -> bytes:
+    """Full-scale white noise: every frequency, and overshoot past int16 for the filter to clip."""
+    return np.random.default_rng(seed).integers(-32768, 32768, samples, dtype=np.int16).astype("<i2").tobytes()
+
+
+def noise_ulaw(seed: int, samples: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, samples, dtype=np.uint8).tobytes()
+
+
+def tone_pcm(freq: float, rate: int, seconds: float, level: float) -> bytes:
+    t = np.arange(int(rate * seconds)) / rate
+    return np.rint(level * np.cos(2 * np.pi * freq * t)).astype("<i2").tobytes()
+
+
+def as_int(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, "<i2").astype(np.int64)
+
+
+def ulaw_steps(ulaw: bytes) -> np.ndarray:
+    """Mu-law codes as signed step numbers, so adjacent levels differ by one."""
+    inverted = ~np.frombuffer(ulaw, np.uint8)
+    magnitude = (inverted & 0x7F).astype(np.int64)
+    return np.where(inverted & 0x80, -magnitude, magnitude)
+
+
+def amplitude(signal: np.ndarray, freq: float, rate: int) -> float:
+    """Amplitude of ``freq`` over the middle 0.5 s of ``signal`` (tones use whole cycles in it)."""
+    n = rate // 2
+    start = (len(signal) - n) // 2
+    segment = signal[start : start + n].astype(np.float64)
+    return float(2 * abs(np.dot(segment, np.exp(-2j * np.pi * freq * np.arange(n) / rate))) / n)
+
+
+def split(data: bytes, cuts: list[int], unit: int) -> list[bytes]:
+    """``data`` cut at the given positions, counted in units of ``unit`` bytes."""
+    points = [0, *sorted(unit * min(cut, len(data) // unit) for cut in cuts), len(data)]
+    return [data[a:b] for a, b in zip(points, points[1:])]
+
+
+def run(converter: Ulaw8kToPcm24k | Pcm24kToUlaw8k, chunks: list[bytes]) -> bytes:
+    return b"".join(converter.convert(chunk) for chunk in chunks) + converter.flush()
+
+
+cuts = st.lists(st.integers(min_value=0, max_value=6000), max_size=12)
+
+
+@settings(deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), samples=st.integers(0, 6000), cuts=cuts)
+def test_pcm24k_to_ulaw8k_streaming_equals_one_shot(seed: int, samples: int, cuts: list[int]) -> None:
+    pcm = noise_pcm(seed, samples)
+    streamed = run(Pcm24kToUlaw8k(), split(pcm, cuts, 2))
+    one_shot = pcm24k_to_ulaw8k(pcm)
+    assert len(streamed) == len(one_shot)
+    assert np.abs(ulaw_steps(streamed) - ulaw_steps(one_shot)).max(initial=0) <= 1
+
+
+@settings(deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), samples=st.integers(0, 2000), cuts=cuts)
+def test_ulaw8k_to_pcm24k_streaming_equals_one_shot(seed: int, samples: int, cuts: list[int]) -> None:
+    ulaw = noise_ulaw(seed, samples)
+    streamed = run(Ulaw8kToPcm24k(), split(ulaw, cuts, 1))
+    one_shot = ulaw8k_to_pcm24k(ulaw)
+    assert len(streamed) == len(one_shot)
+    assert np.abs(as_int(streamed) - as_int(one_shot)).max(initial=0) <= 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=0, max_value=2500), max_size=20))
+def test_pcm24k_to_ulaw8k_gives_one_byte_per_three_samples_over_a_stream(sizes: list[int]) -> None:
+    converter = Pcm24kToUlaw8k()
+    out = sum(len(converter.convert(noise_pcm(size, size))) for size in sizes) + len(converter.flush())
+    assert out == sum(sizes) // 3
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=0, max_value=900), max_size=20))
+def test_ulaw8k_to_pcm24k_gives_three_samples_per_byte_over_a_stream(sizes: list[int]) -> None:
+    converter = Ulaw8kToPcm24k()
+    out = sum(len(converter.convert(noise_ulaw(size, size))) for size in sizes) + len(converter.flush())
+    assert out == 2 * 3 * sum(sizes)
+
+
+def test_first_frame_holds_back_the_lookahead_and_flush_returns_it() -> None:
+    down, up = Pcm24kToUlaw8k(), Ulaw8kToPcm24k()
+    assert len(down.convert(noise_pcm(1, 24 * FRAME_MS))) == 8 * FRAME_MS - HELD_BACK_8K
+    assert len(down.flush()) == HELD_BACK_8K
+    assert len(up.convert(noise_ulaw(1, 8 * FRAME_MS))) == 2 * (24 * FRAME_MS - HELD_BACK_24K)
+    assert len(up.flush()) == 2 * HELD_BACK_24K
+
+
+@pytest.mark.parametrize(
+    "make, data, unit", [(Pcm24kToUlaw8k, noise_pcm(2, 4801), 2), (Ulaw8kToPcm24k, noise_ulaw(2, 1601), 1)]
+)
+def test_flush_leaves_the_converter_ready_for_a_new_stream(make, data: bytes, unit: int) -> None:
+    converter = make()
+    first = run(converter, split(data, [480, 2000], unit))
+    again = run(converter, split(data, [480, 2000], unit))
+    assert again == first == run(make(), split(data, [480, 2000], unit))
+
+
+def test_pcm24k_to_ulaw8k_reset_drops_held_audio() -> None:
+    converter = Pcm24kToUlaw8k()
+    converter.convert(noise_pcm(3, 1001))
+    converter.reset()
+    assert run(converter, [bytes(2 * 960)]) == b"\xff" * 320
+
+
+def test_ulaw8k_to_pcm24k_reset_drops_held_audio() -> None:
+    converter = Ulaw8kToPcm24k()
+    converter.convert(noise_ulaw(3, 333))
+    converter.reset()
+    assert run(converter, [b"\xff" * 320]) == bytes(2 * 960)
+
+
+def test_mulaw_silence_decodes_to_pcm_zeros() -> None:
+    assert ulaw8k_to_pcm24k(b"\xff" * 160) == bytes(2 * 480)
+
+
+def test_a_full_scale_6khz_tone_is_80db_down_at_its_2khz_alias() -> None:
+    level = 32000
+    ulaw = pcm24k_to_ulaw8k(tone_pcm(6000, 24000, 1.0, level))
+    alias = amplitude(as_int(audioop.ulaw2lin(ulaw, 2)), 2000, 8000)
+    assert alias <= level * 10 ** (-80 / 20)
+
+
+def test_images_of_a_2khz_tone_are_80db_down() -> None:
+    ulaw = audioop.lin2ulaw(tone_pcm(2000, 8000, 1.0, 32000), 2)
+    pcm = as_int(ulaw8k_to_pcm24k(ulaw))
+    level = amplitude(pcm, 2000, 24000)
+    assert max(amplitude(pcm, image, 24000) for image in (6000, 10000)) <= level * 10 ** (-80 / 20)
+
+
+def test_pcm24k_to_ulaw8k_passes_1khz_at_its_level() -> None:
+    level = 8000
+    ulaw = pcm24k_to_ulaw8k(tone_pcm(1000, 24000, 1.0, level))
+    out = amplitude(as_int(audioop.ulaw2lin(ulaw, 2)), 1000, 8000)
+    assert abs(20 * np.log10(out / level)) <= 0.5
+
+
+def test_ulaw8k_to_pcm24k_passes_1khz_at_its_level() -> None:
+    ulaw = audioop.lin2ulaw(tone_pcm(1000, 8000, 1.0, 8000), 2)
+    level = amplitude(as_int(audioop.ulaw2lin(ulaw, 2)), 1000, 8000)
+    out = amplitude(as_int(ulaw8k_to_pcm24k(ulaw)), 1000, 24000)
+    assert abs(20 * np.log10(out / level)) <= 0.5
+
+
+def test_odd_length_pcm_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="half a sample"):
+        Pcm24kToUlaw8k().convert(b"\x00" * 961)
