@@ -1,0 +1,7 @@
+"""Faithful stand-ins for the two services the bridge talks to, for tests, the demo and replay.
+
+``realtime_simulator`` is a websocket server that speaks the OpenAI / Azure Realtime API
+(GA and preview dialects); ``twilio_simulator`` plays a Twilio call: the signed voice webhook
+and the Media Stream client that sends caller audio and plays back what the bridge returns.
+Both run over real loopback sockets and record what happened so tests can assert on it.
+"""

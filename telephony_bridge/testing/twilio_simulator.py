@@ -1,0 +1,547 @@
+"""A stand-in for Twilio: the signed voice webhook and the Media Stream client of one call.
+
+``SimulatedCall.dial()`` POSTs the voice webhook as Twilio does (PROTOCOLS.md section 1) and
+reads the TwiML; ``connect()`` opens the Media Stream websocket (sections 2 and 3) and then,
+until the call ends, sends a 20 ms frame of caller audio every 20 ms and plays what the bridge
+sends back in real time, echoing marks when their audio has played.
+
+The Twilio facts a bridge can trip on, reproduced here:
+
+* Both the webhook and the websocket upgrade are signed: the webhook over the public https URL
+  plus the sorted form fields, the upgrade over the public **wss** URL with no parameters.
+* Inbound media flows for the whole call, silence included, 50 frames a second on a
+  drift-free schedule; ``sequenceNumber``, ``chunk`` and ``timestamp`` are strings, and the
+  first ``timestamp`` is not 0. The media track is ``inbound``; DTMF arrives on
+  ``inbound_track``. Every frame is a JSON text frame.
+* Outbound audio is buffered and played in order in real time; a ``mark`` is echoed when the
+  audio sent before it has played; ``clear`` drops the buffer and echoes every pending mark at
+  once. Binary frames, bad JSON, bad audio and a wrong ``streamSid`` are not played; they are
+  recorded in ``errors`` with the Twilio error code (31950, 31951, 31924).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import secrets
+import wave
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from .realtime_simulator import _Changes, speech_like_pcm16
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+__all__ = [
+    "SimulatedCall",
+    "load_wav_ulaw",
+    "pcm16_to_ulaw8k",
+    "speech_like_ulaw",
+    "ulaw_silence",
+]
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = 20
+FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
+ULAW_SILENCE = 0xFF
+# Twilio's first inbound media timestamp is a few tens of ms into the stream, never 0.
+_FIRST_TIMESTAMP_MS = 52
+
+
+def ulaw_silence(ms: float) -> bytes:
+    """``ms`` of 8 kHz mu-law silence (0xFF, the code for zero)."""
+    return bytes([ULAW_SILENCE]) * round(ms * 8)
+
+
+def pcm16_to_ulaw8k(pcm: bytes, rate: int) -> bytes:
+    """Mono PCM16 LE at ``rate`` to 8 kHz mu-law (naive resampling; fine for test audio)."""
+    if rate != 8000:
+        pcm, _ = audioop.ratecv(pcm, 2, 1, rate, 8000, None)
+    return audioop.lin2ulaw(pcm, 2)
+
+
+def speech_like_ulaw(ms: int, *, level_dbfs: float = -20.0, f0: float = 120.0) -> bytes:
+    """Speech-like caller audio (see ``speech_like_pcm16``), made directly at 8 kHz mu-law."""
+    return audioop.lin2ulaw(speech_like_pcm16(ms, rate=8000, level_dbfs=level_dbfs, f0=f0), 2)
+
+
+def load_wav_ulaw(path: str | Path) -> bytes:
+    """A WAV file (PCM, any rate, mono or stereo) as 8 kHz mono mu-law, ready for ``say``."""
+    with wave.open(str(path), "rb") as wav:
+        channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+        frames = wav.readframes(wav.getnframes())
+    if width != 2:
+        frames = audioop.lin2lin(frames, width, 2)
+    if channels == 2:
+        frames = audioop.tomono(frames, 2, 0.5, 0.5)
+    elif channels != 1:
+        raise ValueError(f"{path}: {channels} channels; expected mono or stereo")
+    return pcm16_to_ulaw8k(frames, rate)
+
+
+def _random_sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+class SimulatedCall:
+    """One inbound call, as Twilio would place it on the bridge.
+
+    ``bridge_url`` is where the bridge listens (``http://127.0.0.1:PORT``); ``public_url`` is
+    the PUBLIC_URL it was configured with: Twilio signs the URL it called, which is the public
+    one, not the loopback one. ``auth_token=None`` sends no signatures. ``clock`` (default: the
+    loop's clock) stamps everything recorded.
+
+    After ``dial()``: ``dial_response``, ``twiml``, ``verbs`` (top-level TwiML verbs in order),
+    ``stream_url``, ``stream_attributes``, ``parameters`` (the ``<Parameter>``s) and
+    ``say_texts``. After ``connect()``, for assertions:
+
+    * ``received``: ``(t, message)`` for every JSON message from the bridge;
+    * ``heard``: all mu-law audio played to the caller, in order (silence filler excluded;
+      a 20 ms piece counts as heard from the tick that starts playing it);
+    * ``playback``: ``(t_start, n_bytes)`` per 20 ms tick that played bridge audio;
+    * ``clears``: ``(t, bytes_dropped)``; ``marks_echoed``: ``(t, name, played)``, where
+      ``played`` is False for marks flushed by a ``clear`` before their audio played;
+    * ``sent``: ``(t, message)`` for everything sent except media frames; ``media_sent``:
+      number of media frames; ``errors``: ``(t, code, detail)`` for frames Twilio would reject;
+    * ``closed_at``, ``closed_by_bridge``, ``close_code``.
+    """
+
+    def __init__(
+        self,
+        *,
+        bridge_url: str,
+        public_url: str,
+        auth_token: str | None,
+        call_sid: str | None = None,
+        account_sid: str | None = None,
+        from_number: str = "+15005550006",
+        to_number: str = "+15005550001",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.bridge_url = bridge_url.rstrip("/")
+        self.public_url = public_url.rstrip("/")
+        self.auth_token = auth_token
+        self.call_sid = call_sid or _random_sid("CA")
+        self.account_sid = account_sid or _random_sid("AC")
+        self.stream_sid = _random_sid("MZ")
+        self.from_number = from_number
+        self.to_number = to_number
+        self._clock = clock
+
+        self.dial_response: httpx.Response | None = None
+        self.twiml: str | None = None
+        self.verbs: list[str] = []
+        self.stream_url: str | None = None
+        self.stream_attributes: dict[str, str] = {}
+        self.parameters: dict[str, str] = {}
+        self.say_texts: list[str] = []
+
+        self.received: list[tuple[float, dict[str, Any]]] = []
+        self.sent: list[tuple[float, dict[str, Any]]] = []
+        self.media_sent = 0
+        self.heard = bytearray()
+        self.playback: list[tuple[float, int]] = []
+        self.clears: list[tuple[float, int]] = []
+        self.marks_echoed: list[tuple[float, str, bool]] = []
+        self.errors: list[tuple[float, int, str]] = []
+        self.connected_at: float | None = None
+        self.closed_at: float | None = None
+        self.closed_by_bridge = False
+        self.close_code: int | None = None
+
+        self._ws: ClientConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changes: _Changes | None = None
+        self._sequence = 0
+        self._caller_audio = bytearray()
+        self._play_buffer = bytearray()
+        self._taken = 0      # bytes taken from the play buffer so far
+        self._completed = 0  # of those, bytes whose 20 ms tick has ended
+        self._pending_marks: list[tuple[int, str]] = []
+        self._closing = False
+
+    # ---- the webhook
+
+    @property
+    def webhook_params(self) -> dict[str, str]:
+        """The form fields of the voice webhook, as Twilio sends them for an inbound call."""
+        return {
+            "AccountSid": self.account_sid, "ApiVersion": "2010-04-01",
+            "CallSid": self.call_sid, "CallStatus": "ringing", "Called": self.to_number,
+            "Caller": self.from_number, "Direction": "inbound", "From": self.from_number,
+            "To": self.to_number,
+        }
+
+    def _signature(self, url: str, params: dict[str, str]) -> str:
+        assert self.auth_token is not None
+        return RequestValidator(self.auth_token).compute_signature(url, params)
+
+    async def dial(self) -> httpx.Response:
+        """POST the voice webhook, signed over the public URL, and read the TwiML answer."""
+        params = self.webhook_params
+        headers = {"User-Agent": "TwilioProxy/1.1"}
+        if self.auth_token is not None:
+            headers["X-Twilio-Signature"] = self._signature(
+                self.public_url + "/twilio/voice", params
+            )
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                self.bridge_url + "/twilio/voice", data=params, headers=headers
+            )
+        self.dial_response = response
+        if response.status_code == 200 and response.text.lstrip().startswith("<"):
+            self._read_twiml(response.text)
+        return response
+
+    def _read_twiml(self, twiml: str) -> None:
+        self.twiml = twiml
+        root = ET.fromstring(twiml)
+        self.verbs = [child.tag for child in root]
+        stream = root.find("./Connect/Stream")
+        if stream is not None:
+            self.stream_url = stream.get("url")
+            self.stream_attributes = dict(stream.attrib)
+            self.parameters = {
+                p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")
+            }
+        self.say_texts = [(say.text or "").strip() for say in root.iter("Say")]
+
+    # ---- the media stream
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    def _next_sequence(self) -> str:
+        self._sequence += 1
+        return str(self._sequence)
+
+    async def connect(
+        self,
+        *,
+        sign: bool = True,
+        parameters: dict[str, str] | None = None,
+        call_sid: str | None = None,
+        stream_url: str | None = None,
+    ) -> None:
+        """Open the Media Stream and start sending caller audio and playing bridge audio.
+
+        The websocket goes to the bridge's host and the stream URL's path; the signature
+        covers the public wss URL from the TwiML (or ``stream_url``). ``parameters`` and
+        ``call_sid`` override what goes into ``start`` (to test forged tokens). A refused
+        upgrade raises ``websockets.exceptions.InvalidStatus``.
+        """
+        public = stream_url or self.stream_url
+        if public is None:
+            raise RuntimeError("no stream URL: dial() first, or pass stream_url=")
+        parts = urlsplit(public)
+        bridge = urlsplit(self.bridge_url)
+        scheme = "wss" if bridge.scheme == "https" else "ws"
+        target = f"{scheme}://{bridge.netloc}{parts.path or '/'}"
+        if parts.query:
+            target += "?" + parts.query
+        headers: dict[str, str] = {}
+        if sign and self.auth_token is not None:
+            headers["X-Twilio-Signature"] = self._signature(public, {})
+        self._changes = _Changes()
+        self._ws = await connect(
+            target, additional_headers=headers, user_agent_header="Twilio.TmeWs/1.0",
+            compression=None, max_size=None,
+        )
+        self.connected_at = self._now()
+        await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self._send({
+            "event": "start",
+            "sequenceNumber": self._next_sequence(),
+            "start": {
+                "accountSid": self.account_sid,
+                "streamSid": self.stream_sid,
+                "callSid": call_sid or self.call_sid,
+                "tracks": ["inbound"],
+                "customParameters": dict(self.parameters if parameters is None else parameters),
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+            "streamSid": self.stream_sid,
+        })
+        self._tasks = [
+            asyncio.create_task(self._receive(), name="twilio-sim-receive"),
+            asyncio.create_task(self._send_media(), name="twilio-sim-media"),
+            asyncio.create_task(self._play(), name="twilio-sim-play"),
+        ]
+
+    async def _send(self, message: dict[str, Any]) -> bool:
+        if self._ws is None:
+            raise RuntimeError("not connected")
+        if message.get("event") == "media":
+            self.media_sent += 1
+        else:
+            self.sent.append((self._now(), message))
+        try:
+            await self._ws.send(json.dumps(message))
+        except ConnectionClosed:
+            return False
+        return True
+
+    def say(self, ulaw: bytes) -> None:
+        """Queue caller audio; it goes out in real time as 20 ms frames after what is queued."""
+        self._caller_audio += ulaw
+
+    @property
+    def saying(self) -> bool:
+        """Whether queued caller audio is still waiting to be sent."""
+        return bool(self._caller_audio)
+
+    async def wait_said(self, timeout: float = 10.0) -> None:
+        """Until every queued caller frame has been sent."""
+        assert self._changes is not None, "connect() first"
+        await self._changes.wait_until(lambda: not self._caller_audio, timeout, "caller audio sent")
+
+    async def send_dtmf(self, digit: str) -> None:
+        await self._send({
+            "event": "dtmf", "streamSid": self.stream_sid, "sequenceNumber": self._next_sequence(),
+            "dtmf": {"track": "inbound_track", "digit": digit},
+        })
+
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send a frame as is (junk, binary, forged messages) to test the bridge's defences."""
+        if self._ws is None:
+            raise RuntimeError("not connected")
+        try:
+            await self._ws.send(data)
+        except ConnectionClosed:
+            pass
+
+    async def hang_up(self) -> None:
+        """The caller hangs up: a ``stop`` message, then the socket closes."""
+        if self._ws is None or self.closed_at is not None:
+            return
+        # Nothing follows a stop: silence the media and playback tasks before sending it.
+        self._closing = True
+        await self._stop_tasks(keep_receiving=True)
+        await self._send({
+            "event": "stop", "sequenceNumber": self._next_sequence(), "streamSid": self.stream_sid,
+            "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+        })
+        await self._close()
+
+    async def drop(self, *, abrupt: bool = False) -> None:
+        """The stream ends without a ``stop``: a close frame, or with ``abrupt`` a TCP reset."""
+        if self._ws is None or self.closed_at is not None:
+            return
+        if abrupt:
+            self._closing = True
+            self._ws.transport.abort()
+        await self._close()
+
+    async def _close(self) -> None:
+        assert self._ws is not None
+        self._closing = True
+        await self._ws.close()
+        await self._stop_tasks()
+        self._mark_closed(by_bridge=False)
+
+    async def _stop_tasks(self, *, keep_receiving: bool = False) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current
+                 and not (keep_receiving and t.get_name() == "twilio-sim-receive")]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _mark_closed(self, *, by_bridge: bool) -> None:
+        if self.closed_at is not None:
+            return
+        self.closed_at = self._now()
+        self.closed_by_bridge = by_bridge
+        assert self._ws is not None
+        self.close_code = self._ws.close_code
+        if self._changes is not None:
+            self._changes.fire()
+
+    async def wait_closed_by_bridge(self, timeout: float = 5.0) -> float | None:
+        """When the bridge closed the socket, or None if it has not within ``timeout``
+        (or the caller side closed it first)."""
+        assert self._changes is not None, "connect() first"
+        try:
+            await self._changes.wait_until(lambda: self.closed_at is not None, timeout, "close")
+        except TimeoutError:
+            return None
+        return self.closed_at if self.closed_by_bridge else None
+
+    async def close(self) -> None:
+        """Tidy up whatever state the call is in (for fixtures' teardown)."""
+        if self._ws is not None and self.closed_at is None:
+            await self._close()
+
+    # ---- background tasks
+
+    async def _send_media(self) -> None:
+        """One 160-byte frame every 20 ms, scheduled from the start so it never drifts."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        chunk = 0
+        while True:
+            delay = start + chunk * FRAME_MS / 1000 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            frame = bytes(self._caller_audio[:FRAME_BYTES])
+            del self._caller_audio[:FRAME_BYTES]
+            if len(frame) < FRAME_BYTES:
+                frame += ulaw_silence(FRAME_MS)[len(frame):]
+            chunk += 1
+            sent = await self._send({
+                "event": "media", "sequenceNumber": self._next_sequence(),
+                "streamSid": self.stream_sid,
+                "media": {
+                    "track": "inbound", "chunk": str(chunk),
+                    "timestamp": str(_FIRST_TIMESTAMP_MS + (chunk - 1) * FRAME_MS),
+                    "payload": base64.b64encode(frame).decode("ascii"),
+                },
+            })
+            if not sent:
+                return
+            if self._changes is not None:
+                self._changes.fire()
+
+    async def _play(self) -> None:
+        """Every 20 ms: marks whose audio has now played are echoed, then 20 ms more plays."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tick = 0
+        while True:
+            delay = start + tick * FRAME_MS / 1000 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tick += 1
+            self._completed = self._taken
+            while self._pending_marks and self._pending_marks[0][0] <= self._completed:
+                _, name = self._pending_marks.pop(0)
+                await self._echo_mark(name, played=True)
+            if self._play_buffer:
+                piece = self._play_buffer[:FRAME_BYTES]
+                del self._play_buffer[:FRAME_BYTES]
+                self.heard += piece
+                self._taken += len(piece)
+                self.playback.append((self._now(), len(piece)))
+                assert self._changes is not None
+                self._changes.fire()
+
+    async def _echo_mark(self, name: str, *, played: bool) -> None:
+        self.marks_echoed.append((self._now(), name, played))
+        await self._send({
+            "event": "mark", "sequenceNumber": self._next_sequence(),
+            "streamSid": self.stream_sid, "mark": {"name": name},
+        })
+
+    async def _receive(self) -> None:
+        assert self._ws is not None
+        try:
+            async for raw in self._ws:
+                await self._on_frame(raw)
+        except ConnectionClosed:
+            pass
+        except Exception:  # a bug here must not vanish as "Task exception was never retrieved"
+            log.exception("simulated Twilio call: error handling a bridge message")
+            self.errors.append((self._now(), 0, "simulator error; see log"))
+        if not self._closing:
+            # The bridge closed the stream: Twilio would move on to the next TwiML verb.
+            self._closing = True
+            await self._stop_tasks()
+            self._mark_closed(by_bridge=True)
+
+    def _reject(self, code: int, detail: str) -> None:
+        self.errors.append((self._now(), code, detail))
+        assert self._changes is not None
+        self._changes.fire()
+
+    async def _on_frame(self, raw: str | bytes) -> None:
+        if isinstance(raw, bytes):
+            self._reject(31950, "binary frame")
+            return
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            self._reject(31951, "not JSON")
+            return
+        if not isinstance(message, dict):
+            self._reject(31951, "not a JSON object")
+            return
+        self.received.append((self._now(), message))
+        assert self._changes is not None
+        self._changes.fire()
+        event = message.get("event")
+        if event not in ("media", "mark", "clear"):
+            self._reject(31951, f"unknown event {event!r}")
+            return
+        if message.get("streamSid") != self.stream_sid:
+            self._reject(31951, f"{event} for streamSid {message.get('streamSid')!r}")
+            return
+        if event == "media":
+            payload = (message.get("media") or {}).get("payload")
+            try:
+                audio = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError, TypeError):
+                self._reject(31924, "media payload is not base64")
+                return
+            self._play_buffer += audio
+        elif event == "mark":
+            name = (message.get("mark") or {}).get("name")
+            if not isinstance(name, str):
+                self._reject(31951, "mark without a name")
+                return
+            position = self._taken + len(self._play_buffer)
+            if position <= self._completed and not self._pending_marks:
+                await self._echo_mark(name, played=True)
+            else:
+                self._pending_marks.append((position, name))
+        else:
+            dropped = len(self._play_buffer)
+            self._play_buffer.clear()
+            self.clears.append((self._now(), dropped))
+            pending, self._pending_marks = self._pending_marks, []
+            for position, name in pending:
+                # Audio already taken for playback has been heard; the rest is flushed.
+                await self._echo_mark(name, played=position <= self._taken)
+
+    # ---- what happened
+
+    def messages(self, event: str | None = None) -> list[dict[str, Any]]:
+        """Messages received from the bridge, optionally only one ``event`` type."""
+        return [m for _, m in self.received if event is None or m.get("event") == event]
+
+    async def wait_for_message(
+        self, match: str | Callable[[dict[str, Any]], bool], timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """The first received message of that event type (or matching the predicate)."""
+        assert self._changes is not None, "connect() first"
+        predicate = match if callable(match) else (lambda m: m.get("event") == match)
+        return await self._changes.wait_until(
+            lambda: next((m for _, m in self.received if predicate(m)), None), timeout,
+            f"a message matching {match!r}",
+        )
+
+    def heard_ms(self) -> float:
+        return len(self.heard) / 8
+
+    def played_ms_at(self, t: float) -> float:
+        """How much bridge audio had actually played by loop time ``t`` (a tick counts as it plays)."""
+        return sum(min(n_bytes / 8, max(0.0, (t - start) * 1000)) for start, n_bytes in self.playback)
+
+    async def wait_heard(self, ms: float, timeout: float = 5.0) -> None:
+        """Until at least ``ms`` of bridge audio has been played to the caller."""
+        assert self._changes is not None, "connect() first"
+        await self._changes.wait_until(lambda: self.heard_ms() >= ms, timeout, f"{ms} ms heard")

@@ -1,0 +1,646 @@
+"""The test simulators behave like the services they stand in for, over real loopback sockets.
+
+The Realtime simulator is driven by a tiny scripted client; the Twilio simulator talks to a
+tiny websocket server (or a bare ASGI app for the signed webhook) playing the bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+import uvicorn
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
+from telephony_bridge.testing.twilio_simulator import (
+    SimulatedCall,
+    speech_like_ulaw,
+    ulaw_silence,
+)
+
+pytestmark = pytest.mark.anyio
+
+PUBLIC_URL = "https://bridge.example.com"
+STREAM_URL = "wss://bridge.example.com/twilio/media"
+TOKEN = "twilio-test-auth-token"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def pcm_silence(ms: int) -> bytes:
+    return bytes(48 * ms)
+
+
+def ga_update(**turn_detection: Any) -> dict[str, Any]:
+    return {"type": "realtime", "instructions": "Be brief.", "audio": {
+        "input": {"format": {"type": "audio/pcm", "rate": 24000},
+                  "turn_detection": {"type": "server_vad", **turn_detection}},
+        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "cedar"},
+    }}
+
+
+# --------------------------------------------------------------------------- Realtime
+
+
+class ScriptClient:
+    """A tiny Realtime client: sends events, reads server events in order."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+
+    async def send(self, event_type: str, **fields: Any) -> None:
+        await self.ws.send(json.dumps({"type": event_type, **fields}))
+
+    async def append(self, pcm: bytes, chunk_ms: int = 20) -> None:
+        step = 48 * chunk_ms
+        for i in range(0, len(pcm), step):
+            chunk = base64.b64encode(pcm[i:i + step]).decode()
+            await self.send("input_audio_buffer.append", audio=chunk)
+
+    async def until(self, match: str | Callable[[dict[str, Any]], bool],
+                    timeout: float = 3.0) -> dict[str, Any]:
+        predicate = match if callable(match) else (lambda e: e["type"] == match)
+        async with asyncio.timeout(timeout):
+            while True:
+                event = json.loads(await self.ws.recv())
+                self.events.append(event)
+                if predicate(event):
+                    return event
+
+    def of(self, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == event_type]
+
+
+@asynccontextmanager
+async def realtime_client(sim: RealtimeSimulator, url: str | None = None,
+                          **connect_args: Any) -> AsyncIterator[ScriptClient]:
+    async with connect(url or sim.url, **connect_args) as ws:
+        client = ScriptClient(ws)
+        await client.until("session.created")
+        yield client
+
+
+async def test_session_update_is_applied_and_answered_with_session_updated() -> None:
+    async with RealtimeSimulator() as sim, realtime_client(sim) as client:
+        await client.send("session.update",
+                          session=ga_update(threshold=0.7, silence_duration_ms=300))
+        updated = await client.until("session.updated")
+        session = await sim.wait_for_session()
+        assert updated["session"]["audio"]["output"]["voice"] == "cedar"
+        assert updated["session"]["audio"]["input"]["turn_detection"]["threshold"] == 0.7
+        assert session.instructions == "Be brief."
+        assert session.turn_detection["silence_duration_ms"] == 300
+        assert session.turn_detection["prefix_padding_ms"] == 300  # the default, filled in
+        assert session.dialect == "ga"
+
+
+async def test_server_vad_finds_speech_in_audio_time_and_answers_with_the_whole_answer() -> None:
+    async with RealtimeSimulator(speed=10) as sim, realtime_client(sim) as client:
+        await client.send("session.update", session=ga_update(silence_duration_ms=500))
+        await client.until("session.updated")
+        sent_at = time.monotonic()
+        # 2.3 s of audio sent in a few ms: the VAD must count audio, not wall-clock time.
+        await client.append(pcm_silence(500) + speech_like_pcm16(1000) + pcm_silence(800))
+        started = await client.until("input_audio_buffer.speech_started")
+        stopped = await client.until("input_audio_buffer.speech_stopped")
+        assert time.monotonic() - sent_at < 1.0
+        assert 200 <= started["audio_start_ms"] <= 240  # onset 500 ms minus 300 ms padding
+        assert 1980 <= stopped["audio_end_ms"] <= 2040  # speech end + 500 ms of silence
+        assert stopped["item_id"] == started["item_id"]
+        committed = await client.until("input_audio_buffer.committed")
+        assert committed["item_id"] == started["item_id"]
+
+        created = await client.until("response.created")
+        t_created = time.monotonic()
+        done = await client.until("response.done")
+        elapsed = time.monotonic() - t_created
+        deltas = client.of("response.output_audio.delta")
+        sizes = [len(base64.b64decode(d["delta"])) for d in deltas]
+        assert sum(sizes) == len(sim.answer_audio)
+        assert len(set(sizes)) > 1, "delta sizes should vary, as real ones do"
+        assert all(d["response_id"] == created["response"]["id"] for d in deltas)
+        assert elapsed >= 0.8 * sim.answer_ms / 10 / 1000  # paced at 10x real time
+        assert done["response"]["status"] == "completed"
+        assert client.of("response.output_audio_transcript.done")[0]["transcript"]
+
+        session = sim.sessions[0]
+        item_id = deltas[0]["item_id"]
+        assert session.item_audio_ms[item_id] == pytest.approx(3000)
+        assert session.input_audio_ms == pytest.approx(2300)
+        assert session.responses[0].status == "completed"
+
+
+async def test_every_ga_server_event_validates_against_the_openai_models() -> None:
+    adapter = TypeAdapter(RealtimeServerEvent)
+    async with RealtimeSimulator(speed=float("inf")) as sim, realtime_client(sim) as client:
+        await client.send("session.update", session=ga_update())
+        await client.append(speech_like_pcm16(600) + pcm_silence(600))
+        done = await client.until("response.done")
+        item_id = done["response"]["output"][0]["id"]
+        await client.send("conversation.item.truncate", item_id=item_id, content_index=0,
+                          audio_end_ms=500)
+        await client.until("conversation.item.truncated")
+        await client.send("conversation.item.create", item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "The caller pressed 5"}]})
+        await client.until("conversation.item.done")
+        await client.send("input_audio_buffer.clear")
+        await client.until("input_audio_buffer.cleared")
+        await client.send("no.such.event")
+        await client.until("error")
+    types = {event["type"] for event in sim.sessions[0].sent}
+    assert {"session.created", "input_audio_buffer.speech_started", "response.output_audio.delta",
+            "conversation.item.truncated", "error"} <= types
+    for event in sim.sessions[0].sent:
+        adapter.validate_python(event)
+
+
+async def test_truncate_past_the_audio_sent_is_an_error_and_within_it_is_acknowledged() -> None:
+    async with RealtimeSimulator(speed=float("inf")) as sim, realtime_client(sim) as client:
+        await client.send("response.create")
+        done = await client.until("response.done")
+        item_id = done["response"]["output"][0]["id"]
+
+        await client.send("conversation.item.truncate", event_id="evt_1", item_id=item_id,
+                          content_index=0, audio_end_ms=3500)
+        error = (await client.until("error"))["error"]
+        assert error["message"] == "Audio content of 3000 ms is already shorter than 3500 ms"
+        assert error["type"] == "invalid_request_error"
+        assert error["event_id"] == "evt_1"
+
+        await client.send("conversation.item.truncate", item_id=item_id, content_index=0,
+                          audio_end_ms=1200)
+        truncated = await client.until("conversation.item.truncated")
+        assert (truncated["item_id"], truncated["audio_end_ms"]) == (item_id, 1200)
+
+        # The item now holds 1200 ms: truncating past that fails in turn.
+        await client.send("conversation.item.truncate", item_id=item_id, content_index=0,
+                          audio_end_ms=1500)
+        error = (await client.until("error"))["error"]
+        assert error["message"] == "Audio content of 1200 ms is already shorter than 1500 ms"
+        assert [t["audio_end_ms"] for t in sim.sessions[0].truncates] == [1200]
+        assert sim.sessions[0].truncates[0]["audio_sent_ms"] == 3000
+
+
+async def test_truncate_of_an_unknown_item_is_an_error() -> None:
+    async with RealtimeSimulator() as sim, realtime_client(sim) as client:
+        await client.send("conversation.item.truncate", item_id="item_nope", content_index=0,
+                          audio_end_ms=100)
+        error = (await client.until("error"))["error"]
+        assert error["param"] == "item_id"
+        assert sim.sessions[0].truncates == []
+
+
+async def test_speech_during_a_response_cancels_it() -> None:
+    async with RealtimeSimulator(speed=1.0) as sim, realtime_client(sim) as client:
+        await client.send("response.create")
+        for _ in range(3):
+            await client.until("response.output_audio.delta")
+        await client.append(speech_like_pcm16(300))
+        await client.until("input_audio_buffer.speech_started")
+        done = await client.until("response.done")
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "turn_detected"
+
+        heard = sum(len(base64.b64decode(d["delta"])) / 48
+                    for d in client.of("response.output_audio.delta"))
+        session = sim.sessions[0]
+        assert 0 < heard < 3000
+        assert session.responses[0].audio_ms == pytest.approx(heard)
+        assert session.item_audio_ms[session.responses[0].item_id] == pytest.approx(heard)
+        await asyncio.sleep(0.15)
+        assert not [e for e in session.sent[session.sent.index(
+            session.events("response.done", sent=True)[0]):]
+            if e["type"] == "response.output_audio.delta"]
+
+
+async def test_a_second_response_create_is_refused_while_one_is_active() -> None:
+    async with RealtimeSimulator(speed=1.0) as sim, realtime_client(sim) as client:
+        await client.send("response.create")
+        await client.until("response.created")
+        await client.send("response.create")
+        error = (await client.until("error"))["error"]
+        assert error["code"] == "conversation_already_has_active_response"
+        await client.send("response.cancel")
+        done = await client.until("response.done")
+        assert done["response"]["status_details"]["reason"] == "client_cancelled"
+        await client.send("response.cancel")
+        assert (await client.until("error"))["error"]["code"] == "response_cancel_not_active"
+        assert [r.status for r in sim.sessions[0].responses] == ["cancelled"]
+
+
+async def test_preview_path_speaks_the_preview_dialect() -> None:
+    async with RealtimeSimulator(speed=float("inf")) as sim:
+        async with connect(sim.preview_url) as ws:
+            client = ScriptClient(ws)
+            created = await client.until("session.created")
+            assert created["session"]["input_audio_format"] == "pcm16"
+            await client.send("session.update", session={
+                "instructions": "Hi", "voice": "shimmer", "input_audio_format": "pcm16",
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 300}})
+            updated = await client.until("session.updated")
+            assert updated["session"]["voice"] == "shimmer"
+            await client.send("response.create")
+            await client.until("response.done")
+        session = sim.sessions[0]
+        types = [e["type"] for e in client.events]
+        assert session.dialect == "preview"
+        assert "api-version=2024-10-01-preview" in session.path
+        assert {"response.audio.delta", "response.audio.done", "response.audio_transcript.done",
+                "conversation.item.created"} <= set(types)
+        assert not [t for t in types if "output_audio" in t or t == "conversation.item.added"]
+
+
+async def test_ga_session_refuses_a_preview_shaped_update_whole() -> None:
+    async with RealtimeSimulator() as sim, realtime_client(sim) as client:
+        await client.send("session.update", session={"type": "realtime", "voice": "alloy"})
+        error = (await client.until("error"))["error"]
+        assert (error["code"], error["param"]) == ("unknown_parameter", "session.voice")
+        await client.send("session.update", session={"instructions": "no type"})
+        error = (await client.until("error"))["error"]
+        assert (error["code"], error["param"]) == ("missing_required_parameter", "session.type")
+        assert sim.sessions[0].voice == "marin"
+        assert sim.sessions[0].instructions == ""
+
+
+async def test_malformed_events_get_error_events_and_the_session_goes_on() -> None:
+    async with RealtimeSimulator() as sim, realtime_client(sim) as client:
+        for junk in ("{not json", "[1, 2]", b"\x00\x01"):
+            await client.ws.send(junk)
+            await client.until("error")
+        await client.send("input_audio_buffer.append", audio="%%% not base64 %%%")
+        assert (await client.until("error"))["error"]["param"] == "audio"
+        await client.send("response.dance")
+        assert (await client.until("error"))["error"]["param"] == "type"
+        await client.send("session.update", session={"type": "realtime", "instructions": "ok"})
+        await client.until("session.updated")
+        assert sim.sessions[0].closed_at is None
+
+
+async def test_conversation_item_create_is_acknowledged_and_recorded() -> None:
+    async with RealtimeSimulator() as sim, realtime_client(sim) as client:
+        await client.send("conversation.item.create", item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "The caller pressed 5"}]})
+        added = await client.until("conversation.item.added")
+        await client.until("conversation.item.done")
+        session = sim.sessions[0]
+        assert session.items[added["item"]["id"]]["content"][0]["text"] == "The caller pressed 5"
+        received = await session.wait_for("conversation.item.create")
+        assert received["item"]["role"] == "user"
+
+
+async def test_handshake_without_the_key_is_refused_with_401() -> None:
+    async with RealtimeSimulator(require_key="sk-test") as sim:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(sim.url)
+        assert refused.value.response.status_code == 401
+        for headers in ({"Authorization": "Bearer sk-test"}, {"api-key": "sk-test"}):
+            async with realtime_client(sim, additional_headers=headers):
+                pass
+        assert len(sim.rejected) == 1
+        assert len(sim.sessions) == 2
+        assert sim.sessions[1].headers["api-key"] == "sk-test"
+
+
+async def test_beta_header_on_the_ga_path_closes_with_4000() -> None:
+    async with RealtimeSimulator() as sim:
+        async with connect(sim.url, additional_headers={"OpenAI-Beta": "realtime=v1"}) as ws:
+            error = json.loads(await ws.recv())
+            assert error["error"]["code"] == "beta_api_shape_disabled"
+            with pytest.raises(ConnectionClosedError):
+                await ws.recv()
+            assert ws.close_code == 4000
+
+
+async def test_fault_injection_sends_errors_and_drops_the_connection() -> None:
+    async with RealtimeSimulator() as sim, realtime_client(sim) as client:
+        session = await sim.wait_for_session()
+        await session.send_error("server_error", "The server had an error.")
+        assert (await client.until("error"))["error"]["message"] == "The server had an error."
+        await session.drop(1011)
+        with pytest.raises(ConnectionClosedError):
+            await client.ws.recv()
+        assert client.ws.close_code == 1011
+        assert await session.wait_closed() >= session.opened_at
+
+
+# --------------------------------------------------------------------------- Twilio
+
+
+class FakeBridge:
+    """A tiny websocket server standing in for the bridge's media-stream endpoint."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []
+        self.ws: ServerConnection | None = None
+        self.close_after_start = False
+        self._connected = asyncio.Event()
+        self._update = asyncio.Event()
+
+    async def handler(self, ws: ServerConnection) -> None:
+        self.ws = ws
+        self._connected.set()
+        loop = asyncio.get_running_loop()
+        async for raw in ws:
+            self.messages.append(json.loads(raw))
+            self.arrivals.append(loop.time())
+            self._update.set()
+            if self.close_after_start and self.messages[-1]["event"] == "start":
+                return
+
+    async def send(self, **message: Any) -> None:
+        assert self.ws is not None
+        await self.ws.send(json.dumps(message))
+
+    async def media(self, ulaw: bytes, stream_sid: str) -> None:
+        await self.send(event="media", streamSid=stream_sid,
+                        media={"payload": base64.b64encode(ulaw).decode()})
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool],
+                       timeout: float = 2.0) -> tuple[float, dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while True:
+                for at, message in zip(self.arrivals, self.messages):
+                    if predicate(message):
+                        return at, message
+                self._update.clear()
+                await self._update.wait()
+
+
+@asynccontextmanager
+async def call_on_fake_bridge(**call_args: Any) -> AsyncIterator[tuple[FakeBridge, SimulatedCall]]:
+    bridge = FakeBridge()
+    async with serve(bridge.handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        call = SimulatedCall(bridge_url=f"http://127.0.0.1:{port}", public_url=PUBLIC_URL,
+                             auth_token=TOKEN, **call_args)
+        await call.connect(stream_url=STREAM_URL)
+        try:
+            yield bridge, call
+        finally:
+            await call.close()
+
+
+async def test_stream_opens_with_connected_and_start_then_media_at_50_frames_a_second() -> None:
+    said = speech_like_ulaw(200)
+    async with call_on_fake_bridge() as (bridge, call):
+        call.say(said)
+        await asyncio.sleep(0.5)
+        assert bridge.ws is not None and bridge.ws.request is not None
+        assert bridge.ws.request.path == "/twilio/media"
+        connected, start, *media = bridge.messages
+    assert connected == {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+    assert start["sequenceNumber"] == "1"
+    assert start["start"]["callSid"] == call.call_sid
+    assert start["start"]["streamSid"] == start["streamSid"] == call.stream_sid
+    assert start["start"]["tracks"] == ["inbound"]
+    assert start["start"]["mediaFormat"] == {
+        "encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+
+    assert 22 <= len(media) <= 28
+    assert [m["sequenceNumber"] for m in media] == [str(n) for n in range(2, len(media) + 2)]
+    assert [m["media"]["chunk"] for m in media] == [str(n) for n in range(1, len(media) + 1)]
+    timestamps = [int(m["media"]["timestamp"]) for m in media]
+    assert timestamps[0] != 0
+    assert all(b - a == 20 for a, b in zip(timestamps, timestamps[1:]))
+    assert {m["media"]["track"] for m in media} == {"inbound"}
+    payloads = [base64.b64decode(m["media"]["payload"]) for m in media]
+    assert {len(p) for p in payloads} == {160}
+    assert b"".join(payloads[:10]) == said
+    assert set(b"".join(payloads[10:])) == {0xFF}
+    media_arrivals = bridge.arrivals[2:]
+    period = (media_arrivals[-1] - media_arrivals[0]) / (len(media_arrivals) - 1)
+    assert period == pytest.approx(0.020, abs=0.002)
+
+
+async def test_mark_is_echoed_after_its_audio_has_played() -> None:
+    audio = speech_like_ulaw(200)
+    async with call_on_fake_bridge() as (bridge, call):
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        # Uneven pieces, as a bridge resampling model deltas would send.
+        for piece in (audio[:700], audio[700:1000], audio[1000:]):
+            await bridge.media(piece, call.stream_sid)
+        await bridge.send(event="mark", streamSid=call.stream_sid, mark={"name": "turn-1"})
+        echoed_at, echo = await bridge.wait_for(lambda m: m["event"] == "mark")
+        assert echo["mark"] == {"name": "turn-1"}
+        assert echo["streamSid"] == call.stream_sid
+        assert 0.18 <= echoed_at - sent_at <= 0.30
+        assert bytes(call.heard) == audio
+        assert call.heard_ms() == 200
+        assert [n for _, n in call.playback] == [160] * 10
+        assert [(name, played) for _, name, played in call.marks_echoed] == [("turn-1", True)]
+
+        # With nothing left to play, a mark comes straight back.
+        sent_at = loop.time()
+        await bridge.send(event="mark", streamSid=call.stream_sid, mark={"name": "idle"})
+        echoed_at, _ = await bridge.wait_for(lambda m: m.get("mark") == {"name": "idle"})
+        assert echoed_at - sent_at < 0.05
+
+
+async def test_clear_drops_the_buffer_and_echoes_pending_marks_at_once() -> None:
+    audio = speech_like_ulaw(2000)
+    async with call_on_fake_bridge() as (bridge, call):
+        loop = asyncio.get_running_loop()
+        await bridge.media(audio, call.stream_sid)
+        await bridge.send(event="mark", streamSid=call.stream_sid, mark={"name": "long"})
+        await call.wait_heard(100, timeout=1.0)
+        cleared_at = loop.time()
+        await bridge.send(event="clear", streamSid=call.stream_sid)
+        echoed_at, _ = await bridge.wait_for(lambda m: m["event"] == "mark")
+        assert echoed_at - cleared_at < 0.05
+        heard_at_clear = call.heard_ms()
+        await asyncio.sleep(0.1)
+        assert call.heard_ms() == heard_at_clear < 200
+        assert bytes(call.heard) == audio[:len(call.heard)]
+        assert [(name, played) for _, name, played in call.marks_echoed] == [("long", False)]
+        ((_, dropped),) = call.clears
+        assert dropped == len(audio) - len(call.heard)
+
+
+async def test_dtmf_and_what_twilio_would_reject() -> None:
+    async with call_on_fake_bridge() as (bridge, call):
+        await call.send_dtmf("5")
+        _, dtmf = await bridge.wait_for(lambda m: m["event"] == "dtmf")
+        assert dtmf["dtmf"] == {"track": "inbound_track", "digit": "5"}
+        assert isinstance(dtmf["sequenceNumber"], str)
+
+        assert bridge.ws is not None
+        await bridge.ws.send(b"\xff" * 160)
+        await bridge.ws.send("not json")
+        await bridge.media(ulaw_silence(100), "MZ-someone-else")
+        await bridge.send(event="media", streamSid=call.stream_sid, media={"payload": "@@@"})
+        await asyncio.sleep(0.1)
+        assert [code for _, code, _ in call.errors] == [31950, 31951, 31951, 31924]
+        assert call.heard_ms() == 0
+
+
+async def test_hang_up_sends_stop_last_and_closes() -> None:
+    async with call_on_fake_bridge() as (bridge, call):
+        await asyncio.sleep(0.1)
+        await call.hang_up()
+        await asyncio.sleep(0.05)
+        assert bridge.messages[-1]["event"] == "stop"
+        assert bridge.messages[-1]["stop"] == {"accountSid": call.account_sid,
+                                               "callSid": call.call_sid}
+        assert call.closed_at is not None and not call.closed_by_bridge
+        assert bridge.ws is not None and bridge.ws.close_code == 1000
+        assert await call.wait_closed_by_bridge(0.1) is None
+
+
+async def test_a_close_by_the_bridge_is_recorded_and_the_tasks_end_cleanly() -> None:
+    loop = asyncio.get_running_loop()
+    problems: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: problems.append(context))
+    try:
+        bridge = FakeBridge()
+        bridge.close_after_start = True
+        async with serve(bridge.handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            call = SimulatedCall(bridge_url=f"http://127.0.0.1:{port}", public_url=PUBLIC_URL,
+                                 auth_token=None)
+            await call.connect(stream_url=STREAM_URL)
+            closed_at = await call.wait_closed_by_bridge(2.0)
+            assert closed_at is not None and call.closed_by_bridge
+            assert call.close_code == 1000
+            await asyncio.sleep(0.05)
+            assert all(task.done() for task in call._tasks)
+            await call.hang_up()  # a no-op once closed
+        import gc
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert problems == []
+
+
+# ---- signatures, against a bare ASGI app that validates them as the bridge must
+
+
+def twiml_app(seen: dict[str, Any]) -> Callable[..., Any]:
+    validator = RequestValidator(TOKEN)
+
+    async def app(scope: dict[str, Any], receive: Callable[..., Any],
+                  send: Callable[..., Any]) -> None:
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        signature = headers.get("x-twilio-signature", "")
+        if scope["type"] == "http":
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            params = dict(parse_qsl(body.decode()))
+            seen["webhook_params"] = params
+            ok = validator.validate(PUBLIC_URL + scope["path"], params, signature)
+            twiml = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
+                     f'<Stream url="{STREAM_URL}"><Parameter name="token" value="t0k3n"/>'
+                     f'</Stream></Connect><Say>Sorry, please call again.</Say></Response>')
+            body_out = twiml.encode() if ok else b"forbidden"
+            await send({"type": "http.response.start", "status": 200 if ok else 403,
+                        "headers": [(b"content-type", b"text/xml")]})
+            await send({"type": "http.response.body", "body": body_out})
+        elif scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            ok = validator.validate(STREAM_URL, {}, signature)
+            seen["upgrade_valid"] = ok
+            seen["upgrade_valid_over_https"] = validator.validate(
+                PUBLIC_URL + scope["path"], {}, signature)
+            if not ok:
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await send({"type": "websocket.accept"})
+            seen["frames"] = [json.loads((await receive())["text"]) for _ in range(2)]
+            await send({"type": "websocket.close", "code": 1000})
+
+    return app
+
+
+@asynccontextmanager
+async def asgi_server(app: Callable[..., Any]) -> AsyncIterator[str]:
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning",
+                            ws="websockets-sansio")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_webhook_is_signed_over_the_public_url_and_its_twiml_is_read() -> None:
+    seen: dict[str, Any] = {}
+    async with asgi_server(twiml_app(seen)) as bridge_url:
+        call = SimulatedCall(bridge_url=bridge_url, public_url=PUBLIC_URL + "/",
+                             auth_token=TOKEN)
+        response = await call.dial()
+        assert response.status_code == 200
+        assert seen["webhook_params"]["CallStatus"] == "ringing"
+        assert seen["webhook_params"]["Direction"] == "inbound"
+        assert seen["webhook_params"]["CallSid"] == call.call_sid
+        assert call.stream_url == STREAM_URL
+        assert call.parameters == {"token": "t0k3n"}
+        assert call.say_texts == ["Sorry, please call again."]
+        assert call.verbs == ["Connect", "Say"]
+
+        forged = SimulatedCall(bridge_url=bridge_url, public_url=PUBLIC_URL, auth_token="wrong")
+        assert (await forged.dial()).status_code == 403
+
+
+async def test_upgrade_is_signed_over_the_public_wss_url() -> None:
+    seen: dict[str, Any] = {}
+    async with asgi_server(twiml_app(seen)) as bridge_url:
+        call = SimulatedCall(bridge_url=bridge_url, public_url=PUBLIC_URL, auth_token=TOKEN)
+        await call.dial()
+        await call.connect()
+        assert await call.wait_closed_by_bridge(2.0) is not None
+        assert seen["upgrade_valid"] is True
+        assert seen["upgrade_valid_over_https"] is False  # the scheme is part of what is signed
+        connected, start = seen["frames"]
+        assert connected["event"] == "connected"
+        assert start["start"]["customParameters"] == {"token": "t0k3n"}
+
+        unsigned = SimulatedCall(bridge_url=bridge_url, public_url=PUBLIC_URL, auth_token=TOKEN)
+        await unsigned.dial()
+        with pytest.raises(InvalidStatus):
+            await unsigned.connect(sign=False)
+
+
+def test_a_wav_file_becomes_8k_mulaw_for_the_caller(tmp_path: Any) -> None:
+    import wave
+
+    from telephony_bridge.testing.twilio_simulator import load_wav_ulaw
+
+    pcm16k = speech_like_pcm16(500, rate=16000)
+    path = tmp_path / "caller.wav"
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        stereo = b"".join(pcm16k[i:i + 2] * 2 for i in range(0, len(pcm16k), 2))
+        wav.writeframes(stereo)
+    assert len(load_wav_ulaw(path)) == pytest.approx(4000, abs=2)  # 500 ms at 8 bytes/ms
