@@ -1,0 +1,123 @@
+"""The HTTP and websocket surface: the Voice webhook, the Media Stream socket, and a health check.
+
+Thin by design: each handler checks who is calling, then hands over to the switchboard and the
+call. A request Twilio did not sign never reaches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
+
+from .config import BridgeConfig, Settings
+from .media_stream import parse_twilio_message
+from .events import StreamStarted
+from .security import issue_stream_token, stream_token_valid, twilio_signature_valid
+from .switchboard import Switchboard
+from .webhook import CALLED_NUMBER_PARAMETER, STREAM_TOKEN_PARAMETER, refusal_twiml, stream_twiml
+
+log = logging.getLogger(__name__)
+
+MAX_WEBHOOK_BODY_BYTES = 16 * 1024
+START_TIMEOUT_S = 10.0
+POLICY_VIOLATION = 1008
+
+
+def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = False) -> FastAPI:
+    """The bridge's ASGI app. `insecure` skips Twilio signature checks (only for local trials)."""
+    if settings.twilio_auth_token is None and not insecure:
+        raise ValueError("TWILIO_AUTH_TOKEN is not set; pass insecure=True only for local trials")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        switchboard = Switchboard(config, settings.realtime, asyncio.get_running_loop().time)
+        app.state.switchboard = switchboard
+        yield
+        await switchboard.end_all("bridge shutting down")
+
+    app = FastAPI(title="telephony-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def signed_by_twilio(url: str, params: dict[str, str], signature: str | None) -> bool:
+        if settings.twilio_auth_token is None:
+            log.warning("accepting an unsigned request to %s: the bridge runs with --insecure", url)
+            return True
+        return twilio_signature_valid(settings.twilio_auth_token, url, params, signature)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "live_calls": request.app.state.switchboard.live_calls})
+
+    @app.post("/twilio/voice")
+    async def voice(request: Request) -> Response:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_WEBHOOK_BODY_BYTES:
+                return Response("request body too large", status_code=413)
+        params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+        url = settings.voice_webhook_url + (f"?{request.url.query}" if request.url.query else "")
+        if not signed_by_twilio(url, params, request.headers.get("x-twilio-signature")):
+            log.warning("webhook with a missing or wrong Twilio signature from %s", request.client)
+            return Response("invalid Twilio signature", status_code=403)
+        call_sid, called_number = params.get("CallSid"), params.get("To")
+        if not call_sid or not called_number:
+            return Response("CallSid and To are required", status_code=400)
+        profile = config.profile_for(called_number)
+        call = request.app.state.switchboard.answer(call_sid, called_number)
+        if call is None:
+            log.warning("call %s: refused, the bridge is at max_calls=%d", call_sid, config.limits.max_calls)
+            return Response(refusal_twiml(config.limits.busy_message), media_type="text/xml")
+        token = issue_stream_token(settings.stream_token_secret, call_sid, called_number, time.time())
+        log.info("call %s to %s: answered", call_sid, called_number)
+        twiml = stream_twiml(settings.media_stream_url, called_number, token, profile.fallback_message)
+        return Response(twiml, media_type="text/xml")
+
+    @app.websocket("/twilio/media")
+    async def media(websocket: WebSocket) -> None:
+        if not signed_by_twilio(settings.media_stream_url, {}, websocket.headers.get("x-twilio-signature")):
+            log.warning("media socket with a missing or wrong Twilio signature from %s", websocket.client)
+            await websocket.close(code=POLICY_VIOLATION)
+            return
+        await websocket.accept()
+        started = await _wait_for_start(websocket)
+        if started is None:
+            await websocket.close(code=POLICY_VIOLATION)
+            return
+        parameters = started.custom_parameters
+        called_number = parameters.get(CALLED_NUMBER_PARAMETER, "")
+        token = parameters.get(STREAM_TOKEN_PARAMETER, "")
+        if not stream_token_valid(settings.stream_token_secret, token, started.call_sid, called_number, time.time()):
+            log.warning("media socket for call %s with a missing, forged or expired stream token", started.call_sid)
+            await websocket.close(code=POLICY_VIOLATION)
+            return
+        call = websocket.app.state.switchboard.claim(started.call_sid, called_number)
+        if call is None:
+            log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
+            await websocket.close(code=POLICY_VIOLATION)
+            return
+        await call.run_media(websocket, started)
+
+    return app
+
+
+async def _wait_for_start(websocket: WebSocket) -> StreamStarted | None:
+    """Read until Twilio's `start` (after `connected`); `None` if it does not come in time or the socket drops."""
+    try:
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return None
+                event = parse_twilio_message(message.get("text") or message.get("bytes") or b"")
+                if isinstance(event, StreamStarted):
+                    return event
+    except TimeoutError:
+        log.warning("media socket sent no start within %g s", START_TIMEOUT_S)
+        return None

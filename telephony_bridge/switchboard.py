@@ -1,0 +1,107 @@
+"""The live calls of one bridge process: answered by the webhook, claimed once by their media socket.
+
+The webhook answers a call and its Realtime session starts opening at once; Twilio connects the
+Media Stream a moment later and claims the call with its stream token. A token claims once: a
+second socket presenting it (a replay, or a stranger who copied it) gets nothing. A call no
+socket claims in time is ended, so a caller who hung up during the handshake runs up no bill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from .call import Call
+from .config import BridgeConfig, RealtimeEndpoint
+from .security import STREAM_TOKEN_LIFETIME_S
+
+log = logging.getLogger(__name__)
+
+UNCLAIMED_CALL_TIMEOUT_S = 30.0
+
+
+class Switchboard:
+    def __init__(
+        self,
+        config: BridgeConfig,
+        endpoint: RealtimeEndpoint,
+        clock: Callable[[], float],
+        unclaimed_timeout_s: float = UNCLAIMED_CALL_TIMEOUT_S,
+    ) -> None:
+        self.config = config
+        self._endpoint = endpoint
+        self._clock = clock
+        self._unclaimed_timeout_s = unclaimed_timeout_s
+        self._calls: dict[str, Call] = {}
+        self._claimed_until: dict[str, float] = {}
+        self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
+
+    @property
+    def live_calls(self) -> int:
+        return sum(1 for call in self._calls.values() if not call.ended.is_set())
+
+    def answer(self, call_sid: str, called_number: str) -> Call | None:
+        """Accept a call and start its Realtime session; `None` when the line is at `max_calls`."""
+        existing = self._calls.get(call_sid)
+        if existing is not None:
+            return existing
+        if self.live_calls >= self.config.limits.max_calls:
+            return None
+        call = self._open(call_sid, called_number)
+        self._expiry_timers[call_sid] = asyncio.get_running_loop().call_later(
+            self._unclaimed_timeout_s, self._expire_unclaimed, call_sid
+        )
+        return call
+
+    def claim(self, call_sid: str, called_number: str) -> Call | None:
+        """The call a media socket with a valid token belongs to; `None` if that token was used already.
+
+        A valid token with no call here (the webhook reached another process, or this one restarted)
+        opens the session now.
+        """
+        now = self._clock()
+        self._claimed_until = {sid: until for sid, until in self._claimed_until.items() if until > now}
+        if call_sid in self._claimed_until:
+            return None
+        self._claimed_until[call_sid] = now + STREAM_TOKEN_LIFETIME_S
+        timer = self._expiry_timers.pop(call_sid, None)
+        if timer is not None:
+            timer.cancel()
+        call = self._calls.get(call_sid)
+        if call is None:
+            if self.live_calls >= self.config.limits.max_calls:
+                return None
+            call = self._open(call_sid, called_number)
+        return call
+
+    async def end_all(self, reason: str) -> None:
+        """End every call (at shutdown) and wait until each has closed its sockets."""
+        calls = list(self._calls.values())
+        for call in calls:
+            call.end(reason)
+        await asyncio.gather(*(call.ended.wait() for call in calls))
+
+    def _open(self, call_sid: str, called_number: str) -> Call:
+        call = Call(
+            call_sid,
+            called_number,
+            self.config.profile_for(called_number),
+            self._endpoint,
+            self._clock,
+            on_end=self._forget,
+        )
+        self._calls[call_sid] = call
+        call.begin()
+        return call
+
+    def _forget(self, call: Call) -> None:
+        if call.call_sid in self._claimed_until:
+            self._calls.pop(call.call_sid, None)
+
+    def _expire_unclaimed(self, call_sid: str) -> None:
+        self._expiry_timers.pop(call_sid, None)
+        call = self._calls.pop(call_sid, None)
+        if call is not None and not call.ended.is_set():
+            log.warning("call %s: no media stream arrived within %g s; ending its session", call_sid, self._unclaimed_timeout_s)
+            call.end("no media stream")

@@ -1,0 +1,25 @@
+"""Fixtures of the integration tests: a Realtime simulator and the real bridge on loopback."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import pytest
+
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
+
+from support import API_KEY, bridge_for
+
+
+@pytest.fixture
+async def realtime() -> AsyncIterator[RealtimeSimulator]:
+    simulator = RealtimeSimulator(require_key=API_KEY)
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+async def bridge(realtime: RealtimeSimulator) -> AsyncIterator[str]:
+    async with bridge_for(realtime) as base_url:
+        yield base_url

@@ -1,0 +1,60 @@
+"""What the integration tests share: the test configuration, the bridge on loopback, a new simulated call."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from telephony_bridge.config import BridgeConfig, parse_config, settings_from_env
+from telephony_bridge.testing.bridge_server import serve_bridge
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
+from telephony_bridge.testing.twilio_simulator import SimulatedCall
+
+AUTH_TOKEN = "twilio-auth-token-for-tests"
+API_KEY = "sk-test-key-for-tests"
+PUBLIC_URL = "https://bridge.example.com"
+CLINIC = "+14155550100"
+SHOP = "+442071838750"
+
+TEST_CONFIG = f"""
+[defaults]
+instructions = "You answer the phone."
+voice = "marin"
+fallback_message = "Sorry, please call back later."
+
+[defaults.turn_detection]
+silence_duration_ms = 300
+
+[numbers."{CLINIC}"]
+instructions = "You are the receptionist of Bright Smile Dental."
+voice = "sage"
+
+[numbers."{SHOP}"]
+instructions = "You are the support line of Corner Hardware."
+voice = "cedar"
+greeting = "Corner Hardware, how can I help?"
+"""
+
+FIXTURES = Path(__file__).parent.parent / "telephony_bridge" / "fixtures"
+
+
+@asynccontextmanager
+async def bridge_for(
+    realtime: RealtimeSimulator, *, url: str | None = None, dialect: str = "ga", config: BridgeConfig | None = None
+) -> AsyncIterator[str]:
+    settings = settings_from_env(
+        {
+            "PUBLIC_URL": PUBLIC_URL,
+            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "OPENAI_API_KEY": API_KEY,
+            "REALTIME_URL": url or realtime.url,
+            "REALTIME_API": dialect,
+        }
+    )
+    async with serve_bridge(settings, config or parse_config(TEST_CONFIG, "test.toml")) as base_url:
+        yield base_url
+
+
+def new_call(bridge_url: str, to_number: str = CLINIC, auth_token: str | None = AUTH_TOKEN) -> SimulatedCall:
+    return SimulatedCall(bridge_url=bridge_url, public_url=PUBLIC_URL, auth_token=auth_token, to_number=to_number)

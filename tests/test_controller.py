@@ -1,0 +1,244 @@
+"""The call controller driven with plain events and a hand-moved clock: no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from telephony_bridge.config import CallProfile
+from telephony_bridge.controller import CallController
+from telephony_bridge.events import (
+    AddCallerText,
+    AppendAudio,
+    CallerAudio,
+    ClearTwilio,
+    CloseRealtime,
+    CloseTwilio,
+    ConfigureSession,
+    CreateResponse,
+    DigitPressed,
+    MarkEchoed,
+    ModelAudio,
+    ModelAudioDone,
+    RealtimeConnected,
+    RealtimeDisconnected,
+    RealtimeErrorReported,
+    ResponseDone,
+    ResponseStarted,
+    SendTwilioMark,
+    SendTwilioMedia,
+    SpeechStarted,
+    StreamStarted,
+    StreamStopped,
+    TruncateItem,
+    TwilioDisconnected,
+    TwilioMessageRejected,
+)
+
+PCM_100MS = b"\x10\x00" * 2400
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_ms(self, ms: float) -> None:
+        self.now += ms / 1000.0
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def live_controller(clock: Clock, profile: CallProfile = CallProfile()) -> CallController:
+    controller = CallController(profile, clock)
+    controller.start()
+    controller.handle(RealtimeConnected())
+    controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
+    return controller
+
+
+def marks(actions: list) -> list[str]:
+    return [a.name for a in actions if isinstance(a, SendTwilioMark)]
+
+
+def play_answer(controller: CallController, item_id: str = "item1", chunks: int = 10) -> list[str]:
+    """The model streams `chunks` x 100 ms of audio for one item; returns the mark names sent."""
+    controller.handle(ResponseStarted("resp1"))
+    names: list[str] = []
+    for _ in range(chunks):
+        names += marks(controller.handle(ModelAudio("resp1", item_id, PCM_100MS)))
+    return names
+
+
+def test_start_configures_the_session_and_greets_first_when_a_greeting_is_set(clock: Clock) -> None:
+    controller = CallController(CallProfile(greeting="Hello, Bright Smile Dental."), clock)
+    assert controller.start() == []
+    released = controller.handle(RealtimeConnected())
+    assert isinstance(released[0], ConfigureSession)
+    assert isinstance(released[1], CreateResponse) and "Bright Smile Dental" in released[1].instructions
+
+
+def test_model_audio_before_the_stream_starts_is_held_then_released_in_order(clock: Clock) -> None:
+    controller = CallController(CallProfile(), clock)
+    controller.handle(RealtimeConnected())
+    assert controller.handle(ModelAudio("r", "i", PCM_100MS)) == []
+    released = controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
+    assert [type(a) for a in released] == [SendTwilioMedia, SendTwilioMark]
+
+
+def test_caller_audio_becomes_24k_pcm_of_the_same_length_over_a_call(clock: Clock) -> None:
+    controller = live_controller(clock)
+    sent = b"".join(
+        a.pcm for _ in range(50) for a in controller.handle(CallerAudio(b"\xff" * 160)) if isinstance(a, AppendAudio)
+    )
+    held_back_ms = 1000 - len(sent) / 48
+    assert 0 <= held_back_ms <= 3
+
+
+def test_each_chunk_of_model_audio_is_followed_by_a_mark(clock: Clock) -> None:
+    controller = live_controller(clock)
+    actions = controller.handle(ModelAudio("r", "i", PCM_100MS))
+    assert [type(a) for a in actions] == [SendTwilioMedia, SendTwilioMark]
+
+
+def test_the_filter_tail_reaches_the_caller_when_the_item_is_done(clock: Clock) -> None:
+    controller = live_controller(clock)
+    sent = b""
+    for _ in range(3):
+        sent += b"".join(a.ulaw for a in controller.handle(ModelAudio("r", "i", PCM_100MS)) if isinstance(a, SendTwilioMedia))
+    sent += b"".join(a.ulaw for a in controller.handle(ModelAudioDone("i")) if isinstance(a, SendTwilioMedia))
+    assert len(sent) == 300 * 8
+
+
+def test_barge_in_clears_twilio_and_truncates_at_the_last_echoed_mark_plus_elapsed_time(clock: Clock) -> None:
+    controller = live_controller(clock)
+    names = play_answer(controller)
+    clock.advance_ms(300)
+    controller.handle(MarkEchoed(names[2]))
+    clock.advance_ms(40)
+    actions = controller.handle(SpeechStarted())
+    assert isinstance(actions[0], ClearTwilio)
+    truncate = actions[1]
+    assert isinstance(truncate, TruncateItem) and truncate.item_id == "item1"
+    assert abs(truncate.audio_end_ms - 340) <= 20
+
+
+def test_the_playhead_waits_at_the_end_of_the_audio_sent_when_the_model_falls_behind(clock: Clock) -> None:
+    controller = live_controller(clock)
+    names = play_answer(controller, chunks=3)
+    controller.handle(MarkEchoed(names[1]))
+    clock.advance_ms(5000)
+    truncate = controller.handle(SpeechStarted())[1]
+    assert 295 <= truncate.audio_end_ms <= 300
+
+
+def test_truncate_point_never_exceeds_the_audio_generated(clock: Clock) -> None:
+    controller = live_controller(clock)
+    names = play_answer(controller, chunks=2)
+    clock.advance_ms(10_000)
+    truncate = controller.handle(SpeechStarted())[1]
+    assert truncate.audio_end_ms <= 200
+
+
+def test_barge_in_before_any_mark_echo_counts_from_when_the_audio_was_sent(clock: Clock) -> None:
+    controller = live_controller(clock)
+    play_answer(controller)
+    clock.advance_ms(60)
+    truncate = controller.handle(SpeechStarted())[1]
+    assert abs(truncate.audio_end_ms - 60) <= 20
+
+
+def test_after_barge_in_the_rest_of_that_answer_is_not_forwarded(clock: Clock) -> None:
+    controller = live_controller(clock)
+    play_answer(controller, chunks=3)
+    controller.handle(SpeechStarted())
+    assert controller.handle(ModelAudio("resp1", "item1", PCM_100MS)) == []
+    assert controller.handle(ModelAudioDone("item1")) == []
+
+
+def test_no_truncate_when_the_caller_heard_the_whole_answer(clock: Clock) -> None:
+    controller = live_controller(clock)
+    names = play_answer(controller, chunks=2)
+    names += marks(controller.handle(ModelAudioDone("item1")))
+    controller.handle(ResponseDone("resp1", "completed"))
+    for name in names:
+        controller.handle(MarkEchoed(name))
+    actions = controller.handle(SpeechStarted())
+    assert not any(isinstance(a, (TruncateItem, ClearTwilio)) for a in actions)
+
+
+def test_marks_echoed_after_a_clear_are_ignored_as_stale(clock: Clock) -> None:
+    controller = live_controller(clock)
+    names = play_answer(controller, chunks=3)
+    controller.handle(SpeechStarted())
+    for name in names:
+        assert controller.handle(MarkEchoed(name)) == []
+    assert controller.stats.stale_marks == 3
+    assert controller.heard_ms == 0
+
+
+def test_the_next_answer_after_barge_in_plays_normally(clock: Clock) -> None:
+    controller = live_controller(clock)
+    play_answer(controller, chunks=3)
+    controller.handle(SpeechStarted())
+    controller.handle(ResponseStarted("resp2"))
+    actions = controller.handle(ModelAudio("resp2", "item2", PCM_100MS))
+    assert [type(a) for a in actions] == [SendTwilioMedia, SendTwilioMark]
+
+
+def test_stop_closes_the_realtime_session_and_ends_the_call(clock: Clock) -> None:
+    controller = live_controller(clock)
+    assert controller.handle(StreamStopped()) == [CloseRealtime("caller hung up")]
+    assert controller.handle(CallerAudio(b"\xff" * 160)) == []
+
+
+def test_a_dropped_media_socket_closes_the_realtime_session(clock: Clock) -> None:
+    controller = live_controller(clock)
+    assert isinstance(controller.handle(TwilioDisconnected())[0], CloseRealtime)
+
+
+def test_a_closed_realtime_session_closes_the_media_stream(clock: Clock) -> None:
+    controller = live_controller(clock)
+    assert isinstance(controller.handle(RealtimeDisconnected("gone"))[0], CloseTwilio)
+
+
+def test_a_realtime_error_is_counted_and_the_call_goes_on(clock: Clock) -> None:
+    controller = live_controller(clock)
+    assert controller.handle(RealtimeErrorReported("invalid_value", "bad truncate")) == []
+    assert controller.stats.realtime_errors == 1
+    assert controller.handle(CallerAudio(b"\xff" * 160))
+
+
+def test_a_malformed_twilio_message_is_counted_and_the_call_goes_on(clock: Clock) -> None:
+    controller = live_controller(clock)
+    controller.handle(TwilioMessageRejected("not JSON"))
+    assert controller.stats.malformed_twilio == 1
+    assert controller.handle(CallerAudio(b"\xff" * 160))
+
+
+def test_a_key_press_becomes_a_caller_message_and_a_response(clock: Clock) -> None:
+    controller = live_controller(clock)
+    actions = controller.handle(DigitPressed("5"))
+    assert isinstance(actions[0], AddCallerText) and "pressed 5" in actions[0].text
+    assert isinstance(actions[1], CreateResponse)
+
+
+def test_a_key_press_during_an_answer_waits_for_it_to_finish_before_asking_for_a_response(clock: Clock) -> None:
+    controller = live_controller(clock)
+    controller.handle(ResponseStarted("resp1"))
+    assert [type(a) for a in controller.handle(DigitPressed("#"))] == [AddCallerText]
+    assert controller.handle(ResponseDone("resp1", "completed")) == [CreateResponse()]
+
+
+def test_caller_audio_before_the_realtime_socket_opens_is_held_and_bounded(clock: Clock) -> None:
+    controller = CallController(CallProfile(), clock)
+    controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
+    for _ in range(400):
+        assert controller.handle(CallerAudio(b"\xff" * 160)) == []
+    released = controller.handle(RealtimeConnected())
+    held_ms = sum(len(a.pcm) for a in released if isinstance(a, AppendAudio)) / 48
+    assert 4900 <= held_ms <= 5000
