@@ -86,10 +86,11 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             await websocket.close(code=POLICY_VIOLATION)
             return
         await websocket.accept()
-        started = await _wait_for_start(websocket)
-        if started is None:
+        start = await _wait_for_start(websocket)
+        if start is None:
             await websocket.close(code=POLICY_VIOLATION)
             return
+        started, started_frame = start
         parameters = started.custom_parameters
         called_number = parameters.get(CALLED_NUMBER_PARAMETER, "")
         token = parameters.get(STREAM_TOKEN_PARAMETER, "")
@@ -102,22 +103,23 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)
             return
-        await call.run_media(websocket, started)
+        await call.run_media(websocket, started, started_frame)
 
     return app
 
 
-async def _wait_for_start(websocket: WebSocket) -> StreamStarted | None:
-    """Read until Twilio's `start` (after `connected`); `None` if it does not come in time or the socket drops."""
+async def _wait_for_start(websocket: WebSocket) -> tuple[StreamStarted, str] | None:
+    """Read until Twilio's `start` (after `connected`): the event and its frame; `None` if it does not come in time or the socket drops."""
     try:
         async with asyncio.timeout(START_TIMEOUT_S):
             while True:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     return None
-                event = parse_twilio_message(message.get("text") or message.get("bytes") or b"")
+                frame = message.get("text") or message.get("bytes") or b""
+                event = parse_twilio_message(frame)
                 if isinstance(event, StreamStarted):
-                    return event
+                    return event, frame
     except TimeoutError:
         log.warning("media socket sent no start within %g s", START_TIMEOUT_S)
         return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Callable, Literal
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
@@ -37,6 +37,10 @@ from .realtime import RealtimeEventParser, encode_for_realtime, open_realtime
 
 log = logging.getLogger(__name__)
 
+Direction = Literal["twilio>bridge", "bridge>twilio", "realtime>bridge", "bridge>realtime"]
+FrameTap = Callable[[Direction, "str | bytes"], None]
+"""Sees every websocket message of a call as it crosses the bridge (the call recorder is one)."""
+
 REALTIME_CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 1.0
 
@@ -52,6 +56,7 @@ class Call:
         endpoint: RealtimeEndpoint,
         clock: Callable[[], float],
         on_end: Callable[["Call"], None] = lambda call: None,
+        tap: FrameTap | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.called_number = called_number
@@ -66,25 +71,31 @@ class Call:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._on_end = on_end
+        self._tap = tap
 
     def begin(self) -> None:
         """Start opening the Realtime session now, while Twilio is still reading the webhook's answer."""
         self._spawn(self._run_realtime())
         self._perform(self.controller.start())
 
-    async def run_media(self, websocket: WebSocket, started: StreamStarted) -> None:
+    async def run_media(self, websocket: WebSocket, started: StreamStarted, started_frame: str) -> None:
         """Serve the call's Media Stream until it ends; returns when the call is over."""
         self._twilio = websocket
         self._spawn(self._write_twilio(websocket))
         log.info("call %s: media stream %s started", self.call_sid, started.stream_sid)
+        if self._tap is not None:
+            self._tap("twilio>bridge", started_frame)
         self._feed(started)
         try:
             while not self.ended.is_set():
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                frame = message.get("text")
-                event = parse_twilio_message(frame if frame is not None else message.get("bytes") or b"")
+                text = message.get("text")
+                frame = text if text is not None else message.get("bytes") or b""
+                if self._tap is not None:
+                    self._tap("twilio>bridge", frame)
+                event = parse_twilio_message(frame)
                 if event is not None:
                     self._feed(event)
         except WebSocketDisconnect:
@@ -132,6 +143,8 @@ class Call:
         reason = "closed by the service"
         try:
             async for frame in self._realtime:
+                if self._tap is not None:
+                    self._tap("realtime>bridge", frame)
                 event = self._parser.parse(frame)
                 if event is not None:
                     self._feed(event)
@@ -142,14 +155,20 @@ class Call:
     async def _write_realtime(self, connection: ClientConnection) -> None:
         try:
             while True:
-                await connection.send(await self._to_realtime.get())
+                frame = await self._to_realtime.get()
+                if self._tap is not None:
+                    self._tap("bridge>realtime", frame)
+                await connection.send(frame)
         except ConnectionClosed:
             pass
 
     async def _write_twilio(self, websocket: WebSocket) -> None:
         try:
             while True:
-                await websocket.send_text(await self._to_twilio.get())
+                frame = await self._to_twilio.get()
+                if self._tap is not None:
+                    self._tap("bridge>twilio", frame)
+                await websocket.send_text(frame)
         except (WebSocketDisconnect, RuntimeError):
             pass
 
