@@ -10,7 +10,8 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from pathlib import Path
+from typing import AsyncIterator, Mapping
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, Response, WebSocket
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse
 from .config import BridgeConfig, Settings
 from .media_stream import parse_twilio_message
 from .events import StreamStarted
+from .recording import CallRecordings
 from .security import issue_stream_token, stream_token_valid, twilio_signature_valid
 from .switchboard import Switchboard
 from .webhook import CALLED_NUMBER_PARAMETER, STREAM_TOKEN_PARAMETER, refusal_twiml, stream_twiml
@@ -37,12 +39,26 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        switchboard = Switchboard(config, settings.realtime, asyncio.get_running_loop().time)
+        clock = asyncio.get_running_loop().time
+        recordings = CallRecordings(Path(config.recording.folder), settings.realtime.dialect, clock)
+        switchboard = Switchboard(
+            config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=recordings.call_ended
+        )
         app.state.switchboard = switchboard
         yield
         await switchboard.end_all("bridge shutting down")
 
     app = FastAPI(title="telephony-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def public_url(headers: Mapping[str, str], *, websocket: bool) -> str:
+        """The URL Twilio called (and signed): from PUBLIC_URL, or from a trusted proxy's forwarded headers."""
+        host = headers.get("x-forwarded-host") if settings.trust_forwarded_headers else None
+        if not host:
+            return settings.media_stream_url if websocket else settings.voice_webhook_url
+        proto = headers.get("x-forwarded-proto", "https").split(",")[0].strip()
+        if websocket:
+            return f"{'ws' if proto == 'http' else 'wss'}://{host.split(',')[0].strip()}/twilio/media"
+        return f"{proto}://{host.split(',')[0].strip()}/twilio/voice"
 
     def signed_by_twilio(url: str, params: dict[str, str], signature: str | None) -> bool:
         if settings.twilio_auth_token is None:
@@ -62,7 +78,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             if len(body) > MAX_WEBHOOK_BODY_BYTES:
                 return Response("request body too large", status_code=413)
         params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
-        url = settings.voice_webhook_url + (f"?{request.url.query}" if request.url.query else "")
+        url = public_url(request.headers, websocket=False) + (f"?{request.url.query}" if request.url.query else "")
         if not signed_by_twilio(url, params, request.headers.get("x-twilio-signature")):
             log.warning("webhook with a missing or wrong Twilio signature from %s", request.client)
             return Response("invalid Twilio signature", status_code=403)
@@ -70,18 +86,24 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         if not call_sid or not called_number:
             return Response("CallSid and To are required", status_code=400)
         profile = config.profile_for(called_number)
-        call = request.app.state.switchboard.answer(call_sid, called_number)
+        switchboard = request.app.state.switchboard
+        if switchboard.draining:
+            log.info("call %s: refused, the bridge is shutting down", call_sid)
+            return Response(refusal_twiml(profile.fallback_message), media_type="text/xml")
+        call = switchboard.answer(call_sid, called_number, params.get("From", ""))
         if call is None:
             log.warning("call %s: refused, the bridge is at max_calls=%d", call_sid, config.limits.max_calls)
             return Response(refusal_twiml(config.limits.busy_message), media_type="text/xml")
         token = issue_stream_token(settings.stream_token_secret, call_sid, called_number, time.time())
         log.info("call %s to %s: answered", call_sid, called_number)
-        twiml = stream_twiml(settings.media_stream_url, called_number, token, profile.fallback_message)
+        stream_url = public_url(request.headers, websocket=True)
+        twiml = stream_twiml(stream_url, called_number, token, profile.fallback_message)
         return Response(twiml, media_type="text/xml")
 
     @app.websocket("/twilio/media")
     async def media(websocket: WebSocket) -> None:
-        if not signed_by_twilio(settings.media_stream_url, {}, websocket.headers.get("x-twilio-signature")):
+        stream_url = public_url(websocket.headers, websocket=True)
+        if not signed_by_twilio(stream_url, {}, websocket.headers.get("x-twilio-signature")):
             log.warning("media socket with a missing or wrong Twilio signature from %s", websocket.client)
             await websocket.close(code=POLICY_VIOLATION)
             return

@@ -3,6 +3,7 @@
 Everything here only moves messages: frames are parsed at the edge, handed to the controller,
 and the actions it returns are queued to one writer per socket, so each socket sees actions in
 exactly the order the controller decided them (a `clear` can never overtake audio sent before it).
+The controller decides when to open, replace or close the Realtime session; this module does it.
 """
 
 from __future__ import annotations
@@ -16,19 +17,24 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from .config import CallProfile, RealtimeEndpoint
-from .controller import CallController
+from .controller import CallController, CallTimings
 from .errors import RealtimeConnectError
 from .events import (
     Action,
+    AppendAudio,
     ClearTwilio,
     CloseRealtime,
     CloseTwilio,
     EndCall,
+    Event,
+    OpenRealtime,
     RealtimeConnected,
     RealtimeDisconnected,
+    RealtimeErrorReported,
     SendTwilioMark,
     SendTwilioMedia,
     StreamStarted,
+    Tick,
     TwilioDisconnected,
     TwilioMessageRejected,
 )
@@ -41,8 +47,12 @@ Direction = Literal["twilio>bridge", "bridge>twilio", "realtime>bridge", "bridge
 FrameTap = Callable[[Direction, "str | bytes"], None]
 """Sees every websocket message of a call as it crosses the bridge (the call recorder is one)."""
 
-REALTIME_CONNECT_TIMEOUT_S = 10.0
-CLOSE_TIMEOUT_S = 1.0
+LatencyObserver = Callable[[Literal["caller>model", "model>caller"], float], None]
+"""Told, for each frame of audio, the seconds from its arrival at the bridge to its audio leaving."""
+
+TICK_S = 0.5
+MAX_TWILIO_MESSAGES_PER_S = 400
+"""Twilio sends 50 media frames a second plus a mark echo for each chunk we send; 400 is far above that."""
 
 
 class Call:
@@ -55,120 +65,171 @@ class Call:
         profile: CallProfile,
         endpoint: RealtimeEndpoint,
         clock: Callable[[], float],
+        *,
+        caller_number: str = "",
+        timings: CallTimings = CallTimings(),
         on_end: Callable[["Call"], None] = lambda call: None,
         tap: FrameTap | None = None,
+        on_latency: LatencyObserver | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.called_number = called_number
-        self.controller = CallController(profile, clock)
+        self.caller_number = caller_number
+        self.dialect = endpoint.dialect
+        self.controller = CallController(profile, clock, timings)
         self.ended = asyncio.Event()
+        self._clock = clock
         self._endpoint = endpoint
         self._parser = RealtimeEventParser(endpoint.dialect)
         self._realtime: ClientConnection | None = None
         self._twilio: WebSocket | None = None
-        self._to_realtime: asyncio.Queue[str] = asyncio.Queue()
-        self._to_twilio: asyncio.Queue[str] = asyncio.Queue()
+        self._to_realtime: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
+        self._to_twilio: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._on_end = on_end
         self._tap = tap
+        self._on_latency = on_latency
 
     def begin(self) -> None:
         """Start opening the Realtime session now, while Twilio is still reading the webhook's answer."""
-        self._spawn(self._run_realtime())
-        self._perform(self.controller.start())
+        self._spawn(self._write_realtime())
+        self._spawn(self._tick())
+        self._perform(self.controller.start(), None)
 
-    async def run_media(self, websocket: WebSocket, started: StreamStarted, started_frame: str) -> None:
+    async def run_media(self, websocket: WebSocket, started: StreamStarted, started_frame: str | bytes) -> None:
         """Serve the call's Media Stream until it ends; returns when the call is over."""
         self._twilio = websocket
         self._spawn(self._write_twilio(websocket))
         log.info("call %s: media stream %s started", self.call_sid, started.stream_sid)
         if self._tap is not None:
             self._tap("twilio>bridge", started_frame)
-        self._feed(started)
+        self._feed(started, None)
+        window_start, messages_in_window = self._clock(), 0
         try:
             while not self.ended.is_set():
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
+                arrived_at = self._clock()
+                if arrived_at - window_start >= 1.0:
+                    window_start, messages_in_window = arrived_at, 0
+                messages_in_window += 1
+                if messages_in_window > MAX_TWILIO_MESSAGES_PER_S:
+                    self._feed(TwilioMessageRejected("over the message rate cap"), None)
+                    continue
                 text = message.get("text")
                 frame = text if text is not None else message.get("bytes") or b""
                 if self._tap is not None:
                     self._tap("twilio>bridge", frame)
                 event = parse_twilio_message(frame)
                 if event is not None:
-                    self._feed(event)
+                    self._feed(event, arrived_at)
         except WebSocketDisconnect:
             pass
         finally:
-            self._feed(TwilioDisconnected())
+            self._feed(TwilioDisconnected(), None)
             await self.ended.wait()
             await _close_quietly(websocket)
 
     def end(self, reason: str) -> None:
         """End the call from outside (shutdown, an unclaimed session): both sockets close."""
-        self._feed(EndCall(reason))
+        self._feed(EndCall(reason), None)
 
-    def _feed(self, event: object) -> None:
+    def _feed(self, event: Event, arrived_at: float | None) -> None:
         if isinstance(event, TwilioMessageRejected):
             log.warning("call %s: malformed Twilio message: %s", self.call_sid, event.reason)
-        self._perform(self.controller.handle(event))  # type: ignore[arg-type]
+        elif isinstance(event, RealtimeErrorReported):
+            log.warning("call %s: the Realtime service reported an error: %s: %s", self.call_sid, event.code, event.message)
+        self._perform(self.controller.handle(event), arrived_at)
 
-    def _perform(self, actions: list[Action]) -> None:
+    def _perform(self, actions: list[Action], arrived_at: float | None) -> None:
+        """Queue each action to its socket's writer; `arrived_at` stamps audio for the latency observer."""
         for action in actions:
-            if isinstance(action, (SendTwilioMedia, SendTwilioMark, ClearTwilio)):
-                self._to_twilio.put_nowait(encode_for_twilio(action, self.controller.stream_sid or ""))
+            if isinstance(action, SendTwilioMedia):
+                self._to_twilio.put_nowait((encode_for_twilio(action, self.controller.stream_sid or ""), arrived_at))
+            elif isinstance(action, (SendTwilioMark, ClearTwilio)):
+                self._to_twilio.put_nowait((encode_for_twilio(action, self.controller.stream_sid or ""), None))
+            elif isinstance(action, AppendAudio):
+                self._to_realtime.put_nowait((encode_for_realtime(action, self.dialect), arrived_at))
+            elif isinstance(action, OpenRealtime):
+                self._spawn(self._open_realtime(action))
             elif isinstance(action, (CloseRealtime, CloseTwilio)):
                 if not self._closing:
                     self._closing = True
                     self._spawn(self._close(action))
             else:
-                self._to_realtime.put_nowait(encode_for_realtime(action, self._endpoint.dialect))
+                self._to_realtime.put_nowait((encode_for_realtime(action, self.dialect), None))
 
     def _spawn(self, coroutine: object) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_realtime(self) -> None:
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self._feed(Tick(), None)
+
+    async def _open_realtime(self, action: OpenRealtime) -> None:
+        """Open a session; a session it replaces is closed only once the new one is open."""
+        if action.delay_s:
+            await asyncio.sleep(action.delay_s)
         try:
-            self._realtime = await open_realtime(self._endpoint, REALTIME_CONNECT_TIMEOUT_S)
+            connection = await open_realtime(self._endpoint, action.timeout_s)
         except RealtimeConnectError as error:
-            log.error("call %s: %s", self.call_sid, error)
-            self._feed(RealtimeDisconnected(str(error)))
+            log.error("call %s: %s (%s)", self.call_sid, error, action.reason)
+            self._feed(RealtimeDisconnected(str(error), retryable=error.retryable), None)
             return
-        log.info("call %s: realtime session open (%s dialect)", self.call_sid, self._endpoint.dialect)
-        self._spawn(self._write_realtime(self._realtime))
-        self._feed(RealtimeConnected())
+        replaced, self._realtime = self._realtime, connection
+        _drop_queued(self._to_realtime)
+        log.info("call %s: realtime session open (%s dialect; %s)", self.call_sid, self.dialect, action.reason)
+        self._spawn(self._read_realtime(connection))
+        if replaced is not None:
+            self._spawn(replaced.close(code=1000, reason="session replaced"))
+        self._feed(RealtimeConnected(), None)
+
+    async def _read_realtime(self, connection: ClientConnection) -> None:
         reason = "closed by the service"
         try:
-            async for frame in self._realtime:
+            async for frame in connection:
                 if self._tap is not None:
                     self._tap("realtime>bridge", frame)
                 event = self._parser.parse(frame)
                 if event is not None:
-                    self._feed(event)
+                    self._feed(event, self._clock())
         except ConnectionClosed as closed:
             reason = f"connection lost ({closed.rcvd.code if closed.rcvd else 'no close frame'})"
-        self._feed(RealtimeDisconnected(reason))
+        if connection is self._realtime and not self._closing:
+            self._realtime = None
+            _drop_queued(self._to_realtime)
+            log.warning("call %s: realtime session %s", self.call_sid, reason)
+            self._feed(RealtimeDisconnected(reason), None)
 
-    async def _write_realtime(self, connection: ClientConnection) -> None:
-        try:
-            while True:
-                frame = await self._to_realtime.get()
-                if self._tap is not None:
-                    self._tap("bridge>realtime", frame)
+    async def _write_realtime(self) -> None:
+        while True:
+            frame, arrived_at = await self._to_realtime.get()
+            connection = self._realtime
+            if connection is None:
+                continue
+            if self._tap is not None:
+                self._tap("bridge>realtime", frame)
+            try:
                 await connection.send(frame)
-        except ConnectionClosed:
-            pass
+            except ConnectionClosed:
+                continue
+            if arrived_at is not None and self._on_latency is not None:
+                self._on_latency("caller>model", self._clock() - arrived_at)
 
     async def _write_twilio(self, websocket: WebSocket) -> None:
         try:
             while True:
-                frame = await self._to_twilio.get()
+                frame, arrived_at = await self._to_twilio.get()
                 if self._tap is not None:
                     self._tap("bridge>twilio", frame)
                 await websocket.send_text(frame)
+                if arrived_at is not None and self._on_latency is not None:
+                    self._on_latency("model>caller", self._clock() - arrived_at)
         except (WebSocketDisconnect, RuntimeError):
             pass
 
@@ -183,8 +244,9 @@ class Call:
         self.ended.set()
         stats = self.controller.stats
         log.info(
-            "call %s ended: %s; frames in %d out %d, barge-ins %d, malformed %d",
-            self.call_sid, stats.end_reason, stats.frames_in, stats.frames_out, stats.barge_ins, stats.malformed_twilio,
+            "call %s ended: %s; frames in %d out %d, barge-ins %d, reconnects %d, malformed %d",
+            self.call_sid, stats.end_reason, stats.frames_in, stats.frames_out, stats.barge_ins,
+            stats.reconnects, stats.malformed_twilio,
         )
         for task in list(self._tasks):
             if task is not asyncio.current_task():
@@ -192,10 +254,17 @@ class Call:
         self._on_end(self)
 
 
-async def _drain(queue: asyncio.Queue[str], timeout_s: float = 0.2) -> None:
+def _drop_queued(queue: asyncio.Queue[tuple[str, float | None]]) -> None:
+    """Forget frames meant for a session that is gone: a new session starts from its own configuration."""
+    while not queue.empty():
+        queue.get_nowait()
+
+
+async def _drain(queue: asyncio.Queue[tuple[str, float | None]], timeout_s: float = 0.2) -> None:
     """Give a writer a moment to send what is queued before its socket closes."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not queue.empty() and asyncio.get_running_loop().time() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not queue.empty() and loop.time() < deadline:
         await asyncio.sleep(0.005)
 
 

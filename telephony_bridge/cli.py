@@ -13,11 +13,9 @@ log = logging.getLogger("telephony_bridge")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from . import server
     from .app import create_app
     from .config import load_config, settings_from_env
-    from .media_stream import MAX_MESSAGE_BYTES
 
     settings = settings_from_env()
     config = load_config(settings.config_path)
@@ -31,15 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         log.warning("running with --insecure: Twilio signatures are NOT checked")
     app = create_app(settings, config, insecure=args.insecure)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        ws_max_size=MAX_MESSAGE_BYTES,
-        ws_per_message_deflate=False,
-        log_level=args.log_level,
-        proxy_headers=False,
-    )
+    server.run(app, args.host, args.port, config.limits.drain_seconds, args.log_level)
     return 0
 
 
@@ -54,17 +44,18 @@ def _simulate_realtime(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser = argparse.ArgumentParser(prog="telephony-bridge", description=__doc__)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="answer calls: the Voice webhook and the Media Stream")
+    serve = commands.add_parser("serve", parents=[common], help="answer calls: the Voice webhook and the Media Stream")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--insecure", action="store_true", help="accept unsigned requests (local trials only)")
     serve.set_defaults(run=_serve)
 
-    simulate = commands.add_parser("simulate-realtime", help="run the local Realtime API simulator")
+    simulate = commands.add_parser("simulate-realtime", parents=[common], help="run the local Realtime API simulator")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
     simulate.set_defaults(run=_simulate_realtime)

@@ -48,6 +48,10 @@ class CallProfile(_Strict):
     turn_detection: TurnDetection = TurnDetection()
     transcription: str | None = None
     fallback_message: str = DEFAULT_FALLBACK
+    record: bool = False
+    """Write every frame of the call to a recording file; off by default, as recordings hold callers' voices."""
+    redact: bool = False
+    """With `record`: keep the timing and length of all audio but write it as silence."""
 
 
 class _NumberTable(_Strict):
@@ -59,17 +63,32 @@ class _NumberTable(_Strict):
     turn_detection: dict[str, Any] | None = None
     transcription: str | None = None
     fallback_message: str | None = None
+    record: bool | None = None
+    redact: bool | None = None
 
 
 class Limits(_Strict):
+    """How much one bridge process takes on, and how long it waits for whom."""
+
     max_calls: int = Field(default=500, ge=1)
     busy_message: str = DEFAULT_BUSY
+    drain_seconds: float = Field(default=30.0, ge=0)
+    """On SIGTERM, how long live calls may run on before the rest are ended."""
+    media_timeout_seconds: float = Field(default=10.0, gt=0)
+    session_renew_minutes: float = Field(default=25.0, gt=0)
+
+
+class Recording(_Strict):
+    """Where calls of numbers with `record = true` are written (a relative folder is taken from the working directory)."""
+
+    folder: str = Field(default="recordings", min_length=1)
 
 
 class _ConfigFile(_Strict):
     defaults: _NumberTable = _NumberTable()
     numbers: dict[str, _NumberTable] = {}
     limits: Limits = Limits()
+    recording: Recording = Recording()
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,7 @@ class BridgeConfig:
     defaults: CallProfile = CallProfile()
     numbers: Mapping[str, CallProfile] = field(default_factory=dict)
     limits: Limits = Limits()
+    recording: Recording = Recording()
     source: str = "<built-in defaults>"
 
     def profile_for(self, called_number: str) -> CallProfile:
@@ -131,7 +151,7 @@ def parse_config(text: str, source: str) -> BridgeConfig:
         numbers[number] = _profile(
             source, f'numbers."{number}"', _merge(default_table, table.model_dump(exclude_none=True))
         )
-    return BridgeConfig(defaults=defaults, numbers=numbers, limits=parsed.limits, source=source)
+    return BridgeConfig(defaults=defaults, numbers=numbers, limits=parsed.limits, recording=parsed.recording, source=source)
 
 
 def load_config(path: Path) -> BridgeConfig:
@@ -163,6 +183,8 @@ class Settings:
     realtime: RealtimeEndpoint
     config_path: Path
     twilio_auth_token: str | None = field(default=None, repr=False)
+    trust_forwarded_headers: bool = False
+    """Take the signed URL's scheme and host from X-Forwarded-Proto/-Host: only behind a proxy you run."""
     stream_token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     @property
@@ -222,5 +244,6 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         realtime=_realtime_endpoint(env),
         config_path=Path(env.get("BRIDGE_CONFIG") or "config/bridge.toml"),
         twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
+        trust_forwarded_headers=(env.get("TRUST_FORWARDED_HEADERS") or "").lower() in ("1", "true", "yes"),
         stream_token_secret=secret.encode() if secret else secrets.token_bytes(32),
     )

@@ -19,12 +19,18 @@ has heard of each answer, and decides barge-in:
 
 Marks echoed after a `clear` mean "discarded", not "played": the controller forgets pending marks
 when it clears, so those echoes are recognised as stale and ignored.
+
+The Realtime session can fail at any time. The controller asks for a new one with backoff while a
+budget lasts (the caller keeps the line; their audio is held meanwhile), configures it like the
+first and carries the conversation over as text from the transcripts; past the budget it closes
+the media stream so Twilio says the fallback message. A session near its maximum age is replaced
+the same way at a quiet moment, and a media stream that goes quiet ends the call.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -33,6 +39,7 @@ from .config import CallProfile
 from .events import (
     Action,
     AddCallerText,
+    AddHistoryItem,
     AppendAudio,
     CallerAudio,
     ClearTwilio,
@@ -46,6 +53,7 @@ from .events import (
     MarkEchoed,
     ModelAudio,
     ModelAudioDone,
+    OpenRealtime,
     RealtimeConnected,
     RealtimeDisconnected,
     RealtimeErrorReported,
@@ -55,8 +63,10 @@ from .events import (
     SendTwilioMark,
     SendTwilioMedia,
     SpeechStarted,
+    SpeechStopped,
     StreamStarted,
     StreamStopped,
+    Tick,
     TranscriptDone,
     TruncateItem,
     TwilioDisconnected,
@@ -65,9 +75,22 @@ from .events import (
 
 ULAW_BYTES_PER_MS = 8
 PCM24K_BYTES_PER_MS = 48
+MAX_HISTORY_ITEMS = 50
 ONE_WAY_DELAY_SMOOTHING = 0.5
 MAX_HELD_CALLER_AUDIO_MS = 5000
 """Caller audio that arrives before the Realtime socket opens is held, up to this much, then the oldest is dropped."""
+
+
+@dataclass(frozen=True)
+class CallTimings:
+    """The call's deadlines, in seconds; the defaults are what a caller tolerates."""
+
+    connect_budget_s: float = 2.5
+    """How long the caller may wait for a (new) session before hearing the fallback."""
+    retry_delays_s: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+    media_timeout_s: float = 10.0
+    renew_session_after_s: float = 25 * 60.0
+    """Realtime sessions have a maximum length (30 minutes for earlier models); renew before it."""
 
 
 class Phase(enum.Enum):
@@ -101,19 +124,25 @@ class CallStats:
     frames_out: int = 0
     malformed_twilio: int = 0
     malformed_realtime: int = 0
-    realtime_errors: int = 0
+    realtime_errors: Counter[str] = field(default_factory=Counter)
     stale_marks: int = 0
     barge_ins: int = 0
     truncates: list[tuple[str, int]] = field(default_factory=list)
     dropped_model_audio_ms: float = 0.0
+    reconnects: int = 0
+    renewals: int = 0
+    realtime_failures: list[str] = field(default_factory=list)
+    response_latencies_ms: list[float] = field(default_factory=list)
+    """For each answer: from the caller stopping speaking to the model's first audio."""
     end_reason: str | None = None
 
 
 class CallController:
     """One call's state: the stream, the audio converters, what was sent and what was played."""
 
-    def __init__(self, profile: CallProfile, clock: Callable[[], float]) -> None:
+    def __init__(self, profile: CallProfile, clock: Callable[[], float], timings: CallTimings = CallTimings()) -> None:
         self.profile = profile
+        self.timings = timings
         self.stats = CallStats()
         self.transcript: list[TranscriptDone] = []
         self.phase = Phase.CONNECTING
@@ -138,13 +167,20 @@ class CallController:
         self._active_response: str | None = None
         self._cut_response: str | None = None
         self._respond_when_idle = False
+        self._caller_stopped_at: float | None = None
+        self._started_at = clock()
+        self._last_media_at = self._started_at
+        self._session_opened_at: float | None = None
+        self._session_items: set[str] = set()
+        self._outage_deadline: float | None = self._started_at + timings.connect_budget_s
+        self._failed_tries = 0
 
     def start(self) -> list[Action]:
-        """The first actions of a call: configure the session and, with a greeting, let the model speak first."""
+        """The first actions of a call: open the session, configure it and, with a greeting, let the model speak first."""
         actions: list[Action] = [ConfigureSession(self.profile)]
         if self.profile.greeting:
             actions.append(CreateResponse(f"Greet the caller by saying exactly this: {self.profile.greeting}"))
-        return self._route(actions)
+        return [OpenRealtime(0.0, self.timings.connect_budget_s, "call answered"), *self._route(actions)]
 
     def handle(self, event: Event) -> list[Action]:
         """Take one event; return what must be sent or closed, in order."""
@@ -166,7 +202,7 @@ class CallController:
         for action in actions:
             if isinstance(action, (SendTwilioMedia, SendTwilioMark, ClearTwilio)) and not self._twilio_ready:
                 self._held_for_twilio.append(action)
-            elif isinstance(action, (AppendAudio, ConfigureSession, CreateResponse, AddCallerText, TruncateItem)) and not self._realtime_ready:
+            elif isinstance(action, _SESSION_ACTIONS) and not self._realtime_ready:
                 self._hold_for_realtime(action)
             else:
                 ready.append(action)
@@ -202,6 +238,7 @@ class CallController:
 
     def _on_caller_audio(self, event: CallerAudio) -> list[Action]:
         self.stats.frames_in += 1
+        self._last_media_at = self._clock()
         pcm = self._caller_to_model.convert(event.ulaw)
         return [AppendAudio(pcm)] if pcm else []
 
@@ -244,13 +281,62 @@ class CallController:
 
     # Realtime events.
     def _on_realtime_connected(self, event: RealtimeConnected) -> list[Action]:
+        replacing = self._session_opened_at is not None
         self._realtime_ready = True
+        self._session_opened_at = self._clock()
+        self._session_items.clear()
+        self._outage_deadline = None
+        self._failed_tries = 0
         if self._twilio_ready:
             self.phase = Phase.LIVE
-        held = list(self._held_for_realtime)
+        actions: list[Action] = []
+        if replacing:
+            actions.append(ConfigureSession(self.profile))
+            actions += [
+                AddHistoryItem("user" if turn.speaker == "caller" else "assistant", turn.text)
+                for turn in self.transcript[-MAX_HISTORY_ITEMS:]
+                if turn.text
+            ]
+        actions += [a for a in self._held_for_realtime if not (replacing and isinstance(a, TruncateItem))]
         self._held_for_realtime.clear()
         self._held_caller_ms = 0.0
-        return held
+        return actions
+
+    def _on_realtime_disconnected(self, event: RealtimeDisconnected) -> list[Action]:
+        """Try a new session while the budget lasts; past it, or when retrying cannot help, fall back."""
+        now = self._clock()
+        self.stats.realtime_failures.append(event.reason)
+        self._realtime_ready = False
+        self._active_response = None
+        if self._outbound_item is not None:
+            self._cut_items.add(self._outbound_item)
+            self._outbound_item = None
+        self._model_to_caller.reset()
+        if self._outage_deadline is None:
+            self._outage_deadline = now + self.timings.connect_budget_s
+        delays = self.timings.retry_delays_s
+        if event.retryable and self._failed_tries < len(delays):
+            delay = delays[self._failed_tries]
+            remaining = self._outage_deadline - now - delay
+            if remaining > 0.05:
+                self._failed_tries += 1
+                if self._session_opened_at is not None:
+                    self.stats.reconnects += 1
+                return [OpenRealtime(delay, remaining, f"session lost: {event.reason}")]
+        return self._end(f"realtime session unavailable: {event.reason}", CloseTwilio(event.reason))
+
+    def _on_tick(self, event: Tick) -> list[Action]:
+        now = self._clock()
+        if self._twilio_ready and now - self._last_media_at > self.timings.media_timeout_s:
+            return self._end("media stream went quiet", CloseRealtime("media stream went quiet"))
+        session_age = now - self._session_opened_at if self._realtime_ready and self._session_opened_at else 0.0
+        idle = not self._pending_marks and self._active_response is None and self._outbound_item is None
+        if session_age > self.timings.renew_session_after_s and idle:
+            self._realtime_ready = False
+            self._outage_deadline = now + self.timings.connect_budget_s
+            self.stats.renewals += 1
+            return [OpenRealtime(0.0, self.timings.connect_budget_s, "session renewal")]
+        return []
 
     def _on_response_started(self, event: ResponseStarted) -> list[Action]:
         self._active_response = event.response_id
@@ -266,6 +352,10 @@ class CallController:
             if self._outbound_item is not None:
                 actions += self._send_to_caller(self._outbound_item, self._model_to_caller.flush())
             self._outbound_item = event.item_id
+        if self._caller_stopped_at is not None:
+            self.stats.response_latencies_ms.append((self._clock() - self._caller_stopped_at) * 1000.0)
+            self._caller_stopped_at = None
+        self._session_items.add(event.item_id)
         self._generated_ms[event.item_id] = self._generated_ms.get(event.item_id, 0.0) + len(event.pcm) / PCM24K_BYTES_PER_MS
         actions += self._send_to_caller(event.item_id, self._model_to_caller.convert(event.pcm))
         return actions
@@ -322,9 +412,15 @@ class CallController:
         self._pending_marks.clear()
         self._playhead = None
         self.stats.barge_ins += 1
-        self.stats.truncates.append((playing, audio_end_ms))
-        actions += [ClearTwilio(), TruncateItem(playing, audio_end_ms)]
+        actions.append(ClearTwilio())
+        if playing in self._session_items:
+            self.stats.truncates.append((playing, audio_end_ms))
+            actions.append(TruncateItem(playing, audio_end_ms))
         return actions
+
+    def _on_speech_stopped(self, event: SpeechStopped) -> list[Action]:
+        self._caller_stopped_at = self._clock()
+        return []
 
     def _on_response_done(self, event: ResponseDone) -> list[Action]:
         if event.response_id == self._active_response:
@@ -339,16 +435,16 @@ class CallController:
         return []
 
     def _on_realtime_error(self, event: RealtimeErrorReported) -> list[Action]:
-        self.stats.realtime_errors += 1
+        self.stats.realtime_errors[event.code] += 1
         return []
 
     def _on_realtime_rejected(self, event: RealtimeMessageRejected) -> list[Action]:
         self.stats.malformed_realtime += 1
         return []
 
-    def _on_realtime_disconnected(self, event: RealtimeDisconnected) -> list[Action]:
-        return self._end(f"realtime session ended: {event.reason}", CloseTwilio(event.reason))
 
+
+_SESSION_ACTIONS = (AppendAudio, ConfigureSession, CreateResponse, AddCallerText, AddHistoryItem, TruncateItem)
 
 _HANDLERS: dict[type, Callable[[CallController, Event], list[Action]]] = {
     StreamStarted: CallController._on_stream_started,
@@ -364,9 +460,11 @@ _HANDLERS: dict[type, Callable[[CallController, Event], list[Action]]] = {
     ModelAudio: CallController._on_model_audio,
     ModelAudioDone: CallController._on_model_audio_done,
     SpeechStarted: CallController._on_speech_started,
+    SpeechStopped: CallController._on_speech_stopped,
     ResponseDone: CallController._on_response_done,
     TranscriptDone: CallController._on_transcript_done,
     RealtimeErrorReported: CallController._on_realtime_error,
     RealtimeMessageRejected: CallController._on_realtime_rejected,
     RealtimeDisconnected: CallController._on_realtime_disconnected,
+    Tick: CallController._on_tick,
 }

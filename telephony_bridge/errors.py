@@ -16,4 +16,20 @@ class ConfigError(BridgeError):
 
 
 class RealtimeConnectError(BridgeError):
-    """The Realtime service could not be reached or refused the session."""
+    """The Realtime service could not be reached or refused the session.
+
+    `retryable` is False when another try cannot succeed (a wrong key, an unknown deployment).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class RecordingError(BridgeError):
+    """A call recording cannot be read: not a recording, a newer format, or a damaged line (named)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

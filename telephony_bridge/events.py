@@ -76,6 +76,11 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    """The service heard the caller stop speaking: the clock of the model's response latency starts."""
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseStarted:
     response_id: str
 
@@ -124,7 +129,15 @@ class RealtimeMessageRejected:
 
 @dataclass(frozen=True, slots=True)
 class RealtimeDisconnected:
+    """The session closed or could not be opened; `retryable` is False when trying again cannot help (401)."""
+
     reason: str
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: the controller checks its deadlines (a quiet media stream, an old session)."""
 
 
 Event = Union[
@@ -138,6 +151,7 @@ Event = Union[
     EndCall,
     RealtimeConnected,
     SpeechStarted,
+    SpeechStopped,
     ResponseStarted,
     ModelAudio,
     ModelAudioDone,
@@ -146,6 +160,7 @@ Event = Union[
     RealtimeErrorReported,
     RealtimeMessageRejected,
     RealtimeDisconnected,
+    Tick,
 ]
 
 
@@ -200,10 +215,29 @@ class CreateResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class AddHistoryItem:
+    """One turn of the conversation so far, as text, for a session that replaces a lost or old one."""
+
+    role: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRealtime:
+    """Open a (new) Realtime session after `delay_s`, giving the handshake at most `timeout_s`."""
+
+    delay_s: float
+    timeout_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class CloseRealtime:
     reason: str
 
 
 TwilioAction = Union[SendTwilioMedia, SendTwilioMark, ClearTwilio, CloseTwilio]
-RealtimeAction = Union[ConfigureSession, AppendAudio, TruncateItem, AddCallerText, CreateResponse, CloseRealtime]
+RealtimeAction = Union[
+    ConfigureSession, AppendAudio, TruncateItem, AddCallerText, AddHistoryItem, CreateResponse, OpenRealtime, CloseRealtime
+]
 Action = Union[TwilioAction, RealtimeAction]

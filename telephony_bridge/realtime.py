@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from typing import Any, Callable
 
 import websockets
@@ -21,6 +22,7 @@ from .config import CallProfile, Dialect, RealtimeEndpoint
 from .errors import RealtimeConnectError
 from .events import (
     AddCallerText,
+    AddHistoryItem,
     AppendAudio,
     ConfigureSession,
     CreateResponse,
@@ -33,9 +35,14 @@ from .events import (
     ResponseDone,
     ResponseStarted,
     SpeechStarted,
+    SpeechStopped,
     TranscriptDone,
     TruncateItem,
 )
+
+_wire_log = logging.getLogger("telephony_bridge.realtime.wire")
+_wire_log.setLevel(logging.INFO)
+"""The websockets library logs handshake headers at DEBUG, the API key among them: never below INFO."""
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 """A whole response's audio can arrive as one delta; the service's own frames stay well below this."""
@@ -109,6 +116,15 @@ def encode_for_realtime(action: RealtimeAction, dialect: Dialect) -> str:
             "type": "conversation.item.create",
             "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": action.text}]},
         }
+    elif isinstance(action, AddHistoryItem):
+        if action.role == "assistant":
+            content_type = "text" if dialect == "preview" else "output_text"
+        else:
+            content_type = "input_text"
+        event = {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": action.role, "content": [{"type": content_type, "text": action.text}]},
+        }
     elif isinstance(action, CreateResponse):
         event = {"type": "response.create"}
         if action.instructions:
@@ -129,6 +145,7 @@ class RealtimeEventParser:
             audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
             transcript_done: lambda e: TranscriptDone("model", _str(e, "item_id"), _str(e, "transcript")),
             "input_audio_buffer.speech_started": lambda e: SpeechStarted(),
+            "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(),
             "response.created": lambda e: ResponseStarted(_str(e["response"], "id")),
             "response.done": lambda e: ResponseDone(_str(e["response"], "id"), _str(e["response"], "status")),
             "conversation.item.input_audio_transcription.completed": lambda e: TranscriptDone(
@@ -183,9 +200,13 @@ async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientC
             open_timeout=timeout_s,
             max_size=MAX_EVENT_BYTES,
             compression=None,
+            logger=_wire_log,
         )
     except websockets.InvalidStatus as error:
-        raise RealtimeConnectError(f"Realtime service refused the session: HTTP {error.response.status_code}") from None
+        status = error.response.status_code
+        raise RealtimeConnectError(
+            f"Realtime service refused the session: HTTP {status}", retryable=status not in (400, 401, 403, 404)
+        ) from None
     except TimeoutError:
         raise RealtimeConnectError(f"Realtime service did not answer within {timeout_s:g} s") from None
     except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as error:

@@ -12,13 +12,15 @@ import asyncio
 import logging
 from typing import Callable
 
-from .call import Call
-from .config import BridgeConfig, RealtimeEndpoint
+from .call import Call, FrameTap, LatencyObserver
+from .config import BridgeConfig, CallProfile, RealtimeEndpoint
+from .controller import CallTimings
 from .security import STREAM_TOKEN_LIFETIME_S
 
 log = logging.getLogger(__name__)
 
-UNCLAIMED_CALL_TIMEOUT_S = 30.0
+UNCLAIMED_CALL_TIMEOUT_S = 10.0
+"""Twilio opens the stream a second or two after the webhook answers; a call still unclaimed after this was hung up."""
 
 
 class Switchboard:
@@ -27,12 +29,25 @@ class Switchboard:
         config: BridgeConfig,
         endpoint: RealtimeEndpoint,
         clock: Callable[[], float],
+        *,
         unclaimed_timeout_s: float = UNCLAIMED_CALL_TIMEOUT_S,
+        tap_for: Callable[[str, str, CallProfile], FrameTap | None] = lambda call_sid, number, profile: None,
+        on_call_end: Callable[[Call], None] = lambda call: None,
+        on_latency: LatencyObserver | None = None,
     ) -> None:
         self.config = config
+        self.draining = False
+        """Set at shutdown: new calls are refused, live ones run on."""
         self._endpoint = endpoint
         self._clock = clock
         self._unclaimed_timeout_s = unclaimed_timeout_s
+        self._tap_for = tap_for
+        self._on_call_end = on_call_end
+        self._on_latency = on_latency
+        limits = config.limits
+        self._timings = CallTimings(
+            media_timeout_s=limits.media_timeout_seconds, renew_session_after_s=limits.session_renew_minutes * 60
+        )
         self._calls: dict[str, Call] = {}
         self._claimed_until: dict[str, float] = {}
         self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
@@ -41,14 +56,14 @@ class Switchboard:
     def live_calls(self) -> int:
         return sum(1 for call in self._calls.values() if not call.ended.is_set())
 
-    def answer(self, call_sid: str, called_number: str) -> Call | None:
+    def answer(self, call_sid: str, called_number: str, caller_number: str = "") -> Call | None:
         """Accept a call and start its Realtime session; `None` when the line is at `max_calls`."""
         existing = self._calls.get(call_sid)
         if existing is not None:
             return existing
         if self.live_calls >= self.config.limits.max_calls:
             return None
-        call = self._open(call_sid, called_number)
+        call = self._open(call_sid, called_number, caller_number)
         self._expiry_timers[call_sid] = asyncio.get_running_loop().call_later(
             self._unclaimed_timeout_s, self._expire_unclaimed, call_sid
         )
@@ -75,6 +90,15 @@ class Switchboard:
             call = self._open(call_sid, called_number)
         return call
 
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking calls; wait up to `timeout_s` for live ones to end by themselves, then end the rest."""
+        self.draining = True
+        live = [call for call in self._calls.values() if not call.ended.is_set()]
+        log.info("draining: %d live calls, waiting up to %g s", len(live), timeout_s)
+        if live:
+            await asyncio.wait([asyncio.ensure_future(call.ended.wait()) for call in live], timeout=timeout_s)
+        await self.end_all("bridge shutting down")
+
     async def end_all(self, reason: str) -> None:
         """End every call (at shutdown) and wait until each has closed its sockets."""
         calls = list(self._calls.values())
@@ -82,22 +106,28 @@ class Switchboard:
             call.end(reason)
         await asyncio.gather(*(call.ended.wait() for call in calls))
 
-    def _open(self, call_sid: str, called_number: str) -> Call:
+    def _open(self, call_sid: str, called_number: str, caller_number: str = "") -> Call:
+        profile = self.config.profile_for(called_number)
         call = Call(
             call_sid,
             called_number,
-            self.config.profile_for(called_number),
+            profile,
             self._endpoint,
             self._clock,
-            on_end=self._forget,
+            caller_number=caller_number,
+            timings=self._timings,
+            on_end=self._ended,
+            tap=self._tap_for(call_sid, called_number, profile),
+            on_latency=self._on_latency,
         )
         self._calls[call_sid] = call
         call.begin()
         return call
 
-    def _forget(self, call: Call) -> None:
+    def _ended(self, call: Call) -> None:
         if call.call_sid in self._claimed_until:
             self._calls.pop(call.call_sid, None)
+        self._on_call_end(call)
 
     def _expire_unclaimed(self, call_sid: str) -> None:
         self._expiry_timers.pop(call_sid, None)

@@ -41,8 +41,15 @@ FIXTURES = Path(__file__).parent.parent / "telephony_bridge" / "fixtures"
 
 @asynccontextmanager
 async def bridge_for(
-    realtime: RealtimeSimulator, *, url: str | None = None, dialect: str = "ga", config: BridgeConfig | None = None
+    realtime: RealtimeSimulator | None,
+    *,
+    url: str | None = None,
+    dialect: str = "ga",
+    config: BridgeConfig | None = None,
+    extra_config: str = "",
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[str]:
+    """The real bridge on loopback, talking to `realtime` (or to `url`), with the test configuration."""
     settings = settings_from_env(
         {
             "PUBLIC_URL": PUBLIC_URL,
@@ -50,9 +57,11 @@ async def bridge_for(
             "OPENAI_API_KEY": API_KEY,
             "REALTIME_URL": url or realtime.url,
             "REALTIME_API": dialect,
+            **(env or {}),
         }
     )
-    async with serve_bridge(settings, config or parse_config(TEST_CONFIG, "test.toml")) as base_url:
+    config = config or parse_config(TEST_CONFIG + extra_config, "test.toml")
+    async with serve_bridge(settings, config) as base_url:
         yield base_url
 
 

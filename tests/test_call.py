@@ -173,16 +173,6 @@ async def test_a_dropped_media_socket_closes_the_realtime_session_within_100_ms(
     assert closed_at - dropped_at < 0.1
 
 
-async def test_when_the_realtime_session_drops_the_media_stream_closes_for_the_fallback(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
-    await session.wait_for("session.update")
-    await session.drop(1011)
-    assert await call.wait_closed_by_bridge(timeout=2) is not None
-
-
 async def test_junk_frames_are_survived_and_the_call_goes_on(bridge: str, realtime: RealtimeSimulator) -> None:
     call = new_call(bridge)
     await call.dial()

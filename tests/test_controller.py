@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from telephony_bridge.config import CallProfile
-from telephony_bridge.controller import CallController
+from telephony_bridge.controller import CallController, CallTimings
 from telephony_bridge.events import (
     AddCallerText,
+    AddHistoryItem,
     AppendAudio,
     CallerAudio,
     ClearTwilio,
@@ -19,6 +21,7 @@ from telephony_bridge.events import (
     MarkEchoed,
     ModelAudio,
     ModelAudioDone,
+    OpenRealtime,
     RealtimeConnected,
     RealtimeDisconnected,
     RealtimeErrorReported,
@@ -27,8 +30,11 @@ from telephony_bridge.events import (
     SendTwilioMark,
     SendTwilioMedia,
     SpeechStarted,
+    SpeechStopped,
     StreamStarted,
     StreamStopped,
+    Tick,
+    TranscriptDone,
     TruncateItem,
     TwilioDisconnected,
     TwilioMessageRejected,
@@ -74,9 +80,9 @@ def play_answer(controller: CallController, item_id: str = "item1", chunks: int 
     return names
 
 
-def test_start_configures_the_session_and_greets_first_when_a_greeting_is_set(clock: Clock) -> None:
+def test_start_opens_the_session_then_configures_it_and_greets_first_when_a_greeting_is_set(clock: Clock) -> None:
     controller = CallController(CallProfile(greeting="Hello, Bright Smile Dental."), clock)
-    assert controller.start() == []
+    assert [type(a) for a in controller.start()] == [OpenRealtime]
     released = controller.handle(RealtimeConnected())
     assert isinstance(released[0], ConfigureSession)
     assert isinstance(released[1], CreateResponse) and "Bright Smile Dental" in released[1].instructions
@@ -201,15 +207,89 @@ def test_a_dropped_media_socket_closes_the_realtime_session(clock: Clock) -> Non
     assert isinstance(controller.handle(TwilioDisconnected())[0], CloseRealtime)
 
 
-def test_a_closed_realtime_session_closes_the_media_stream(clock: Clock) -> None:
+def test_a_lost_session_is_reopened_at_once_then_with_backoff(clock: Clock) -> None:
     controller = live_controller(clock)
-    assert isinstance(controller.handle(RealtimeDisconnected("gone"))[0], CloseTwilio)
+    first = controller.handle(RealtimeDisconnected("gone"))
+    assert [type(a) for a in first] == [OpenRealtime] and first[0].delay_s == 0
+    second = controller.handle(RealtimeDisconnected("refused"))
+    assert second[0].delay_s > 0 and second[0].timeout_s <= CallTimings().connect_budget_s - second[0].delay_s
+
+
+def test_the_caller_falls_back_when_no_session_can_be_had_within_the_budget(clock: Clock) -> None:
+    controller = live_controller(clock)
+    actions = controller.handle(RealtimeDisconnected("gone"))
+    while isinstance(actions[0], OpenRealtime):
+        clock.advance_ms(actions[0].delay_s * 1000 + 100)
+        actions = controller.handle(RealtimeDisconnected("refused"))
+    assert isinstance(actions[0], CloseTwilio)
+    assert controller.stats.end_reason.startswith("realtime session unavailable")
+
+
+def test_a_refusal_that_retrying_cannot_fix_falls_back_at_once(clock: Clock) -> None:
+    controller = CallController(CallProfile(), clock)
+    controller.start()
+    assert isinstance(controller.handle(RealtimeDisconnected("HTTP 401", retryable=False))[0], CloseTwilio)
+
+
+def test_a_new_session_gets_the_same_configuration_and_the_conversation_so_far(clock: Clock) -> None:
+    controller = live_controller(clock)
+    controller.handle(TranscriptDone("caller", "u1", "Do you open on Saturdays?"))
+    controller.handle(TranscriptDone("model", "i1", "Yes, from nine to noon."))
+    controller.handle(RealtimeDisconnected("gone"))
+    caller_audio = controller.handle(CallerAudio(b"\xff" * 160))
+    assert caller_audio == []
+    released = controller.handle(RealtimeConnected())
+    assert isinstance(released[0], ConfigureSession)
+    assert released[1:3] == [AddHistoryItem("user", "Do you open on Saturdays?"), AddHistoryItem("assistant", "Yes, from nine to noon.")]
+    assert isinstance(released[3], AppendAudio)
+
+
+def test_after_a_new_session_a_barge_in_on_old_audio_clears_without_truncating(clock: Clock) -> None:
+    controller = live_controller(clock)
+    play_answer(controller, chunks=3)
+    controller.handle(RealtimeDisconnected("gone"))
+    controller.handle(RealtimeConnected())
+    actions = controller.handle(SpeechStarted())
+    assert ClearTwilio() in actions and not any(isinstance(a, TruncateItem) for a in actions)
+
+
+def test_a_quiet_media_stream_ends_the_call(clock: Clock) -> None:
+    controller = live_controller(clock)
+    clock.advance_ms(9000)
+    assert controller.handle(Tick()) == []
+    controller.handle(CallerAudio(b"\xff" * 160))
+    clock.advance_ms(10_500)
+    assert controller.handle(Tick()) == [CloseRealtime("media stream went quiet")]
+
+
+def test_an_old_session_is_renewed_only_when_nobody_is_speaking(clock: Clock) -> None:
+    controller = CallController(CallProfile(), clock, CallTimings(renew_session_after_s=60, media_timeout_s=1e9))
+    controller.start()
+    controller.handle(RealtimeConnected())
+    controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
+    play_answer(controller, chunks=2)
+    clock.advance_ms(61_000)
+    assert controller.handle(Tick()) == []
+    controller.handle(ResponseDone("resp1", "completed"))
+    controller.handle(SpeechStarted())
+    renewal = controller.handle(Tick())
+    assert [type(a) for a in renewal] == [OpenRealtime] and renewal[0].reason == "session renewal"
+    assert isinstance(controller.handle(RealtimeConnected())[0], ConfigureSession)
+
+
+def test_the_model_response_latency_runs_from_the_caller_stopping_to_the_first_audio(clock: Clock) -> None:
+    controller = live_controller(clock)
+    controller.handle(SpeechStopped())
+    clock.advance_ms(420)
+    controller.handle(ModelAudio("r", "i", PCM_100MS))
+    controller.handle(ModelAudio("r", "i", PCM_100MS))
+    assert controller.stats.response_latencies_ms == [pytest.approx(420)]
 
 
 def test_a_realtime_error_is_counted_and_the_call_goes_on(clock: Clock) -> None:
     controller = live_controller(clock)
     assert controller.handle(RealtimeErrorReported("invalid_value", "bad truncate")) == []
-    assert controller.stats.realtime_errors == 1
+    assert controller.stats.realtime_errors == {"invalid_value": 1}
     assert controller.handle(CallerAudio(b"\xff" * 160))
 
 
@@ -242,3 +322,42 @@ def test_caller_audio_before_the_realtime_socket_opens_is_held_and_bounded(clock
     released = controller.handle(RealtimeConnected())
     held_ms = sum(len(a.pcm) for a in released if isinstance(a, AppendAudio)) / 48
     assert 4900 <= held_ms <= 5000
+
+
+EVENTS = st.one_of(
+    st.builds(StreamStarted, stream_sid=st.sampled_from(["MZ1", "MZ2"]), call_sid=st.just("CA1")),
+    st.builds(CallerAudio, ulaw=st.binary(max_size=400)),
+    st.builds(MarkEchoed, name=st.sampled_from(["a1", "a2", "a3", "a9", ""])),
+    st.builds(DigitPressed, digit=st.sampled_from(list("0123456789*#"))),
+    st.just(StreamStopped()),
+    st.just(TwilioDisconnected()),
+    st.builds(TwilioMessageRejected, reason=st.text(max_size=5)),
+    st.just(RealtimeConnected()),
+    st.just(SpeechStarted()),
+    st.just(SpeechStopped()),
+    st.builds(ResponseStarted, response_id=st.sampled_from(["r1", "r2"])),
+    st.builds(ModelAudio, response_id=st.sampled_from(["r1", "r2"]), item_id=st.sampled_from(["i1", "i2"]),
+              pcm=st.binary(max_size=2000).map(lambda b: b[: len(b) // 2 * 2])),
+    st.builds(ModelAudioDone, item_id=st.sampled_from(["i1", "i2", "i3"])),
+    st.builds(ResponseDone, response_id=st.sampled_from(["r1", "r2", "r3"]), status=st.just("completed")),
+    st.builds(TranscriptDone, speaker=st.sampled_from(["caller", "model"]), item_id=st.just("i1"), text=st.text(max_size=5)),
+    st.builds(RealtimeErrorReported, code=st.text(max_size=5), message=st.text(max_size=5)),
+    st.builds(RealtimeDisconnected, reason=st.just("x"), retryable=st.booleans()),
+    st.just(Tick()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(EVENTS, st.integers(min_value=0, max_value=3000)), max_size=40))
+def test_no_sequence_of_events_makes_the_controller_raise_or_overstate_what_was_heard(steps: list) -> None:
+    clock = Clock()
+    controller = CallController(CallProfile(greeting="Hi"), clock)
+    controller.start()
+    generated_ms: dict[str, float] = {}
+    for event, wait_ms in steps:
+        clock.advance_ms(wait_ms)
+        if isinstance(event, ModelAudio):
+            generated_ms[event.item_id] = generated_ms.get(event.item_id, 0.0) + len(event.pcm) / 48
+        for action in controller.handle(event):
+            if isinstance(action, TruncateItem):
+                assert 0 <= action.audio_end_ms <= generated_ms[action.item_id]
