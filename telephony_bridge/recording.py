@@ -1,0 +1,434 @@
+"""Call recordings: every frame of a call, written as the call goes, read back for export and replay.
+
+One JSON Lines file per call (docs/recording-format.md). Line 1 is a header (the call, the
+number's effective profile, the bridge version and dialect); every later line is one websocket
+frame with its direction and the milliseconds since the call was answered. The file is
+line-buffered, so a bridge that crashes leaves a file readable up to its last whole line, and a
+disk that fails stops that call's recording (logged once), never the call.
+
+Recordings hold callers' voices, so recording is opt-in per number, and `redact` writes every
+audio payload as silence of the same length: the timing and shape of the call survive, the voice
+does not. Secrets never reach the file: the API key and the auth token travel in HTTP headers the
+tap never sees, and the stream token in `start.customParameters` is replaced by "<redacted>".
+
+A recording of a call to Twilio is also its audio: `export_wav` lays both sides out on the call's
+timeline, the caller on the left and what the caller heard on the right.
+"""
+
+from __future__ import annotations
+
+import audioop
+import base64
+import binascii
+import functools
+import json
+import logging
+import os
+import re
+import wave
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, TextIO, get_args
+
+import numpy as np
+
+from . import __version__
+from .call import Call, Direction, FrameTap
+from .config import CallProfile, Dialect
+from .errors import RecordingError
+from .webhook import STREAM_TOKEN_PARAMETER
+
+log = logging.getLogger(__name__)
+
+FORMAT = "telephony-bridge-recording"
+VERSION = 1
+REDACTED = "<redacted>"
+DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
+
+ULAW_SILENCE = 0xFF
+PCM_SILENCE = 0x00
+ULAW_SAMPLES_PER_MS = 8
+
+_MODEL_AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")
+_UNSAFE_IN_FILE_NAMES = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _audio_field(direction: Direction, message: Any) -> tuple[dict[str, Any], str, int] | None:
+    """Where a message carries base64 audio: (the object holding it, its key, the byte of silence)."""
+    if not isinstance(message, dict):
+        return None
+    if direction in ("twilio>bridge", "bridge>twilio"):
+        media = message.get("media")
+        if message.get("event") == "media" and isinstance(media, dict) and isinstance(media.get("payload"), str):
+            return media, "payload", ULAW_SILENCE
+        return None
+    kind = message.get("type")
+    if direction == "bridge>realtime" and kind == "input_audio_buffer.append" and isinstance(message.get("audio"), str):
+        return message, "audio", PCM_SILENCE
+    if direction == "realtime>bridge" and kind in _MODEL_AUDIO_DELTAS and isinstance(message.get("delta"), str):
+        return message, "delta", PCM_SILENCE
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _silence_base64(fill: int, length: int) -> str:
+    return base64.b64encode(bytes([fill]) * length).decode("ascii")
+
+
+def _scrub(direction: Direction, message: Any, redact: bool) -> Any:
+    """Hide the stream token and, with `redact`, the audio; `message` is a fresh parse, changed in place."""
+    if direction == "twilio>bridge" and isinstance(message, dict) and message.get("event") == "start":
+        start = message.get("start")
+        parameters = start.get("customParameters") if isinstance(start, dict) else None
+        if isinstance(parameters, dict) and STREAM_TOKEN_PARAMETER in parameters:
+            parameters[STREAM_TOKEN_PARAMETER] = REDACTED
+    if redact:
+        field = _audio_field(direction, message)
+        if field is not None:
+            holder, key, fill = field
+            try:
+                length = len(base64.b64decode(holder[key], validate=True))
+            except (binascii.Error, ValueError):
+                holder[key] = REDACTED
+            else:
+                holder[key] = _silence_base64(fill, length)
+    return message
+
+
+def frame_line(t_ms: float, direction: Direction, frame: str | bytes, *, redact: bool) -> str:
+    """One line of a recording: the frame parsed as JSON, or as `raw` text (base64 with `binary`) if it is not JSON."""
+    entry: dict[str, Any] = {"t": round(t_ms, 2), "dir": direction}
+    if isinstance(frame, bytes):
+        data = bytes(len(frame)) if redact else frame
+        entry.update(raw=base64.b64encode(data).decode("ascii"), binary=True)
+        return json.dumps(entry, separators=(",", ":")) + "\n"
+    try:
+        entry["msg"] = _scrub(direction, json.loads(frame), redact)
+        return json.dumps(entry, separators=(",", ":"), allow_nan=False) + "\n"
+    except (ValueError, RecursionError):
+        entry.pop("msg", None)
+        entry["raw"] = frame
+        return json.dumps(entry, separators=(",", ":")) + "\n"
+
+
+def header(
+    call_sid: str, called_number: str, profile: CallProfile, dialect: Dialect, started_at: datetime
+) -> dict[str, Any]:
+    """The first line of a recording: what a replay needs to set the bridge up as it was."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "call_sid": call_sid,
+        "called_number": called_number,
+        "config": profile.model_dump(mode="json"),
+        "bridge_version": __version__,
+        "dialect": dialect,
+        "started_at": started_at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "redacted": profile.redact,
+    }
+
+
+class CallRecorder:
+    """Writes one call's recording to a line-buffered text file; the call calls it with every frame (its `FrameTap`)."""
+
+    def __init__(self, file: TextIO, first_line: dict[str, Any], clock: Callable[[], float], *, redact: bool) -> None:
+        self.name = file.name
+        self._clock = clock
+        self._started_at = clock()
+        self._redact = redact
+        self._file: TextIO | None = file
+        try:
+            file.write(json.dumps(first_line, separators=(",", ":")) + "\n")
+        except OSError as error:
+            self._stop(error)
+
+    @property
+    def recording(self) -> bool:
+        return self._file is not None
+
+    def __call__(self, direction: Direction, frame: str | bytes) -> None:
+        if self._file is None:
+            return
+        line = frame_line((self._clock() - self._started_at) * 1000.0, direction, frame, redact=self._redact)
+        try:
+            self._file.write(line)
+        except OSError as error:
+            self._stop(error)
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as error:
+                log.error("recording %s may be incomplete: %s", self.name, error)
+            self._file = None
+
+    def _stop(self, error: OSError) -> None:
+        log.error("recording %s stopped (the call goes on): %s", self.name, error)
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        self._file = None
+
+
+def _owner_only(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def _create(path: Path) -> TextIO:
+    """Open a new line-buffered file only its owner can read, never an existing one (a second recording of a call gets a numbered name)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for number in range(1, 100):
+        candidate = path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
+        try:
+            return open(candidate, "x", encoding="utf-8", buffering=1, opener=_owner_only)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path} and 98 numbered variants exist")
+
+
+class CallRecordings:
+    """Starts a recorder for each call to a number with `record = true` and closes it when the call ends.
+
+    Its `tap_for` and `call_ended` are the switchboard's hooks.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        dialect: Dialect,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.folder = folder
+        self._dialect = dialect
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._recorders: dict[str, CallRecorder] = {}
+
+    def tap_for(self, call_sid: str, called_number: str, profile: CallProfile) -> FrameTap | None:
+        if not profile.record:
+            return None
+        started_at = self._wall_clock()
+        name = f"{started_at.astimezone(timezone.utc):%Y%m%dT%H%M%S}-{_UNSAFE_IN_FILE_NAMES.sub('_', call_sid)}.jsonl"
+        try:
+            file = _create(self.folder / name)
+        except OSError as error:
+            log.error("call %s is not recorded (the call goes on): %s", call_sid, error)
+            return None
+        first_line = header(call_sid, called_number, profile, self._dialect, started_at)
+        recorder = CallRecorder(file, first_line, self._clock, redact=profile.redact)
+        if not recorder.recording:
+            return None
+        previous = self._recorders.pop(call_sid, None)
+        if previous is not None:
+            previous.close()
+        self._recorders[call_sid] = recorder
+        return recorder
+
+    def call_ended(self, call: Call) -> None:
+        recorder = self._recorders.pop(call.call_sid, None)
+        if recorder is not None:
+            recorder.close()
+
+
+# Reading recordings back.
+
+
+@dataclass(frozen=True)
+class RecordedFrame:
+    """One line after the header: a frame as the bridge sent or received it."""
+
+    t_ms: float
+    direction: Direction
+    message: Any
+    """The parsed JSON message; `None` for a frame that was not JSON (see `raw`)."""
+    raw: str | bytes | None = None
+
+    @property
+    def kind(self) -> str:
+        """The Twilio `event` or Realtime `type`; "raw" for a frame that is not a JSON object with one."""
+        if isinstance(self.message, dict):
+            kind = self.message.get("event") if self.direction in ("twilio>bridge", "bridge>twilio") else self.message.get("type")
+            if isinstance(kind, str):
+                return kind
+        return "raw"
+
+    def wire_frame(self) -> str | bytes:
+        """The frame as it crossed the socket (JSON re-serialised: equal as JSON, not byte for byte)."""
+        if self.raw is not None:
+            return self.raw
+        return json.dumps(self.message, separators=(",", ":"))
+
+    def audio(self) -> bytes | None:
+        """The decoded audio it carries (μ-law 8 kHz on the Twilio side, PCM16 24 kHz on the Realtime side), if any."""
+        field = _audio_field(self.direction, self.message)
+        if field is None:
+            return None
+        holder, key, _ = field
+        try:
+            return base64.b64decode(holder[key], validate=True)
+        except (binascii.Error, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    path: Path
+    header: dict[str, Any]
+    frames: list[RecordedFrame]
+
+    @property
+    def call_sid(self) -> str:
+        return str(self.header["call_sid"])
+
+    @property
+    def called_number(self) -> str:
+        return str(self.header["called_number"])
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.header["dialect"]
+
+    @property
+    def duration_ms(self) -> float:
+        return self.frames[-1].t_ms if self.frames else 0.0
+
+    def profile(self) -> CallProfile:
+        """The number's profile as it was recorded; `RecordingError` if this bridge no longer accepts it."""
+        try:
+            return CallProfile.model_validate(self.header["config"])
+        except ValueError as error:
+            raise RecordingError(str(self.path), f"the recorded config is not valid here: {error}") from None
+
+
+def read_recording(path: Path) -> RecordedCall:
+    """Read a recording; a last line cut short (the bridge crashed mid-write) is skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecordingError(str(path), f"cannot be read: {error}") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    elif len(lines) > 1 and not _is_json(lines[-1]):
+        lines.pop()
+    if not lines:
+        raise RecordingError(str(path), "empty: no header line")
+    try:
+        first = json.loads(lines[0])
+    except ValueError:
+        raise RecordingError(str(path), "line 1 is not JSON: not a recording") from None
+    if not isinstance(first, dict) or first.get("format") != FORMAT:
+        raise RecordingError(str(path), f"line 1 is not a {FORMAT} header")
+    if first.get("version") != VERSION:
+        raise RecordingError(str(path), f"format version {first.get('version')!r}; this bridge reads version {VERSION}")
+    for key in ("call_sid", "called_number", "config", "dialect"):
+        if key not in first:
+            raise RecordingError(str(path), f"the header has no {key!r}")
+    frames = [_frame(path, number, line) for number, line in enumerate(lines[1:], start=2)]
+    return RecordedCall(path, first, frames)
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _frame(path: Path, number: int, line: str) -> RecordedFrame:
+    try:
+        entry = json.loads(line)
+        t_ms, direction = float(entry["t"]), entry["dir"]
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}")
+        if "msg" in entry:
+            return RecordedFrame(t_ms, direction, entry["msg"])
+        raw = entry["raw"]
+        if entry.get("binary"):
+            return RecordedFrame(t_ms, direction, None, base64.b64decode(raw, validate=True))
+        return RecordedFrame(t_ms, direction, None, str(raw))
+    except (ValueError, KeyError, TypeError, binascii.Error) as error:
+        raise RecordingError(str(path), f"line {number}: not a frame line ({type(error).__name__}: {error})") from None
+
+
+# The call's audio as a WAV file.
+
+
+def stereo_pcm8k(call: RecordedCall) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides of the call as 8 kHz PCM16 on the recording's timeline: (caller, what the caller heard).
+
+    The caller's frames sit at their Twilio `timestamp` (the stream's own audio clock), aligned to
+    the recording by the first one. The bridge's audio plays as Twilio plays it: in order, each
+    chunk from when it was sent or when the one before it ends, whichever is later; a `clear`
+    drops whatever had not played by then.
+    """
+    caller: list[tuple[int, bytes]] = []
+    heard: list[tuple[int, bytes]] = []
+    offset_ms: float | None = None
+    caller_end = play_end = 0
+    for frame in call.frames:
+        if frame.direction == "twilio>bridge" and frame.kind == "media":
+            audio = frame.audio()
+            if audio is None or frame.message["media"].get("track", "inbound") != "inbound":
+                continue
+            stamp = _number(frame.message["media"].get("timestamp"))
+            if stamp is None:
+                start = max(caller_end, round(frame.t_ms * ULAW_SAMPLES_PER_MS))
+            else:
+                if offset_ms is None:
+                    offset_ms = frame.t_ms - stamp
+                start = round((stamp + offset_ms) * ULAW_SAMPLES_PER_MS)
+            caller.append((start, audio))
+            caller_end = start + len(audio)
+        elif frame.direction == "bridge>twilio" and frame.kind == "media":
+            audio = frame.audio()
+            if audio is None:
+                continue
+            start = max(play_end, round(frame.t_ms * ULAW_SAMPLES_PER_MS))
+            heard.append((start, audio))
+            play_end = start + len(audio)
+        elif frame.direction == "bridge>twilio" and frame.kind == "clear":
+            cleared_at = round(frame.t_ms * ULAW_SAMPLES_PER_MS)
+            heard = [(start, audio[: max(0, cleared_at - start)]) for start, audio in heard if start < cleared_at]
+            play_end = min(play_end, cleared_at)
+    length = max(
+        round(call.duration_ms * ULAW_SAMPLES_PER_MS),
+        *(start + len(audio) for start, audio in caller + heard),
+        0,
+    )
+    return _lay_out(caller, length), _lay_out(heard, length)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _lay_out(pieces: list[tuple[int, bytes]], length: int) -> np.ndarray:
+    track = np.zeros(length, dtype="<i2")
+    for start, ulaw in pieces:
+        if start < 0 or not ulaw:
+            continue
+        samples = np.frombuffer(audioop.ulaw2lin(ulaw, 2), dtype="<i2")
+        track[start : start + len(samples)] = samples[: max(0, length - start)]
+    return track
+
+
+def export_wav(call: RecordedCall, path: Path) -> float:
+    """Write the call as a stereo 8 kHz 16-bit WAV (left: the caller; right: what they heard); returns its seconds."""
+    caller, heard = stereo_pcm8k(call)
+    stereo = np.empty(2 * len(caller), dtype="<i2")
+    stereo[0::2], stereo[1::2] = caller, heard
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(stereo.tobytes())
+    return len(caller) / 8000

@@ -1,0 +1,612 @@
+"""Replay a recorded call through the current bridge and report what the bridge now does differently.
+
+The real app runs under uvicorn on loopback. The replay answers for both services the bridge
+talks to: it POSTs the signed webhook the recording's header describes, then plays Twilio from
+the recorded `twilio>bridge` frames and a scripted Realtime service from the recorded
+`realtime>bridge` frames, and records what the bridge sends on both sockets.
+
+Each recorded incoming frame is sent at its recorded time, and not before the bridge has sent, on
+both sockets, at least as many messages of each type as the recording shows before it. That keeps
+cause before effect: a flushed mark's echo never overtakes the `clear` that flushed it, a
+`speech_started` finds the bridge in the state it was in. Mark echoes carry the names the bridge
+uses now, mapped by order; the `start` carries a fresh stream token.
+
+Time is replayed faithfully only where the bridge reads the clock: while the caller is hearing the
+model with marks pending (the truncate point of a barge-in is computed from mark echo times), and
+across gaps over `LONG_GAP_MS` (a silent stream is something the bridge reacts to). Elsewhere
+(the caller talking, the model generating) the recording runs `FAST_FORWARD` times faster.
+
+What is compared (docs/recording-format.md): on each socket, the bridge's messages in order, with
+ids, event ids, mark names and stream ids normalised; audio lengths exactly and audio content
+within `AUDIO_TOLERANCE`; truncate points within `TRUNCATE_TOLERANCE_MS`. The caller's audio
+forwarded to the service is compared as one stream, apart from the other events, because where
+an append falls between two events depends on packet timing, not on the bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import bisect
+import difflib
+import json
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from .call import Direction
+from .config import BridgeConfig, CallLogSettings, settings_from_env
+from .recording import RecordedCall, RecordedFrame
+from .testing.bridge_server import serve_bridge
+from .testing.twilio_simulator import SimulatedCall
+
+FAST_FORWARD = 10.0
+"""How much faster than real time the recording runs where the bridge does not read the clock."""
+LONG_GAP_MS = 250.0
+"""Silences on the sockets longer than this keep their length: twelve missed 20 ms media frames are an event."""
+WINDOW_MARGIN_MS = 50.0
+GATE_TIMEOUT_S = 1.0
+"""How long an incoming frame waits for the bridge to send what preceded it in the recording."""
+SETTLE_S = 0.3
+"""After the last recorded frame, how long to watch for messages the bridge sends that it did not before."""
+MAX_SETTLE_S = 2.0
+TRUNCATE_TOLERANCE_MS = 20
+"""Scheduling on a busy machine moves echoes and `speech_started` by a few ms; 20 ms is one media frame."""
+AUDIO_TOLERANCE = 0.01
+"""Audio may differ by up to 1% RMS of the recorded signal (-40 dB): a 1-LSB resampler difference passes,
+any change a caller could hear does not."""
+AUDIO_TOLERANCE_FLOOR = 8.0
+"""...or by this RMS in 16-bit units, for near-silent audio."""
+
+PUBLIC_URL = "https://replay.invalid"
+_ID_KEYS = frozenset({"id", "item_id", "response_id", "previous_item_id", "call_id", "conversation_id"})
+_DROPPED_KEYS = frozenset({"event_id", "streamSid"})
+_AUDIO_KEYS = {"bridge>twilio": ("media", "payload"), "bridge>realtime": (None, "audio")}
+_TOLERANT_KEYS = frozenset({"audio_end_ms"})
+_TWILIO_SIDE = ("twilio>bridge", "bridge>twilio")
+
+
+@dataclass
+class ReplayResult:
+    recording: RecordedCall
+    replayed: list[RecordedFrame]
+    """What the bridge sent this time, stamped on the recording's timeline."""
+    differences: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def same(self) -> bool:
+        return not self.differences
+
+    def report(self) -> str:
+        head = (
+            f"replayed {self.recording.path} (call {self.recording.call_sid} to {self.recording.called_number}, "
+            f"{self.recording.dialect} dialect, {self.recording.duration_ms / 1000:.1f} s recorded) in {self.wall_s:.1f} s"
+        )
+        if self.same:
+            sent = Counter(frame.direction for frame in self.replayed)
+            return (
+                f"{head}\nthe bridge behaves as recorded: {sent['bridge>twilio']} messages to Twilio and "
+                f"{sent['bridge>realtime']} to the Realtime service match."
+            )
+        count = len(self.differences)
+        return "\n".join([head, *self.differences, f"{count} difference{'s' * (count != 1)}: the call does not replay as recorded."])
+
+
+async def replay(call: RecordedCall, *, gate_timeout_s: float = GATE_TIMEOUT_S) -> ReplayResult:
+    """Run the current bridge against `call` and compare what it sends with what it sent then."""
+    profile = call.profile().model_copy(update={"record": False})
+    auth_token = secrets.token_urlsafe(24)
+    script = _Script(call, gate_timeout_s)
+    service = _ScriptedRealtime(script)
+    await service.start()
+    settings = settings_from_env(
+        {
+            "PUBLIC_URL": PUBLIC_URL,
+            "TWILIO_AUTH_TOKEN": auth_token,
+            "OPENAI_API_KEY": "sk-replay-" + secrets.token_urlsafe(12),
+            "REALTIME_URL": service.url,
+            "REALTIME_API": call.dialect,
+        }
+    )
+    config = BridgeConfig(
+        defaults=profile, numbers={call.called_number: profile}, call_log=CallLogSettings(path=""), source=str(call.path)
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        async with serve_bridge(settings, config) as bridge_url:
+            started = loop.time()
+            script.begin(started)
+            caller = SimulatedCall(
+                bridge_url=bridge_url, public_url=PUBLIC_URL, auth_token=auth_token,
+                call_sid=call.call_sid, to_number=call.called_number,
+            )
+            response = await caller.dial()
+            if caller.stream_url is None:
+                return ReplayResult(call, [], [f"webhook: the bridge answered HTTP {response.status_code} without a stream"])
+            twilio = _ScriptedTwilio(script, bridge_url, caller.stream_url, auth_token, caller.parameters)
+            try:
+                await script.run(twilio, service)
+            finally:
+                await twilio.close()
+                await service.close_connections()
+        wall_s = loop.time() - started
+    finally:
+        await service.stop()
+    result = ReplayResult(call, script.observed, script.problems, wall_s)
+    result.differences += compare(call.frames, script.observed)
+    return result
+
+
+class _Script:
+    """The recording as a schedule: when each incoming frame goes out, and what must come first."""
+
+    def __init__(self, call: RecordedCall, gate_timeout_s: float) -> None:
+        self.call = call
+        self._gate_timeout_s = gate_timeout_s
+        self.observed: list[RecordedFrame] = []
+        self.problems: list[str] = []
+        self._sent = Counter[tuple[str, str]]()
+        self._changed = asyncio.Event()
+        self._started = 0.0
+        self._breaks = _time_warp(call.frames)
+        self._recorded_marks: dict[str, int] = {}
+        self._marks_now: list[str] = []
+        self._steps: list[tuple[RecordedFrame, float, dict[tuple[str, str], int]]] = []
+        before = Counter[tuple[str, str]]()
+        for frame in call.frames:
+            if frame.direction.startswith("bridge>"):
+                if frame.direction == "bridge>twilio" and frame.kind == "mark":
+                    self._recorded_marks.setdefault(_mark_name(frame.message), len(self._recorded_marks))
+                before[(frame.direction, frame.kind)] += 1
+            else:
+                self._steps.append((frame, self._replay_ms(frame.t_ms), dict(before)))
+        self._totals = dict(before)
+
+    def begin(self, started: float) -> None:
+        self._started = started
+
+    def _replay_ms(self, t_ms: float) -> float:
+        return _interpolate(self._breaks, 0, 1, t_ms)
+
+    def recorded_ms(self, replay_ms: float) -> float:
+        return _interpolate(self._breaks, 1, 0, replay_ms)
+
+    def saw(self, direction: Direction, frame: str | bytes) -> None:
+        """A frame the bridge sent on one of the sockets."""
+        loop_ms = (asyncio.get_running_loop().time() - self._started) * 1000.0
+        observed = _as_frame(self.recorded_ms(loop_ms), direction, frame)
+        self.observed.append(observed)
+        self._sent[(direction, observed.kind)] += 1
+        if direction == "bridge>twilio" and observed.kind == "mark":
+            self._marks_now.append(_mark_name(observed.message))
+        self._changed.set()
+
+    def saw_close(self) -> None:
+        """A socket opened or closed: whoever waits on the bridge looks again."""
+        self._changed.set()
+
+    async def wait_for(self, ready: Callable[[], bool]) -> bool:
+        """Whether `ready()` came true within the gate timeout."""
+        try:
+            async with asyncio.timeout(self._gate_timeout_s):
+                while True:
+                    self._changed.clear()
+                    if ready():
+                        return True
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+
+    def mark_name_now(self, recorded_name: str) -> str:
+        index = self._recorded_marks.get(recorded_name)
+        return self._marks_now[index] if index is not None and index < len(self._marks_now) else recorded_name
+
+    async def run(self, twilio: _ScriptedTwilio, service: _ScriptedRealtime) -> None:
+        loop = asyncio.get_running_loop()
+        gating = True
+        for frame, at_ms, needs in self._steps:
+            delay = self._started + at_ms / 1000.0 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if gating and not await self.wait_for(lambda: self._has_sent(needs)):
+                gating = False
+                self._missed(needs, frame)
+            if frame.direction == "realtime>bridge":
+                await service.send(frame.wire_frame())
+            else:
+                await twilio.send(frame)
+        if gating and not await self.wait_for(lambda: self._has_sent(self._totals)):
+            self._missed(self._totals, None)
+        await self._until_quiet(twilio, service)
+
+    def _has_sent(self, needs: dict[tuple[str, str], int]) -> bool:
+        return all(self._sent[key] >= count for key, count in needs.items())
+
+    def _missed(self, needs: dict[tuple[str, str], int], frame: RecordedFrame | None) -> None:
+        missing = ", ".join(
+            f"{kind} #{count} to {direction.partition('>')[2].title()} (sent {self._sent[(direction, kind)]})"
+            for (direction, kind), count in needs.items()
+            if self._sent[(direction, kind)] < count
+        )
+        what = f"before {frame.direction} {frame.kind} at t={frame.t_ms:.0f} ms" if frame is not None else "by the end"
+        self.problems.append(
+            f"timing: the bridge did not send {missing} {what} within {self._gate_timeout_s:g} s of when it did in the recording;"
+            " from here on frames go out at their recorded times only"
+        )
+
+    async def _until_quiet(self, twilio: _ScriptedTwilio, service: _ScriptedRealtime) -> None:
+        """Watch for late extra messages until the bridge has closed both sockets or been quiet for `SETTLE_S`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MAX_SETTLE_S
+        while not (twilio.closed and service.closed) and loop.time() < deadline:
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(SETTLE_S):
+                    await self._changed.wait()
+            except TimeoutError:
+                return
+
+
+class _ScriptedTwilio:
+    """The media socket, as Twilio opens it: signed over the public wss URL, `connected` first."""
+
+    def __init__(self, script: _Script, bridge_url: str, stream_url: str, auth_token: str, parameters: dict[str, str]) -> None:
+        self._script = script
+        self._target = bridge_url.replace("http://", "ws://", 1) + "/twilio/media"
+        self._signature = RequestValidator(auth_token).compute_signature(stream_url, {})
+        self._parameters = parameters
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.closed = False
+
+    async def send(self, frame: RecordedFrame) -> None:
+        if self._ws is None:
+            self._ws = await connect(
+                self._target, additional_headers={"X-Twilio-Signature": self._signature},
+                compression=None, max_size=None,
+            )
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._ws))
+            await self._send_quietly(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        await self._send_quietly(self._rewrite(frame))
+
+    def _rewrite(self, frame: RecordedFrame) -> str | bytes:
+        message = frame.message
+        if frame.kind == "start" and isinstance(message.get("start"), dict):
+            start = dict(message["start"])
+            start["customParameters"] = {**(start.get("customParameters") or {}), **self._parameters}
+            return json.dumps({**message, "start": start})
+        if frame.kind == "mark" and isinstance(message.get("mark"), dict):
+            name = self._script.mark_name_now(_mark_name(message))
+            return json.dumps({**message, "mark": {**message["mark"], "name": name}})
+        return frame.wire_frame()
+
+    async def _send_quietly(self, data: str | bytes) -> None:
+        assert self._ws is not None
+        try:
+            await self._ws.send(data)
+        except ConnectionClosed:
+            pass
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for frame in ws:
+                self._script.saw("bridge>twilio", frame)
+        except ConnectionClosed:
+            pass
+        self.closed = True
+        self._script.saw_close()
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await self._reader
+        self.closed = True
+
+
+class _ScriptedRealtime:
+    """A Realtime service that says only what the recording shows it said, on the bridge's latest session."""
+
+    def __init__(self, script: _Script) -> None:
+        self._script = script
+        self._server: Server | None = None
+        self._sessions: list[ServerConnection] = []
+        self.url = ""
+
+    @property
+    def closed(self) -> bool:
+        return all(session.state is State.CLOSED for session in self._sessions)
+
+    async def start(self) -> None:
+        self._server = await serve(self._serve, "127.0.0.1", 0, max_size=None, compression=None)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/v1/realtime"
+
+    async def _serve(self, session: ServerConnection) -> None:
+        self._sessions.append(session)
+        self._script.saw_close()
+        try:
+            async for frame in session:
+                self._script.saw("bridge>realtime", frame)
+        except ConnectionClosed:
+            pass
+        self._script.saw_close()
+
+    async def send(self, frame: str | bytes) -> None:
+        if not self._sessions and not await self._script.wait_for(lambda: bool(self._sessions)):
+            return
+        try:
+            await self._sessions[-1].send(frame)
+        except ConnectionClosed:
+            pass
+
+    async def close_connections(self) -> None:
+        for session in self._sessions:
+            await session.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def _mark_name(message: Any) -> str:
+    mark = message.get("mark") if isinstance(message, dict) else None
+    return str(mark.get("name")) if isinstance(mark, dict) else ""
+
+
+def _as_frame(t_ms: float, direction: Direction, frame: str | bytes) -> RecordedFrame:
+    if isinstance(frame, bytes):
+        return RecordedFrame(t_ms, direction, None, frame)
+    try:
+        return RecordedFrame(t_ms, direction, json.loads(frame))
+    except ValueError:
+        return RecordedFrame(t_ms, direction, None, frame)
+
+
+# The replay's clock: real time where the bridge reads the clock, fast-forward elsewhere.
+
+
+def _listening_windows(frames: Iterable[RecordedFrame]) -> list[tuple[float, float]]:
+    """Stretches of the call in which the caller hears the model with marks pending, widened by a margin."""
+    windows: list[tuple[float, float]] = []
+    pending: set[str] = set()
+    opened: float | None = None
+    unmarked = False
+    last = 0.0
+    for frame in frames:
+        last = frame.t_ms
+        if frame.direction == "bridge>twilio":
+            if frame.kind == "media":
+                opened = frame.t_ms if opened is None else opened
+                unmarked = True
+            elif frame.kind == "mark":
+                pending.add(_mark_name(frame.message))
+                unmarked = False
+            elif frame.kind == "clear":
+                pending.clear()
+                unmarked = False
+        elif frame.direction == "twilio>bridge" and frame.kind == "mark":
+            pending.discard(_mark_name(frame.message))
+        else:
+            continue
+        if opened is not None and not pending and not unmarked:
+            windows.append((opened - WINDOW_MARGIN_MS, frame.t_ms + WINDOW_MARGIN_MS))
+            opened = None
+    if opened is not None:
+        windows.append((opened - WINDOW_MARGIN_MS, last + WINDOW_MARGIN_MS))
+    merged: list[tuple[float, float]] = []
+    for start, end in windows:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _time_warp(frames: list[RecordedFrame]) -> list[tuple[float, float]]:
+    """Breakpoints (recorded ms, replay ms) of the replay's clock, increasing in both."""
+    windows = _listening_windows(frames)
+    starts = [start for start, _ in windows]
+    times = sorted({0.0, *(frame.t_ms for frame in frames), *(edge for window in windows for edge in window if edge > 0)})
+    breaks = [(times[0], 0.0)]
+    for start, end in zip(times, times[1:]):
+        middle = (start + end) / 2
+        window = bisect.bisect_right(starts, middle) - 1
+        real_time = end - start > LONG_GAP_MS or (window >= 0 and middle <= windows[window][1])
+        breaks.append((end, breaks[-1][1] + (end - start) / (1.0 if real_time else FAST_FORWARD)))
+    return breaks
+
+
+def _interpolate(breaks: list[tuple[float, float]], source: int, target: int, value: float) -> float:
+    keys = [point[source] for point in breaks]
+    index = bisect.bisect_right(keys, value)
+    if index == 0:
+        return breaks[0][target] + value - keys[0]
+    if index == len(breaks):
+        return breaks[-1][target] + value - keys[-1]
+    (a0, b0), (a1, b1) = (breaks[index - 1][source], breaks[index - 1][target]), (keys[index], breaks[index][target])
+    return b0 if a1 == a0 else b0 + (value - a0) * (b1 - b0) / (a1 - a0)
+
+
+# Comparing what the bridge sent then with what it sends now.
+
+
+@dataclass(frozen=True)
+class _Sent:
+    frame: RecordedFrame
+    key: str
+    """The message normalised, with its audio as a length and its tolerant numbers left out: equal keys, same behaviour."""
+    audio: bytes | None
+    numbers: dict[str, float]
+
+
+def compare(recorded: list[RecordedFrame], replayed: list[RecordedFrame]) -> list[str]:
+    """The behavioural differences between two runs of a call, readable, one entry per difference."""
+    differences: list[str] = []
+    for direction in ("bridge>twilio", "bridge>realtime"):
+        before = _normalised(frame for frame in recorded if frame.direction == direction)
+        now = _normalised(frame for frame in replayed if frame.direction == direction)
+        differences += _compare_messages(direction, [s for s in before if not _is_append(s)], [s for s in now if not _is_append(s)])
+        if direction == "bridge>realtime":
+            differences += _compare_caller_audio([s for s in before if _is_append(s)], [s for s in now if _is_append(s)])
+    return differences
+
+
+def _is_append(sent: _Sent) -> bool:
+    return sent.frame.kind == "input_audio_buffer.append"
+
+
+def _normalised(frames: Iterable[RecordedFrame]) -> list[_Sent]:
+    ids: dict[str, str] = {}
+    marks: dict[str, str] = {}
+    result = []
+    for frame in frames:
+        if frame.message is None:
+            raw = frame.raw if isinstance(frame.raw, str) else f"<{len(frame.raw or b'')} binary bytes>"
+            result.append(_Sent(frame, f"raw {raw}", None, {}))
+            continue
+        audio = frame.audio()
+        numbers: dict[str, float] = {}
+        body = _normalise(frame.message, ids, numbers)
+        if frame.kind == "mark" and frame.direction == "bridge>twilio":
+            body["mark"]["name"] = marks.setdefault(_mark_name(frame.message), f"<mark {len(marks) + 1}>")
+        if audio is not None:
+            container, key = _AUDIO_KEYS[frame.direction]
+            holder = body[container] if container else body
+            holder[key] = f"<{_audio_ms(frame.direction, audio):g} ms of audio>"
+        result.append(_Sent(frame, json.dumps(body, sort_keys=True, separators=(",", ":")), audio, numbers))
+    return result
+
+
+def _normalise(value: Any, ids: dict[str, str], numbers: dict[str, float]) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key in _DROPPED_KEYS:
+                continue
+            if key in _TOLERANT_KEYS and isinstance(item, (int, float)):
+                numbers[key] = float(item)
+            elif key in _ID_KEYS and isinstance(item, str):
+                out[key] = ids.setdefault(item, f"<id {len(ids) + 1}>")
+            else:
+                out[key] = _normalise(item, ids, numbers)
+        return out
+    if isinstance(value, list):
+        return [_normalise(item, ids, numbers) for item in value]
+    return value
+
+
+def _audio_ms(direction: str, audio: bytes) -> float:
+    return len(audio) / 8 if direction in _TWILIO_SIDE else len(audio) / 48
+
+
+def _linear(direction: str, audio: bytes) -> np.ndarray:
+    pcm = audioop.ulaw2lin(audio, 2) if direction in _TWILIO_SIDE else audio[: len(audio) // 2 * 2]
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+
+
+def _audio_differs(direction: str, before: bytes, now: bytes) -> float | None:
+    """The RMS of the difference when it is over the tolerance, else `None`."""
+    a, b = _linear(direction, before), _linear(direction, now)
+    if len(a) != len(b):
+        return float("inf")
+    if len(a) == 0:
+        return None
+    error = float(np.sqrt(np.mean((a - b) ** 2)))
+    allowed = max(AUDIO_TOLERANCE * float(np.sqrt(np.mean(a**2))), AUDIO_TOLERANCE_FLOOR)
+    return error if error > allowed else None
+
+
+def _summary(sent: _Sent) -> str:
+    numbers = "".join(f" {key}={value:g}" for key, value in sent.numbers.items())
+    text = sent.key if len(sent.key) <= 160 else sent.key[:157] + "..."
+    return f"t={sent.frame.t_ms:7.0f} ms  {text}{numbers}"
+
+
+def _listing(sign: str, items: list[_Sent]) -> list[str]:
+    """Lines of a diff hunk, runs of identical messages shown once with a count."""
+    lines: list[str] = []
+    index = 0
+    while index < len(items):
+        run = index
+        while run + 1 < len(items) and items[run + 1].key == items[index].key and not items[index].numbers:
+            run += 1
+        count = run - index + 1
+        lines.append(f"  {sign} {_summary(items[index])}" + (f"  (and {count - 1} more like it)" if count > 1 else ""))
+        index = run + 1
+    return lines
+
+
+def _compare_messages(direction: str, before: list[_Sent], now: list[_Sent]) -> list[str]:
+    differences: list[str] = []
+    matcher = difflib.SequenceMatcher(None, [s.key for s in before], [s.key for s in now], autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            differences += _compare_equal(direction, before[i1:i2], now[j1:j2])
+            continue
+        position = f"after message {i1} ({before[i1 - 1].frame.kind})" if i1 else "at the start"
+        lines = [f"{direction}: the bridge sends different messages {position}; - recorded, + replayed:"]
+        differences.append("\n".join(lines + _listing("-", before[i1:i2]) + _listing("+", now[j1:j2])))
+    return differences
+
+
+def _compare_equal(direction: str, before: list[_Sent], now: list[_Sent]) -> list[str]:
+    differences: list[str] = []
+    audio_off: list[tuple[_Sent, float]] = []
+    for old, new in zip(before, now):
+        for key, value in old.numbers.items():
+            other = new.numbers.get(key)
+            if other is None or abs(other - value) > TRUNCATE_TOLERANCE_MS:
+                differences.append(
+                    f"{direction}: {old.frame.kind} {key} was {value:g}, is now {other:g} "
+                    f"(tolerance ±{TRUNCATE_TOLERANCE_MS} ms)\n  - {_summary(old)}\n  + {_summary(new)}"
+                )
+        if old.audio is not None and new.audio is not None:
+            error = _audio_differs(direction, old.audio, new.audio)
+            if error is not None:
+                audio_off.append((old, error))
+    if audio_off:
+        first, error = audio_off[0]
+        differences.append(
+            f"{direction}: the audio of {len(audio_off)} {first.frame.kind} message(s) differs beyond "
+            f"{AUDIO_TOLERANCE:.0%} RMS; the first at t={first.frame.t_ms:.0f} ms (RMS of the difference {error:.0f})"
+        )
+    return differences
+
+
+def _compare_caller_audio(before: list[_Sent], now: list[_Sent]) -> list[str]:
+    direction = "bridge>realtime"
+    old_ms = sum(_audio_ms(direction, s.audio or b"") for s in before)
+    new_ms = sum(_audio_ms(direction, s.audio or b"") for s in now)
+    old_sizes = [len(s.audio or b"") for s in before]
+    new_sizes = [len(s.audio or b"") for s in now]
+    if old_sizes != new_sizes:
+        index = next((i for i, (a, b) in enumerate(zip(old_sizes, new_sizes)) if a != b), min(len(old_sizes), len(new_sizes)))
+        return [
+            f"caller audio to the Realtime service: {len(before)} appends ({old_ms:.1f} ms) recorded, {len(now)} "
+            f"({new_ms:.1f} ms) replayed; they first differ at append {index + 1}"
+        ]
+    old_pcm = b"".join(s.audio or b"" for s in before)
+    new_pcm = b"".join(s.audio or b"" for s in now)
+    block = 48 * 100
+    off = [
+        start
+        for start in range(0, len(old_pcm), block)
+        if _audio_differs(direction, old_pcm[start : start + block], new_pcm[start : start + block]) is not None
+    ]
+    if off:
+        return [
+            f"caller audio to the Realtime service: {len(off)} of {-(-len(old_pcm) // block)} blocks of 100 ms differ "
+            f"beyond {AUDIO_TOLERANCE:.0%} RMS, the first at {off[0] / 48:.0f} ms into the caller's audio"
+        ]
+    return []

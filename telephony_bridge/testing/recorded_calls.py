@@ -1,0 +1,199 @@
+"""The calls `tests/recordings/` holds, and how to record them again.
+
+Each scenario is one short call through the real bridge, the Realtime simulator and a simulated
+Twilio call, recorded by the bridge itself (`record = true`). When the bridge's behaviour changes
+on purpose, re-record them all and review the diff of the replays:
+
+    scripts/record_fixtures            # or: python -m telephony_bridge.testing.recorded_calls DIR
+
+The model's answer is 1 s of speech-like audio and each call lasts 1-3 s, so every file stays
+around 100-250 KB and every replay takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import parse_config, settings_from_env
+from .bridge_server import serve_bridge
+from .realtime_simulator import RealtimeSimulator, SimulatedSession, speech_like_pcm16
+from .twilio_simulator import SimulatedCall, speech_like_ulaw
+
+AUTH_TOKEN = "twilio-auth-token-for-recordings"
+API_KEY = "sk-key-for-recordings"
+PUBLIC_URL = "https://bridge.example.com"
+NUMBER = "+15005550100"
+GREETED_NUMBER = "+15005550101"
+ANSWER_MS = 1000
+SPEECH_MS = 400
+
+CONFIG = f"""
+[defaults]
+instructions = "You answer the phone."
+voice = "marin"
+record = true
+
+[defaults.turn_detection]
+silence_duration_ms = 300
+
+[numbers."{GREETED_NUMBER}"]
+greeting = "Hello, how can I help?"
+
+[call_log]
+path = ""
+"""
+
+Scenario = Callable[[SimulatedCall, RealtimeSimulator], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RecordedScenario:
+    name: str
+    run: Scenario
+    number: str = NUMBER
+    dialect: str = "ga"
+
+
+async def _session(realtime: RealtimeSimulator) -> SimulatedSession:
+    session = await realtime.wait_for_session(0)
+    await session.wait_for("session.update")
+    return session
+
+
+async def _one_answer(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    """The caller asks, the model answers, the caller hears it all and hangs up."""
+    await _session(realtime)
+    call.say(speech_like_ulaw(SPEECH_MS))
+    await call.wait_heard(realtime.answer_ms, timeout=10)
+    await asyncio.sleep(0.1)
+    await call.hang_up()
+
+
+async def _greeting(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    await call.wait_heard(realtime.answer_ms, timeout=10)
+    await asyncio.sleep(0.1)
+    await call.hang_up()
+
+
+async def _barge_in_mid_answer(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    await _session(realtime)
+    call.say(speech_like_ulaw(SPEECH_MS))
+    await call.wait_heard(500, timeout=10)
+    call.say(speech_like_ulaw(SPEECH_MS))
+    await call.wait_for_message("clear", timeout=5)
+    await asyncio.sleep(0.2)
+    await call.hang_up()
+
+
+async def _barge_in_after_answer(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    session = await _session(realtime)
+    call.say(speech_like_ulaw(SPEECH_MS))
+    await call.wait_heard(realtime.answer_ms, timeout=10)
+    await asyncio.sleep(0.2)
+    started = len(session.sent)
+    call.say(speech_like_ulaw(SPEECH_MS))
+    await session.wait_for("input_audio_buffer.speech_started", sent=True, since=started, timeout=5)
+    await asyncio.sleep(0.2)
+    await call.hang_up()
+
+
+async def _dtmf(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    session = await _session(realtime)
+    await asyncio.sleep(0.1)
+    await call.send_dtmf("5")
+    await session.wait_for("response.create", timeout=5)
+    await call.wait_heard(realtime.answer_ms, timeout=10)
+    await asyncio.sleep(0.1)
+    await call.hang_up()
+
+
+async def _hang_up_mid_answer(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    await _session(realtime)
+    call.say(speech_like_ulaw(SPEECH_MS))
+    await call.wait_heard(400, timeout=10)
+    await call.hang_up()
+
+
+async def _junk_frame(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    await _session(realtime)
+    for junk in ("not json", b"\x00\x01binary", '{"event":"media","media":{"payload":"@@@"}}', '{"event":"nope"}'):
+        await call.send_raw(junk)
+    await asyncio.sleep(0.3)
+    await call.hang_up()
+
+
+SCENARIOS = (
+    RecordedScenario("conversation", _one_answer),
+    RecordedScenario("greeting", _greeting, number=GREETED_NUMBER),
+    RecordedScenario("barge-in-mid-answer", _barge_in_mid_answer),
+    RecordedScenario("barge-in-after-answer", _barge_in_after_answer),
+    RecordedScenario("dtmf", _dtmf),
+    RecordedScenario("hang-up-mid-answer", _hang_up_mid_answer),
+    RecordedScenario("junk-frame", _junk_frame),
+    RecordedScenario("preview-dialect", _one_answer, dialect="preview"),
+)
+
+
+async def record(scenario: RecordedScenario, folder: Path) -> Path:
+    """Run one scenario through the real bridge with recording on; the recording lands at `folder/<name>.jsonl`."""
+    with tempfile.TemporaryDirectory() as scratch:
+        config = parse_config(CONFIG + f'\n[recording]\nfolder = "{Path(scratch).as_posix()}"\n', "recorded_calls.CONFIG")
+        async with RealtimeSimulator(answer_audio=speech_like_pcm16(ANSWER_MS), require_key=API_KEY) as realtime:
+            url = realtime.preview_url if scenario.dialect == "preview" else realtime.url
+            settings = settings_from_env(
+                {
+                    "PUBLIC_URL": PUBLIC_URL,
+                    "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                    "OPENAI_API_KEY": API_KEY,
+                    "REALTIME_URL": url,
+                    "REALTIME_API": scenario.dialect,
+                }
+            )
+            async with serve_bridge(settings, config) as bridge_url:
+                call = SimulatedCall(
+                    bridge_url=bridge_url,
+                    public_url=PUBLIC_URL,
+                    auth_token=AUTH_TOKEN,
+                    call_sid="CA" + hashlib.sha256(scenario.name.encode()).hexdigest()[:32],
+                    to_number=scenario.number,
+                )
+                await call.dial()
+                await call.connect()
+                try:
+                    await scenario.run(call, realtime)
+                finally:
+                    await call.close()
+        (made,) = Path(scratch).glob("*.jsonl")
+        target = folder / f"{scenario.name}.jsonl"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.move(made, target)
+        return target
+
+
+async def record_all(folder: Path, names: list[str] | None = None) -> list[Path]:
+    unknown = set(names or ()) - {scenario.name for scenario in SCENARIOS}
+    if unknown:
+        raise ValueError(f"no such scenario: {', '.join(sorted(unknown))}")
+    return [await record(scenario, folder) for scenario in SCENARIOS if not names or scenario.name in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Record the calls of tests/recordings/ again.")
+    parser.add_argument("folder", type=Path, nargs="?", default=Path("tests/recordings"))
+    parser.add_argument("names", nargs="*", help=f"only these: {', '.join(s.name for s in SCENARIOS)}")
+    args = parser.parse_args(argv)
+    for path in asyncio.run(record_all(args.folder, args.names)):
+        print(f"recorded {path} ({path.stat().st_size // 1024} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

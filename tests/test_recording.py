@@ -1,0 +1,189 @@
+"""Call recordings: real calls through the bridge with `record = true`, and the recording's audio as a WAV."""
+
+from __future__ import annotations
+
+import audioop
+import base64
+import json
+import logging
+import re
+import shutil
+import wave
+from datetime import datetime
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import numpy as np
+import pytest
+
+from telephony_bridge import __version__
+from telephony_bridge.cli import main
+from telephony_bridge.recording import CallRecorder, read_recording
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
+from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
+
+from support import API_KEY, AUTH_TOKEN, CLINIC, bridge_for, new_call
+
+RECORDED = "+15005550123"
+REDACTED = "+15005550124"
+RECORDINGS = Path(__file__).parent / "recordings"
+
+
+def recording_config(folder: Path) -> str:
+    return f"""
+[recording]
+folder = "{folder.as_posix()}"
+
+[numbers."{RECORDED}"]
+record = true
+
+[numbers."{REDACTED}"]
+record = true
+redact = true
+"""
+
+
+@pytest.fixture
+async def realtime() -> AsyncIterator[RealtimeSimulator]:
+    async with RealtimeSimulator(require_key=API_KEY, answer_audio=speech_like_pcm16(1000)) as simulator:
+        yield simulator
+
+
+async def answered_call(realtime: RealtimeSimulator, folder: Path, number: str) -> SimulatedCall:
+    """A call that asks, hears the whole answer and hangs up; returns once the bridge has shut down."""
+    async with bridge_for(realtime, extra_config=recording_config(folder)) as bridge:
+        call = new_call(bridge, number)
+        await call.dial()
+        await call.connect()
+        session = await realtime.wait_for_session(0)
+        await session.wait_for("session.update")
+        call.say(speech_like_ulaw(400))
+        await call.wait_heard(realtime.answer_ms, timeout=10)
+        await call.hang_up()
+        await session.wait_closed()
+    return call
+
+
+def lines_of(folder: Path) -> list[dict[str, Any]]:
+    (path,) = folder.glob("*.jsonl")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def messages(lines: list[dict[str, Any]], direction: str) -> list[Any]:
+    return [line["msg"] for line in lines[1:] if line["dir"] == direction]
+
+
+def decoded(payloads: list[str]) -> list[bytes]:
+    return [base64.b64decode(payload) for payload in payloads]
+
+
+async def test_a_recorded_call_is_a_header_then_every_frame_as_sent_or_received(tmp_path: Path, realtime: RealtimeSimulator) -> None:
+    call = await answered_call(realtime, tmp_path, RECORDED)
+    (path,) = tmp_path.glob("*.jsonl")
+    assert re.fullmatch(rf"\d{{8}}T\d{{6}}-{call.call_sid}\.jsonl", path.name)
+    lines = lines_of(tmp_path)
+    header = lines[0]
+    assert {k: header[k] for k in ("format", "version", "call_sid", "called_number", "dialect", "redacted")} == {
+        "format": "telephony-bridge-recording", "version": 1, "call_sid": call.call_sid,
+        "called_number": RECORDED, "dialect": "ga", "redacted": False,
+    }
+    assert header["bridge_version"] == __version__
+    assert header["config"]["record"] is True and header["config"]["voice"] == "marin"
+    assert datetime.fromisoformat(header["started_at"]).utcoffset().total_seconds() == 0
+    frames = lines[1:]
+    assert all(set(line) == {"t", "dir", "msg"} and isinstance(line["t"], float) for line in frames)
+    assert [line["t"] for line in frames] == sorted(line["t"] for line in frames)
+    session = realtime.sessions[0]
+    assert messages(lines, "bridge>twilio") == [message for _, message in call.received]
+    assert messages(lines, "realtime>bridge") == session.sent
+    assert messages(lines, "bridge>realtime") == session.received
+    from_twilio = messages(lines, "twilio>bridge")
+    assert [m["event"] for m in from_twilio].count("media") == call.media_sent
+    assert [m for m in from_twilio if m["event"] != "media"][1:] == [m for _, m in call.sent[2:]]
+
+
+async def test_a_number_without_record_is_not_recorded(tmp_path: Path, realtime: RealtimeSimulator) -> None:
+    await answered_call(realtime, tmp_path, CLINIC)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_redaction_writes_every_audio_payload_as_silence_of_the_same_length(tmp_path: Path, realtime: RealtimeSimulator) -> None:
+    call = await answered_call(realtime, tmp_path, REDACTED)
+    lines = lines_of(tmp_path)
+    assert lines[0]["redacted"] is True
+    session = realtime.sessions[0]
+    inbound = decoded([m["media"]["payload"] for m in messages(lines, "twilio>bridge") if m["event"] == "media"])
+    assert inbound == [b"\xff" * 160] * call.media_sent
+    to_caller = decoded([m["media"]["payload"] for m in messages(lines, "bridge>twilio") if m["event"] == "media"])
+    heard = decoded([m["media"]["payload"] for m in call.messages("media")])
+    assert to_caller == [b"\xff" * len(chunk) for chunk in heard] and sum(map(len, heard)) == 8000
+    appends = decoded([m["audio"] for m in messages(lines, "bridge>realtime") if m["type"] == "input_audio_buffer.append"])
+    assert appends == [bytes(len(chunk)) for chunk in decoded([e["audio"] for e in session.events("input_audio_buffer.append")])]
+    deltas = decoded([m["delta"] for m in messages(lines, "realtime>bridge") if m["type"] == "response.output_audio.delta"])
+    assert deltas == [bytes(len(chunk)) for chunk in decoded([e["delta"] for e in session.events("response.output_audio.delta", sent=True)])]
+    marks = [m for m in messages(lines, "bridge>twilio") if m["event"] == "mark"]
+    assert marks == call.messages("mark")
+
+
+async def test_no_secret_reaches_the_recording_and_only_its_owner_can_read_it(tmp_path: Path, realtime: RealtimeSimulator) -> None:
+    call = await answered_call(realtime, tmp_path, RECORDED)
+    (path,) = tmp_path.glob("*.jsonl")
+    assert path.stat().st_mode & 0o077 == 0
+    text = path.read_text(encoding="utf-8")
+    stream_token = call.parameters["token"]
+    for secret in (API_KEY, AUTH_TOKEN, stream_token, stream_token.partition(".")[2]):
+        assert secret not in text
+    (start,) = [m for m in messages(lines_of(tmp_path), "twilio>bridge") if m["event"] == "start"]
+    assert start["start"]["customParameters"] == {"to": RECORDED, "token": "<redacted>"}
+
+
+async def test_a_folder_that_cannot_be_created_leaves_the_call_unrecorded_but_answered(
+    tmp_path: Path, realtime: RealtimeSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    call = await answered_call(realtime, blocker / "recordings", RECORDED)
+    assert call.heard_ms() >= realtime.answer_ms
+    assert [r.message for r in caplog.records if r.levelno == logging.ERROR and "not recorded" in r.message]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a disk that is always full")
+def test_a_full_disk_stops_the_recording_once_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = CallRecorder(open("/dev/full", "w", encoding="utf-8", buffering=1), {"format": "x"}, lambda: 0.0, redact=False)
+    for _ in range(3):
+        recorder("twilio>bridge", '{"event":"media","media":{"payload":"//8="}}')
+    recorder.close()
+    assert not recorder.recording
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+
+
+def test_a_recording_cut_mid_line_by_a_crash_reads_up_to_its_last_whole_line(tmp_path: Path) -> None:
+    whole = RECORDINGS / "conversation.jsonl"
+    text = whole.read_text(encoding="utf-8")
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 40], encoding="utf-8")
+    assert read_recording(cut).frames == read_recording(whole).frames[:-1]
+
+
+def test_export_wav_lays_the_caller_left_and_what_they_heard_right_cut_at_the_clear(tmp_path: Path) -> None:
+    source = tmp_path / "barge-in.jsonl"
+    shutil.copy(RECORDINGS / "barge-in-mid-answer.jsonl", source)
+    with pytest.raises(SystemExit) as exited:
+        main(["export-wav", str(source), "--out", str(tmp_path / "call")])
+    assert exited.value.code == 0
+    with wave.open(str(tmp_path / "call.wav"), "rb") as wav:
+        assert (wav.getnchannels(), wav.getframerate(), wav.getsampwidth()) == (2, 8000, 2)
+        stereo = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").reshape(-1, 2)
+    recording = read_recording(source)
+    assert abs(len(stereo) - recording.duration_ms * 8) <= 160
+    inbound = [f for f in recording.frames if f.direction == "twilio>bridge" and f.kind == "media"]
+    caller = np.frombuffer(audioop.ulaw2lin(b"".join(f.audio() for f in inbound), 2), "<i2")
+    first = round(inbound[0].t_ms * 8)
+    assert np.array_equal(stereo[first : first + len(caller), 0], caller)
+    outbound = [f for f in recording.frames if f.direction == "bridge>twilio" and f.kind == "media"]
+    (clear,) = [f for f in recording.frames if f.kind == "clear"]
+    start, cut = round(outbound[0].t_ms * 8), round(clear.t_ms * 8)
+    played = np.frombuffer(audioop.ulaw2lin(b"".join(f.audio() for f in outbound), 2), "<i2")
+    assert cut - start < len(played), "the recording's clear cut nothing"
+    assert np.array_equal(stereo[start:cut, 1], played[: cut - start])
+    assert not stereo[cut:, 1].any() and not stereo[:start, 1].any()
