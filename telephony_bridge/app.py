@@ -1,4 +1,4 @@
-"""The HTTP and websocket surface: the Voice webhook, the Media Stream socket, and a health check.
+"""The HTTP and websocket surface: the Voice webhook, the Media Stream socket, a health check and metrics.
 
 Thin by design: each handler checks who is calling, then hands over to the switchboard and the
 call. A request Twilio did not sign never reaches the model.
@@ -16,10 +16,14 @@ from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from .call import Call
+from .call_log import CallLog
 from .config import BridgeConfig, Settings
 from .media_stream import parse_twilio_message
 from .events import StreamStarted
+from .metrics import BridgeMetrics
 from .recording import CallRecordings
 from .security import issue_stream_token, stream_token_valid, twilio_signature_valid
 from .switchboard import Switchboard
@@ -37,16 +41,32 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
     if settings.twilio_auth_token is None and not insecure:
         raise ValueError("TWILIO_AUTH_TOKEN is not set; pass insecure=True only for local trials")
 
+    metrics = BridgeMetrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         clock = asyncio.get_running_loop().time
         recordings = CallRecordings(Path(config.recording.folder), settings.realtime.dialect, clock)
+        call_log = CallLog(Path(config.call_log.path), on_failure=metrics.call_log_failed) if config.call_log.path else None
+        if call_log is not None:
+            call_log.start()
+
+        def call_ended(call: Call) -> None:
+            recordings.call_ended(call)
+            metrics.call_ended(call)
+            if call_log is not None:
+                call_log.call_ended(call)
+
         switchboard = Switchboard(
-            config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=recordings.call_ended
+            config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=call_ended,
+            on_latency=metrics.observe_latency,
         )
+        metrics.watch(switchboard)
         app.state.switchboard = switchboard
         yield
         await switchboard.end_all("bridge shutting down")
+        if call_log is not None:
+            await asyncio.to_thread(call_log.close)
 
     app = FastAPI(title="telephony-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -70,6 +90,10 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "live_calls": request.app.state.switchboard.live_calls})
 
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/twilio/voice")
     async def voice(request: Request) -> Response:
         body = bytearray()
@@ -89,13 +113,15 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         switchboard = request.app.state.switchboard
         if switchboard.draining:
             log.info("call %s: refused, the bridge is shutting down", call_sid)
+            metrics.call_refused(called_number, "drained")
             return Response(refusal_twiml(profile.fallback_message), media_type="text/xml")
         call = switchboard.answer(call_sid, called_number, params.get("From", ""))
         if call is None:
             log.warning("call %s: refused, the bridge is at max_calls=%d", call_sid, config.limits.max_calls)
+            metrics.call_refused(called_number, "busy")
             return Response(refusal_twiml(config.limits.busy_message), media_type="text/xml")
         token = issue_stream_token(settings.stream_token_secret, call_sid, called_number, time.time())
-        log.info("call %s to %s: answered", call_sid, called_number)
+        log.debug("call %s to %s: answered", call_sid, called_number)
         stream_url = public_url(request.headers, websocket=True)
         twiml = stream_twiml(stream_url, called_number, token, profile.fallback_message)
         return Response(twiml, media_type="text/xml")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 from typing import Callable, Literal
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -28,6 +29,7 @@ from .events import (
     EndCall,
     Event,
     OpenRealtime,
+    Outcome,
     RealtimeConnected,
     RealtimeDisconnected,
     RealtimeErrorReported,
@@ -38,6 +40,7 @@ from .events import (
     TwilioDisconnected,
     TwilioMessageRejected,
 )
+from .logs import CallIds, bind_call, mask_number
 from .media_stream import encode_for_twilio, parse_twilio_message
 from .realtime import RealtimeEventParser, encode_for_realtime, open_realtime
 
@@ -71,11 +74,16 @@ class Call:
         on_end: Callable[["Call"], None] = lambda call: None,
         tap: FrameTap | None = None,
         on_latency: LatencyObserver | None = None,
+        mask_caller_number: bool = True,
     ) -> None:
         self.call_sid = call_sid
         self.called_number = called_number
         self.caller_number = caller_number
         self.dialect = endpoint.dialect
+        self.model = endpoint.model
+        self.answered_at = clock()
+        self.duration_s: float | None = None
+        """Seconds from the answer to the end, on the call's clock; set when the call has ended."""
         self.controller = CallController(profile, clock, timings)
         self.ended = asyncio.Event()
         self._clock = clock
@@ -90,18 +98,30 @@ class Call:
         self._on_end = on_end
         self._tap = tap
         self._on_latency = on_latency
+        self._mask_caller_number = mask_caller_number
+        self._log_ids = CallIds(call_sid)
 
     def begin(self) -> None:
         """Start opening the Realtime session now, while Twilio is still reading the webhook's answer."""
+        bind_call(self._log_ids)
+        caller = mask_number(self.caller_number) if self._mask_caller_number else self.caller_number
+        log.info(
+            "call started: %s calling %s",
+            caller or "an unknown caller",
+            self.called_number,
+            extra={"event": "call_started", "from": caller, "to": self.called_number, "dialect": self.dialect},
+        )
         self._spawn(self._write_realtime())
         self._spawn(self._tick())
         self._perform(self.controller.start(), None)
 
     async def run_media(self, websocket: WebSocket, started: StreamStarted, started_frame: str | bytes) -> None:
         """Serve the call's Media Stream until it ends; returns when the call is over."""
+        self._log_ids.stream_sid = started.stream_sid
+        bind_call(self._log_ids)
         self._twilio = websocket
         self._spawn(self._write_twilio(websocket))
-        log.info("call %s: media stream %s started", self.call_sid, started.stream_sid)
+        log.debug("call %s: media stream %s started", self.call_sid, started.stream_sid)
         if self._tap is not None:
             self._tap("twilio>bridge", started_frame)
         self._feed(started, None)
@@ -132,9 +152,9 @@ class Call:
             await self.ended.wait()
             await _close_quietly(websocket)
 
-    def end(self, reason: str) -> None:
+    def end(self, reason: str, outcome: Outcome) -> None:
         """End the call from outside (shutdown, an unclaimed session): both sockets close."""
-        self._feed(EndCall(reason), None)
+        self._feed(EndCall(reason, outcome), None)
 
     def _feed(self, event: Event, arrived_at: float | None) -> None:
         if isinstance(event, TwilioMessageRejected):
@@ -183,7 +203,7 @@ class Call:
             return
         replaced, self._realtime = self._realtime, connection
         _drop_queued(self._to_realtime)
-        log.info("call %s: realtime session open (%s dialect; %s)", self.call_sid, self.dialect, action.reason)
+        log.debug("call %s: realtime session open (%s dialect; %s)", self.call_sid, self.dialect, action.reason)
         self._spawn(self._read_realtime(connection))
         if replaced is not None:
             self._spawn(replaced.close(code=1000, reason="session replaced"))
@@ -235,23 +255,44 @@ class Call:
 
     async def _close(self, first: CloseRealtime | CloseTwilio) -> None:
         """End the call: both sockets close, the Realtime one at once (it bills by the minute)."""
-        log.info("call %s: ending: %s", self.call_sid, first.reason)
+        log.debug("call %s: ending: %s", self.call_sid, first.reason)
         if self._realtime is not None:
             await self._realtime.close(code=1000, reason="call ended")
         if self._twilio is not None:
             await _drain(self._to_twilio)
             await _close_quietly(self._twilio)
+        self.duration_s = self._clock() - self.answered_at
         self.ended.set()
-        stats = self.controller.stats
-        log.info(
-            "call %s ended: %s; frames in %d out %d, barge-ins %d, reconnects %d, malformed %d",
-            self.call_sid, stats.end_reason, stats.frames_in, stats.frames_out, stats.barge_ins,
-            stats.reconnects, stats.malformed_twilio,
-        )
+        self._log_summary()
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
         self._on_end(self)
+
+    def _log_summary(self) -> None:
+        """The call's one end line: how it ended and what an operator checks first."""
+        stats = self.controller.stats
+        latencies = stats.response_latencies_ms
+        p50 = round(statistics.median(latencies)) if latencies else None
+        log.info(
+            "call ended (%s: %s) after %.1f s; frames in %d out %d, barge-ins %d, reconnects %d, response p50 %s ms",
+            stats.outcome, stats.end_reason, self.duration_s, stats.frames_in, stats.frames_out,
+            stats.barge_ins, stats.reconnects, p50 if p50 is not None else "-",
+            extra={
+                "event": "call_ended",
+                "outcome": stats.outcome,
+                "end_reason": stats.end_reason,
+                "duration_s": round(self.duration_s or 0.0, 3),
+                "frames_in": stats.frames_in,
+                "frames_out": stats.frames_out,
+                "barge_ins": stats.barge_ins,
+                "reconnects": stats.reconnects,
+                "malformed_twilio": stats.malformed_twilio,
+                "malformed_realtime": stats.malformed_realtime,
+                "realtime_errors": dict(stats.realtime_errors),
+                "response_latency_p50_ms": p50,
+            },
+        )
 
 
 def _drop_queued(queue: asyncio.Queue[tuple[str, float | None]]) -> None:

@@ -1,4 +1,4 @@
-"""The `telephony-bridge` command: serve calls, run the demo, run the Realtime simulator."""
+"""The `telephony-bridge` command: serve calls, run the demo and the Realtime simulator, export and replay call recordings."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
-from .errors import ConfigError
+from .errors import CallLogError, ConfigError, RecordingError
+from .logs import configure_logging
 
 log = logging.getLogger("telephony_bridge")
 
@@ -43,25 +45,117 @@ def _simulate_realtime(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
+def _export_wav(args: argparse.Namespace) -> int:
+    from .recording import export_wav, read_recording
+
+    try:
+        call = read_recording(args.file)
+    except RecordingError as error:
+        print(f"telephony-bridge: {error}", file=sys.stderr)
+        return 2
+    out = Path(f"{args.out}.wav") if args.out else args.file.with_suffix(".wav")
+    seconds = export_wav(call, out)
+    print(f"wrote {out}: {seconds:.1f} s, stereo 8 kHz (left: the caller; right: what the caller heard)")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .recording import read_recording
+    from .replay import replay
+
+    try:
+        result = asyncio.run(replay(read_recording(args.file)))
+    except RecordingError as error:
+        print(f"telephony-bridge: {error}", file=sys.stderr)
+        return 2
+    print(result.report())
+    return 0 if result.same else 1
+
+
+def _calls(args: argparse.Namespace) -> int:
+    """List recent calls, or show one with its transcript, from the call log the configuration names."""
+    from .call_log import call_details, calls_table, find_call, recent_calls
+    from .config import load_config, settings_from_env
+
+    config = load_config(settings_from_env().config_path)
+    if not config.call_log.path:
+        print(f"telephony-bridge: the call log is off ([call_log] path is empty in {config.source})", file=sys.stderr)
+        return 2
+    path = Path(config.call_log.path)
+    try:
+        if args.call_sid is None:
+            records = recent_calls(path, args.limit)
+            print(calls_table(records) if records else f"no calls in {path} yet")
+            return 0
+        record = find_call(path, args.call_sid)
+    except CallLogError as error:
+        print(f"telephony-bridge: {error}", file=sys.stderr)
+        return 1
+    if record is None:
+        print(f"telephony-bridge: no call {args.call_sid} in {path}", file=sys.stderr)
+        return 1
+    print(call_details(record))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .demo import main as run_demo
+
+    return run_demo(Path(args.out), live=args.live)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command takes; made afresh for each, as a shared parent's actions would share one default."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    common.add_argument(
+        "--log-format", choices=["json", "text"], help="log lines on stderr: JSON objects (default unless stderr is a terminal) or text"
+    )
+    return common
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="telephony-bridge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", parents=[common], help="answer calls: the Voice webhook and the Media Stream")
+    serve = commands.add_parser("serve", parents=[_common_options()], help="answer calls: the Voice webhook and the Media Stream")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--insecure", action="store_true", help="accept unsigned requests (local trials only)")
     serve.set_defaults(run=_serve)
 
-    simulate = commands.add_parser("simulate-realtime", parents=[common], help="run the local Realtime API simulator")
+    demo = commands.add_parser("demo", parents=[_common_options()], help="place a whole simulated call through the real bridge")
+    demo.add_argument("--out", default="demo-out", help="folder for call.wav, timeline.svg and the recording")
+    demo.add_argument("--live", action="store_true", help="talk to the real OpenAI or Azure Realtime API (needs a key)")
+    demo.set_defaults(run=_demo)
+
+    simulate = commands.add_parser("simulate-realtime", parents=[_common_options()], help="run the local Realtime API simulator")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
     simulate.set_defaults(run=_simulate_realtime)
 
+    export = commands.add_parser("export-wav", parents=[_common_options()], help="write a call recording's audio as a stereo WAV")
+    export.add_argument("file", type=Path, help="a recording (.jsonl)")
+    export.add_argument("--out", metavar="PREFIX", help="write PREFIX.wav (default: the recording's name, .wav)")
+    export.set_defaults(run=_export_wav)
+
+    replay = commands.add_parser(
+        "replay", parents=[_common_options()], help="replay a call recording through this bridge; exit 1 if it behaves differently"
+    )
+    replay.add_argument("file", type=Path, help="a recording (.jsonl)")
+    replay.set_defaults(run=_replay, log_level="error")
+
+    calls = commands.add_parser("calls", parents=[_common_options()], help="list recent calls from the call log ([call_log] in BRIDGE_CONFIG)")
+    calls.add_argument("--limit", type=int, default=20, help="how many calls, newest first (default: 20)")
+    calls.set_defaults(run=_calls, call_sid=None)
+    calls_commands = calls.add_subparsers(dest="calls_command")
+    show = calls_commands.add_parser("show", help="one call with its transcript")
+    show.add_argument("call_sid", metavar="SID")
+
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_format, args.log_level)
     try:
         code = args.run(args)
     except ConfigError as error:

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -84,11 +84,27 @@ class Recording(_Strict):
     folder: str = Field(default="recordings", min_length=1)
 
 
+class LogSettings(_Strict):
+    """What the bridge's log lines may say about callers."""
+
+    mask_caller_numbers: bool = True
+    """Log callers' numbers with the last four digits hidden (+1415555****): logs travel further than the call log."""
+
+
+class CallLogSettings(_Strict):
+    """The SQLite call log: one row per call and its transcript (a relative path is taken from the working directory)."""
+
+    path: str = "calls.sqlite3"
+    """Empty: no call log."""
+
+
 class _ConfigFile(_Strict):
     defaults: _NumberTable = _NumberTable()
     numbers: dict[str, _NumberTable] = {}
     limits: Limits = Limits()
     recording: Recording = Recording()
+    logging: LogSettings = LogSettings()
+    call_log: CallLogSettings = CallLogSettings()
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,8 @@ class BridgeConfig:
     numbers: Mapping[str, CallProfile] = field(default_factory=dict)
     limits: Limits = Limits()
     recording: Recording = Recording()
+    logging: LogSettings = LogSettings()
+    call_log: CallLogSettings = CallLogSettings()
     source: str = "<built-in defaults>"
 
     def profile_for(self, called_number: str) -> CallProfile:
@@ -151,7 +169,10 @@ def parse_config(text: str, source: str) -> BridgeConfig:
         numbers[number] = _profile(
             source, f'numbers."{number}"', _merge(default_table, table.model_dump(exclude_none=True))
         )
-    return BridgeConfig(defaults=defaults, numbers=numbers, limits=parsed.limits, recording=parsed.recording, source=source)
+    return BridgeConfig(
+        defaults=defaults, numbers=numbers, limits=parsed.limits, recording=parsed.recording,
+        logging=parsed.logging, call_log=parsed.call_log, source=source,
+    )
 
 
 def load_config(path: Path) -> BridgeConfig:
@@ -173,6 +194,12 @@ class RealtimeEndpoint:
     url: str
     headers: Mapping[str, str] = field(repr=False)
     dialect: Dialect
+
+    @property
+    def model(self) -> str:
+        """The model (OpenAI) or deployment (Azure) the URL asks for; empty when it names neither."""
+        query = dict(parse_qsl(urlsplit(self.url).query))
+        return query.get("model") or query.get("deployment") or ""
 
 
 @dataclass(frozen=True)

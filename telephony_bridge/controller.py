@@ -54,6 +54,7 @@ from .events import (
     ModelAudio,
     ModelAudioDone,
     OpenRealtime,
+    Outcome,
     RealtimeConnected,
     RealtimeDisconnected,
     RealtimeErrorReported,
@@ -135,6 +136,7 @@ class CallStats:
     response_latencies_ms: list[float] = field(default_factory=list)
     """For each answer: from the caller stopping speaking to the model's first audio."""
     end_reason: str | None = None
+    outcome: Outcome | None = None
 
 
 class CallController:
@@ -217,9 +219,10 @@ class CallController:
                 self._held_for_realtime.remove(oldest)
                 self._held_caller_ms -= len(oldest.pcm) / PCM24K_BYTES_PER_MS
 
-    def _end(self, reason: str, close: Action) -> list[Action]:
+    def _end(self, outcome: Outcome, reason: str, close: Action) -> list[Action]:
         self.phase = Phase.ENDED
         self.stats.end_reason = reason
+        self.stats.outcome = outcome
         return [close]
 
     # Twilio events.
@@ -267,13 +270,13 @@ class CallController:
         return actions
 
     def _on_stream_stopped(self, event: StreamStopped) -> list[Action]:
-        return self._end("caller hung up", CloseRealtime("caller hung up"))
+        return self._end("caller_hung_up", "caller hung up", CloseRealtime("caller hung up"))
 
     def _on_twilio_disconnected(self, event: TwilioDisconnected) -> list[Action]:
-        return self._end("media stream dropped", CloseRealtime("media stream dropped"))
+        return self._end("stream_dropped", "media stream dropped", CloseRealtime("media stream dropped"))
 
     def _on_end_call(self, event: EndCall) -> list[Action]:
-        return self._end(event.reason, CloseRealtime(event.reason))
+        return self._end(event.outcome, event.reason, CloseRealtime(event.reason))
 
     def _on_twilio_rejected(self, event: TwilioMessageRejected) -> list[Action]:
         self.stats.malformed_twilio += 1
@@ -323,12 +326,12 @@ class CallController:
                 if self._session_opened_at is not None:
                     self.stats.reconnects += 1
                 return [OpenRealtime(delay, remaining, f"session lost: {event.reason}")]
-        return self._end(f"realtime session unavailable: {event.reason}", CloseTwilio(event.reason))
+        return self._end("realtime_unavailable", f"realtime session unavailable: {event.reason}", CloseTwilio(event.reason))
 
     def _on_tick(self, event: Tick) -> list[Action]:
         now = self._clock()
         if self._twilio_ready and now - self._last_media_at > self.timings.media_timeout_s:
-            return self._end("media stream went quiet", CloseRealtime("media stream went quiet"))
+            return self._end("media_timeout", "media stream went quiet", CloseRealtime("media stream went quiet"))
         session_age = now - self._session_opened_at if self._realtime_ready and self._session_opened_at else 0.0
         idle = not self._pending_marks and self._active_response is None and self._outbound_item is None
         if session_age > self.timings.renew_session_after_s and idle:

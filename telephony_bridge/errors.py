@@ -33,3 +33,12 @@ class RecordingError(BridgeError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class CallLogError(BridgeError):
+    """The call log cannot be read: no such file, not a call log, or written by a newer bridge."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

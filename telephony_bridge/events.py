@@ -8,9 +8,14 @@ never sees JSON, base64 or a dialect.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from typing import Literal, Mapping, Union
 
 from .config import CallProfile
+
+Outcome = Literal[
+    "caller_hung_up", "stream_dropped", "media_timeout", "realtime_unavailable", "shut_down", "no_media_stream"
+]
+"""How a call ended, as operators count it (metrics, logs, the call log); the end reason gives the detail."""
 
 
 # Events from Twilio's Media Stream.
@@ -62,6 +67,7 @@ class EndCall:
     """The bridge itself ends the call: shutting down, or no media stream arrived."""
 
     reason: str
+    outcome: Outcome
 
 
 # Events from the Realtime session.

@@ -25,6 +25,7 @@ from .events import (
     TwilioAction,
     TwilioMessageRejected,
 )
+from .wire import loads
 
 MAX_MESSAGE_BYTES = 64 * 1024
 """A 20 ms media frame is about 300 bytes of JSON; anything near this size is not from Twilio."""
@@ -47,7 +48,7 @@ def parse_twilio_message(frame: str | bytes) -> Event | None:
     if len(frame) > MAX_MESSAGE_BYTES:
         return _reject(f"oversized message ({len(frame)} bytes)")
     try:
-        message = json.loads(frame)
+        message = loads(frame)
     except ValueError:
         return _reject("not JSON")
     if not isinstance(message, dict):
@@ -61,7 +62,8 @@ def parse_twilio_message(frame: str | bytes) -> Event | None:
         if body.get("track", "inbound") != "inbound":
             return None
         try:
-            return CallerAudio(base64.b64decode(payload, validate=True))
+            # What base64.b64decode(validate=True) does, without its wrapper: 50 times a second per call.
+            return CallerAudio(binascii.a2b_base64(payload, strict_mode=True))
         except (binascii.Error, ValueError):
             return _reject("media payload is not base64")
     if kind == "mark":

@@ -39,6 +39,7 @@ from .events import (
     TranscriptDone,
     TruncateItem,
 )
+from .wire import loads
 
 _wire_log = logging.getLogger("telephony_bridge.realtime.wire")
 _wire_log.setLevel(logging.INFO)
@@ -158,7 +159,7 @@ class RealtimeEventParser:
         if not isinstance(frame, str):
             return RealtimeMessageRejected("binary frame")
         try:
-            event = json.loads(frame)
+            event = loads(frame)
         except ValueError:
             return RealtimeMessageRejected("not JSON")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
@@ -180,7 +181,7 @@ def _str(event: dict[str, Any], key: str) -> str:
 
 
 def _audio_delta(event: dict[str, Any]) -> ModelAudio:
-    pcm = base64.b64decode(_str(event, "delta"), validate=True)
+    pcm = binascii.a2b_base64(_str(event, "delta"), strict_mode=True)  # base64.b64decode(validate=True), unwrapped
     if len(pcm) % 2:
         raise ValueError("odd number of PCM16 bytes")
     return ModelAudio(response_id=_str(event, "response_id"), item_id=_str(event, "item_id"), pcm=pcm)

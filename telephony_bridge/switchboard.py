@@ -56,6 +56,10 @@ class Switchboard:
     def live_calls(self) -> int:
         return sum(1 for call in self._calls.values() if not call.ended.is_set())
 
+    def calls_in_progress(self) -> list[Call]:
+        """The calls not ended yet (a call that has ended is out of this list before `on_call_end` runs)."""
+        return [call for call in self._calls.values() if not call.ended.is_set()]
+
     def answer(self, call_sid: str, called_number: str, caller_number: str = "") -> Call | None:
         """Accept a call and start its Realtime session; `None` when the line is at `max_calls`."""
         existing = self._calls.get(call_sid)
@@ -103,7 +107,7 @@ class Switchboard:
         """End every call (at shutdown) and wait until each has closed its sockets."""
         calls = list(self._calls.values())
         for call in calls:
-            call.end(reason)
+            call.end(reason, "shut_down")
         await asyncio.gather(*(call.ended.wait() for call in calls))
 
     def _open(self, call_sid: str, called_number: str, caller_number: str = "") -> Call:
@@ -119,6 +123,7 @@ class Switchboard:
             on_end=self._ended,
             tap=self._tap_for(call_sid, called_number, profile),
             on_latency=self._on_latency,
+            mask_caller_number=self.config.logging.mask_caller_numbers,
         )
         self._calls[call_sid] = call
         call.begin()
@@ -134,4 +139,4 @@ class Switchboard:
         call = self._calls.pop(call_sid, None)
         if call is not None and not call.ended.is_set():
             log.warning("call %s: no media stream arrived within %g s; ending its session", call_sid, self._unclaimed_timeout_s)
-            call.end("no media stream")
+            call.end("no media stream", "no_media_stream")

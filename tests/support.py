@@ -34,6 +34,9 @@ voice = "sage"
 instructions = "You are the support line of Corner Hardware."
 voice = "cedar"
 greeting = "Corner Hardware, how can I help?"
+
+[call_log]
+path = ""
 """
 
 FIXTURES = Path(__file__).parent.parent / "telephony_bridge" / "fixtures"

@@ -115,3 +115,75 @@ def test_the_media_stream_url_is_the_public_host_over_wss() -> None:
 def test_an_invalid_public_url_is_an_error_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="environment: PUBLIC_URL"):
         settings_from_env({"PUBLIC_URL": "bridge.example.com"})
+
+
+def test_recording_is_off_by_default_and_goes_to_the_recordings_folder() -> None:
+    config = parse_config('[numbers."+14155550100"]\nvoice = "sage"\n', "t.toml")
+    profile = config.profile_for("+14155550100")
+    assert (profile.record, profile.redact) == (False, False)
+    assert config.recording.folder == "recordings"
+
+
+def test_record_and_redact_are_set_per_number_over_the_defaults() -> None:
+    config = parse_config(
+        """
+        [defaults]
+        record = true
+        [numbers."+14155550100"]
+        redact = true
+        [numbers."+14155550101"]
+        record = false
+        [recording]
+        folder = "/var/lib/telephony-bridge/calls"
+        """,
+        "t.toml",
+    )
+    assert (config.profile_for("+14155550100").record, config.profile_for("+14155550100").redact) == (True, True)
+    assert config.profile_for("+14155550101").record is False
+    assert config.profile_for("+15005550006").record is True
+    assert config.recording.folder == "/var/lib/telephony-bridge/calls"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ('[defaults]\nrecord = "yes"\n', "defaults.record", "boolean"),
+        ("[defaults]\nredact = 1\n", "defaults.redact", "boolean"),
+        ("[recording]\nfolder = 5\n", "recording.folder", "string"),
+        ('[recording]\nfodler = "calls"\n', "recording.fodler", "unknown key"),
+        ('[recording]\nfolder = ""\n', "recording.folder", "at least 1 character"),
+    ],
+)
+def test_an_invalid_recording_setting_names_the_file_the_key_and_the_reason(text: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "config/bad.toml")
+    assert str(raised.value).startswith(f"config/bad.toml: {key}: ")
+    assert reason in str(raised.value)
+
+
+def test_callers_are_masked_in_logs_and_calls_go_to_calls_sqlite3_by_default() -> None:
+    config = parse_config("", "t.toml")
+    assert config.logging.mask_caller_numbers is True
+    assert config.call_log.path == "calls.sqlite3"
+
+
+def test_the_call_log_can_be_moved_or_turned_off_and_masking_turned_off() -> None:
+    config = parse_config('[logging]\nmask_caller_numbers = false\n[call_log]\npath = ""\n', "t.toml")
+    assert (config.logging.mask_caller_numbers, config.call_log.path) == (False, "")
+    assert parse_config('[call_log]\npath = "/var/lib/bridge/calls.db"\n', "t.toml").call_log.path == "/var/lib/bridge/calls.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ('[logging]\nmask_caller_numbers = "yes"\n', "logging.mask_caller_numbers", "boolean"),
+        ("[logging]\nmask_numbers = true\n", "logging.mask_numbers", "unknown key"),
+        ("[call_log]\npath = false\n", "call_log.path", "string"),
+        ('[call_log]\nfile = "calls.sqlite3"\n', "call_log.file", "unknown key"),
+    ],
+)
+def test_an_invalid_logging_or_call_log_setting_names_the_file_the_key_and_the_reason(text: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "config/bad.toml")
+    assert str(raised.value).startswith(f"config/bad.toml: {key}: ")
+    assert reason in str(raised.value)

@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -485,6 +485,8 @@ class SimulatedResponse:
     item_id: str
     trigger: Literal["server_vad", "response.create"]
     created_at: float
+    index: int = 0
+    """Its place among the session's responses, which picks its answer from ``answers``."""
     status: str = "in_progress"
     reason: str | None = None
     audio_ms: float = 0.0
@@ -936,7 +938,7 @@ class SimulatedSession:
         content: list[dict[str, Any]] = []
         if status != "in_progress":
             content_type = "output_audio" if self.dialect == "ga" else "audio"
-            content = [{"type": content_type, "transcript": self._simulator.transcript}]
+            content = [{"type": content_type, "transcript": self._simulator.transcript_for(response.index)}]
         return {"id": response.item_id, "object": "realtime.item", "type": "message",
                 "status": status, "role": "assistant", "content": content}
 
@@ -958,7 +960,7 @@ class SimulatedSession:
 
     async def _start_response(self, trigger: Literal["server_vad", "response.create"]) -> None:
         response = SimulatedResponse(self._next_id("resp"), self._next_id("item"), trigger,
-                                     self._loop.time())
+                                     self._loop.time(), index=len(self.responses))
         self._active = response
         self.responses.append(response)
         await self._send("response.created", response=self._response_object(response, []))
@@ -987,9 +989,10 @@ class SimulatedSession:
     async def _stream(self, response: SimulatedResponse) -> None:
         """Send the answer's deltas, paced at ``speed`` times real time, then finish it."""
         codec = self._output_codec
-        audio = self._simulator._answer_for(codec)
+        audio = self._simulator._answer_for(codec, response.index)
         sizes = self._delta_sizes(len(audio))
-        words = self._simulator.transcript.split()
+        transcript = self._simulator.transcript_for(response.index)
+        words = transcript.split()
         speed = self._simulator.speed
         started = self._loop.time()
         offset = 0
@@ -1034,11 +1037,12 @@ class SimulatedSession:
         item = self._assistant_item(response, item_status)
         self.items[response.item_id] = item
         if status == "completed":
+            transcript = self._simulator.transcript_for(response.index)
             await self._send(self._names["audio_done"], **ids)
             await self._send(self._names["transcript_done"], **ids,
-                             transcript=self._simulator.transcript)
+                             transcript=transcript)
             await self._send("response.content_part.done", **ids,
-                             part={"type": "audio", "transcript": self._simulator.transcript})
+                             part={"type": "audio", "transcript": transcript})
         await self._send("response.output_item.done", response_id=response.id, output_index=0,
                          item=copy.deepcopy(item))
         if self.dialect == "ga":
@@ -1073,7 +1077,9 @@ class RealtimeSimulator:
     unless ``vary_deltas=False``), ``speed`` times faster than real time (``float("inf")`` for
     no pacing). With ``require_key``, handshakes without ``Authorization: Bearer <key>`` or
     ``api-key: <key>`` are refused with HTTP 401 and recorded in ``rejected``. ``dialect``
-    forces a dialect for every session; by default it follows each session's path.
+    forces a dialect for every session; by default it follows each session's path. ``answers``
+    scripts a conversation instead: a session's n-th response says the n-th ``(pcm, transcript)``
+    (the last one again when they run out).
 
     Use ``async with RealtimeSimulator() as sim:`` or ``await sim.start()`` / ``await
     sim.stop()``.
@@ -1089,6 +1095,7 @@ class RealtimeSimulator:
         dialect: Dialect | None = None,
         transcript: str = DEFAULT_TRANSCRIPT,
         vary_deltas: bool = True,
+        answers: Sequence[tuple[bytes, str]] = (),
     ) -> None:
         if dialect not in (None, "ga", "preview"):
             raise ValueError(f"dialect must be 'ga', 'preview' or None, not {dialect!r}")
@@ -1102,13 +1109,14 @@ class RealtimeSimulator:
         self.require_key = require_key
         self.dialect: Dialect | None = dialect
         self.transcript = transcript
+        self.answers = list(answers)
         self.vary_deltas = vary_deltas
         self.sessions: list[SimulatedSession] = []
         self.rejected: list[dict[str, Any]] = []
         self.host = "127.0.0.1"
         self.port = 0
         self._server: Server | None = None
-        self._encoded: dict[str, bytes] = {}
+        self._encoded: dict[tuple[str, int], bytes] = {}
         self._changes: _Changes | None = None
 
     @property
@@ -1127,10 +1135,18 @@ class RealtimeSimulator:
         """Length of the answer every response carries."""
         return len(self.answer_audio) / _PCM16.bytes_per_ms
 
-    def _answer_for(self, codec: _Codec) -> bytes:
-        if codec.name not in self._encoded:
-            self._encoded[codec.name] = codec.from_pcm16_24k(self.answer_audio)
-        return self._encoded[codec.name]
+    def transcript_for(self, response_index: int) -> str:
+        """What the model says in a session's `response_index`-th response (counted from 0)."""
+        if self.answers:
+            return self.answers[min(response_index, len(self.answers) - 1)][1]
+        return self.transcript
+
+    def _answer_for(self, codec: _Codec, response_index: int) -> bytes:
+        index = min(response_index, len(self.answers) - 1) if self.answers else 0
+        pcm = self.answers[index][0] if self.answers else self.answer_audio
+        if (codec.name, index) not in self._encoded:
+            self._encoded[codec.name, index] = codec.from_pcm16_24k(pcm)
+        return self._encoded[codec.name, index]
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._changes = _Changes()

@@ -1,0 +1,319 @@
+"""The call log: one SQLite row per call, with its transcript, for operators to look calls up.
+
+Written from one worker thread fed by a bounded queue: a call's end only queues its record, so no
+disk write ever runs on the event loop that carries every live call's audio. When the database
+cannot take a record (locked by another process past the busy timeout, a full disk, an unwritable
+path) or the queue is full, the record is dropped with a warning and counted
+(`telephony_bridge_call_log_failures_total`); the calls themselves never notice.
+
+The schema is versioned with `PRAGMA user_version`: `MIGRATIONS` are applied in order, each once and
+in its own transaction, so a file an older bridge wrote is brought up to date on start, and one a
+newer bridge wrote is refused rather than misread. The file is in WAL mode, so `telephony-bridge
+calls` can read it while the bridge writes.
+
+Callers' numbers are stored in full: this is where an operator looks up who called, and it holds
+transcripts, which say far more than a number. Keep the file where only they can read it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Literal
+
+from .call import Call
+from .errors import CallLogError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE calls (
+        call_sid TEXT PRIMARY KEY,
+        from_number TEXT NOT NULL,
+        to_number TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT NOT NULL,
+        duration_s REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        end_reason TEXT NOT NULL,
+        barge_ins INTEGER NOT NULL,
+        reconnects INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        dialect TEXT NOT NULL
+    );
+    CREATE INDEX calls_by_start ON calls (started_at);
+    CREATE TABLE transcript (
+        call_sid TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        speaker TEXT NOT NULL,
+        text TEXT NOT NULL,
+        PRIMARY KEY (call_sid, position)
+    );
+    """,
+)
+"""Version N of the schema is the first N scripts; append, never edit one a bridge has shipped."""
+
+BUSY_TIMEOUT_S = 2.0
+"""How long a write waits for a lock held by another process (a reader in rollback mode, a backup)."""
+MAX_QUEUED_RECORDS = 1000
+"""Calls waiting to be written; only a database stalled for minutes at a busy bridge fills this."""
+
+FailureReason = Literal["database", "queue_full"]
+
+
+@dataclass(frozen=True)
+class TranscriptLine:
+    speaker: str
+    """"caller" or "model"."""
+    text: str
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One call as the call log keeps it; times are UTC."""
+
+    call_sid: str
+    from_number: str
+    to_number: str
+    started_at: datetime
+    ended_at: datetime
+    duration_s: float
+    outcome: str
+    end_reason: str
+    barge_ins: int
+    reconnects: int
+    model: str
+    dialect: str
+    transcript: tuple[TranscriptLine, ...] = ()
+
+
+def record_of(call: Call, ended_at: datetime) -> CallRecord:
+    """What the call log keeps of an ended call; its start is its end less its duration on the call's clock."""
+    stats = call.controller.stats
+    duration_s = call.duration_s or 0.0
+    return CallRecord(
+        call_sid=call.call_sid,
+        from_number=call.caller_number,
+        to_number=call.called_number,
+        started_at=ended_at - timedelta(seconds=duration_s),
+        ended_at=ended_at,
+        duration_s=duration_s,
+        outcome=stats.outcome or "unknown",
+        end_reason=stats.end_reason or "",
+        barge_ins=stats.barge_ins,
+        reconnects=stats.reconnects,
+        model=call.model,
+        dialect=call.dialect,
+        transcript=tuple(TranscriptLine(turn.speaker, turn.text) for turn in call.controller.transcript),
+    )
+
+
+def open_for_writing(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+    """Open (or create) the call log and bring its schema up to date."""
+    connection = sqlite3.connect(path, timeout=busy_timeout_s)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        _migrate(connection, str(path))
+    except (sqlite3.Error, CallLogError):
+        connection.close()
+        raise
+    return connection
+
+
+def _migrate(connection: sqlite3.Connection, source: str) -> None:
+    version = _schema_version(connection, source)
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        try:
+            connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        except sqlite3.Error:
+            if connection.in_transaction:
+                connection.rollback()
+            raise
+
+
+def _schema_version(connection: sqlite3.Connection, source: str) -> int:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise CallLogError(source, f"schema version {version} is newer than this bridge's {len(MIGRATIONS)}; upgrade it")
+    return version
+
+
+def _write(connection: sqlite3.Connection, record: CallRecord) -> None:
+    """Store one call in one transaction; a call written again (a restarted stream) replaces the first."""
+    with connection:
+        connection.execute(
+            "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.call_sid, record.from_number, record.to_number, record.started_at.isoformat(),
+                record.ended_at.isoformat(), record.duration_s, record.outcome, record.end_reason,
+                record.barge_ins, record.reconnects, record.model, record.dialect,
+            ),
+        )
+        connection.execute("DELETE FROM transcript WHERE call_sid = ?", (record.call_sid,))
+        connection.executemany(
+            "INSERT INTO transcript VALUES (?, ?, ?, ?)",
+            [(record.call_sid, position, line.speaker, line.text) for position, line in enumerate(record.transcript)],
+        )
+
+
+class CallLog:
+    """Writes ended calls to the database at `path` from its own thread; `start()` creates the schema."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        on_failure: Callable[[FailureReason], None] = lambda reason: None,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+        max_queued: int = MAX_QUEUED_RECORDS,
+    ) -> None:
+        self.path = path
+        self._on_failure = on_failure
+        self._busy_timeout_s = busy_timeout_s
+        self._queue: queue.Queue[CallRecord | None] = queue.Queue(maxsize=max_queued)
+        self._thread = threading.Thread(target=self._run, name="call-log", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def call_ended(self, call: Call) -> None:
+        """Queue an ended call for writing (part of the switchboard's `on_call_end` hook); never blocks."""
+        self.add(record_of(call, datetime.now(timezone.utc)))
+
+    def add(self, record: CallRecord) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            log.warning("call %s: not written to the call log: %d calls already wait for %s",
+                        record.call_sid, self._queue.maxsize, self.path, extra={"call_sid": record.call_sid})
+            self._on_failure("queue_full")
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued (for up to `timeout_s`), then stop the thread."""
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            return
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        connection: sqlite3.Connection | None = None
+        try:
+            connection = open_for_writing(self.path, self._busy_timeout_s)
+        except (sqlite3.Error, CallLogError) as error:
+            log.warning("the call log %s cannot be opened; calls are not logged until it can: %s", self.path, error)
+        while (record := self._queue.get()) is not None:
+            try:
+                connection = connection or open_for_writing(self.path, self._busy_timeout_s)
+                _write(connection, record)
+            except (sqlite3.Error, CallLogError) as error:
+                log.warning("call %s: not written to the call log %s: %s", record.call_sid, self.path, error,
+                            extra={"call_sid": record.call_sid})
+                self._on_failure("database")
+        if connection is not None:
+            connection.close()
+
+
+def _open_for_reading(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise CallLogError(str(path), "no call log here (the bridge creates it when it starts; check [call_log] path)")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        if _schema_version(connection, str(path)) == 0:
+            connection.close()
+            raise CallLogError(str(path), "not a call log (no schema)")
+    except sqlite3.Error as error:
+        raise CallLogError(str(path), f"cannot be read: {error}") from None
+    connection.row_factory = sqlite3.Row
+    return connection
+
+
+def _record(row: sqlite3.Row, transcript: tuple[TranscriptLine, ...] = ()) -> CallRecord:
+    return CallRecord(
+        call_sid=row["call_sid"], from_number=row["from_number"], to_number=row["to_number"],
+        started_at=datetime.fromisoformat(row["started_at"]), ended_at=datetime.fromisoformat(row["ended_at"]),
+        duration_s=row["duration_s"], outcome=row["outcome"], end_reason=row["end_reason"],
+        barge_ins=row["barge_ins"], reconnects=row["reconnects"], model=row["model"], dialect=row["dialect"],
+        transcript=transcript,
+    )
+
+
+def recent_calls(path: Path, limit: int = 20) -> list[CallRecord]:
+    """The latest `limit` calls, newest first, without their transcripts."""
+    connection = _open_for_reading(path)
+    try:
+        rows = connection.execute("SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,)).fetchall()
+    except sqlite3.Error as error:
+        raise CallLogError(str(path), f"cannot be read: {error}") from None
+    finally:
+        connection.close()
+    return [_record(row) for row in rows]
+
+
+def find_call(path: Path, call_sid: str) -> CallRecord | None:
+    """One call with its transcript; `None` if the log has no such call."""
+    connection = _open_for_reading(path)
+    try:
+        row = connection.execute("SELECT * FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
+        lines = connection.execute(
+            "SELECT speaker, text FROM transcript WHERE call_sid = ? ORDER BY position", (call_sid,)
+        ).fetchall()
+    except sqlite3.Error as error:
+        raise CallLogError(str(path), f"cannot be read: {error}") from None
+    finally:
+        connection.close()
+    if row is None:
+        return None
+    return _record(row, tuple(TranscriptLine(line["speaker"], line["text"]) for line in lines))
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m {rest:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def calls_table(records: list[CallRecord]) -> str:
+    """`telephony-bridge calls`: one line per call, aligned, newest first."""
+    header = ("STARTED (UTC)", "CALL SID", "FROM", "TO", "DURATION", "OUTCOME", "BARGE-INS", "RECONNECTS")
+    rows = [
+        (
+            record.started_at.strftime("%Y-%m-%d %H:%M:%S"), record.call_sid, record.from_number or "-",
+            record.to_number, _duration(record.duration_s), record.outcome, str(record.barge_ins), str(record.reconnects),
+        )
+        for record in records
+    ]
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    right_aligned = {4, 6, 7}
+    lines = [
+        "  ".join(cell.rjust(width) if column in right_aligned else cell.ljust(width)
+                  for column, (cell, width) in enumerate(zip(row, widths))).rstrip()
+        for row in (header, *rows)
+    ]
+    return "\n".join(lines)
+
+
+def call_details(record: CallRecord) -> str:
+    """`telephony-bridge calls show SID`: the call's row, then what each side said."""
+    fields = [
+        ("from", record.from_number or "-"),
+        ("to", record.to_number),
+        ("started", f"{record.started_at:%Y-%m-%d %H:%M:%S} UTC"),
+        ("ended", f"{record.ended_at:%Y-%m-%d %H:%M:%S} UTC"),
+        ("duration", _duration(record.duration_s)),
+        ("outcome", f"{record.outcome} ({record.end_reason})" if record.end_reason else record.outcome),
+        ("barge-ins", str(record.barge_ins)),
+        ("reconnects", str(record.reconnects)),
+        ("model", f"{record.model or '-'} ({record.dialect} dialect)"),
+    ]
+    lines = [f"Call {record.call_sid}"] + [f"  {name:<11}{value}" for name, value in fields] + ["", "Transcript"]
+    if not record.transcript:
+        lines.append("  (none: nothing was said, or the call ended first)")
+    speaker_width = max((len(line.speaker) for line in record.transcript), default=0) + 1
+    lines += [f"  {line.speaker + ':':<{speaker_width}} {line.text}" for line in record.transcript]
+    return "\n".join(lines)

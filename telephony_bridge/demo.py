@@ -1,0 +1,345 @@
+"""A whole phone call on one machine: the real bridge between a simulated phone and a model.
+
+The bridge runs as it does in production (uvicorn on loopback, signatures checked); a Twilio
+simulator dials it, speaks a recorded caller and plays what comes back in real time; the model
+is the Realtime simulator (or, with `--live`, the real OpenAI or Azure service). The caller
+interrupts the first answer mid-sentence, so the demo shows barge-in end to end. Everything the
+summary reports is measured from what crossed the sockets (the call recording) and from what
+the simulated phone actually played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+import wave
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import parse_config, settings_from_env
+from .recording import RecordedCall, read_recording
+from .testing.bridge_server import serve_bridge
+from .testing.realtime_simulator import RealtimeSimulator
+from .testing.twilio_simulator import SimulatedCall, load_wav_ulaw
+
+DEMO_NUMBER = "+14155550100"
+DEMO_TOKEN = "demo-twilio-auth-token"
+DEMO_KEY = "sk-demo-simulated-model"
+PUBLIC_URL = "https://bridge.demo.invalid"
+INTERRUPT_AFTER_MS = 2200
+"""The caller cuts in this far into the first answer: mid-sentence for the shipped answer (5.5 s)."""
+
+ANSWERS = [
+    ("model_answer_1.wav", "Of course. On Tuesday we have openings at nine, at half past ten, and at two in the afternoon."),
+    ("model_answer_2.wav", "Great, you are booked for half past ten. Goodbye!"),
+]
+CALLER_TURNS = ["caller_turn_1.wav", "caller_turn_2.wav"]
+
+DEMO_CONFIG = f"""
+[defaults]
+instructions = "You are the receptionist of Bright Smile Dental. Offer appointment times and book one. Be brief."
+voice = "marin"
+record = true
+
+[defaults.turn_detection]
+silence_duration_ms = 500
+
+[recording]
+folder = "{{folder}}"
+
+[call_log]
+path = ""
+"""
+
+
+@dataclass
+class Moment:
+    at_s: float
+    who: str
+    what: str
+
+
+@dataclass
+class DemoSummary:
+    call_s: float
+    caller_to_model_ms: list[float]
+    model_to_caller_ms: list[float]
+    barge_in_reaction_ms: float | None
+    truncate_ms: int | None
+    heard_ms: float | None
+
+    def lines(self) -> list[str]:
+        def median(values: list[float]) -> str:
+            return f"median {statistics.median(values):.2f} ms, max {max(values):.2f} ms ({len(values)} frames)" if values else "n/a"
+
+        lines = [
+            f"call length                 {self.call_s:.1f} s",
+            f"bridge latency caller>model {median(self.caller_to_model_ms)}",
+            f"bridge latency model>caller {median(self.model_to_caller_ms)}",
+        ]
+        if self.barge_in_reaction_ms is not None:
+            lines.append(f"barge-in reaction           {self.barge_in_reaction_ms:.1f} ms (model heard the caller -> Twilio told to clear)")
+        if self.truncate_ms is not None and self.heard_ms is not None:
+            lines.append(
+                f"truncate point              {self.truncate_ms} ms; the caller heard {self.heard_ms:.0f} ms "
+                f"(off by {self.truncate_ms - self.heard_ms:+.0f} ms)"
+            )
+        return lines
+
+
+class Timeline:
+    """Prints the call as it happens and keeps it for the picture."""
+
+    def __init__(self, clock: Callable[[], float], echo: Callable[[str], None]) -> None:
+        self.moments: list[Moment] = []
+        self._clock = clock
+        self.start = clock()
+        self._echo = echo
+
+    def now_s(self) -> float:
+        return self._clock() - self.start
+
+    def mark(self, who: str, what: str, at_s: float | None = None) -> None:
+        moment = Moment(self.now_s() if at_s is None else at_s, who, what)
+        self.moments.append(moment)
+        self._echo(f"  {moment.at_s:6.2f} s  {who:<7} {what}")
+
+
+def _fixture(name: str) -> Path:
+    return Path(str(resources.files("telephony_bridge") / "fixtures" / name))
+
+
+def _read_pcm24k(path: Path) -> bytes:
+    with wave.open(str(path), "rb") as wav:
+        if (wav.getframerate(), wav.getsampwidth(), wav.getnchannels()) != (24000, 2, 1):
+            raise ValueError(f"{path}: expected 24 kHz 16-bit mono")
+        return wav.readframes(wav.getnframes())
+
+
+async def _watch(call: SimulatedCall, timeline: Timeline, stop: asyncio.Event) -> None:
+    """Report, as they happen, when the caller starts hearing the model and when the bridge clears it."""
+    playing, clears_seen = False, 0
+    last_heard = 0.0
+    while not stop.is_set():
+        heard = call.heard_ms()
+        if heard > last_heard and not playing:
+            playing = True
+            timeline.mark("model", "speaking (the caller hears it)")
+        elif playing and heard == last_heard and call.playback and timeline.now_s() - (call.playback[-1][0] - timeline.start) > 0.1:
+            playing = False
+            timeline.mark("model", f"silent (heard {heard / 1000:.1f} s so far)")
+        last_heard = heard
+        if len(call.clears) > clears_seen:
+            clears_seen = len(call.clears)
+            timeline.mark("bridge", f"clear: Twilio drops {call.clears[-1][1] / 8:.0f} ms of queued model audio")
+            playing = False
+        await asyncio.sleep(0.02)
+
+
+async def _converse(call: SimulatedCall, timeline: Timeline, live: bool) -> None:
+    """The caller's side of the script: ask, interrupt the answer, listen to the reply, hang up."""
+    first, second = (load_wav_ulaw(_fixture(name)) for name in CALLER_TURNS)
+    await asyncio.sleep(0.4)
+    timeline.mark("caller", "speaking: \"Hi, I would like to book a cleaning for next Tuesday.\"")
+    call.say(first)
+    await call.wait_said(timeout=10)
+    timeline.mark("caller", "stops speaking")
+    await call.wait_heard(INTERRUPT_AFTER_MS if not live else 1500, timeout=30)
+    timeline.mark("caller", "interrupts: \"Half past ten, please.\"")
+    call.say(second)
+    await call.wait_said(timeout=10)
+    timeline.mark("caller", "stops speaking")
+    heard_before = call.heard_ms()
+    await call.wait_heard(heard_before + 500, timeout=30)
+    while True:
+        heard = call.heard_ms()
+        await asyncio.sleep(0.8)
+        if call.heard_ms() == heard:
+            break
+    timeline.mark("caller", "hangs up")
+    await call.hang_up()
+
+
+def _latencies(recording: RecordedCall) -> tuple[list[float], list[float]]:
+    """Per frame, from its arrival at the bridge to its audio leaving the other side (from the recording).
+
+    Each 20 ms caller frame becomes one append; each model delta that is played becomes one
+    media message; deltas of an answer cut by barge-in are dropped and not counted.
+    """
+    arrivals = [f.t_ms for f in recording.frames if f.direction == "twilio>bridge" and f.kind == "media"]
+    appends = [f.t_ms for f in recording.frames if f.direction == "bridge>realtime" and f.kind == "input_audio_buffer.append"]
+    caller_to_model = [sent - arrived for arrived, sent in zip(arrivals, appends)]
+    model_to_caller = []
+    pending_delta: float | None = None
+    for frame in recording.frames:
+        if frame.direction == "realtime>bridge" and frame.kind in ("response.output_audio.delta", "response.audio.delta"):
+            pending_delta = frame.t_ms
+        elif frame.direction == "bridge>twilio" and frame.kind == "media" and pending_delta is not None:
+            model_to_caller.append(frame.t_ms - pending_delta)
+            pending_delta = None
+        elif frame.direction == "bridge>twilio" and frame.kind == "clear":
+            pending_delta = None
+    return caller_to_model, model_to_caller
+
+
+def _barge_in(recording: RecordedCall) -> tuple[float | None, int | None]:
+    """Reaction time (speech_started in -> clear out) and the truncate point, from the recording."""
+    clear = next((f for f in recording.frames if f.direction == "bridge>twilio" and f.kind == "clear"), None)
+    if clear is None:
+        return None, None
+    started = [f.t_ms for f in recording.frames
+               if f.direction == "realtime>bridge" and f.kind == "input_audio_buffer.speech_started" and f.t_ms <= clear.t_ms]
+    truncate = next((f for f in recording.frames if f.direction == "bridge>realtime" and f.kind == "conversation.item.truncate"), None)
+    reaction = clear.t_ms - started[-1] if started else None
+    return reaction, truncate.message["audio_end_ms"] if truncate else None
+
+
+def _stereo(call: SimulatedCall, said: list[tuple[float, bytes]], t0: float, length_s: float) -> np.ndarray:
+    """Left: what the caller said; right: what the caller heard, each placed at the time it happened."""
+    import audioop
+
+    samples = int((length_s + 1) * 8000)
+    stereo = np.zeros((samples, 2), dtype=np.int16)
+    for at, ulaw in said:
+        start = max(0, int((at - t0) * 8000))
+        pcm = np.frombuffer(audioop.ulaw2lin(ulaw, 2), dtype=np.int16)[: samples - start]
+        stereo[start : start + len(pcm), 0] = pcm
+    heard = np.frombuffer(audioop.ulaw2lin(bytes(call.heard), 2), dtype=np.int16)
+    offset = 0
+    for at, n_bytes in call.playback:
+        start = int((at - t0) * 8000)
+        piece = heard[offset : offset + n_bytes][: max(0, samples - start)]
+        stereo[start : start + len(piece), 1] = piece
+        offset += n_bytes
+    return stereo
+
+
+def _write_wav(path: Path, stereo: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(stereo.tobytes())
+
+
+def _playing_spans(playback: list[tuple[float, int]]) -> list[tuple[float, float]]:
+    """Consecutive 20 ms ticks of playback joined into (start, seconds) spans."""
+    spans: list[tuple[float, float]] = []
+    for at, n_bytes in playback:
+        if spans and at - (spans[-1][0] + spans[-1][1]) < 0.025:
+            spans[-1] = (spans[-1][0], at + n_bytes / 8000 - spans[-1][0])
+        else:
+            spans.append((at, n_bytes / 8000))
+    return spans
+
+
+def _svg(timeline: Timeline, call: SimulatedCall, said: list[tuple[float, bytes]], t0: float, length_s: float,
+         summary: DemoSummary) -> str:
+    """A picture of the call: the caller's and the model's speech, the interruption and the cut."""
+    width, left, scale = 960, 90, (960 - 110) / max(length_s, 1.0)
+
+    def x(seconds: float) -> float:
+        return left + seconds * scale
+
+    bars = []
+    for at, ulaw in said:
+        bars.append(f'<rect x="{x(at - t0):.1f}" y="30" width="{len(ulaw) / 8000 * scale:.1f}" height="26" fill="#2b7bb9"/>')
+    for start, seconds in _playing_spans(call.playback):
+        bars.append(f'<rect x="{x(start - t0):.1f}" y="80" width="{seconds * scale:.1f}" height="26" fill="#e07b39"/>')
+    marks = []
+    for moment in timeline.moments:
+        if moment.what.startswith("clear"):
+            marks.append(f'<line x1="{x(moment.at_s):.1f}" x2="{x(moment.at_s):.1f}" y1="20" y2="120" stroke="#c0392b" stroke-width="2"/>')
+            label = "barge-in: clear"
+            if summary.truncate_ms is not None:
+                label += f" + truncate at {summary.truncate_ms} ms (heard {summary.heard_ms:.0f} ms)"
+            marks.append(f'<text x="{x(moment.at_s) + 4:.1f}" y="134" font-size="12" fill="#c0392b">{label}</text>')
+    ticks = "".join(
+        f'<line x1="{x(s):.1f}" x2="{x(s):.1f}" y1="112" y2="116" stroke="#555"/><text x="{x(s) - 4:.1f}" y="150" font-size="11" fill="#555">{s}s</text>'
+        for s in range(0, int(length_s) + 1)
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="170" font-family="sans-serif">'
+        '<rect width="100%" height="100%" fill="white"/>'
+        '<text x="8" y="48" font-size="13">caller</text><text x="8" y="98" font-size="13">model</text>'
+        '<text x="8" y="112" font-size="10" fill="#777">(as heard)</text>'
+        + "".join(bars) + "".join(marks) + ticks + "</svg>\n"
+    )
+
+
+async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], None] = print) -> DemoSummary:
+    """Place one simulated call through the real bridge; write call.wav, timeline.svg and the recording to `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recordings = out_dir / "recording"
+    config = parse_config(DEMO_CONFIG.format(folder=recordings.as_posix()), "demo configuration")
+    simulator = None
+    if live:
+        settings = settings_from_env()
+        if not settings.realtime.headers:
+            raise SystemExit("telephony-bridge demo --live: set OPENAI_API_KEY (or the AZURE_OPENAI_* variables) first")
+        echo(f"model: the real Realtime API at {settings.realtime.url.split('?')[0]} ({settings.realtime.dialect} dialect)")
+    else:
+        answers = [(_read_pcm24k(_fixture(name)), text) for name, text in ANSWERS]
+        simulator = RealtimeSimulator(answers=answers, require_key=DEMO_KEY)
+        await simulator.start()
+        settings = settings_from_env({"OPENAI_API_KEY": DEMO_KEY, "REALTIME_URL": simulator.url})
+        echo(f"model: the local Realtime simulator at {simulator.url} (no account needed; --live uses a real model)")
+    settings = dataclasses.replace(settings, public_url=PUBLIC_URL, twilio_auth_token=DEMO_TOKEN)
+    loop = asyncio.get_running_loop()
+    try:
+        async with serve_bridge(settings, config) as bridge_url:
+            echo(f"bridge: {bridge_url} (the real server; webhook and media socket signed as Twilio signs them)\n")
+            call = SimulatedCall(bridge_url=bridge_url, public_url=PUBLIC_URL, auth_token=DEMO_TOKEN, to_number=DEMO_NUMBER)
+            timeline = Timeline(loop.time, echo)
+            said: list[tuple[float, bytes]] = []
+            original_say = call.say
+
+            def say(ulaw: bytes) -> None:
+                said.append((loop.time() + 0.02, ulaw))
+                original_say(ulaw)
+
+            call.say = say  # type: ignore[method-assign]
+            timeline.mark("phone", f"dials {DEMO_NUMBER}")
+            await call.dial()
+            timeline.mark("bridge", "answers with TwiML <Connect><Stream> and a fallback <Say>")
+            await call.connect()
+            timeline.mark("phone", "media stream open")
+            stop_watching = asyncio.Event()
+            watcher = asyncio.create_task(_watch(call, timeline, stop_watching))
+            await _converse(call, timeline, live)
+            stop_watching.set()
+            await watcher
+            length_s = timeline.now_s()
+        t0 = timeline.start
+    finally:
+        if simulator is not None:
+            await simulator.stop()
+    recording_path = next(recordings.glob(f"*{call.call_sid}.jsonl"))
+    recording = read_recording(recording_path)
+    caller_to_model, model_to_caller = _latencies(recording)
+    reaction, truncate_ms = _barge_in(recording)
+    heard = call.played_ms_at(call.clears[0][0]) if call.clears else None
+    summary = DemoSummary(length_s, caller_to_model, model_to_caller, reaction, truncate_ms, heard)
+    _write_wav(out_dir / "call.wav", _stereo(call, said, t0, length_s))
+    (out_dir / "timeline.svg").write_text(_svg(timeline, call, said, t0, length_s, summary), encoding="utf-8")
+    echo("\nsummary")
+    for line in summary.lines():
+        echo(f"  {line}")
+    echo(f"\nwrote {out_dir / 'call.wav'} (left: the caller, right: what the caller heard)")
+    echo(f"      {out_dir / 'timeline.svg'}")
+    echo(f"      {recording_path} (the call recording: telephony-bridge replay / export-wav take it)")
+    return summary
+
+
+def main(out_dir: Path, live: bool) -> int:
+    try:
+        asyncio.run(run_demo(out_dir, live=live, echo=lambda line: print(line, flush=True)))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+

@@ -1,0 +1,211 @@
+"""The bridge's Prometheus metrics: calls live and ended, audio frames, barge-ins, faults and latencies.
+
+Served at `GET /metrics` in the text format (docs/operations.md lists every metric). The figures
+that change with every frame cost the hot path nothing extra, or almost nothing:
+
+* Frames, malformed messages, barge-ins, reconnects and Realtime errors are already counted by each
+  call's controller (`CallStats`). They are not counted twice: a scrape adds the live calls' stats to
+  the totals of the calls that have ended, which are folded in once, when each call ends. A scrape
+  costs one pass over the live calls; a frame costs nothing.
+* The bridge's added latency is observed once per audio frame into a plain bucket array: a bisect
+  and two additions, about 0.1 µs (prometheus_client's `Histogram.observe` takes a lock: 0.6 µs).
+  At 500 calls that is 50 000 observations a second, 0.5 % of a core instead of 3 %.
+
+Each app has its own registry, so several bridges in one process (the tests) keep their own figures.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable, Iterator, Literal
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from .call import Call
+from .controller import CallStats
+
+if TYPE_CHECKING:
+    from .switchboard import Switchboard
+
+Refusal = Literal["busy", "drained"]
+"""A call the webhook turned away: at `max_calls` (busy), or while the bridge shuts down (drained)."""
+
+ADDED_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+RESPONSE_LATENCY_BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+TRUNCATE_POINT_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+
+
+class Buckets:
+    """A histogram as counts per bucket and their sum; bounds are inclusive upper limits, as Prometheus' `le`."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def with_values(self, values: Iterable[float]) -> Buckets:
+        """A copy with `values` observed too: the ended calls' figures plus the live calls'."""
+        merged = Buckets(self.bounds)
+        merged.counts = list(self.counts)
+        merged.total = self.total
+        for value in values:
+            merged.observe(value)
+        return merged
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """The `le` buckets of the text format: each counts every value at or below its bound."""
+        bounds = [*(floatToGoString(bound) for bound in self.bounds), "+Inf"]
+        running, buckets = 0, []
+        for bound, count in zip(bounds, self.counts):
+            running += count
+            buckets.append((bound, running))
+        return buckets
+
+
+@dataclass
+class _Totals:
+    """The per-call counts of `CallStats`, summed over calls."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    malformed_twilio: int = 0
+    malformed_realtime: int = 0
+    barge_ins: int = 0
+    reconnects: int = 0
+    realtime_errors: Tally[str] = field(default_factory=Tally)
+
+    def add(self, stats: CallStats | _Totals) -> None:
+        self.frames_in += stats.frames_in
+        self.frames_out += stats.frames_out
+        self.malformed_twilio += stats.malformed_twilio
+        self.malformed_realtime += stats.malformed_realtime
+        self.barge_ins += stats.barge_ins
+        self.reconnects += stats.reconnects
+        self.realtime_errors.update(stats.realtime_errors)
+
+    def plus(self, live: Iterable[CallStats]) -> _Totals:
+        summed = _Totals()
+        summed.add(self)
+        for stats in live:
+            summed.add(stats)
+        return summed
+
+
+class BridgeMetrics:
+    """One bridge's figures, in its own registry; `render()` is the body of `GET /metrics`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._calls = Counter(
+            "telephony_bridge_calls",
+            "Calls by the number called and how they ended; busy and drained calls were refused at the webhook.",
+            ["number", "outcome"],
+            registry=self.registry,
+        )
+        self._call_log_failures = Counter(
+            "telephony_bridge_call_log_failures",
+            "Calls the call log could not store: the database failed (locked, disk full) or its queue was full.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._ended = _Totals()
+        self._response_latency = Buckets(RESPONSE_LATENCY_BUCKETS_S)
+        self._truncate_points = Buckets(TRUNCATE_POINT_BUCKETS_S)
+        self._added_latency = {
+            "caller>model": Buckets(ADDED_LATENCY_BUCKETS_S),
+            "model>caller": Buckets(ADDED_LATENCY_BUCKETS_S),
+        }
+        self._switchboard: Switchboard | None = None
+        self.registry.register(self)  # type: ignore[arg-type]
+
+    def watch(self, switchboard: Switchboard) -> None:
+        """Take the live calls from `switchboard` at each scrape."""
+        self._switchboard = switchboard
+
+    def observe_latency(self, direction: Literal["caller>model", "model>caller"], seconds: float) -> None:
+        """The switchboard's `on_latency` hook: called for every audio frame, so kept to one bucket increment."""
+        self._added_latency[direction].observe(seconds)
+
+    def call_ended(self, call: Call) -> None:
+        """Fold an ended call's figures into the totals (part of the switchboard's `on_call_end` hook)."""
+        stats = call.controller.stats
+        self._calls.labels(call.called_number, stats.outcome or "unknown").inc()
+        self._ended.add(stats)
+        for seconds in _response_latencies_s(stats):
+            self._response_latency.observe(seconds)
+        for seconds in _truncate_points_s(stats):
+            self._truncate_points.observe(seconds)
+
+    def call_refused(self, called_number: str, refusal: Refusal) -> None:
+        self._calls.labels(called_number, refusal).inc()
+
+    def call_log_failed(self, reason: Literal["database", "queue_full"]) -> None:
+        """Counted from the call log's writer thread; prometheus_client's counters are thread-safe."""
+        self._call_log_failures.labels(reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        """The figures read at scrape time: the ended calls' totals plus what the live calls have counted so far."""
+        live = self._switchboard.calls_in_progress() if self._switchboard is not None else []
+        live_stats = [call.controller.stats for call in live]
+        totals = self._ended.plus(live_stats)
+        yield GaugeMetricFamily("telephony_bridge_calls_live", "Calls in progress.", value=len(live))
+        yield _counter("telephony_bridge_media_frames", "Media messages: in from callers, out to callers.", "direction",
+                       {"in": totals.frames_in, "out": totals.frames_out})
+        yield _counter("telephony_bridge_malformed_messages", "Messages that could not be understood, by sender.", "source",
+                       {"twilio": totals.malformed_twilio, "realtime": totals.malformed_realtime})
+        yield CounterMetricFamily("telephony_bridge_barge_ins", "Times a caller spoke over the model and its answer was cut.",
+                                  value=totals.barge_ins)
+        yield CounterMetricFamily("telephony_bridge_realtime_reconnects", "Realtime sessions replaced after one was lost.",
+                                  value=totals.reconnects)
+        yield _counter("telephony_bridge_realtime_errors", "Error events from the Realtime service, by error code.", "code",
+                       dict(totals.realtime_errors))
+        yield _histogram(
+            "telephony_bridge_truncate_point_seconds",
+            "How far into an answer the caller was when they interrupted it (the truncate's audio_end_ms).",
+            self._truncate_points.with_values(s for stats in live_stats for s in _truncate_points_s(stats)),
+        )
+        yield _histogram(
+            "telephony_bridge_response_latency_seconds",
+            "From the caller stopping speaking to the model's first audio of its answer.",
+            self._response_latency.with_values(s for stats in live_stats for s in _response_latencies_s(stats)),
+        )
+        added = HistogramMetricFamily(
+            "telephony_bridge_added_latency_seconds",
+            "Time each audio frame spends in the bridge, from its arrival to its audio leaving.",
+            labels=["direction"],
+        )
+        for direction, buckets in self._added_latency.items():
+            added.add_metric([direction], buckets.cumulative(), buckets.total)
+        yield added
+
+
+def _response_latencies_s(stats: CallStats) -> Iterator[float]:
+    return (ms / 1000.0 for ms in stats.response_latencies_ms)
+
+
+def _truncate_points_s(stats: CallStats) -> Iterator[float]:
+    return (audio_end_ms / 1000.0 for _, audio_end_ms in stats.truncates)
+
+
+def _counter(name: str, documentation: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value_label, value in values.items():
+        family.add_metric([value_label], value)
+    return family
+
+
+def _histogram(name: str, documentation: str, buckets: Buckets) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=buckets.cumulative(), sum_value=buckets.total)

@@ -1,0 +1,41 @@
+"""The README's first command: a whole simulated call through the real bridge, end to end."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+
+
+def test_the_demo_places_a_call_with_a_barge_in_and_writes_what_it_promises(tmp_path: Path) -> None:
+    out = tmp_path / "demo-out"
+    result = subprocess.run(
+        [sys.executable, "-m", "telephony_bridge", "demo", "--out", str(out), "--log-level", "warning"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout
+    assert "caller  interrupts" in printed and "bridge  clear" in printed and "caller  hangs up" in printed
+    truncate, heard = map(int, re.search(r"truncate point\s+(\d+) ms; the caller heard (\d+) ms", printed).groups())
+    assert 1000 < truncate < 5000 and abs(truncate - heard) <= 20
+    assert re.search(r"bridge latency caller>model median [\d.]+ ms", printed)
+
+    with wave.open(str(out / "call.wav")) as wav:
+        assert (wav.getnchannels(), wav.getframerate()) == (2, 8000)
+        stereo = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).reshape(-1, 2)
+    clear_at_s = float(re.search(r"([\d.]+) s  bridge  clear", printed).group(1))
+    heard = stereo[:, 1].astype(float)
+    before = heard[int((clear_at_s - 0.5) * 8000) : int((clear_at_s - 0.05) * 8000)]
+    after = heard[int((clear_at_s + 0.1) * 8000) : int((clear_at_s + 0.6) * 8000)]
+    assert np.sqrt(np.mean(before**2)) > 300, "the model was speaking before the interruption"
+    assert np.sqrt(np.mean(after**2)) < 30, "the model went on speaking after the interruption"
+    assert np.sqrt(np.mean(stereo[:, 0].astype(float) ** 2)) > 100, "the caller's side is in the left channel"
+
+    svg = (out / "timeline.svg").read_text()
+    assert svg.startswith("<svg") and "barge-in" in svg
+    recordings = list((out / "recording").glob("*.jsonl"))
+    assert len(recordings) == 1
