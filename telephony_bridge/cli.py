@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     demo = commands.add_parser("demo", parents=[_common_options()], help="place a whole simulated call through the real bridge")
     demo.add_argument("--out", default="demo-out", help="folder for call.wav, timeline.svg and the recording")
     demo.add_argument("--live", action="store_true", help="talk to the real OpenAI or Azure Realtime API (needs a key)")
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=_demo, log_level="warning", log_format="text")
 
     simulate = commands.add_parser("simulate-realtime", parents=[_common_options()], help="run the local Realtime API simulator")
     simulate.add_argument("--host", default="127.0.0.1")
