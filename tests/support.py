@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 from telephony_bridge.config import BridgeConfig, parse_config, settings_from_env
 from telephony_bridge.testing.bridge_server import serve_bridge
-from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, SimulatedSession
 from telephony_bridge.testing.twilio_simulator import SimulatedCall
 
 AUTH_TOKEN = "twilio-auth-token-for-tests"
@@ -70,3 +70,13 @@ async def bridge_for(
 
 def new_call(bridge_url: str, to_number: str = CLINIC, auth_token: str | None = AUTH_TOKEN) -> SimulatedCall:
     return SimulatedCall(bridge_url=bridge_url, public_url=PUBLIC_URL, auth_token=auth_token, to_number=to_number)
+
+
+async def place_call(
+    bridge_url: str, realtime: RealtimeSimulator, to_number: str = CLINIC, session_index: int = 0
+) -> tuple[SimulatedCall, SimulatedSession]:
+    """Dial, open the media stream, and return the call with its Realtime session (the simulator's `session_index`-th)."""
+    call = new_call(bridge_url, to_number)
+    await call.dial()
+    await call.connect()
+    return call, await realtime.wait_for_session(session_index)

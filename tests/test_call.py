@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
 from telephony_bridge.testing.twilio_simulator import speech_like_ulaw, ulaw_silence
 
-from support import API_KEY, CLINIC, PUBLIC_URL, SHOP, bridge_for, new_call
+from support import API_KEY, CLINIC, PUBLIC_URL, SHOP, bridge_for, new_call, place_call
 
 GA_CLIENT_EVENT = TypeAdapter(RealtimeClientEvent)
 
@@ -98,10 +98,7 @@ async def test_a_token_opens_one_stream_only(bridge: str, realtime: RealtimeSimu
 
 
 async def test_audio_length_is_preserved_both_ways(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime)
     await speak_and_wait_for_answer(call, session)
     await call.wait_heard(realtime.answer_ms, timeout=10)
     await asyncio.sleep(0.1)
@@ -112,10 +109,7 @@ async def test_audio_length_is_preserved_both_ways(bridge: str, realtime: Realti
 
 
 async def test_barge_in_clears_twilio_and_truncates_at_what_the_caller_heard(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime)
     call.say(speech_like_ulaw(600))
     await call.wait_heard(1200, timeout=10)
     call.say(speech_like_ulaw(800))
@@ -133,10 +127,7 @@ async def test_barge_in_clears_twilio_and_truncates_at_what_the_caller_heard(bri
 
 
 async def test_no_truncate_when_the_caller_speaks_after_the_answer_finished(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime)
     await speak_and_wait_for_answer(call, session)
     await call.wait_heard(realtime.answer_ms, timeout=10)
     await asyncio.sleep(0.1)
@@ -149,10 +140,7 @@ async def test_no_truncate_when_the_caller_speaks_after_the_answer_finished(brid
 
 
 async def test_a_stop_closes_the_realtime_session_within_100_ms(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime)
     await session.wait_for("session.update")
     loop = asyncio.get_running_loop()
     hung_up_at = loop.time()
@@ -162,10 +150,7 @@ async def test_a_stop_closes_the_realtime_session_within_100_ms(bridge: str, rea
 
 
 async def test_a_dropped_media_socket_closes_the_realtime_session_within_100_ms(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime)
     await session.wait_for("session.update")
     dropped_at = asyncio.get_running_loop().time()
     await call.drop(abrupt=True)
@@ -174,10 +159,7 @@ async def test_a_dropped_media_socket_closes_the_realtime_session_within_100_ms(
 
 
 async def test_junk_frames_are_survived_and_the_call_goes_on(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime)
     for junk in ["not json", b"\x00\x01binary", '{"event":"media","media":{"payload":"@@@"}}', '{"event":"nope"}', "[]"]:
         await call.send_raw(junk)
     received_before = session.input_audio_ms
@@ -189,10 +171,7 @@ async def test_junk_frames_are_survived_and_the_call_goes_on(bridge: str, realti
 
 
 async def test_a_realtime_error_event_does_not_end_the_call(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime)
     await session.wait_for("session.update")
     await session.send_error("server_error", "The server had an error while processing your request.")
     await speak_and_wait_for_answer(call, session)
@@ -202,10 +181,7 @@ async def test_a_realtime_error_event_does_not_end_the_call(bridge: str, realtim
 
 
 async def test_a_key_press_reaches_the_model_as_a_caller_message(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime)
     await call.send_dtmf("5")
     item = await session.wait_for("conversation.item.create", timeout=2)
     assert "pressed 5" in item["item"]["content"][0]["text"]
@@ -214,10 +190,7 @@ async def test_a_key_press_reaches_the_model_as_a_caller_message(bridge: str, re
 
 
 async def test_a_greeting_makes_the_model_speak_first(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge, SHOP)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime, SHOP)
     create = await session.wait_for("response.create", timeout=2)
     assert "Corner Hardware, how can I help?" in create["response"]["instructions"]
     await call.wait_heard(500, timeout=5)
@@ -226,10 +199,7 @@ async def test_a_greeting_makes_the_model_speak_first(bridge: str, realtime: Rea
 
 async def test_the_preview_dialect_carries_a_whole_call(realtime: RealtimeSimulator) -> None:
     async with bridge_for(realtime, url=realtime.preview_url, dialect="preview") as bridge:
-        call = new_call(bridge)
-        await call.dial()
-        await call.connect()
-        session = await realtime.wait_for_session(0)
+        call, session = await place_call(bridge, realtime)
         assert session.dialect == "preview"
         update = await session.wait_for("session.update")
         assert update["session"]["voice"] == "sage"
@@ -243,10 +213,7 @@ async def test_the_preview_dialect_carries_a_whole_call(realtime: RealtimeSimula
 
 
 async def test_every_client_event_the_bridge_sends_is_valid_ga(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge, SHOP)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime, SHOP)
     call.say(speech_like_ulaw(600))
     await call.wait_heard(1200, timeout=10)
     call.say(speech_like_ulaw(600))

@@ -22,7 +22,7 @@ from websockets.asyncio.server import serve
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import speech_like_ulaw
 
-from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, TEST_CONFIG, bridge_for, new_call
+from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, TEST_CONFIG, bridge_for, new_call, place_call
 
 FALLBACK_BUDGET_S = 3.0
 RECONNECT_BUDGET_S = 2.0
@@ -135,10 +135,7 @@ async def test_a_dropped_session_is_replaced_within_2_s_with_the_same_configurat
 
 async def test_when_the_service_stays_down_the_caller_gets_the_fallback(realtime: RealtimeSimulator) -> None:
     async with bridge_for(realtime) as bridge:
-        call = new_call(bridge)
-        await call.dial()
-        await call.connect()
-        session = await realtime.wait_for_session(0)
+        call, session = await place_call(bridge, realtime)
         await session.wait_for("session.update")
         await realtime.stop()
         lost_at = asyncio.get_running_loop().time()
@@ -189,10 +186,7 @@ async def test_a_call_over_max_calls_hears_the_busy_message_and_is_never_streame
 
 
 async def test_many_junk_messages_in_a_burst_do_not_end_the_call(bridge: str, realtime: RealtimeSimulator) -> None:
-    call = new_call(bridge)
-    await call.dial()
-    await call.connect()
-    session = await realtime.wait_for_session(0)
+    call, session = await place_call(bridge, realtime)
     for _ in range(1500):
         await call.send_raw('{"event":"junk"}')
     before = session.input_audio_ms
@@ -238,10 +232,7 @@ async def test_behind_a_trusted_proxy_the_forwarded_host_is_what_twilio_signed(r
 async def test_secrets_never_reach_the_logs(realtime: RealtimeSimulator, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     async with bridge_for(realtime) as bridge:
-        call = new_call(bridge)
-        await call.dial()
-        await call.connect()
-        session = await realtime.wait_for_session(0)
+        call, session = await place_call(bridge, realtime)
         await call.send_raw("junk")
         call.say(speech_like_ulaw(600))
         await session.wait_for("response.done", sent=True, timeout=10)

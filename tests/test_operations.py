@@ -27,7 +27,7 @@ from telephony_bridge.metrics import Buckets
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 
-from support import CLINIC, bridge_for, new_call
+from support import CLINIC, bridge_for, new_call, place_call
 
 CALLER = "+15005550006"
 """The simulated caller's number (`SimulatedCall.from_number`)."""
@@ -147,10 +147,7 @@ async def test_metrics_count_the_live_call_then_how_it_ended_its_frames_barge_in
     tmp_path: Path, realtime: RealtimeSimulator
 ) -> None:
     async with operated_bridge(realtime, write_config(tmp_path, tmp_path / "calls.sqlite3")) as bridge:
-        call = new_call(bridge)
-        await call.dial()
-        await call.connect()
-        session = await realtime.wait_for_session(0)
+        call, session = await place_call(bridge, realtime)
         call.say(speech_like_ulaw(600))
         await call.wait_heard(1200, timeout=10)
         during = await scrape(bridge)
@@ -256,10 +253,7 @@ async def test_an_unwritable_call_log_never_drops_the_call(
     tmp_path: Path, realtime: RealtimeSimulator, json_lines: io.StringIO
 ) -> None:
     async with operated_bridge(realtime, write_config(tmp_path, tmp_path / "no-such-folder" / "calls.sqlite3")) as bridge:
-        call = new_call(bridge)
-        await call.dial()
-        await call.connect()
-        session = await realtime.wait_for_session(0)
+        call, session = await place_call(bridge, realtime)
         call.say(speech_like_ulaw(600))
         await session.wait_for(lambda e: e.get("type") == "response.done", timeout=10, sent=True)
         await call.wait_heard(500, timeout=5)
