@@ -20,8 +20,12 @@ bytes arrive (``time.monotonic``, one clock for all processes on the machine).
 What is measured, over a window that starts after all calls are up and warmed:
 
 * **CPU**: utime + stime of the bridge process (all threads) from ``/proc/PID/stat``, as ms of
-  CPU per call-second. The generator's own CPU is reported next to it: if it nears 100 % of its
-  core, the latencies measure the generator too.
+  CPU per call-second, with the kernel's share (on loopback a sender's kernel time includes
+  delivering into the receiver's socket). The generator's own CPU is reported next to it: if it
+  nears 100 % of its core, the latencies measure the generator too.
+* **Wakeups**: the bridge's voluntary context switches per call-second, i.e. how often its loop
+  went idle and was woken. Few calls mean a wakeup for almost every message, and each costs CPU
+  of its own, which is why CPU per call-second is higher at 10 calls than at 100.
 * **Memory**: VmRSS at the end of the window minus VmRSS after a two-call warm-up, per call.
 * **Latency, caller -> model**: a caller frame is matched by cumulative audio position: frame i
   (160 i mu-law bytes sent) has arrived when the stand-in has received ``960 i - 102`` bytes of
@@ -44,7 +48,9 @@ Usage (about 30 s per N and configuration)::
 
 ``--baseline REV`` runs the bridge of git revision REV (exported read-only with ``git archive``)
 before the working tree's for each N, with the speed-up packages REV does not depend on hidden
-from it, so the table shows before and after side by side.
+from it, so the table shows before and after side by side; ``--baseline DIR`` runs the package
+in DIR/telephony_bridge instead (say, a copy of the tree with one change undone).
+``--bridge-command`` benchmarks any other launcher of the bridge.
 """
 
 from __future__ import annotations
@@ -64,7 +70,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -544,7 +549,11 @@ class LoadGenerator:
 
         async def open_one(tag: int) -> None:
             async with limit:
-                self.calls[tag] = await self._dial(bridge_port, tag)
+                try:
+                    async with asyncio.timeout(15):
+                        self.calls[tag] = await self._dial(bridge_port, tag)
+                except TimeoutError:
+                    raise RuntimeError(f"call {tag}: webhook or media socket not answered within 15 s") from None
 
         try:
             await asyncio.gather(*(open_one(tag) for tag in tags))
@@ -649,6 +658,16 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def steal_ticks(cpu: int | None) -> int:
+    """Time the hypervisor ran something else instead of this virtual CPU (the whole machine's if `cpu` is None)."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields[0] == name:
+            return int(fields[8]) if len(fields) > 8 else 0
+    return 0
+
+
 def _status(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -720,7 +739,13 @@ def working_tree_flavour() -> Flavour:
 
 
 def baseline_flavour(revision: str, workdir: Path) -> Flavour:
-    """REV's package, run with the speed-up packages REV does not declare hidden from it."""
+    """REV's package, run with the speed-up packages REV does not declare hidden from it.
+
+    A directory holding a ``telephony_bridge`` package is run as it is, nothing hidden.
+    """
+    if (Path(revision) / "telephony_bridge").is_dir():
+        root = Path(revision).resolve()
+        return Flavour(root.name, [sys.executable, "-c", "from telephony_bridge.cli import main; main()"], str(root))
     root = workdir / f"baseline-{revision.replace('/', '_')}"
     root.mkdir()
     archive = subprocess.run(
@@ -788,10 +813,13 @@ def running_bridge(flavour: Flavour, port: int, standin_port: int, config: Path,
             process.kill()
             process.wait()
         log.seek(0)
-        errors = [line for line in log.read().decode(errors="replace").splitlines() if " ERROR " in line or "Traceback" in line]
-        if errors:
-            print(f"  bridge logged {len(errors)} error lines, first: {errors[0][:200]}", file=sys.stderr)
+        lines = log.read().decode(errors="replace").splitlines()
         log.close()
+        errors = [i for i, line in enumerate(lines) if "ERROR" in line or line.startswith("Traceback")]
+        if errors:
+            first = errors[0]
+            print(f"  bridge logged {len(errors)} error lines; the first:", file=sys.stderr)
+            print("\n".join("    " + line[:200] for line in lines[first : first + 25]), file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- one measurement
@@ -897,16 +925,21 @@ def measure(
             profile_dir.mkdir(parents=True, exist_ok=True)
             raw = profile_dir / f"{flavour.name.split()[0].replace('/', '_')}-{calls}.txt"
             py_spy = shutil.which("py-spy") or str(REPO / ".venv/bin/py-spy")
-            # Blocking sampling (py-spy pauses the bridge per sample): complete stacks, but the
-            # latencies of a profiled run are not the bridge's own.
+            # Non-blocking sampling: blocking mode stops the bridge at its system calls and so
+            # over-counts them (getpid showed 13 % of samples for 0.4 % of the time). Stacks may come
+            # out truncated, so the summary uses self time only.
             profiler = subprocess.Popen(
-                [py_spy, "record", "--pid", str(bridge.pid), "--duration", str(int(seconds)), "--rate", "100",
-                 "--format", "raw", "--output", str(raw), "--gil", *(["--native"] if native else [])],
+                [py_spy, "record", "--pid", str(bridge.pid), "--duration", str(int(seconds)), "--rate", "200",
+                 "--format", "raw", "--output", str(raw), "--nonblocking", "--gil", *(["--native"] if native else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         t0, bridge0, generators0, wakeups0 = time.monotonic(), cpu_times(bridge.pid), generators.cpu_seconds(), wakeups(bridge.pid)
+        steal0 = steal_ticks(bridge_cpu)
         time.sleep(seconds)
         t1, bridge1, generators1, wakeups1 = time.monotonic(), cpu_times(bridge.pid), generators.cpu_seconds(), wakeups(bridge.pid)
+        steal = (steal_ticks(bridge_cpu) - steal0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
+        if steal > 0.01:
+            notes.append(f"the hypervisor stole {100 * steal:.0f} % of the bridge's CPU: figures are noisy")
         rss = rss_bytes(bridge.pid)
         census = tcp_nodelay_census(bridge.pid)
         callers, sessions = generators.stop(1.0)
@@ -993,24 +1026,40 @@ def row(result: Result) -> str:
     )
 
 
+def _component(frame: str) -> str:
+    """What a py-spy frame belongs to: a module of the bridge, else a package (asyncio, websockets, ...)."""
+    match = re.search(r"\((.*?):\d+\)$", frame)
+    if match is None:
+        return "native code"
+    folder, _, name = match.group(1).rpartition("/")
+    if folder.startswith("telephony_bridge"):
+        return match.group(1)
+    return folder.split("/")[0] if folder else name
+
+
 def summarise_profile(path: Path, top: int = 15) -> str:
-    """Self and inclusive time per function from py-spy's raw (collapsed) output."""
+    """Self time per function and per component from py-spy's raw (collapsed) output."""
     own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
+    components: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
+        if not count_text.isdigit() or not stack:
             continue
         count = int(count_text)
         total += count
-        frames = [re.sub(r" \((.*/)?([^/]+\.py):\d+\)", r" (\2)", frame) for frame in stack.split(";")]
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for frame in set(frames):
-            inclusive[frame] = inclusive.get(frame, 0) + count
-    lines = [f"{path.name}: {total} samples", "  self %  incl %  function"]
-    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"  {100 * count / total:6.1f}  {100 * inclusive[frame] / total:6.1f}  {frame[:110]}")
+        leaf = stack.split(";")[-1]
+        name = re.sub(r" \((.*/)?([^/]+\.py):\d+\)", r" (\2)", leaf)
+        own[name] = own.get(name, 0) + count
+        components[_component(leaf)] = components.get(_component(leaf), 0) + count
+    if not total:
+        return f"{path.name}: no samples"
+    lines = [f"{path.name}: {total} samples holding the GIL; self time", "  by function:"]
+    for name, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * count / total:5.1f} %  {name[:100]}")
+    lines.append("  by component:")
+    for name, count in sorted(components.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * count / total:5.1f} %  {name}")
     return "\n".join(lines)
 
 
@@ -1021,7 +1070,10 @@ def main() -> None:
     parser.add_argument("--talk", type=float, default=0.5, help="share of the time the model is talking")
     parser.add_argument("--period", type=float, default=4.0, help="seconds from one model answer to the next")
     parser.add_argument("--generators", type=int, default=1, help="load generator processes (all on the generator core)")
-    parser.add_argument("--baseline", metavar="REV", help="also run git revision REV's bridge, before this tree's")
+    parser.add_argument(
+        "--baseline", metavar="REV|DIR",
+        help="also run git revision REV's bridge (or the package in DIR/telephony_bridge), before this tree's",
+    )
     parser.add_argument("--only-baseline", action="store_true", help="with --baseline: run REV's bridge only")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each bridge during its window, raw output to DIR")
     parser.add_argument("--native", action="store_true", help="with --profile: include native (C) frames")
@@ -1064,9 +1116,15 @@ def main() -> None:
         try:
             for calls in counts:
                 for flavour in flavours:
-                    result = measure(
-                        flavour, calls, args.seconds, generators, standin_port, config, bridge_cpu, args.profile, args.native
-                    )
+                    try:
+                        result = measure(
+                            flavour, calls, args.seconds, generators, standin_port, config, bridge_cpu, args.profile, args.native
+                        )
+                    except RuntimeError as error:  # one failed ramp costs one row, not the run
+                        print(f"  {flavour.name}, {calls} calls: FAILED: {error}", flush=True)
+                        generators.close()
+                        generators = Generators(args.generators, generator_cpu, standin_port, args.talk, args.period)
+                        continue
                     results.append(result)
                     print(
                         f"  {flavour.name}, {calls} calls: {result.cpu_ms_per_call_s:.2f} ms CPU per call-s, "
