@@ -54,6 +54,8 @@ LatencyObserver = Callable[[Literal["caller>model", "model>caller"], float], Non
 """Told, for each frame of audio, the seconds from its arrival at the bridge to its audio leaving."""
 
 TICK_S = 0.5
+LOGGED_MALFORMED_MESSAGES = 10
+"""Each call logs its first malformed messages, then every hundredth: a flood must not fill the disk."""
 MAX_TWILIO_MESSAGES_PER_S = 400
 """Twilio sends 50 media frames a second plus a mark echo for each chunk we send; 400 is far above that."""
 
@@ -158,7 +160,9 @@ class Call:
 
     def _feed(self, event: Event, arrived_at: float | None) -> None:
         if isinstance(event, TwilioMessageRejected):
-            log.warning("call %s: malformed Twilio message: %s", self.call_sid, event.reason)
+            seen = self.controller.stats.malformed_twilio + 1
+            if seen <= LOGGED_MALFORMED_MESSAGES or seen % 100 == 0:
+                log.warning("call %s: malformed Twilio message (%d so far): %s", self.call_sid, seen, event.reason)
         elif isinstance(event, RealtimeErrorReported):
             log.warning("call %s: the Realtime service reported an error: %s: %s", self.call_sid, event.code, event.message)
         self._perform(self.controller.handle(event), arrived_at)

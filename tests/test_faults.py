@@ -185,13 +185,16 @@ async def test_a_call_over_max_calls_hears_the_busy_message_and_is_never_streame
         assert len(realtime.sessions) == 1
 
 
-async def test_many_junk_messages_in_a_burst_do_not_end_the_call(bridge: str, realtime: RealtimeSimulator) -> None:
+async def test_many_junk_messages_in_a_burst_do_not_end_the_call_nor_flood_the_log(
+    bridge: str, realtime: RealtimeSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
     call, session = await place_call(bridge, realtime)
     for _ in range(1500):
         await call.send_raw('{"event":"junk"}')
     before = session.input_audio_ms
     await asyncio.sleep(1.2)
     assert session.input_audio_ms > before and call.closed_at is None
+    assert 10 <= caplog.text.count("malformed Twilio message") <= 25
     await call.hang_up()
 
 
