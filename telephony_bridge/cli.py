@@ -18,6 +18,7 @@ def _serve(args: argparse.Namespace) -> int:
     from . import server
     from .app import create_app
     from .config import load_config, settings_from_env
+    from .realtime import PREVIEW_VOICES
 
     settings = settings_from_env()
     config = load_config(settings.config_path)
@@ -30,6 +31,11 @@ def _serve(args: argparse.Namespace) -> int:
             )
             return 2
         log.warning("running with --insecure: Twilio signatures are NOT checked")
+    if settings.realtime.dialect == "preview":
+        for number, profile in {"defaults": config.defaults, **config.numbers}.items():
+            if profile.voice not in PREVIEW_VOICES:
+                log.warning("%s: %s: voice %r is not one the 2024-10-01 preview knows; its sessions may keep their defaults",
+                            config.source, number, profile.voice)
     app = create_app(settings, config, insecure=args.insecure)
     server.run(app, args.host, args.port, config.limits.drain_seconds, args.log_level)
     return 0

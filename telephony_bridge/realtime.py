@@ -54,14 +54,24 @@ _AUDIO_EVENTS: dict[Dialect, tuple[str, str, str]] = {
 }
 
 
-def _turn_detection(profile: CallProfile) -> dict[str, Any]:
+PREVIEW_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"})
+"""The voices the 2024-10-01 preview accepts; GA added others (marin, cedar). An unknown one fails the whole session.update."""
+
+
+def _turn_detection(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
+    """The turn detection settings; the 2024-10-01 preview knows only type, threshold, padding and silence.
+
+    It answers and interrupts on its own there, and may reject fields it does not know; GA is told
+    both explicitly, since the bridge's barge-in depends on them.
+    """
     settings = profile.turn_detection.model_dump(exclude_none=True)
     if settings["type"] == "server_vad":
         settings.pop("eagerness", None)
     else:
         for key in ("threshold", "prefix_padding_ms", "silence_duration_ms"):
             settings.pop(key, None)
-    settings.update(create_response=True, interrupt_response=True)
+    if dialect == "ga":
+        settings.update(create_response=True, interrupt_response=True)
     return settings
 
 
@@ -74,14 +84,14 @@ def session_update(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
             "voice": profile.voice,
             "input_audio_format": "pcm16",
             "output_audio_format": "pcm16",
-            "turn_detection": _turn_detection(profile),
+            "turn_detection": _turn_detection(profile, dialect),
         }
         if profile.transcription:
             session["input_audio_transcription"] = {"model": profile.transcription}
         return {"type": "session.update", "session": session}
     audio_input: dict[str, Any] = {
         "format": {"type": "audio/pcm", "rate": 24000},
-        "turn_detection": _turn_detection(profile),
+        "turn_detection": _turn_detection(profile, dialect),
     }
     if profile.transcription:
         audio_input["transcription"] = {"model": profile.transcription}

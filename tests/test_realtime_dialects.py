@@ -106,3 +106,8 @@ def test_malformed_server_events_are_rejected_not_raised() -> None:
                                  st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2)), max_size=5))
 def test_no_server_event_makes_the_parser_raise(event: dict) -> None:
     RealtimeEventParser("ga").parse(json.dumps(event))
+
+
+def test_the_preview_session_sends_only_the_turn_detection_fields_that_preview_knows() -> None:
+    turn_detection = json.loads(encode_for_realtime(ConfigureSession(CallProfile()), "preview"))["session"]["turn_detection"]
+    assert set(turn_detection) <= {"type", "threshold", "prefix_padding_ms", "silence_duration_ms"}
