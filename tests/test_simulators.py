@@ -268,6 +268,19 @@ async def test_preview_path_speaks_the_preview_dialect() -> None:
         assert not [t for t in types if "output_audio" in t or t == "conversation.item.added"]
 
 
+async def test_the_first_preview_refuses_fields_and_voices_it_does_not_know_whole() -> None:
+    async with RealtimeSimulator(speed=float("inf")) as sim:
+        async with connect(sim.preview_url) as ws:
+            client = ScriptClient(ws)
+            await client.until("session.created")
+            await client.send("session.update", session={
+                "instructions": "Hi", "turn_detection": {"type": "server_vad", "create_response": True}})
+            assert (await client.until("error"))["error"]["param"] == "session.turn_detection.create_response"
+            await client.send("session.update", session={"instructions": "Hi", "voice": "marin"})
+            assert (await client.until("error"))["error"]["param"] == "session.voice"
+        assert sim.sessions[0].instructions == ""
+
+
 async def test_ga_session_refuses_a_preview_shaped_update_whole() -> None:
     async with RealtimeSimulator() as sim, realtime_client(sim) as client:
         await client.send("session.update", session={"type": "realtime", "voice": "alloy"})

@@ -433,8 +433,27 @@ def _apply_ga_update(current: dict[str, Any], update: dict[str, Any]) -> dict[st
     return new
 
 
-def _apply_preview_update(current: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+_FIRST_PREVIEW = "2024-10-01-preview"
+_FIRST_PREVIEW_VAD_KEYS = {"type", "threshold", "prefix_padding_ms", "silence_duration_ms"}
+_FIRST_PREVIEW_VOICES = {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"}
+"""What the first preview (Azure's 2024-10-01-preview models) accepts: no create/interrupt flags,
+no semantic VAD, and the voices before marin and cedar. Later previews accept more."""
+
+
+def _check_first_preview(update: dict[str, Any]) -> None:
+    turn_detection = update.get("turn_detection")
+    if isinstance(turn_detection, dict):
+        _check_keys(turn_detection, _FIRST_PREVIEW_VAD_KEYS, "session.turn_detection")
+        if turn_detection.get("type") != "server_vad":
+            raise _invalid("session.turn_detection.type", turn_detection.get("type"), "'server_vad'")
+    if "voice" in update and update["voice"] not in _FIRST_PREVIEW_VOICES:
+        raise _invalid("session.voice", update["voice"], ", ".join(sorted(_FIRST_PREVIEW_VOICES)))
+
+
+def _apply_preview_update(current: dict[str, Any], update: dict[str, Any], *, first_preview: bool) -> dict[str, Any]:
     _check_keys(update, _PREVIEW_SESSION_KEYS, "session")
+    if first_preview:
+        _check_first_preview(update)
     new = copy.deepcopy(current)
     for key, value in update.items():
         if key in ("input_audio_format", "output_audio_format") and value not in _PREVIEW_FORMATS:
@@ -514,6 +533,7 @@ class SimulatedSession:
         self.path: str = request.path
         self.headers: Headers = request.headers
         query = parse_qs(urlsplit(self.path).query)
+        self.api_version: str | None = (query.get("api-version") or [None])[0]
         if simulator.dialect is not None:
             self.dialect: Dialect = simulator.dialect
         elif any("preview" in v for v in query.get("api-version", [])):
@@ -713,7 +733,7 @@ class SimulatedSession:
         if self.dialect == "ga":
             self.config = _apply_ga_update(self.config, update)
         else:
-            self.config = _apply_preview_update(self.config, update)
+            self.config = _apply_preview_update(self.config, update, first_preview=self.api_version == _FIRST_PREVIEW)
         self._configure_audio()
         await self._send("session.updated", session=copy.deepcopy(self.config))
 
