@@ -45,6 +45,9 @@ _wire_log = logging.getLogger("telephony_bridge.realtime.wire")
 _wire_log.setLevel(logging.INFO)
 """The websockets library logs handshake headers at DEBUG, the API key among them: never below INFO."""
 
+CLOSE_TIMEOUT_S = 1.0
+"""How long ending a call waits for the service to acknowledge the close; the default 10 s would hold the call open."""
+
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 """A whole response's audio can arrive as one delta; the service's own frames stay well below this."""
 
@@ -211,6 +214,7 @@ async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientC
             open_timeout=timeout_s,
             max_size=MAX_EVENT_BYTES,
             compression=None,
+            close_timeout=CLOSE_TIMEOUT_S,
             logger=_wire_log,
         )
     except websockets.InvalidStatus as error:
