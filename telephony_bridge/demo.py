@@ -141,7 +141,26 @@ async def _watch(call: SimulatedCall, timeline: Timeline, stop: asyncio.Event) -
         await asyncio.sleep(0.02)
 
 
-async def _converse(call: SimulatedCall, timeline: Timeline, live: bool) -> None:
+async def _listen(call: SimulatedCall, up_to_ms: float, timeout_s: float = 30.0) -> None:
+    """Until the caller has heard `up_to_ms` more of the model, or its answer ended sooner.
+
+    A real model's answers vary in length: an answer that stops short of the interruption point
+    (0.8 s without new audio) ends the wait too.
+    """
+    loop = asyncio.get_running_loop()
+    start_ms, deadline = call.heard_ms(), loop.time() + timeout_s
+    last_ms, last_change = start_ms, loop.time()
+    while call.heard_ms() - start_ms < up_to_ms:
+        if loop.time() > deadline:
+            raise TimeoutError(f"the model said nothing for {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+        if call.heard_ms() != last_ms:
+            last_ms, last_change = call.heard_ms(), loop.time()
+        elif last_ms > start_ms and loop.time() - last_change > 0.8:
+            return
+
+
+async def _converse(call: SimulatedCall, timeline: Timeline) -> None:
     """The caller's side of the script: ask, interrupt the answer, listen to the reply, hang up."""
     first, second = (load_wav_ulaw(_fixture(name)) for name in CALLER_TURNS)
     await asyncio.sleep(0.4)
@@ -149,18 +168,12 @@ async def _converse(call: SimulatedCall, timeline: Timeline, live: bool) -> None
     call.say(first)
     await call.wait_said(timeout=10)
     timeline.mark("caller", "stops speaking")
-    await call.wait_heard(INTERRUPT_AFTER_MS if not live else 1500, timeout=30)
+    await _listen(call, INTERRUPT_AFTER_MS)
     timeline.mark("caller", "interrupts: \"Half past ten, please.\"")
     call.say(second)
     await call.wait_said(timeout=10)
     timeline.mark("caller", "stops speaking")
-    heard_before = call.heard_ms()
-    await call.wait_heard(heard_before + 500, timeout=30)
-    while True:
-        heard = call.heard_ms()
-        await asyncio.sleep(0.8)
-        if call.heard_ms() == heard:
-            break
+    await _listen(call, float("inf"))
     timeline.mark("caller", "hangs up")
     await call.hang_up()
 
@@ -311,7 +324,7 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
             timeline.mark("phone", "media stream open")
             stop_watching = asyncio.Event()
             watcher = asyncio.create_task(_watch(call, timeline, stop_watching))
-            await _converse(call, timeline, live)
+            await _converse(call, timeline)
             stop_watching.set()
             await watcher
             length_s = timeline.now_s()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -39,3 +41,19 @@ def test_the_demo_places_a_call_with_a_barge_in_and_writes_what_it_promises(tmp_
     assert svg.startswith("<svg") and "barge-in" in svg
     recordings = list((out / "recording").glob("*.jsonl"))
     assert len(recordings) == 1
+
+
+async def test_live_mode_talks_to_the_realtime_service_the_environment_names(tmp_path: Path) -> None:
+    from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
+
+    async with RealtimeSimulator(require_key="sk-live-test") as service:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "telephony_bridge", "demo", "--live", "--out", str(tmp_path),
+            env={**os.environ, "OPENAI_API_KEY": "sk-live-test", "REALTIME_URL": service.url},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    printed = stdout.decode()
+    assert process.returncode == 0, stderr.decode()
+    assert "the real Realtime API at ws://127.0.0.1" in printed and "caller  hangs up" in printed
+    assert len(service.sessions) == 1 and service.sessions[0].events("conversation.item.truncate")
