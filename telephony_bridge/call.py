@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
@@ -47,8 +47,25 @@ from .realtime import RealtimeEventParser, encode_for_realtime, open_realtime
 log = logging.getLogger(__name__)
 
 Direction = Literal["twilio>bridge", "bridge>twilio", "realtime>bridge", "bridge>realtime"]
-FrameTap = Callable[[Direction, "str | bytes"], None]
-"""Sees every websocket message of a call as it crosses the bridge (the call recorder is one)."""
+
+
+class CallTap(Protocol):
+    """Sees a call's websocket traffic as it crosses the bridge (the call recorder is one).
+
+    Besides every message, it is told when a Realtime session opens and when the service closes or
+    drops the session in use: the two socket events the controller reacts to. Closes the bridge
+    makes itself (a replaced session, the end of the call) are its own doing and are not reported.
+    """
+
+    def __call__(self, direction: Direction, frame: str | bytes) -> None:
+        """A message, in either direction on either socket, as it was read or just before it is written."""
+
+    def realtime_opened(self) -> None:
+        """A Realtime session opened and is now the call's session."""
+
+    def realtime_lost(self, code: int | None) -> None:
+        """The service closed or dropped the call's session; `code` is the close code it sent, None if no close frame came."""
+
 
 LatencyObserver = Callable[[Literal["caller>model", "model>caller"], float], None]
 """Told, for each frame of audio, the seconds from its arrival at the bridge to its audio leaving."""
@@ -74,7 +91,7 @@ class Call:
         caller_number: str = "",
         timings: CallTimings = CallTimings(),
         on_end: Callable[["Call"], None] = lambda call: None,
-        tap: FrameTap | None = None,
+        tap: CallTap | None = None,
         on_latency: LatencyObserver | None = None,
         mask_caller_number: bool = True,
     ) -> None:
@@ -208,6 +225,8 @@ class Call:
         replaced, self._realtime = self._realtime, connection
         _drop_queued(self._to_realtime)
         log.debug("call %s: realtime session open (%s dialect; %s)", self.call_sid, self.dialect, action.reason)
+        if self._tap is not None:
+            self._tap.realtime_opened()
         self._spawn(self._read_realtime(connection))
         if replaced is not None:
             self._spawn(replaced.close(code=1000, reason="session replaced"))
@@ -227,6 +246,9 @@ class Call:
         if connection is self._realtime and not self._closing:
             self._realtime = None
             _drop_queued(self._to_realtime)
+            if self._tap is not None:
+                received = connection.protocol.close_rcvd
+                self._tap.realtime_lost(received.code if received is not None else None)
             log.warning("call %s: realtime session %s", self.call_sid, reason)
             self._feed(RealtimeDisconnected(reason), None)
 

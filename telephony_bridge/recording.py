@@ -2,7 +2,8 @@
 
 One JSON Lines file per call (docs/recording-format.md). Line 1 is a header (the call, the
 number's effective profile, the bridge version and dialect); every later line is one websocket
-frame with its direction and the milliseconds since the call was answered. The file is
+frame with its direction and the milliseconds since the call was answered, or (from version 2) a
+Realtime session opening or being lost, so a call whose session was replaced replays too. The file is
 line-buffered, so a bridge that crashes leaves a file readable up to its last whole line, and a
 disk that fails stops that call's recording (logged once), never the call.
 
@@ -26,15 +27,15 @@ import logging
 import os
 import re
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, TextIO, get_args
+from typing import Any, Callable, Literal, TextIO, get_args
 
 import numpy as np
 
 from . import __version__
-from .call import Call, Direction, FrameTap
+from .call import Call, Direction
 from .config import CallProfile, Dialect
 from .errors import RecordingError
 from .webhook import STREAM_TOKEN_PARAMETER
@@ -42,9 +43,12 @@ from .webhook import STREAM_TOKEN_PARAMETER
 log = logging.getLogger(__name__)
 
 FORMAT = "telephony-bridge-recording"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 has no socket lines; it reads the same otherwise."""
 REDACTED = "<redacted>"
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
+SocketState = Literal["open", "closed"]
 
 ULAW_SILENCE = 0xFF
 PCM_SILENCE = 0x00
@@ -112,6 +116,14 @@ def frame_line(t_ms: float, direction: Direction, frame: str | bytes, *, redact:
         return json.dumps(entry, separators=(",", ":")) + "\n"
 
 
+def socket_line(t_ms: float, state: SocketState, code: int | None = None) -> str:
+    """A lifecycle line of the Realtime socket: a session opened, or the service closed or dropped it (with its close code)."""
+    entry: dict[str, Any] = {"t": round(t_ms, 2), "dir": "realtime>bridge", "socket": state}
+    if state == "closed":
+        entry["code"] = code
+    return json.dumps(entry, separators=(",", ":")) + "\n"
+
+
 def header(
     call_sid: str, called_number: str, profile: CallProfile, dialect: Dialect, started_at: datetime
 ) -> dict[str, Any]:
@@ -130,7 +142,7 @@ def header(
 
 
 class CallRecorder:
-    """Writes one call's recording to a line-buffered text file; the call calls it with every frame (its `FrameTap`)."""
+    """Writes one call's recording to a line-buffered text file; the call tells it every frame and socket event (its `CallTap`)."""
 
     def __init__(self, file: TextIO, first_line: dict[str, Any], clock: Callable[[], float], *, redact: bool) -> None:
         self.name = file.name
@@ -150,7 +162,21 @@ class CallRecorder:
     def __call__(self, direction: Direction, frame: str | bytes) -> None:
         if self._file is None:
             return
-        line = frame_line((self._clock() - self._started_at) * 1000.0, direction, frame, redact=self._redact)
+        self._write(frame_line(self._elapsed_ms(), direction, frame, redact=self._redact))
+
+    def realtime_opened(self) -> None:
+        if self._file is not None:
+            self._write(socket_line(self._elapsed_ms(), "open"))
+
+    def realtime_lost(self, code: int | None) -> None:
+        if self._file is not None:
+            self._write(socket_line(self._elapsed_ms(), "closed", code))
+
+    def _elapsed_ms(self) -> float:
+        return (self._clock() - self._started_at) * 1000.0
+
+    def _write(self, line: str) -> None:
+        assert self._file is not None
         try:
             self._file.write(line)
         except OSError as error:
@@ -209,7 +235,7 @@ class CallRecordings:
         self._wall_clock = wall_clock
         self._recorders: dict[str, CallRecorder] = {}
 
-    def tap_for(self, call_sid: str, called_number: str, profile: CallProfile) -> FrameTap | None:
+    def tap_for(self, call_sid: str, called_number: str, profile: CallProfile) -> CallRecorder | None:
         if not profile.record:
             return None
         started_at = self._wall_clock()
@@ -236,6 +262,18 @@ class CallRecordings:
 
 
 # Reading recordings back.
+
+
+@dataclass(frozen=True)
+class RealtimeSocketChange:
+    """A socket line (version 2): a Realtime session opened, or the service closed or dropped the one in use."""
+
+    t_ms: float
+    state: SocketState
+    code: int | None
+    """The close code the service sent; `None` for an open, or a connection lost without a close frame."""
+    position: int
+    """How many frames precede it in the recording: where it falls among them when two share a `t`."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +318,22 @@ class RecordedCall:
     path: Path
     header: dict[str, Any]
     frames: list[RecordedFrame]
+    socket_changes: list[RealtimeSocketChange] = field(default_factory=list)
+    """Empty for version 1, which did not record them."""
+
+    def timeline(self) -> list[RecordedFrame | RealtimeSocketChange]:
+        """Frames and socket changes in the order the bridge saw them (the file's order)."""
+        merged: list[RecordedFrame | RealtimeSocketChange] = []
+        changes = iter(self.socket_changes)
+        change = next(changes, None)
+        for index, frame in enumerate(self.frames):
+            while change is not None and change.position <= index:
+                merged.append(change)
+                change = next(changes, None)
+            merged.append(frame)
+        if change is not None:
+            merged += [change, *changes]
+        return merged
 
     @property
     def call_sid(self) -> str:
@@ -295,7 +349,8 @@ class RecordedCall:
 
     @property
     def duration_ms(self) -> float:
-        return self.frames[-1].t_ms if self.frames else 0.0
+        last = [entries[-1].t_ms for entries in (self.frames, self.socket_changes) if entries]
+        return max(last, default=0.0)
 
     def profile(self) -> CallProfile:
         """The number's profile as it was recorded; `RecordingError` if this bridge no longer accepts it."""
@@ -323,13 +378,22 @@ def read_recording(path: Path) -> RecordedCall:
         raise RecordingError(str(path), "line 1 is not JSON: not a recording") from None
     if not isinstance(first, dict) or first.get("format") != FORMAT:
         raise RecordingError(str(path), f"line 1 is not a {FORMAT} header")
-    if first.get("version") != VERSION:
-        raise RecordingError(str(path), f"format version {first.get('version')!r}; this bridge reads version {VERSION}")
+    if first.get("version") not in READABLE_VERSIONS:
+        raise RecordingError(
+            str(path), f"format version {first.get('version')!r}; this bridge reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     for key in ("call_sid", "called_number", "config", "dialect"):
         if key not in first:
             raise RecordingError(str(path), f"the header has no {key!r}")
-    frames = [_frame(path, number, line) for number, line in enumerate(lines[1:], start=2)]
-    return RecordedCall(path, first, frames)
+    frames: list[RecordedFrame] = []
+    socket_changes: list[RealtimeSocketChange] = []
+    for number, line in enumerate(lines[1:], start=2):
+        entry = _line(path, number, line, len(frames))
+        if isinstance(entry, RecordedFrame):
+            frames.append(entry)
+        else:
+            socket_changes.append(entry)
+    return RecordedCall(path, first, frames, socket_changes)
 
 
 def _is_json(line: str) -> bool:
@@ -340,12 +404,14 @@ def _is_json(line: str) -> bool:
     return True
 
 
-def _frame(path: Path, number: int, line: str) -> RecordedFrame:
+def _line(path: Path, number: int, line: str, position: int) -> RecordedFrame | RealtimeSocketChange:
     try:
         entry = json.loads(line)
         t_ms, direction = float(entry["t"]), entry["dir"]
         if direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {direction!r}")
+        if "socket" in entry:
+            return _socket_change(t_ms, direction, entry, position)
         if "msg" in entry:
             return RecordedFrame(t_ms, direction, entry["msg"])
         raw = entry["raw"]
@@ -354,6 +420,15 @@ def _frame(path: Path, number: int, line: str) -> RecordedFrame:
         return RecordedFrame(t_ms, direction, None, str(raw))
     except (ValueError, KeyError, TypeError, binascii.Error) as error:
         raise RecordingError(str(path), f"line {number}: not a frame line ({type(error).__name__}: {error})") from None
+
+
+def _socket_change(t_ms: float, direction: Direction, entry: dict[str, Any], position: int) -> RealtimeSocketChange:
+    state, code = entry["socket"], entry.get("code")
+    if direction != "realtime>bridge" or state not in get_args(SocketState):
+        raise ValueError(f"unknown socket line {direction!r} {state!r}")
+    if code is not None and (not isinstance(code, int) or isinstance(code, bool)):
+        raise ValueError(f"close code {code!r} is not a number")
+    return RealtimeSocketChange(t_ms, state, code, position)
 
 
 # The call's audio as a WAV file.

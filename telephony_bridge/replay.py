@@ -3,7 +3,9 @@
 The real app runs under uvicorn on loopback. The replay answers for both services the bridge
 talks to: it POSTs the signed webhook the recording's header describes, then plays Twilio from
 the recorded `twilio>bridge` frames and a scripted Realtime service from the recorded
-`realtime>bridge` frames, and records what the bridge sends on both sockets.
+`realtime>bridge` frames, and records what the bridge sends on both sockets. Where the recording
+shows the service closing or dropping the session (version 2), the scripted service does so too, with
+the recorded close code; the frames after the bridge's next session opens go to that session.
 
 Each recorded incoming frame is sent at its recorded time, and not before the bridge has sent, on
 both sockets, at least as many messages of each type as the recording shows before it. That keeps
@@ -44,7 +46,7 @@ from websockets.protocol import State
 
 from .call import Direction
 from .config import BridgeConfig, CallLogSettings, settings_from_env
-from .recording import RecordedCall, RecordedFrame
+from .recording import RealtimeSocketChange, RecordedCall, RecordedFrame
 from .testing.bridge_server import serve_bridge
 from .testing.twilio_simulator import SimulatedCall
 
@@ -72,6 +74,8 @@ _DROPPED_KEYS = frozenset({"event_id", "streamSid"})
 _AUDIO_KEYS = {"bridge>twilio": ("media", "payload"), "bridge>realtime": (None, "audio")}
 _TOLERANT_KEYS = frozenset({"audio_end_ms"})
 _TWILIO_SIDE = ("twilio>bridge", "bridge>twilio")
+_UNSENDABLE_CLOSE_CODES = frozenset({1005, 1006, 1015})
+"""Codes that only describe a close (no code sent, no close frame, TLS failure); replayed as a dropped connection."""
 
 
 @dataclass
@@ -160,10 +164,12 @@ class _Script:
         self._breaks = _time_warp(call.frames)
         self._recorded_marks: dict[str, int] = {}
         self._marks_now: list[str] = []
-        self._steps: list[tuple[RecordedFrame, float, dict[tuple[str, str], int]]] = []
+        self._steps: list[tuple[RecordedFrame | RealtimeSocketChange, float, dict[tuple[str, str], int]]] = []
         before = Counter[tuple[str, str]]()
-        for frame in call.frames:
-            if frame.direction.startswith("bridge>"):
+        for frame in call.timeline():
+            if isinstance(frame, RealtimeSocketChange):
+                self._steps.append((frame, self._replay_ms(frame.t_ms), dict(before)))
+            elif frame.direction.startswith("bridge>"):
                 if frame.direction == "bridge>twilio" and frame.kind == "mark":
                     self._recorded_marks.setdefault(_mark_name(frame.message), len(self._recorded_marks))
                 before[(frame.direction, frame.kind)] += 1
@@ -213,6 +219,7 @@ class _Script:
     async def run(self, twilio: _ScriptedTwilio, service: _ScriptedRealtime) -> None:
         loop = asyncio.get_running_loop()
         gating = True
+        sessions = 0
         for frame, at_ms, needs in self._steps:
             delay = self._started + at_ms / 1000.0 - loop.time()
             if delay > 0:
@@ -220,7 +227,17 @@ class _Script:
             if gating and not await self.wait_for(lambda: self._has_sent(needs)):
                 gating = False
                 self._missed(needs, frame)
-            if frame.direction == "realtime>bridge":
+            if isinstance(frame, RealtimeSocketChange):
+                if frame.state == "closed":
+                    await service.drop(frame.code)
+                    continue
+                sessions += 1
+                if not await self.wait_for(lambda: service.sessions_opened >= sessions):
+                    self.problems.append(
+                        f"realtime session: the bridge did not open session #{sessions} within {self._gate_timeout_s:g} s "
+                        f"of when it did in the recording (t={frame.t_ms:.0f} ms)"
+                    )
+            elif frame.direction == "realtime>bridge":
                 await service.send(frame.wire_frame())
             else:
                 await twilio.send(frame)
@@ -231,13 +248,18 @@ class _Script:
     def _has_sent(self, needs: dict[tuple[str, str], int]) -> bool:
         return all(self._sent[key] >= count for key, count in needs.items())
 
-    def _missed(self, needs: dict[tuple[str, str], int], frame: RecordedFrame | None) -> None:
+    def _missed(self, needs: dict[tuple[str, str], int], frame: RecordedFrame | RealtimeSocketChange | None) -> None:
         missing = ", ".join(
             f"{kind} #{count} to {direction.partition('>')[2].title()} (sent {self._sent[(direction, kind)]})"
             for (direction, kind), count in needs.items()
             if self._sent[(direction, kind)] < count
         )
-        what = f"before {frame.direction} {frame.kind} at t={frame.t_ms:.0f} ms" if frame is not None else "by the end"
+        if isinstance(frame, RealtimeSocketChange):
+            what = f"before the Realtime session {'opened' if frame.state == 'open' else 'was lost'} at t={frame.t_ms:.0f} ms"
+        elif frame is not None:
+            what = f"before {frame.direction} {frame.kind} at t={frame.t_ms:.0f} ms"
+        else:
+            what = "by the end"
         self.problems.append(
             f"timing: the bridge did not send {missing} {what} within {self._gate_timeout_s:g} s of when it did in the recording;"
             " from here on frames go out at their recorded times only"
@@ -326,6 +348,10 @@ class _ScriptedRealtime:
     def closed(self) -> bool:
         return all(session.state is State.CLOSED for session in self._sessions)
 
+    @property
+    def sessions_opened(self) -> int:
+        return len(self._sessions)
+
     async def start(self) -> None:
         self._server = await serve(self._serve, "127.0.0.1", 0, max_size=None, compression=None)
         port = self._server.sockets[0].getsockname()[1]
@@ -348,6 +374,17 @@ class _ScriptedRealtime:
             await self._sessions[-1].send(frame)
         except ConnectionClosed:
             pass
+
+    async def drop(self, code: int | None) -> None:
+        """End the current session from the service's side, as the recording shows: with `code`, or with no close frame."""
+        if not self._sessions:
+            return
+        session = self._sessions[-1]
+        if code is None or code in _UNSENDABLE_CLOSE_CODES:
+            session.transport.abort()
+            await session.wait_closed()
+        else:
+            await session.close(code, "closed as recorded")
 
     async def close_connections(self) -> None:
         for session in self._sessions:

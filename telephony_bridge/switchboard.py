@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from .call import Call, FrameTap, LatencyObserver
+from .call import Call, CallTap, LatencyObserver
 from .config import BridgeConfig, CallProfile, RealtimeEndpoint
 from .controller import CallTimings
 from .security import STREAM_TOKEN_LIFETIME_S
@@ -31,7 +31,7 @@ class Switchboard:
         clock: Callable[[], float],
         *,
         unclaimed_timeout_s: float = UNCLAIMED_CALL_TIMEOUT_S,
-        tap_for: Callable[[str, str, CallProfile], FrameTap | None] = lambda call_sid, number, profile: None,
+        tap_for: Callable[[str, str, CallProfile], CallTap | None] = lambda call_sid, number, profile: None,
         on_call_end: Callable[[Call], None] = lambda call: None,
         on_latency: LatencyObserver | None = None,
     ) -> None:

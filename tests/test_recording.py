@@ -70,7 +70,11 @@ def lines_of(folder: Path) -> list[dict[str, Any]]:
 
 
 def messages(lines: list[dict[str, Any]], direction: str) -> list[Any]:
-    return [line["msg"] for line in lines[1:] if line["dir"] == direction]
+    return [line["msg"] for line in lines[1:] if line["dir"] == direction and "msg" in line]
+
+
+def socket_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in line.items() if k != "t"} for line in lines[1:] if "socket" in line]
 
 
 def decoded(payloads: list[str]) -> list[bytes]:
@@ -84,15 +88,16 @@ async def test_a_recorded_call_is_a_header_then_every_frame_as_sent_or_received(
     lines = lines_of(tmp_path)
     header = lines[0]
     assert {k: header[k] for k in ("format", "version", "call_sid", "called_number", "dialect", "redacted")} == {
-        "format": "telephony-bridge-recording", "version": 1, "call_sid": call.call_sid,
+        "format": "telephony-bridge-recording", "version": 2, "call_sid": call.call_sid,
         "called_number": RECORDED, "dialect": "ga", "redacted": False,
     }
     assert header["bridge_version"] == __version__
     assert header["config"]["record"] is True and header["config"]["voice"] == "marin"
     assert datetime.fromisoformat(header["started_at"]).utcoffset().total_seconds() == 0
-    frames = lines[1:]
+    assert socket_lines(lines) == [{"dir": "realtime>bridge", "socket": "open"}]
+    frames = [line for line in lines[1:] if "socket" not in line]
     assert all(set(line) == {"t", "dir", "msg"} and isinstance(line["t"], float) for line in frames)
-    assert [line["t"] for line in frames] == sorted(line["t"] for line in frames)
+    assert [line["t"] for line in lines[1:]] == sorted(line["t"] for line in lines[1:])
     session = realtime.sessions[0]
     assert messages(lines, "bridge>twilio") == [message for _, message in call.received]
     assert messages(lines, "realtime>bridge") == session.sent
@@ -100,6 +105,30 @@ async def test_a_recorded_call_is_a_header_then_every_frame_as_sent_or_received(
     from_twilio = messages(lines, "twilio>bridge")
     assert [m["event"] for m in from_twilio].count("media") == call.media_sent
     assert [m for m in from_twilio if m["event"] != "media"][1:] == [m for _, m in call.sent[2:]]
+
+
+async def test_a_session_the_service_drops_is_recorded_with_its_close_code_then_the_new_one_opening(
+    tmp_path: Path, realtime: RealtimeSimulator
+) -> None:
+    async with bridge_for(realtime, extra_config=recording_config(tmp_path)) as bridge:
+        call = new_call(bridge, RECORDED)
+        await call.dial()
+        await call.connect()
+        first = await realtime.wait_for_session(0)
+        await first.wait_for("session.update")
+        await first.drop(1011)
+        second = await realtime.wait_for_session(1)
+        await second.wait_for("session.update")
+        await call.hang_up()
+        await second.wait_closed()
+    lines = lines_of(tmp_path)
+    assert socket_lines(lines) == [
+        {"dir": "realtime>bridge", "socket": "open"},
+        {"dir": "realtime>bridge", "socket": "closed", "code": 1011},
+        {"dir": "realtime>bridge", "socket": "open"},
+    ]
+    reopened = max(index for index, line in enumerate(lines) if line.get("socket") == "open")
+    assert messages(lines[reopened:], "bridge>realtime")[0]["type"] == "session.update"
 
 
 async def test_a_number_without_record_is_not_recorded(tmp_path: Path, realtime: RealtimeSimulator) -> None:

@@ -130,6 +130,22 @@ async def _junk_frame(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
     await call.hang_up()
 
 
+async def _realtime_drop_mid_call(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    """The service drops the session after the first answer; the caller asks again and the new session answers."""
+    first = await _session(realtime)
+    call.say(speech_like_ulaw(SPEECH_MS))
+    await call.wait_heard(realtime.answer_ms, timeout=10)
+    await asyncio.sleep(0.1)
+    await first.drop(1011)
+    second = await realtime.wait_for_session(1, timeout=5)
+    await second.wait_for("conversation.item.create", timeout=5)
+    heard_before = call.heard_ms()
+    call.say(speech_like_ulaw(SPEECH_MS))
+    await call.wait_heard(heard_before + realtime.answer_ms, timeout=10)
+    await asyncio.sleep(0.1)
+    await call.hang_up()
+
+
 SCENARIOS = (
     RecordedScenario("conversation", _one_answer),
     RecordedScenario("greeting", _greeting, number=GREETED_NUMBER),
@@ -139,6 +155,7 @@ SCENARIOS = (
     RecordedScenario("hang-up-mid-answer", _hang_up_mid_answer),
     RecordedScenario("junk-frame", _junk_frame),
     RecordedScenario("preview-dialect", _one_answer, dialect="preview"),
+    RecordedScenario("realtime-drop-mid-call", _realtime_drop_mid_call),
 )
 
 
