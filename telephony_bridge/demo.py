@@ -11,6 +11,7 @@ the simulated phone actually played.
 from __future__ import annotations
 
 import asyncio
+import audioop
 import dataclasses
 import statistics
 import wave
@@ -22,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .config import parse_config, settings_from_env
-from .recording import RecordedCall, read_recording
+from .recording import RecordedCall, read_recording, write_stereo_wav8k
 from .testing.bridge_server import serve_bridge
 from .testing.realtime_simulator import RealtimeSimulator
 from .testing.twilio_simulator import SimulatedCall, load_wav_ulaw
@@ -214,8 +215,6 @@ def _barge_in(recording: RecordedCall) -> tuple[float | None, int | None]:
 
 def _stereo(call: SimulatedCall, said: list[tuple[float, bytes]], t0: float, length_s: float) -> np.ndarray:
     """Left: what the caller said; right: what the caller heard, each placed at the time it happened."""
-    import audioop
-
     samples = int((length_s + 1) * 8000)
     stereo = np.zeros((samples, 2), dtype=np.int16)
     for at, ulaw in said:
@@ -230,14 +229,6 @@ def _stereo(call: SimulatedCall, said: list[tuple[float, bytes]], t0: float, len
         stereo[start : start + len(piece), 1] = piece
         offset += n_bytes
     return stereo
-
-
-def _write_wav(path: Path, stereo: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(2)
-        wav.setsampwidth(2)
-        wav.setframerate(8000)
-        wav.writeframes(stereo.tobytes())
 
 
 def _playing_spans(playback: list[tuple[float, int]]) -> list[tuple[float, float]]:
@@ -338,7 +329,8 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
     reaction, truncate_ms = _barge_in(recording)
     heard = call.played_ms_at(call.clears[0][0]) if call.clears else None
     summary = DemoSummary(length_s, caller_to_model, model_to_caller, reaction, truncate_ms, heard)
-    _write_wav(out_dir / "call.wav", _stereo(call, said, t0, length_s))
+    stereo = _stereo(call, said, t0, length_s)
+    write_stereo_wav8k(out_dir / "call.wav", stereo[:, 0], stereo[:, 1])
     (out_dir / "timeline.svg").write_text(_svg(timeline, call, said, t0, length_s, summary), encoding="utf-8")
     echo("\nsummary")
     for line in summary.lines():

@@ -496,14 +496,19 @@ def _lay_out(pieces: list[tuple[int, bytes]], length: int) -> np.ndarray:
     return track
 
 
-def export_wav(call: RecordedCall, path: Path) -> float:
-    """Write the call as a stereo 8 kHz 16-bit WAV (left: the caller; right: what they heard); returns its seconds."""
-    caller, heard = stereo_pcm8k(call)
-    stereo = np.empty(2 * len(caller), dtype="<i2")
-    stereo[0::2], stereo[1::2] = caller, heard
+def write_stereo_wav8k(path: Path, left: np.ndarray, right: np.ndarray) -> None:
+    """Two equally long 8 kHz PCM16 tracks as one stereo WAV file."""
+    stereo = np.empty(2 * len(left), dtype="<i2")
+    stereo[0::2], stereo[1::2] = left, right
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(2)
         wav.setsampwidth(2)
         wav.setframerate(8000)
         wav.writeframes(stereo.tobytes())
+
+
+def export_wav(call: RecordedCall, path: Path) -> float:
+    """Write the call as a stereo 8 kHz 16-bit WAV (left: the caller; right: what they heard); returns its seconds."""
+    caller, heard = stereo_pcm8k(call)
+    write_stereo_wav8k(path, caller, heard)
     return len(caller) / 8000
