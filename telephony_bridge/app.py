@@ -18,14 +18,14 @@ from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .call import Call
 from .call_log import CallLog
 from .config import BridgeConfig, Settings
-from .media_stream import parse_twilio_message
 from .events import StreamStarted
+from .media_stream import TwilioInbound
 from .metrics import BridgeMetrics
 from .recording import CallRecordings
 from .security import issue_stream_token, stream_token_valid, twilio_signature_valid
+from .summary import CallSummary
 from .switchboard import Switchboard
 from .webhook import CALLED_NUMBER_PARAMETER, STREAM_TOKEN_PARAMETER, refusal_twiml, stream_twiml
 
@@ -51,11 +51,11 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         if call_log is not None:
             call_log.start()
 
-        def call_ended(call: Call) -> None:
-            recordings.call_ended(call)
-            metrics.call_ended(call)
+        def call_ended(summary: CallSummary) -> None:
+            recordings.call_ended(summary)
+            metrics.call_ended(summary)
             if call_log is not None:
-                call_log.call_ended(call)
+                call_log.call_ended(summary)
 
         switchboard = Switchboard(
             config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=call_ended,
@@ -134,7 +134,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             await websocket.close(code=POLICY_VIOLATION)
             return
         await websocket.accept()
-        start = await _wait_for_start(websocket)
+        inbound = TwilioInbound(asyncio.get_running_loop().time)
+        start = await _wait_for_start(websocket, inbound)
         if start is None:
             await websocket.close(code=POLICY_VIOLATION)
             return
@@ -151,12 +152,12 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)
             return
-        await call.run_media(websocket, started, started_frame)
+        await call.run_media(websocket, started, started_frame, inbound)
 
     return app
 
 
-async def _wait_for_start(websocket: WebSocket) -> tuple[StreamStarted, str] | None:
+async def _wait_for_start(websocket: WebSocket, inbound: TwilioInbound) -> tuple[StreamStarted, str | bytes] | None:
     """Read until Twilio's `start` (after `connected`): the event and its frame; `None` if it does not come in time or the socket drops."""
     try:
         async with asyncio.timeout(START_TIMEOUT_S):
@@ -165,7 +166,7 @@ async def _wait_for_start(websocket: WebSocket) -> tuple[StreamStarted, str] | N
                 if message["type"] == "websocket.disconnect":
                     return None
                 frame = message.get("text") or message.get("bytes") or b""
-                event = parse_twilio_message(frame)
+                event = inbound.parse(frame)
                 if isinstance(event, StreamStarted):
                     return event, frame
     except TimeoutError:

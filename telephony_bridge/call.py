@@ -1,9 +1,11 @@
-"""One phone call's I/O: the Realtime socket, the Media Stream socket, and the controller between them.
+"""One phone call's I/O: a pump between the Media Stream socket, the Realtime socket and the controller.
 
-Everything here only moves messages: frames are parsed at the edge, handed to the controller,
-and the actions it returns are queued to one writer per socket, so each socket sees actions in
-exactly the order the controller decided them (a `clear` can never overtake audio sent before it).
-The controller decides when to open, replace or close the Realtime session; this module does it.
+Everything here only moves messages. Each socket is a `Leg`: its reader parses frames at the edge
+and feeds the controller, and the actions the controller returns are queued to the leg's one
+writer, so each socket sees its messages in exactly the order the controller decided them (a
+`clear` can never overtake audio sent before it). Each action is dispatched once, by its base
+class. The controller decides when to open, replace or close the Realtime session; this module
+does it.
 """
 
 from __future__ import annotations
@@ -11,19 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
-from typing import Callable, Literal, Protocol
+from typing import Awaitable, Callable, Literal, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from .config import CallProfile, RealtimeEndpoint
-from .controller import CallController, CallTimings
+from .controller import CallController
 from .errors import RealtimeConnectError
 from .events import (
     Action,
-    AppendAudio,
-    ClearTwilio,
+    CarriesAudio,
     CloseRealtime,
     CloseTwilio,
     EndCall,
@@ -32,17 +33,17 @@ from .events import (
     Outcome,
     RealtimeConnected,
     RealtimeDisconnected,
-    RealtimeErrorReported,
-    SendTwilioMark,
-    SendTwilioMedia,
+    RealtimeMessage,
     StreamStarted,
     Tick,
     TwilioDisconnected,
-    TwilioMessageRejected,
+    TwilioMessage,
 )
 from .logs import CallIds, bind_call, mask_number
-from .media_stream import encode_for_twilio, parse_twilio_message
+from .media_stream import TwilioInbound, encode_for_twilio
 from .realtime import RealtimeEventParser, encode_for_realtime, open_realtime
+from .summary import CallSummary
+from .supervision import CallTimings
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,72 @@ LatencyObserver = Callable[[Literal["caller>model", "model>caller"], float], Non
 """Told, for each frame of audio, the seconds from its arrival at the bridge to its audio leaving."""
 
 TICK_S = 0.5
-LOGGED_MALFORMED_MESSAGES = 10
-"""Each call logs its first malformed messages, then every hundredth: a flood must not fill the disk."""
-MAX_TWILIO_MESSAGES_PER_S = 400
-"""Twilio sends 50 media frames a second plus a mark echo for each chunk we send; 400 is far above that."""
+DRAIN_TIMEOUT_S = 0.2
+"""How long the end of a call waits for Twilio's writer to send what is queued (a last mark, a clear)."""
+
+
+class Leg:
+    """One socket of a call: the one place its frames meet the tap and the latency observer, and its ordered writer.
+
+    `send` is the socket's send function, or None while the leg has no socket (between Realtime
+    sessions): frames queued meanwhile are dropped, since a new session starts from its own
+    configuration.
+    """
+
+    def __init__(
+        self,
+        inbound: Direction,
+        outbound: Direction,
+        clock: Callable[[], float],
+        tap: CallTap | None,
+        observe_latency: Callable[[float], None] | None,
+    ) -> None:
+        self.send: Callable[[str], Awaitable[None]] | None = None
+        self._inbound = inbound
+        self._outbound = outbound
+        self._clock = clock
+        self._tap = tap
+        self._observe_latency = observe_latency
+        self._queue: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
+
+    def received(self, frame: str | bytes) -> None:
+        if self._tap is not None:
+            self._tap(self._inbound, frame)
+
+    def queue(self, frame: str, audio_arrived_at: float | None) -> None:
+        """Queue `frame` for sending; `audio_arrived_at` stamps audio for the latency observer."""
+        self._queue.put_nowait((frame, audio_arrived_at))
+
+    def drop_queued(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
+
+    async def write(self, closed: tuple[type[BaseException], ...]) -> None:
+        """Send queued frames in order, forever; a frame the socket cannot take (`closed`) is dropped."""
+        while True:
+            frame, arrived_at = await self._queue.get()
+            try:
+                send = self.send
+                if send is None:
+                    continue
+                if self._tap is not None:
+                    self._tap(self._outbound, frame)
+                try:
+                    await send(frame)
+                except closed:
+                    continue
+                if arrived_at is not None and self._observe_latency is not None:
+                    self._observe_latency(self._clock() - arrived_at)
+            finally:
+                self._queue.task_done()
+
+    async def drained(self, timeout_s: float) -> None:
+        """Wait until every queued frame is sent, or `timeout_s` has passed."""
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+        except TimeoutError:
+            pass
 
 
 class Call:
@@ -90,7 +153,7 @@ class Call:
         *,
         caller_number: str = "",
         timings: CallTimings = CallTimings(),
-        on_end: Callable[["Call"], None] = lambda call: None,
+        on_end: Callable[[Call], None] = lambda call: None,
         tap: CallTap | None = None,
         on_latency: LatencyObserver | None = None,
         mask_caller_number: bool = True,
@@ -107,16 +170,16 @@ class Call:
         self.ended = asyncio.Event()
         self._clock = clock
         self._endpoint = endpoint
-        self._parser = RealtimeEventParser(endpoint.dialect)
+        self._parser = RealtimeEventParser(endpoint.dialect, call_sid)
         self._realtime: ClientConnection | None = None
-        self._twilio: WebSocket | None = None
-        self._to_realtime: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
-        self._to_twilio: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
+        self._media_socket: WebSocket | None = None
+        self._twilio = Leg("twilio>bridge", "bridge>twilio", clock, tap, _observer(on_latency, "model>caller"))
+        self._model = Leg("realtime>bridge", "bridge>realtime", clock, tap, _observer(on_latency, "caller>model"))
         self._tasks: set[asyncio.Task[None]] = set()
+        self._opening = 0
         self._closing = False
         self._on_end = on_end
         self._tap = tap
-        self._on_latency = on_latency
         self._mask_caller_number = mask_caller_number
         self._log_ids = CallIds(call_sid)
 
@@ -130,38 +193,41 @@ class Call:
             self.called_number,
             extra={"event": "call_started", "from": caller, "to": self.called_number, "dialect": self.dialect},
         )
-        self._spawn(self._write_realtime())
+        self._spawn(self._model.write(closed=(ConnectionClosed,)))
         self._spawn(self._tick())
         self._perform(self.controller.start(), None)
 
-    async def run_media(self, websocket: WebSocket, started: StreamStarted, started_frame: str | bytes) -> None:
-        """Serve the call's Media Stream until it ends; returns when the call is over."""
+    def summary(self) -> CallSummary:
+        """The call as a value: final once `ended` is set, a snapshot before."""
+        duration_s = self.duration_s if self.duration_s is not None else self._clock() - self.answered_at
+        return self.controller.summarise(
+            call_sid=self.call_sid, called_number=self.called_number, caller_number=self.caller_number,
+            model=self.model, dialect=self.dialect, duration_s=duration_s,
+        )
+
+    async def run_media(
+        self, websocket: WebSocket, started: StreamStarted, started_frame: str | bytes, inbound: TwilioInbound
+    ) -> None:
+        """Serve the call's Media Stream until it ends; `inbound` is the socket's parser, which read the `start`."""
         self._log_ids.stream_sid = started.stream_sid
         bind_call(self._log_ids)
-        self._twilio = websocket
-        self._spawn(self._write_twilio(websocket))
+        inbound.call_sid = self.call_sid
+        self._media_socket = websocket
+        self._twilio.send = websocket.send_text
+        self._spawn(self._twilio.write(closed=(WebSocketDisconnect, RuntimeError)))
         log.debug("call %s: media stream %s started", self.call_sid, started.stream_sid)
-        if self._tap is not None:
-            self._tap("twilio>bridge", started_frame)
+        self._twilio.received(started_frame)
         self._feed(started, None)
-        window_start, messages_in_window = self._clock(), 0
         try:
             while not self.ended.is_set():
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
                 arrived_at = self._clock()
-                if arrived_at - window_start >= 1.0:
-                    window_start, messages_in_window = arrived_at, 0
-                messages_in_window += 1
-                if messages_in_window > MAX_TWILIO_MESSAGES_PER_S:
-                    self._feed(TwilioMessageRejected("over the message rate cap"), None)
-                    continue
                 text = message.get("text")
                 frame = text if text is not None else message.get("bytes") or b""
-                if self._tap is not None:
-                    self._tap("twilio>bridge", frame)
-                event = parse_twilio_message(frame)
+                self._twilio.received(frame)
+                event = inbound.parse(frame)
                 if event is not None:
                     self._feed(event, arrived_at)
         except WebSocketDisconnect:
@@ -176,33 +242,23 @@ class Call:
         self._feed(EndCall(reason, outcome), None)
 
     def _feed(self, event: Event, arrived_at: float | None) -> None:
-        if isinstance(event, TwilioMessageRejected):
-            seen = self.controller.stats.malformed_twilio + 1
-            if seen <= LOGGED_MALFORMED_MESSAGES or seen % 100 == 0:
-                log.warning("call %s: malformed Twilio message (%d so far): %s", self.call_sid, seen, event.reason)
-        elif isinstance(event, RealtimeErrorReported):
-            log.warning("call %s: the Realtime service reported an error: %s: %s", self.call_sid, event.code, event.message)
         self._perform(self.controller.handle(event), arrived_at)
 
     def _perform(self, actions: list[Action], arrived_at: float | None) -> None:
-        """Queue each action to its socket's writer; `arrived_at` stamps audio for the latency observer."""
+        """Carry out each action once, by its kind; `arrived_at` stamps the audio it carries for the latency observer."""
         for action in actions:
-            if isinstance(action, SendTwilioMedia):
-                self._to_twilio.put_nowait((encode_for_twilio(action, self.controller.stream_sid or ""), arrived_at))
-            elif isinstance(action, (SendTwilioMark, ClearTwilio)):
-                self._to_twilio.put_nowait((encode_for_twilio(action, self.controller.stream_sid or ""), None))
-            elif isinstance(action, AppendAudio):
-                self._to_realtime.put_nowait((encode_for_realtime(action, self.dialect), arrived_at))
+            stamp = arrived_at if isinstance(action, CarriesAudio) else None
+            if isinstance(action, TwilioMessage):
+                self._twilio.queue(encode_for_twilio(action, self.controller.stream_sid or ""), stamp)
+            elif isinstance(action, RealtimeMessage):
+                self._model.queue(encode_for_realtime(action, self.dialect), stamp)
             elif isinstance(action, OpenRealtime):
                 self._spawn(self._open_realtime(action))
-            elif isinstance(action, (CloseRealtime, CloseTwilio)):
-                if not self._closing:
-                    self._closing = True
-                    self._spawn(self._close(action))
-            else:
-                self._to_realtime.put_nowait((encode_for_realtime(action, self.dialect), None))
+            elif isinstance(action, (CloseRealtime, CloseTwilio)) and not self._closing:
+                self._closing = True
+                self._spawn(self._close(action))
 
-    def _spawn(self, coroutine: object) -> None:
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -214,16 +270,20 @@ class Call:
 
     async def _open_realtime(self, action: OpenRealtime) -> None:
         """Open a session; a session it replaces is closed only once the new one is open."""
-        if action.delay_s:
-            await asyncio.sleep(action.delay_s)
+        self._opening += 1
         try:
+            if action.delay_s:
+                await asyncio.sleep(action.delay_s)
             connection = await open_realtime(self._endpoint, action.timeout_s)
         except RealtimeConnectError as error:
             log.error("call %s: %s (%s)", self.call_sid, error, action.reason)
             self._feed(RealtimeDisconnected(str(error), retryable=error.retryable), None)
             return
+        finally:
+            self._opening -= 1
         replaced, self._realtime = self._realtime, connection
-        _drop_queued(self._to_realtime)
+        self._model.drop_queued()
+        self._model.send = connection.send
         log.debug("call %s: realtime session open (%s dialect; %s)", self.call_sid, self.dialect, action.reason)
         if self._tap is not None:
             self._tap.realtime_opened()
@@ -236,103 +296,74 @@ class Call:
         reason = "closed by the service"
         try:
             async for frame in connection:
-                if self._tap is not None:
-                    self._tap("realtime>bridge", frame)
-                event = self._parser.parse(frame)
+                self._model.received(frame)
+                event = self._parser.read(frame)
                 if event is not None:
                     self._feed(event, self._clock())
         except ConnectionClosed as closed:
             reason = f"connection lost ({closed.rcvd.code if closed.rcvd else 'no close frame'})"
-        if connection is self._realtime and not self._closing:
-            self._realtime = None
-            _drop_queued(self._to_realtime)
-            if self._tap is not None:
-                received = connection.protocol.close_rcvd
-                self._tap.realtime_lost(received.code if received is not None else None)
-            log.warning("call %s: realtime session %s", self.call_sid, reason)
-            self._feed(RealtimeDisconnected(reason), None)
-
-    async def _write_realtime(self) -> None:
-        while True:
-            frame, arrived_at = await self._to_realtime.get()
-            connection = self._realtime
-            if connection is None:
-                continue
-            if self._tap is not None:
-                self._tap("bridge>realtime", frame)
-            try:
-                await connection.send(frame)
-            except ConnectionClosed:
-                continue
-            if arrived_at is not None and self._on_latency is not None:
-                self._on_latency("caller>model", self._clock() - arrived_at)
-
-    async def _write_twilio(self, websocket: WebSocket) -> None:
-        try:
-            while True:
-                frame, arrived_at = await self._to_twilio.get()
-                if self._tap is not None:
-                    self._tap("bridge>twilio", frame)
-                await websocket.send_text(frame)
-                if arrived_at is not None and self._on_latency is not None:
-                    self._on_latency("model>caller", self._clock() - arrived_at)
-        except (WebSocketDisconnect, RuntimeError):
-            pass
+        if connection is not self._realtime or self._closing:
+            return
+        self._realtime = None
+        self._model.send = None
+        self._model.drop_queued()
+        if self._tap is not None:
+            received = connection.protocol.close_rcvd
+            self._tap.realtime_lost(received.code if received is not None else None)
+        if self._opening:
+            log.info("call %s: realtime session %s while its replacement opens", self.call_sid, reason)
+            return
+        log.warning("call %s: realtime session %s", self.call_sid, reason)
+        self._feed(RealtimeDisconnected(reason), None)
 
     async def _close(self, first: CloseRealtime | CloseTwilio) -> None:
         """End the call: both sockets close, the Realtime one at once (it bills by the minute)."""
         log.debug("call %s: ending: %s", self.call_sid, first.reason)
         if self._realtime is not None:
             await self._realtime.close(code=1000, reason="call ended")
-        if self._twilio is not None:
-            await _drain(self._to_twilio)
-            await _close_quietly(self._twilio)
+        if self._media_socket is not None:
+            await self._twilio.drained(DRAIN_TIMEOUT_S)
+            await _close_quietly(self._media_socket)
         self.duration_s = self._clock() - self.answered_at
         self.ended.set()
-        self._log_summary()
+        summary = self.summary()
+        _log_summary(summary)
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
         self._on_end(self)
 
-    def _log_summary(self) -> None:
-        """The call's one end line: how it ended and what an operator checks first."""
-        stats = self.controller.stats
-        latencies = stats.response_latencies_ms
-        p50 = round(statistics.median(latencies)) if latencies else None
-        log.info(
-            "call ended (%s: %s) after %.1f s; frames in %d out %d, barge-ins %d, reconnects %d, response p50 %s ms",
-            stats.outcome, stats.end_reason, self.duration_s, stats.frames_in, stats.frames_out,
-            stats.barge_ins, stats.reconnects, p50 if p50 is not None else "-",
-            extra={
-                "event": "call_ended",
-                "outcome": stats.outcome,
-                "end_reason": stats.end_reason,
-                "duration_s": round(self.duration_s or 0.0, 3),
-                "frames_in": stats.frames_in,
-                "frames_out": stats.frames_out,
-                "barge_ins": stats.barge_ins,
-                "reconnects": stats.reconnects,
-                "malformed_twilio": stats.malformed_twilio,
-                "malformed_realtime": stats.malformed_realtime,
-                "realtime_errors": dict(stats.realtime_errors),
-                "response_latency_p50_ms": p50,
-            },
-        )
+
+def _observer(on_latency: LatencyObserver | None, direction: Literal["caller>model", "model>caller"]) -> Callable[[float], None] | None:
+    if on_latency is None:
+        return None
+    return lambda seconds: on_latency(direction, seconds)
 
 
-def _drop_queued(queue: asyncio.Queue[tuple[str, float | None]]) -> None:
-    """Forget frames meant for a session that is gone: a new session starts from its own configuration."""
-    while not queue.empty():
-        queue.get_nowait()
-
-
-async def _drain(queue: asyncio.Queue[tuple[str, float | None]], timeout_s: float = 0.2) -> None:
-    """Give a writer a moment to send what is queued before its socket closes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not queue.empty() and loop.time() < deadline:
-        await asyncio.sleep(0.005)
+def _log_summary(summary: CallSummary) -> None:
+    """The call's one end line: how it ended and what an operator checks first."""
+    counters = summary.counters
+    latencies = summary.response_latencies_ms
+    p50 = round(statistics.median(latencies)) if latencies else None
+    log.info(
+        "call ended (%s: %s) after %.1f s; frames in %d out %d, barge-ins %d, reconnects %d, response p50 %s ms",
+        summary.outcome, summary.end_reason, summary.duration_s, counters.frames_in, counters.frames_out,
+        counters.barge_ins, counters.reconnects, p50 if p50 is not None else "-",
+        extra={
+            "event": "call_ended",
+            "outcome": summary.outcome,
+            "end_reason": summary.end_reason,
+            "duration_s": round(summary.duration_s, 3),
+            "frames_in": counters.frames_in,
+            "frames_out": counters.frames_out,
+            "barge_ins": counters.barge_ins,
+            "reconnects": counters.reconnects,
+            "malformed_twilio": counters.malformed_twilio,
+            "malformed_realtime": counters.malformed_realtime,
+            "realtime_errors": dict(summary.realtime_errors),
+            "response_latency_p50_ms": p50,
+        },
+    )
 
 
 async def _close_quietly(websocket: WebSocket) -> None:

@@ -26,8 +26,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Literal
 
-from .call import Call
 from .errors import CallLogError
+from .summary import CallSummary
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +93,22 @@ class CallRecord:
     transcript: tuple[TranscriptLine, ...] = ()
 
 
-def record_of(call: Call, ended_at: datetime) -> CallRecord:
+def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
     """What the call log keeps of an ended call; its start is its end less its duration on the call's clock."""
-    stats = call.controller.stats
-    duration_s = call.duration_s or 0.0
     return CallRecord(
-        call_sid=call.call_sid,
-        from_number=call.caller_number,
-        to_number=call.called_number,
-        started_at=ended_at - timedelta(seconds=duration_s),
+        call_sid=summary.call_sid,
+        from_number=summary.caller_number,
+        to_number=summary.called_number,
+        started_at=ended_at - timedelta(seconds=summary.duration_s),
         ended_at=ended_at,
-        duration_s=duration_s,
-        outcome=stats.outcome or "unknown",
-        end_reason=stats.end_reason or "",
-        barge_ins=stats.barge_ins,
-        reconnects=stats.reconnects,
-        model=call.model,
-        dialect=call.dialect,
-        transcript=tuple(TranscriptLine(turn.speaker, turn.text) for turn in call.controller.transcript),
+        duration_s=summary.duration_s,
+        outcome=summary.outcome or "unknown",
+        end_reason=summary.end_reason,
+        barge_ins=summary.counters.barge_ins,
+        reconnects=summary.counters.reconnects,
+        model=summary.model,
+        dialect=summary.dialect,
+        transcript=tuple(TranscriptLine(turn.speaker, turn.text) for turn in summary.transcript),
     )
 
 
@@ -182,9 +180,9 @@ class CallLog:
     def start(self) -> None:
         self._thread.start()
 
-    def call_ended(self, call: Call) -> None:
+    def call_ended(self, summary: CallSummary) -> None:
         """Queue an ended call for writing (part of the switchboard's `on_call_end` hook); never blocks."""
-        self.add(record_of(call, datetime.now(timezone.utc)))
+        self.add(record_of(summary, datetime.now(timezone.utc)))
 
     def add(self, record: CallRecord) -> None:
         try:

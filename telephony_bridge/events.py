@@ -170,66 +170,92 @@ Event = Union[
 ]
 
 
-# Actions towards Twilio.
+# Actions. Each is classified once, by its base class: a message on the Twilio socket, a message
+# on the Realtime socket, or a change to the call's sockets themselves.
+class Action:
+    """Something the controller decided; the call's I/O carries it out."""
+
+    __slots__ = ()
+
+
+class TwilioMessage(Action):
+    """A message the Media Stream socket sends to Twilio, in the order the controller decided it."""
+
+    __slots__ = ()
+
+
+class RealtimeMessage(Action):
+    """A client event the Realtime socket sends to the service, in the order the controller decided it."""
+
+    __slots__ = ()
+
+
+class SocketChange(Action):
+    """Open or close a socket of the call."""
+
+    __slots__ = ()
+
+
+class CarriesAudio:
+    """Marks the messages that carry audio, whose time in the bridge the latency observer measures."""
+
+    __slots__ = ()
+
+
+# Messages to Twilio.
 @dataclass(frozen=True, slots=True)
-class SendTwilioMedia:
+class SendTwilioMedia(TwilioMessage, CarriesAudio):
     ulaw: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class SendTwilioMark:
+class SendTwilioMark(TwilioMessage):
     name: str
 
 
 @dataclass(frozen=True, slots=True)
-class ClearTwilio:
+class ClearTwilio(TwilioMessage):
     """Empty Twilio's playback buffer: the caller stops hearing the model at once."""
 
 
+# Messages to the Realtime service.
 @dataclass(frozen=True, slots=True)
-class CloseTwilio:
-    """End the media stream, so Twilio goes on to the TwiML after `<Connect>` (the fallback)."""
-
-    reason: str
-
-
-# Actions towards the Realtime session.
-@dataclass(frozen=True, slots=True)
-class ConfigureSession:
+class ConfigureSession(RealtimeMessage):
     profile: CallProfile
 
 
 @dataclass(frozen=True, slots=True)
-class AppendAudio:
+class AppendAudio(RealtimeMessage, CarriesAudio):
     pcm: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class TruncateItem:
+class TruncateItem(RealtimeMessage):
     item_id: str
     audio_end_ms: int
 
 
 @dataclass(frozen=True, slots=True)
-class AddCallerText:
+class AddCallerText(RealtimeMessage):
     text: str
 
 
 @dataclass(frozen=True, slots=True)
-class CreateResponse:
+class CreateResponse(RealtimeMessage):
     instructions: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class AddHistoryItem:
+class AddHistoryItem(RealtimeMessage):
     """One turn of the conversation so far, as text, for a session that replaces a lost or old one."""
 
     role: str
     text: str
 
 
+# Changes to the call's sockets.
 @dataclass(frozen=True, slots=True)
-class OpenRealtime:
+class OpenRealtime(SocketChange):
     """Open a (new) Realtime session after `delay_s`, giving the handshake at most `timeout_s`."""
 
     delay_s: float
@@ -238,12 +264,14 @@ class OpenRealtime:
 
 
 @dataclass(frozen=True, slots=True)
-class CloseRealtime:
+class CloseRealtime(SocketChange):
+    """End the call from the Realtime side: the session closes at once, then the media stream."""
+
     reason: str
 
 
-TwilioAction = Union[SendTwilioMedia, SendTwilioMark, ClearTwilio, CloseTwilio]
-RealtimeAction = Union[
-    ConfigureSession, AppendAudio, TruncateItem, AddCallerText, AddHistoryItem, CreateResponse, OpenRealtime, CloseRealtime
-]
-Action = Union[TwilioAction, RealtimeAction]
+@dataclass(frozen=True, slots=True)
+class CloseTwilio(SocketChange):
+    """End the media stream, so Twilio goes on to the TwiML after `<Connect>` (the fallback)."""
+
+    reason: str

@@ -105,3 +105,18 @@ def configure_logging(log_format: LogFormat | None, level: str, stream: TextIO =
 def mask_number(number: str) -> str:
     """+14155550123 -> +1415555****: enough to tell regions apart, not to identify or call back the caller."""
     return number[:-4] + "****" if len(number) > 4 else "*" * len(number)
+
+
+class LogThrottle:
+    """Lets the first `first` occurrences through, then every `every`-th: a flood must not fill the disk."""
+
+    __slots__ = ("first", "every", "seen")
+
+    def __init__(self, first: int = 10, every: int = 100) -> None:
+        self.first = first
+        self.every = every
+        self.seen = 0
+
+    def allow(self) -> bool:
+        self.seen += 1
+        return self.seen <= self.first or self.seen % self.every == 0

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+import logging
+from typing import Any, Callable
 
 from .events import (
     CallerAudio,
@@ -22,10 +23,13 @@ from .events import (
     SendTwilioMedia,
     StreamStarted,
     StreamStopped,
-    TwilioAction,
+    TwilioMessage,
     TwilioMessageRejected,
 )
+from .logs import LogThrottle
 from .wire import loads
+
+log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024
 """A 20 ms media frame is about 300 bytes of JSON; anything near this size is not from Twilio."""
@@ -92,7 +96,7 @@ def parse_twilio_message(frame: str | bytes) -> Event | None:
     return _reject(f"unknown event {str(kind)[:40]!r}")
 
 
-def encode_for_twilio(action: TwilioAction, stream_sid: str) -> str:
+def encode_for_twilio(action: TwilioMessage, stream_sid: str) -> str:
     """The JSON text frame Twilio expects for an action (the hot path builds media frames by hand)."""
     if isinstance(action, SendTwilioMedia):
         payload = base64.b64encode(action.ulaw).decode("ascii")
@@ -102,3 +106,35 @@ def encode_for_twilio(action: TwilioAction, stream_sid: str) -> str:
     if isinstance(action, ClearTwilio):
         return json.dumps({"event": "clear", "streamSid": stream_sid})
     raise TypeError(f"{type(action).__name__} is not sent to Twilio as a message")
+
+
+MAX_MESSAGES_PER_S = 400
+"""Twilio sends 50 media frames a second plus a mark echo for each chunk we send; 400 is far above that."""
+
+
+class TwilioInbound:
+    """One media socket's incoming messages: parsed, capped at `MAX_MESSAGES_PER_S`, rejections logged sparingly.
+
+    The cap is decided here, at the edge, so the socket loop only reads and feeds: a message over
+    the cap is rejected without being parsed.
+    """
+
+    def __init__(self, clock: Callable[[], float], call_sid: str = "") -> None:
+        self.call_sid = call_sid
+        self._clock = clock
+        self._window_start = clock()
+        self._in_window = 0
+        self._logged = LogThrottle()
+
+    def parse(self, frame: str | bytes) -> Event | None:
+        now = self._clock()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._in_window = now, 0
+        self._in_window += 1
+        if self._in_window > MAX_MESSAGES_PER_S:
+            event: Event | None = TwilioMessageRejected("over the message rate cap")
+        else:
+            event = parse_twilio_message(frame)
+        if isinstance(event, TwilioMessageRejected) and self._logged.allow():
+            log.warning("call %s: malformed Twilio message (%d so far): %s", self.call_sid, self._logged.seen, event.reason)
+        return event

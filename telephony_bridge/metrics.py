@@ -4,8 +4,8 @@ Served at `GET /metrics` in the text format (docs/operations.md lists every metr
 that change with every frame cost the hot path nothing extra, or almost nothing:
 
 * Frames, malformed messages, barge-ins, reconnects and Realtime errors are already counted by each
-  call's controller (`CallStats`). They are not counted twice: a scrape adds the live calls' stats to
-  the totals of the calls that have ended, which are folded in once, when each call ends. A scrape
+  call (`CallCounters`). They are not counted twice: a scrape adds the live calls' summaries to the
+  totals of the calls that have ended, which are folded in once, when each call ends. A scrape
   costs one pass over the live calls; a frame costs nothing.
 * The bridge's added latency is observed once per audio frame into a plain bucket array: a bisect
   and two additions, about 0.1 µs (prometheus_client's `Histogram.observe` takes a lock: 0.6 µs).
@@ -25,8 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from .call import Call
-from .controller import CallStats
+from .summary import CallCounters, CallSummary
 
 if TYPE_CHECKING:
     from .switchboard import Switchboard
@@ -74,30 +73,19 @@ class Buckets:
 
 @dataclass
 class _Totals:
-    """The per-call counts of `CallStats`, summed over calls."""
+    """The counters and error codes of many calls, summed."""
 
-    frames_in: int = 0
-    frames_out: int = 0
-    malformed_twilio: int = 0
-    malformed_realtime: int = 0
-    barge_ins: int = 0
-    reconnects: int = 0
+    counters: CallCounters = field(default_factory=CallCounters)
     realtime_errors: Tally[str] = field(default_factory=Tally)
 
-    def add(self, stats: CallStats | _Totals) -> None:
-        self.frames_in += stats.frames_in
-        self.frames_out += stats.frames_out
-        self.malformed_twilio += stats.malformed_twilio
-        self.malformed_realtime += stats.malformed_realtime
-        self.barge_ins += stats.barge_ins
-        self.reconnects += stats.reconnects
-        self.realtime_errors.update(stats.realtime_errors)
+    def add(self, summary: CallSummary) -> None:
+        self.counters += summary.counters
+        self.realtime_errors.update(summary.realtime_errors)
 
-    def plus(self, live: Iterable[CallStats]) -> _Totals:
-        summed = _Totals()
-        summed.add(self)
-        for stats in live:
-            summed.add(stats)
+    def plus(self, live: Iterable[CallSummary]) -> _Totals:
+        summed = _Totals(self.counters, Tally(self.realtime_errors))
+        for summary in live:
+            summed.add(summary)
         return summed
 
 
@@ -136,14 +124,13 @@ class BridgeMetrics:
         """The switchboard's `on_latency` hook: called for every audio frame, so kept to one bucket increment."""
         self._added_latency[direction].observe(seconds)
 
-    def call_ended(self, call: Call) -> None:
+    def call_ended(self, summary: CallSummary) -> None:
         """Fold an ended call's figures into the totals (part of the switchboard's `on_call_end` hook)."""
-        stats = call.controller.stats
-        self._calls.labels(call.called_number, stats.outcome or "unknown").inc()
-        self._ended.add(stats)
-        for seconds in _response_latencies_s(stats):
+        self._calls.labels(summary.called_number, summary.outcome or "unknown").inc()
+        self._ended.add(summary)
+        for seconds in _response_latencies_s(summary):
             self._response_latency.observe(seconds)
-        for seconds in _truncate_points_s(stats):
+        for seconds in _truncate_points_s(summary):
             self._truncate_points.observe(seconds)
 
     def call_refused(self, called_number: str, refusal: Refusal) -> None:
@@ -159,28 +146,29 @@ class BridgeMetrics:
     def collect(self) -> Iterator[Metric]:
         """The figures read at scrape time: the ended calls' totals plus what the live calls have counted so far."""
         live = self._switchboard.calls_in_progress() if self._switchboard is not None else []
-        live_stats = [call.controller.stats for call in live]
-        totals = self._ended.plus(live_stats)
+        live_summaries = [call.summary() for call in live]
+        totals = self._ended.plus(live_summaries)
+        counters = totals.counters
         yield GaugeMetricFamily("telephony_bridge_calls_live", "Calls in progress.", value=len(live))
         yield _counter("telephony_bridge_media_frames", "Media messages: in from callers, out to callers.", "direction",
-                       {"in": totals.frames_in, "out": totals.frames_out})
+                       {"in": counters.frames_in, "out": counters.frames_out})
         yield _counter("telephony_bridge_malformed_messages", "Messages that could not be understood, by sender.", "source",
-                       {"twilio": totals.malformed_twilio, "realtime": totals.malformed_realtime})
+                       {"twilio": counters.malformed_twilio, "realtime": counters.malformed_realtime})
         yield CounterMetricFamily("telephony_bridge_barge_ins", "Times a caller spoke over the model and its answer was cut.",
-                                  value=totals.barge_ins)
+                                  value=counters.barge_ins)
         yield CounterMetricFamily("telephony_bridge_realtime_reconnects", "Realtime sessions replaced after one was lost.",
-                                  value=totals.reconnects)
+                                  value=counters.reconnects)
         yield _counter("telephony_bridge_realtime_errors", "Error events from the Realtime service, by error code.", "code",
                        dict(totals.realtime_errors))
         yield _histogram(
             "telephony_bridge_truncate_point_seconds",
             "How far into an answer the caller was when they interrupted it (the truncate's audio_end_ms).",
-            self._truncate_points.with_values(s for stats in live_stats for s in _truncate_points_s(stats)),
+            self._truncate_points.with_values(s for summary in live_summaries for s in _truncate_points_s(summary)),
         )
         yield _histogram(
             "telephony_bridge_response_latency_seconds",
             "From the caller stopping speaking to the model's first audio of its answer.",
-            self._response_latency.with_values(s for stats in live_stats for s in _response_latencies_s(stats)),
+            self._response_latency.with_values(s for summary in live_summaries for s in _response_latencies_s(summary)),
         )
         added = HistogramMetricFamily(
             "telephony_bridge_added_latency_seconds",
@@ -192,12 +180,12 @@ class BridgeMetrics:
         yield added
 
 
-def _response_latencies_s(stats: CallStats) -> Iterator[float]:
-    return (ms / 1000.0 for ms in stats.response_latencies_ms)
+def _response_latencies_s(summary: CallSummary) -> Iterator[float]:
+    return (ms / 1000.0 for ms in summary.response_latencies_ms)
 
 
-def _truncate_points_s(stats: CallStats) -> Iterator[float]:
-    return (audio_end_ms / 1000.0 for _, audio_end_ms in stats.truncates)
+def _truncate_points_s(summary: CallSummary) -> Iterator[float]:
+    return (audio_end_ms / 1000.0 for _, audio_end_ms in summary.truncates)
 
 
 def _counter(name: str, documentation: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

@@ -29,7 +29,7 @@ from .events import (
     Event,
     ModelAudio,
     ModelAudioDone,
-    RealtimeAction,
+    RealtimeMessage,
     RealtimeErrorReported,
     RealtimeMessageRejected,
     ResponseDone,
@@ -39,8 +39,10 @@ from .events import (
     TranscriptDone,
     TruncateItem,
 )
+from .logs import LogThrottle
 from .wire import loads
 
+log = logging.getLogger(__name__)
 _wire_log = logging.getLogger("telephony_bridge.realtime.wire")
 _wire_log.setLevel(logging.INFO)
 """The websockets library logs handshake headers at DEBUG, the API key among them: never below INFO."""
@@ -112,7 +114,7 @@ def session_update(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
     }
 
 
-def encode_for_realtime(action: RealtimeAction, dialect: Dialect) -> str:
+def encode_for_realtime(action: RealtimeMessage, dialect: Dialect) -> str:
     """The JSON text of the client event for an action (audio appends are built by hand: the hot path)."""
     if isinstance(action, AppendAudio):
         return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(action.pcm).decode("ascii") + '"}'
@@ -151,8 +153,10 @@ def encode_for_realtime(action: RealtimeAction, dialect: Dialect) -> str:
 class RealtimeEventParser:
     """Turns one dialect's server events into controller events; types the bridge does not act on give `None`."""
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, call_sid: str = "") -> None:
         self.dialect = dialect
+        self.call_sid = call_sid
+        self._logged_errors = LogThrottle()
         audio_delta, audio_done, transcript_done = _AUDIO_EVENTS[dialect]
         self._handlers: dict[str, Callable[[dict[str, Any]], Event]] = {
             audio_delta: _audio_delta,
@@ -167,6 +171,16 @@ class RealtimeEventParser:
             ),
             "error": _error,
         }
+
+    def read(self, frame: str | bytes) -> Event | None:
+        """`parse`, and log the service's error events sparingly: a service can send thousands."""
+        event = self.parse(frame)
+        if isinstance(event, RealtimeErrorReported) and self._logged_errors.allow():
+            log.warning(
+                "call %s: the Realtime service reported an error (%d so far): %s: %s",
+                self.call_sid, self._logged_errors.seen, event.code, event.message,
+            )
+        return event
 
     def parse(self, frame: str | bytes) -> Event | None:
         if not isinstance(frame, str):

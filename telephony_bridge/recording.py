@@ -35,9 +35,10 @@ from typing import Any, Callable, Literal, TextIO, get_args
 import numpy as np
 
 from . import __version__
-from .call import Call, Direction
+from .call import Direction
 from .config import CallProfile, Dialect
 from .errors import RecordingError
+from .summary import CallSummary
 from .webhook import STREAM_TOKEN_PARAMETER
 
 log = logging.getLogger(__name__)
@@ -255,8 +256,8 @@ class CallRecordings:
         self._recorders[call_sid] = recorder
         return recorder
 
-    def call_ended(self, call: Call) -> None:
-        recorder = self._recorders.pop(call.call_sid, None)
+    def call_ended(self, summary: CallSummary) -> None:
+        recorder = self._recorders.pop(summary.call_sid, None)
         if recorder is not None:
             recorder.close()
 

@@ -14,8 +14,9 @@ from typing import Callable
 
 from .call import Call, CallTap, LatencyObserver
 from .config import BridgeConfig, CallProfile, RealtimeEndpoint
-from .controller import CallTimings
 from .security import STREAM_TOKEN_LIFETIME_S
+from .summary import CallSummary
+from .supervision import CallTimings
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Switchboard:
         *,
         unclaimed_timeout_s: float = UNCLAIMED_CALL_TIMEOUT_S,
         tap_for: Callable[[str, str, CallProfile], CallTap | None] = lambda call_sid, number, profile: None,
-        on_call_end: Callable[[Call], None] = lambda call: None,
+        on_call_end: Callable[[CallSummary], None] = lambda summary: None,
         on_latency: LatencyObserver | None = None,
     ) -> None:
         self.config = config
@@ -132,7 +133,7 @@ class Switchboard:
     def _ended(self, call: Call) -> None:
         if call.call_sid in self._claimed_until:
             self._calls.pop(call.call_sid, None)
-        self._on_call_end(call)
+        self._on_call_end(call.summary())
 
     def _expire_unclaimed(self, call_sid: str) -> None:
         self._expiry_timers.pop(call_sid, None)

@@ -21,3 +21,8 @@ def loads(text: str | bytes) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
+
+ULAW_BYTES_PER_MS = 8
+"""G.711 μ-law at 8 kHz: one byte a sample, 160 bytes per 20 ms frame."""
+PCM24K_BYTES_PER_MS = 48
+"""16-bit mono PCM at 24 kHz, the Realtime API's audio: 960 bytes per 20 ms."""

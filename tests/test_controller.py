@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from telephony_bridge.config import CallProfile
-from telephony_bridge.controller import CallController, CallTimings
+from telephony_bridge.controller import CallController
+from telephony_bridge.summary import CallSummary
+from telephony_bridge.supervision import CallTimings, SessionStateError
 from telephony_bridge.events import (
     AddCallerText,
     AddHistoryItem,
@@ -65,6 +67,10 @@ def live_controller(clock: Clock, profile: CallProfile = CallProfile()) -> CallC
     controller.handle(RealtimeConnected())
     controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
     return controller
+
+
+def summary_of(controller: CallController) -> CallSummary:
+    return controller.summarise(call_sid="CA1", called_number="+1555", caller_number="", model="m", dialect="ga", duration_s=1.0)
 
 
 def marks(actions: list) -> list[str]:
@@ -183,8 +189,8 @@ def test_marks_echoed_after_a_clear_are_ignored_as_stale(clock: Clock) -> None:
     controller.handle(SpeechStarted())
     for name in names:
         assert controller.handle(MarkEchoed(name)) == []
-    assert controller.stats.stale_marks == 3
-    assert controller.heard_ms == 0
+    assert controller.counters().stale_marks == 3
+    assert controller.playback.heard_ms() == 0
 
 
 def test_the_next_answer_after_barge_in_plays_normally(clock: Clock) -> None:
@@ -222,7 +228,7 @@ def test_the_caller_falls_back_when_no_session_can_be_had_within_the_budget(cloc
         clock.advance_ms(actions[0].delay_s * 1000 + 100)
         actions = controller.handle(RealtimeDisconnected("refused"))
     assert isinstance(actions[0], CloseTwilio)
-    assert controller.stats.end_reason.startswith("realtime session unavailable")
+    assert controller.end_reason.startswith("realtime session unavailable")
 
 
 def test_a_refusal_that_retrying_cannot_fix_falls_back_at_once(clock: Clock) -> None:
@@ -283,20 +289,20 @@ def test_the_model_response_latency_runs_from_the_caller_stopping_to_the_first_a
     clock.advance_ms(420)
     controller.handle(ModelAudio("r", "i", PCM_100MS))
     controller.handle(ModelAudio("r", "i", PCM_100MS))
-    assert controller.stats.response_latencies_ms == [pytest.approx(420)]
+    assert summary_of(controller).response_latencies_ms == (pytest.approx(420),)
 
 
 def test_a_realtime_error_is_counted_and_the_call_goes_on(clock: Clock) -> None:
     controller = live_controller(clock)
     assert controller.handle(RealtimeErrorReported("invalid_value", "bad truncate")) == []
-    assert controller.stats.realtime_errors == {"invalid_value": 1}
+    assert summary_of(controller).realtime_errors == {"invalid_value": 1}
     assert controller.handle(CallerAudio(b"\xff" * 160))
 
 
 def test_a_malformed_twilio_message_is_counted_and_the_call_goes_on(clock: Clock) -> None:
     controller = live_controller(clock)
     controller.handle(TwilioMessageRejected("not JSON"))
-    assert controller.stats.malformed_twilio == 1
+    assert controller.counters().malformed_twilio == 1
     assert controller.handle(CallerAudio(b"\xff" * 160))
 
 
@@ -322,6 +328,12 @@ def test_caller_audio_before_the_realtime_socket_opens_is_held_and_bounded(clock
     released = controller.handle(RealtimeConnected())
     held_ms = sum(len(a.pcm) for a in released if isinstance(a, AppendAudio)) / 48
     assert 4900 <= held_ms <= 5000
+
+
+def test_a_session_event_the_state_cannot_follow_is_an_error_naming_the_state(clock: Clock) -> None:
+    controller = live_controller(clock)
+    with pytest.raises(SessionStateError, match="cannot take 'connected' while ready"):
+        controller.handle(RealtimeConnected())
 
 
 EVENTS = st.one_of(
@@ -352,12 +364,26 @@ EVENTS = st.one_of(
 def test_no_sequence_of_events_makes_the_controller_raise_or_overstate_what_was_heard(steps: list) -> None:
     clock = Clock()
     controller = CallController(CallProfile(greeting="Hi"), clock)
-    controller.start()
+    opens_pending = sum(isinstance(a, OpenRealtime) for a in controller.start())
+    session_open = False
     generated_ms: dict[str, float] = {}
     for event, wait_ms in steps:
         clock.advance_ms(wait_ms)
+        if isinstance(event, RealtimeConnected):
+            if not opens_pending:
+                continue  # the pump reports a session open only after an open it was asked for
+            opens_pending, session_open = opens_pending - 1, True
+        elif isinstance(event, RealtimeDisconnected):
+            if opens_pending:
+                opens_pending -= 1  # the open failed (the pump reports no loss of an old session meanwhile)
+            elif session_open:
+                session_open = False
+            else:
+                continue  # nor a loss with neither a session nor an open in flight
         if isinstance(event, ModelAudio):
             generated_ms[event.item_id] = generated_ms.get(event.item_id, 0.0) + len(event.pcm) / 48
-        for action in controller.handle(event):
+        actions = controller.handle(event)
+        opens_pending += sum(isinstance(a, OpenRealtime) for a in actions)
+        for action in actions:
             if isinstance(action, TruncateItem):
                 assert 0 <= action.audio_end_ms <= generated_ms[action.item_id]

@@ -1,0 +1,57 @@
+"""The value a call leaves behind: who, how long, how it ended, what was counted and said.
+
+Metrics, the call log and the end-of-call log line read this frozen value and never the live call,
+the way a closed websocket is handed over as one `ConnectionClosed` value. A scrape takes the same
+value of each live call, so live and ended calls are counted by one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+from typing import Mapping
+
+from .events import Outcome, TranscriptDone
+
+
+@dataclass(frozen=True, slots=True)
+class CallCounters:
+    """What a call counts as it runs; summed over calls by `+`, field by field."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    malformed_twilio: int = 0
+    malformed_realtime: int = 0
+    stale_marks: int = 0
+    barge_ins: int = 0
+    reconnects: int = 0
+    renewals: int = 0
+
+    def __add__(self, other: CallCounters) -> CallCounters:
+        return CallCounters(*(mine + theirs for mine, theirs in zip(astuple(self), astuple(other))))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in fields(cls))
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    call_sid: str
+    called_number: str
+    caller_number: str
+    model: str
+    dialect: str
+    duration_s: float
+    """Seconds from the answer to the end (or to now, for a call still live)."""
+    outcome: Outcome | None
+    """None while the call is live."""
+    end_reason: str
+    counters: CallCounters
+    realtime_errors: Mapping[str, int]
+    realtime_failures: tuple[str, ...]
+    response_latencies_ms: tuple[float, ...]
+    """For each answer: from the caller stopping speaking to the model's first audio."""
+    truncates: tuple[tuple[str, int], ...]
+    """Each barge-in's truncate: (item id, audio_end_ms)."""
+    dropped_model_audio_ms: float
+    transcript: tuple[TranscriptDone, ...]
