@@ -1,0 +1,128 @@
+"""Playback: what the caller heard, from marks sent and echoed, driven by a hand-moved clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from telephony_bridge.playback import Playback
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_ms(self, ms: float) -> None:
+        self.now += ms / 1000.0
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def streaming(clock: Clock) -> Playback:
+    playback = Playback(clock)
+    playback.stream_started()
+    return playback
+
+
+def send(playback: Playback, item_id: str, chunks: int, chunk_ms: float = 100.0) -> list[str]:
+    names = []
+    for _ in range(chunks):
+        playback.generated(item_id, chunk_ms)
+        names.append(playback.sent(item_id, chunk_ms))
+    return names
+
+
+def test_the_playhead_runs_on_from_the_last_echo_in_real_time(clock: Clock) -> None:
+    playback = streaming(clock)
+    names = send(playback, "i1", 10)
+    clock.advance_ms(300)
+    playback.echoed(names[2])
+    clock.advance_ms(40)
+    assert playback.heard_ms() == pytest.approx(340)
+
+
+def test_the_playhead_waits_at_the_audio_sent_when_the_model_falls_behind(clock: Clock) -> None:
+    playback = streaming(clock)
+    names = send(playback, "i1", 2)
+    clock.advance_ms(150)
+    playback.echoed(names[0])
+    clock.advance_ms(5000)
+    assert playback.heard_ms() == 200
+
+
+def test_the_round_trip_of_the_first_chunk_corrects_the_playhead(clock: Clock) -> None:
+    playback = streaming(clock)
+    names = send(playback, "i1", 5)
+    clock.advance_ms(100 + 60)  # the chunk's own 100 ms plus a 60 ms round trip
+    playback.echoed(names[0])
+    clock.advance_ms(50)
+    assert playback.heard_ms() == pytest.approx(100 + 50 + 15), "the echo left 15 ms after the playhead passed (half the round trip, smoothed)"
+
+
+def test_an_echo_that_is_not_pending_is_stale_and_moves_nothing(clock: Clock) -> None:
+    playback = streaming(clock)
+    send(playback, "i1", 3)
+    clock.advance_ms(120)
+    before = playback.heard_ms()
+    playback.echoed("a999")
+    assert playback.stale_marks == 1
+    assert playback.heard_ms() == before
+
+
+def test_a_cut_names_the_playing_item_and_every_item_still_queued(clock: Clock) -> None:
+    playback = streaming(clock)
+    first = send(playback, "i1", 3)
+    send(playback, "i2", 3)
+    clock.advance_ms(300)
+    playback.echoed(first[-1])
+    clock.advance_ms(50)
+    cut, dropped = playback.cut()
+    assert cut is not None and cut.item_id == "i2" and abs(cut.audio_end_ms - 50) <= 1
+    assert dropped == {"i2"}
+    assert not playback.playing
+    assert playback.cut() == (None, set())
+
+
+def test_marks_echoed_after_a_cut_are_stale(clock: Clock) -> None:
+    playback = streaming(clock)
+    names = send(playback, "i1", 3)
+    playback.cut()
+    for name in names:
+        playback.echoed(name)
+    assert playback.stale_marks == 3
+
+
+def test_an_item_is_forgotten_once_it_is_complete_and_has_played(clock: Clock) -> None:
+    playback = streaming(clock)
+    for answer in range(200):
+        names = send(playback, f"i{answer}", 3)
+        playback.complete(f"i{answer}")
+        clock.advance_ms(300)
+        playback.echoed(names[-1])
+    assert playback.tracked_items == 0
+
+
+def test_an_item_still_streaming_is_kept_after_its_audio_has_played(clock: Clock) -> None:
+    playback = streaming(clock)
+    names = send(playback, "i1", 2)
+    clock.advance_ms(200)
+    playback.echoed(names[-1])
+    assert playback.tracked_items == 1
+    later = send(playback, "i1", 1)
+    clock.advance_ms(50)
+    assert playback.heard_ms() == pytest.approx(250), "a later chunk continues the item where it was"
+    assert later == ["a3"]
+
+
+def test_audio_queued_before_the_stream_starts_plays_from_the_start(clock: Clock) -> None:
+    playback = Playback(clock)
+    send(playback, "i1", 5)
+    clock.advance_ms(2000)
+    playback.stream_started()
+    clock.advance_ms(120)
+    assert playback.heard_ms() == pytest.approx(120)

@@ -1,0 +1,74 @@
+"""The Realtime session's supervisor: states, retries within the budget, renewal; a hand-moved clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from telephony_bridge.supervision import CallTimings, Reopen, SessionState, SessionStateError, SessionSupervisor
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 10.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_call_opens_its_first_session_and_is_ready_once_connected() -> None:
+    supervisor = SessionSupervisor(CallTimings(), Clock())
+    assert supervisor.state is SessionState.OPENING and not supervisor.ready
+    assert supervisor.first_open() == Reopen(0.0, 2.5, "call answered")
+    assert supervisor.connected() is False, "the first session replaces nothing"
+    assert supervisor.ready
+
+
+def test_a_lost_session_is_retried_with_backoff_within_the_budget_then_given_up() -> None:
+    clock = Clock()
+    supervisor = SessionSupervisor(CallTimings(connect_budget_s=2.5, retry_delays_s=(0.0, 0.25, 0.5, 1.0)), clock)
+    supervisor.connected()
+    tries = []
+    while (reopen := supervisor.lost("gone", retryable=True)) is not None:
+        assert supervisor.state is SessionState.DOWN
+        tries.append(reopen.delay_s)
+        clock.now += reopen.delay_s + 0.1
+    assert tries == [0.0, 0.25, 0.5, 1.0]
+    assert supervisor.state is SessionState.FAILED
+    assert supervisor.reconnects == 4 and len(supervisor.failures) == 5
+
+
+def test_a_refusal_that_retrying_cannot_help_fails_at_once() -> None:
+    supervisor = SessionSupervisor(CallTimings(), Clock())
+    assert supervisor.lost("HTTP 401", retryable=False) is None
+    assert supervisor.state is SessionState.FAILED
+
+
+def test_a_reconnected_session_needs_the_conversation_so_far() -> None:
+    supervisor = SessionSupervisor(CallTimings(), Clock())
+    supervisor.connected()
+    supervisor.lost("gone", retryable=True)
+    assert supervisor.connected() is True
+    assert supervisor.ready
+
+
+def test_an_old_session_is_renewed_only_at_a_quiet_moment() -> None:
+    clock = Clock()
+    supervisor = SessionSupervisor(CallTimings(renew_session_after_s=60), clock)
+    supervisor.connected()
+    clock.now += 30
+    assert supervisor.renewal_due(quiet=True) is None
+    clock.now += 31
+    assert supervisor.renewal_due(quiet=False) is None
+    assert supervisor.renewal_due(quiet=True) == Reopen(0.0, 2.5, "session renewal")
+    assert supervisor.state is SessionState.RENEWING and not supervisor.ready
+    assert supervisor.renewals == 1
+    assert supervisor.connected() is True
+    assert supervisor.ready
+
+
+def test_a_transition_the_table_lacks_raises_naming_the_state() -> None:
+    supervisor = SessionSupervisor(CallTimings(), Clock())
+    supervisor.close()
+    assert supervisor.state is SessionState.CLOSED
+    with pytest.raises(SessionStateError, match="cannot take 'connected' while closed"):
+        supervisor.connected()
