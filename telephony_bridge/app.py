@@ -136,6 +136,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         await websocket.accept()
         inbound = TwilioInbound(asyncio.get_running_loop().time)
         start = await _wait_for_start(websocket, inbound)
+        metrics.rejected_before_start(inbound.rejected)
         if start is None:
             await websocket.close(code=POLICY_VIOLATION)
             return
@@ -169,6 +170,9 @@ async def _wait_for_start(websocket: WebSocket, inbound: TwilioInbound) -> tuple
                 event = inbound.parse(frame)
                 if isinstance(event, StreamStarted):
                     return event, frame
+                if inbound.flooding:
+                    log.warning("media socket closed: it flooded the bridge before its start")
+                    return None
     except TimeoutError:
         log.warning("media socket sent no start within %g s", START_TIMEOUT_S)
         return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
-from typing import Awaitable, Callable, Literal, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Literal, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
@@ -230,6 +230,9 @@ class Call:
                 event = inbound.parse(frame)
                 if event is not None:
                     self._feed(event, arrived_at)
+                if inbound.flooding:
+                    log.warning("call %s: the media socket flooded the bridge; closing it", self.call_sid)
+                    break
         except WebSocketDisconnect:
             pass
         finally:
@@ -258,10 +261,23 @@ class Call:
                 self._closing = True
                 self._spawn(self._close(action))
 
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """No task of a call dies silently: one that fails ends the call, loudly, and the caller gets the fallback."""
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("call %s: %s failed; ending the call", self.call_sid, task.get_coro().__qualname__, exc_info=task.exception())
+        try:
+            self.end("the bridge failed", "bridge_error")
+        finally:
+            if not self._closing:
+                self._closing = True
+                self._spawn(self._close(CloseTwilio("the bridge failed")))
 
     async def _tick(self) -> None:
         while True:

@@ -17,7 +17,8 @@ fallback message. A media stream that goes quiet ends the call.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+import logging
+from collections import Counter
 from types import MappingProxyType
 from typing import Callable
 
@@ -32,6 +33,7 @@ from .events import (
     ClearTwilio,
     CloseRealtime,
     CloseTwilio,
+    ConfigurationRefused,
     ConfigureSession,
     CreateResponse,
     DigitPressed,
@@ -51,6 +53,8 @@ from .events import (
     ResponseStarted,
     SendTwilioMark,
     SendTwilioMedia,
+    SessionConfigured,
+    SessionSetup,
     SocketChange,
     SpeechStarted,
     SpeechStopped,
@@ -63,14 +67,17 @@ from .events import (
     TwilioMessage,
     TwilioMessageRejected,
 )
+from .held_actions import HeldActions
 from .playback import Playback
 from .summary import CallCounters, CallSummary
-from .supervision import CallTimings, Reopen, SessionSupervisor
+from .supervision import CallTimings, Reopen, SessionState, SessionSupervisor
 from .wire import PCM24K_BYTES_PER_MS, ULAW_BYTES_PER_MS
 
 MAX_HISTORY_ITEMS = 50
-MAX_HELD_CALLER_AUDIO_MS = 5000
-"""Caller audio that arrives before the Realtime socket opens is held, up to this much, then the oldest is dropped."""
+FATAL_ERROR_CODES = frozenset({"insufficient_quota", "invalid_api_key", "model_not_found"})
+"""Error codes after which a new session would fail the same way: the call falls back instead of retrying."""
+
+log = logging.getLogger(__name__)
 
 
 class CallController:
@@ -93,9 +100,9 @@ class CallController:
         self._dropped_model_audio_ms = 0.0
         self._caller_to_model = Ulaw8kToPcm24k()
         self._model_to_caller = Pcm24kToUlaw8k()
-        self._held_for_twilio: list[Action] = []
-        self._held_for_realtime: deque[Action] = deque()
-        self._held_caller_ms = 0.0
+        self._held = HeldActions()
+        self._omitted_settings: frozenset[str] = frozenset()
+        self._fatal_error = False
         self._outbound_item: str | None = None
         self._muted_items: set[str] = set()
         self._session_items: set[str] = set()
@@ -110,8 +117,8 @@ class CallController:
         return self.outcome is not None
 
     def start(self) -> list[Action]:
-        """The first actions of a call: open the session, configure it and, with a greeting, let the model speak first."""
-        actions: list[Action] = [ConfigureSession(self.profile)]
+        """The first actions of a call: open the session and, with a greeting, let the model speak first once configured."""
+        actions: list[Action] = []
         if self.profile.greeting:
             actions.append(CreateResponse(f"Greet the caller by saying exactly this: {self.profile.greeting}"))
         return [_open(self.session.first_open()), *self._route(actions)]
@@ -126,9 +133,10 @@ class CallController:
         return self._route(handler(self, event))
 
     def counters(self) -> CallCounters:
+        session = self.session
         return CallCounters(
-            **self._counts, stale_marks=self.playback.stale_marks,
-            reconnects=self.session.reconnects, renewals=self.session.renewals,
+            **self._counts, stale_marks=self.playback.stale_marks, sessions_opened=session.sessions_opened,
+            reconnects=session.reconnects, renewals=session.renewals,
         )
 
     def summarise(
@@ -149,21 +157,14 @@ class CallController:
         ready: list[Action] = []
         for action in actions:
             if isinstance(action, TwilioMessage) and self.stream_sid is None:
-                self._held_for_twilio.append(action)
-            elif isinstance(action, RealtimeMessage) and not self.session.ready:
-                self._hold_for_realtime(action)
+                self._held.hold_for_twilio(action)
+            elif isinstance(action, RealtimeMessage) and not (
+                self.session.ready or self.session.open and isinstance(action, SessionSetup)
+            ):
+                self._held.hold_for_realtime(action)
             else:
                 ready.append(action)
         return ready
-
-    def _hold_for_realtime(self, action: Action) -> None:
-        self._held_for_realtime.append(action)
-        if isinstance(action, AppendAudio):
-            self._held_caller_ms += len(action.pcm) / PCM24K_BYTES_PER_MS
-            while self._held_caller_ms > MAX_HELD_CALLER_AUDIO_MS:
-                oldest = next(a for a in self._held_for_realtime if isinstance(a, AppendAudio))
-                self._held_for_realtime.remove(oldest)
-                self._held_caller_ms -= len(oldest.pcm) / PCM24K_BYTES_PER_MS
 
     def _end(self, outcome: Outcome, reason: str, close: SocketChange) -> list[Action]:
         self.outcome = outcome
@@ -178,8 +179,7 @@ class CallController:
             return []
         self.stream_sid = event.stream_sid
         self.playback.stream_started()
-        held, self._held_for_twilio = self._held_for_twilio, []
-        return held
+        return self._held.release_for_twilio()
 
     def _on_caller_audio(self, event: CallerAudio) -> list[Action]:
         self._counts["frames_in"] += 1
@@ -217,6 +217,8 @@ class CallController:
         if self.stream_sid is not None and now - self._last_media_at > self.timings.media_timeout_s:
             return self._end("media_timeout", "media stream went quiet", CloseRealtime("media stream went quiet"))
         quiet = not self.playback.playing and self._active_response is None and self._outbound_item is None
+        if self.session.configuration_overdue():
+            return self._session_lost("the service did not confirm the session's configuration in time", retryable=True)
         renewal = self.session.renewal_due(quiet)
         return [_open(renewal)] if renewal is not None else []
 
@@ -225,27 +227,40 @@ class CallController:
         replacing = self.session.connected()
         self._session_items.clear()
         self._muted_items.clear()
-        actions: list[Action] = []
+        actions: list[Action] = [ConfigureSession(self.profile, self._omitted_settings)]
         if replacing:
-            actions.append(ConfigureSession(self.profile))
             actions += [
                 AddHistoryItem("user" if turn.speaker == "caller" else "assistant", turn.text)
                 for turn in self.transcript[-MAX_HISTORY_ITEMS:]
                 if turn.text
             ]
-        actions += [a for a in self._held_for_realtime if not (replacing and isinstance(a, TruncateItem))]
-        self._held_for_realtime.clear()
-        self._held_caller_ms = 0.0
         return actions
 
+    def _on_session_configured(self, event: SessionConfigured) -> list[Action]:
+        if self.session.state is not SessionState.CONFIGURING:
+            return []
+        self.session.configured()
+        return self._held.release_for_realtime()
+
+    def _on_configuration_refused(self, event: ConfigurationRefused) -> list[Action]:
+        """Retry once without an optional setting the service refused; a session it cannot configure is no session."""
+        if event.field is not None and event.field not in self._omitted_settings and self.session.may_reconfigure():
+            log.warning("the Realtime service refused %s (%s); configuring the session without it", event.field, event.message)
+            self._omitted_settings |= {event.field}
+            return [ConfigureSession(self.profile, self._omitted_settings)]
+        return self._session_lost(f"the service refused the session's configuration: {event.message}", retryable=False)
+
     def _on_realtime_disconnected(self, event: RealtimeDisconnected) -> list[Action]:
+        return self._session_lost(event.reason, event.retryable and not self._fatal_error)
+
+    def _session_lost(self, reason: str, retryable: bool) -> list[Action]:
         """Try a new session while the budget lasts; past it, or when retrying cannot help, fall back."""
         self._active_response = None
         self._stop_outbound_item()
         self._model_to_caller.reset()
-        reopen = self.session.lost(event.reason, event.retryable)
+        reopen = self.session.lost(reason, retryable)
         if reopen is None:
-            return self._end("realtime_unavailable", f"realtime session unavailable: {event.reason}", CloseTwilio(event.reason))
+            return self._end("realtime_unavailable", f"realtime session unavailable: {reason}", CloseTwilio(reason))
         return [_open(reopen)]
 
     def _on_response_started(self, event: ResponseStarted) -> list[Action]:
@@ -331,6 +346,8 @@ class CallController:
 
     def _on_realtime_error(self, event: RealtimeErrorReported) -> list[Action]:
         self._realtime_errors[event.code] += 1
+        if event.code in FATAL_ERROR_CODES:
+            self._fatal_error = True
         return []
 
     def _on_realtime_rejected(self, event: RealtimeMessageRejected) -> list[Action]:
@@ -353,6 +370,8 @@ _HANDLERS: dict[type, Callable[[CallController, Event], list[Action]]] = {
     EndCall: CallController._on_end_call,
     Tick: CallController._on_tick,
     RealtimeConnected: CallController._on_realtime_connected,
+    SessionConfigured: CallController._on_session_configured,
+    ConfigurationRefused: CallController._on_configuration_refused,
     RealtimeDisconnected: CallController._on_realtime_disconnected,
     ResponseStarted: CallController._on_response_started,
     ModelAudio: CallController._on_model_audio,

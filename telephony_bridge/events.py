@@ -13,7 +13,8 @@ from typing import Literal, Mapping, Union
 from .config import CallProfile
 
 Outcome = Literal[
-    "caller_hung_up", "stream_dropped", "media_timeout", "realtime_unavailable", "shut_down", "no_media_stream"
+    "caller_hung_up", "stream_dropped", "media_timeout", "realtime_unavailable", "shut_down", "no_media_stream",
+    "bridge_error",
 ]
 """How a call ended, as operators count it (metrics, logs, the call log); the end reason gives the detail."""
 
@@ -74,6 +75,19 @@ class EndCall:
 @dataclass(frozen=True, slots=True)
 class RealtimeConnected:
     """The Realtime websocket is open; actions for it can be sent from now on."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfigured:
+    """The service confirmed the session's configuration (`session.updated`): the model has its persona."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationRefused:
+    """The service refused the bridge's `session.update`; `field` names the optional setting it refused, if any."""
+
+    field: str | None
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +170,8 @@ Event = Union[
     TwilioMessageRejected,
     EndCall,
     RealtimeConnected,
+    SessionConfigured,
+    ConfigurationRefused,
     SpeechStarted,
     SpeechStopped,
     ResponseStarted,
@@ -190,6 +206,12 @@ class RealtimeMessage(Action):
     __slots__ = ()
 
 
+class SessionSetup(RealtimeMessage):
+    """A message that configures a new session: sent as soon as it opens, before anything held for it."""
+
+    __slots__ = ()
+
+
 class SocketChange(Action):
     """Open or close a socket of the call."""
 
@@ -220,8 +242,10 @@ class ClearTwilio(TwilioMessage):
 
 # Messages to the Realtime service.
 @dataclass(frozen=True, slots=True)
-class ConfigureSession(RealtimeMessage):
+class ConfigureSession(SessionSetup):
     profile: CallProfile
+    omit: frozenset[str] = frozenset()
+    """Optional settings the service refused, left out so the session can still be configured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +270,7 @@ class CreateResponse(RealtimeMessage):
 
 
 @dataclass(frozen=True, slots=True)
-class AddHistoryItem(RealtimeMessage):
+class AddHistoryItem(SessionSetup):
     """One turn of the conversation so far, as text, for a session that replaces a lost or old one."""
 
     role: str

@@ -110,13 +110,18 @@ def encode_for_twilio(action: TwilioMessage, stream_sid: str) -> str:
 
 MAX_MESSAGES_PER_S = 400
 """Twilio sends 50 media frames a second plus a mark echo for each chunk we send; 400 is far above that."""
+FLOOD_MESSAGES_PER_S = 10 * MAX_MESSAGES_PER_S
+FLOOD_SECONDS = 3
+"""A socket over the cap for this many seconds running, or over `FLOOD_MESSAGES_PER_S` in any one,
+is no peer of ours: it is closed rather than read on at its neighbours' expense. A short burst is not."""
 
 
 class TwilioInbound:
     """One media socket's incoming messages: parsed, capped at `MAX_MESSAGES_PER_S`, rejections logged sparingly.
 
     The cap is decided here, at the edge, so the socket loop only reads and feeds: a message over
-    the cap is rejected without being parsed.
+    the cap is rejected without being parsed, and a socket that keeps on is `flooding` and closed.
+    The same rules hold before `start` as after it.
     """
 
     def __init__(self, clock: Callable[[], float], call_sid: str = "") -> None:
@@ -124,11 +129,23 @@ class TwilioInbound:
         self._clock = clock
         self._window_start = clock()
         self._in_window = 0
+        self._seconds_over_cap = 0
         self._logged = LogThrottle()
+
+    @property
+    def flooding(self) -> bool:
+        over_now = self._in_window > MAX_MESSAGES_PER_S
+        return self._in_window > FLOOD_MESSAGES_PER_S or over_now and self._seconds_over_cap + 1 >= FLOOD_SECONDS
+
+    @property
+    def rejected(self) -> int:
+        return self._logged.seen
 
     def parse(self, frame: str | bytes) -> Event | None:
         now = self._clock()
         if now - self._window_start >= 1.0:
+            over_cap = self._in_window > MAX_MESSAGES_PER_S and now - self._window_start < 2.0
+            self._seconds_over_cap = self._seconds_over_cap + 1 if over_cap else 0
             self._window_start, self._in_window = now, 0
         self._in_window += 1
         if self._in_window > MAX_MESSAGES_PER_S:

@@ -106,6 +106,11 @@ class BridgeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self._rejected_before_start = Counter(
+            "telephony_bridge_rejected_before_start",
+            "Messages a media socket sent before its start that were malformed or over the rate cap.",
+            registry=self.registry,
+        )
         self._ended = _Totals()
         self._response_latency = Buckets(RESPONSE_LATENCY_BUCKETS_S)
         self._truncate_points = Buckets(TRUNCATE_POINT_BUCKETS_S)
@@ -135,6 +140,10 @@ class BridgeMetrics:
 
     def call_refused(self, called_number: str, refusal: Refusal) -> None:
         self._calls.labels(called_number, refusal).inc()
+
+    def rejected_before_start(self, count: int) -> None:
+        if count:
+            self._rejected_before_start.inc(count)
 
     def call_log_failed(self, reason: Literal["database", "queue_full"]) -> None:
         """Counted from the call log's writer thread; prometheus_client's counters are thread-safe."""

@@ -24,6 +24,7 @@ from .events import (
     AddCallerText,
     AddHistoryItem,
     AppendAudio,
+    ConfigurationRefused,
     ConfigureSession,
     CreateResponse,
     Event,
@@ -34,6 +35,7 @@ from .events import (
     RealtimeMessageRejected,
     ResponseDone,
     ResponseStarted,
+    SessionConfigured,
     SpeechStarted,
     SpeechStopped,
     TranscriptDone,
@@ -80,36 +82,57 @@ def _turn_detection(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
     return settings
 
 
-def session_update(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
-    """`session.update` configuring voice, instructions, turn detection and 24 kHz PCM16 both ways."""
+CONFIGURE_EVENT_ID = "bridge-session-update"
+"""The `event_id` of every `session.update` the bridge sends: the service names it in the error that refuses one."""
+
+OPTIONAL_SETTINGS = ("voice", "transcription", "turn_detection")
+"""Settings a session can do without, in the bridge's own names: refused, the service's default is used instead."""
+
+
+def refused_setting(param: object) -> str | None:
+    """The optional setting a refusal's `param` (`session.audio.output.voice`, `session.voice`, …) names, if any."""
+    if not isinstance(param, str):
+        return None
+    return next((setting for setting in OPTIONAL_SETTINGS if setting in param), None)
+
+
+def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """`session.update` configuring voice, instructions, turn detection and 24 kHz PCM16 both ways.
+
+    `omit` leaves out optional settings the service refused; the instructions are never left out.
+    Left without its extra fields, turn detection keeps only its type (and, on GA, the automatic
+    answers and interruptions barge-in depends on).
+    """
+    turn_detection = _turn_detection(profile, dialect)
+    if "turn_detection" in omit:
+        turn_detection = {key: turn_detection[key] for key in ("type", "create_response", "interrupt_response") if key in turn_detection}
     if dialect == "preview":
         session: dict[str, Any] = {
             "modalities": ["audio", "text"],
             "instructions": profile.instructions,
-            "voice": profile.voice,
             "input_audio_format": "pcm16",
             "output_audio_format": "pcm16",
-            "turn_detection": _turn_detection(profile, dialect),
+            "turn_detection": turn_detection,
         }
-        if profile.transcription:
+        if "voice" not in omit:
+            session["voice"] = profile.voice
+        if profile.transcription and "transcription" not in omit:
             session["input_audio_transcription"] = {"model": profile.transcription}
-        return {"type": "session.update", "session": session}
-    audio_input: dict[str, Any] = {
-        "format": {"type": "audio/pcm", "rate": 24000},
-        "turn_detection": _turn_detection(profile, dialect),
-    }
-    if profile.transcription:
+        return {"type": "session.update", "event_id": CONFIGURE_EVENT_ID, "session": session}
+    audio_input: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": turn_detection}
+    if profile.transcription and "transcription" not in omit:
         audio_input["transcription"] = {"model": profile.transcription}
+    audio_output: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": 24000}}
+    if "voice" not in omit:
+        audio_output["voice"] = profile.voice
     return {
         "type": "session.update",
+        "event_id": CONFIGURE_EVENT_ID,
         "session": {
             "type": "realtime",
             "instructions": profile.instructions,
             "output_modalities": ["audio"],
-            "audio": {
-                "input": audio_input,
-                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": profile.voice},
-            },
+            "audio": {"input": audio_input, "output": audio_output},
         },
     }
 
@@ -126,7 +149,7 @@ def encode_for_realtime(action: RealtimeMessage, dialect: Dialect) -> str:
             "audio_end_ms": action.audio_end_ms,
         }
     elif isinstance(action, ConfigureSession):
-        event = session_update(action.profile, dialect)
+        event = session_update(action.profile, dialect, action.omit)
     elif isinstance(action, AddCallerText):
         event = {
             "type": "conversation.item.create",
@@ -162,6 +185,7 @@ class RealtimeEventParser:
             audio_delta: _audio_delta,
             audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
             transcript_done: lambda e: TranscriptDone("model", _str(e, "item_id"), _str(e, "transcript")),
+            "session.updated": lambda e: SessionConfigured(),
             "input_audio_buffer.speech_started": lambda e: SpeechStarted(),
             "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(),
             "response.created": lambda e: ResponseStarted(_str(e["response"], "id")),
@@ -214,9 +238,12 @@ def _audio_delta(event: dict[str, Any]) -> ModelAudio:
     return ModelAudio(response_id=_str(event, "response_id"), item_id=_str(event, "item_id"), pcm=pcm)
 
 
-def _error(event: dict[str, Any]) -> RealtimeErrorReported:
+def _error(event: dict[str, Any]) -> RealtimeErrorReported | ConfigurationRefused:
     error = event.get("error") if isinstance(event.get("error"), dict) else {}
-    return RealtimeErrorReported(code=str(error.get("code") or error.get("type") or "unknown"), message=str(error.get("message", "")))
+    message = str(error.get("message", ""))[:500]
+    if error.get("event_id") == CONFIGURE_EVENT_ID:
+        return ConfigurationRefused(refused_setting(error.get("param")), message)
+    return RealtimeErrorReported(code=str(error.get("code") or error.get("type") or "unknown"), message=message)
 
 
 async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientConnection:

@@ -23,6 +23,7 @@ class CallCounters:
     malformed_realtime: int = 0
     stale_marks: int = 0
     barge_ins: int = 0
+    sessions_opened: int = 0
     reconnects: int = 0
     renewals: int = 0
 

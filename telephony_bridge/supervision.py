@@ -1,9 +1,14 @@
 """The Realtime session of one call: its states, and when to open, replace or give up on it.
 
-The session can fail at any time. A new one is asked for with backoff while a budget lasts (the
-caller keeps the line and their audio is held meanwhile); past the budget, or when trying again
-cannot help (a 401), the call falls back. A session near its maximum age is replaced at a quiet
-moment, the new one opened before the old one closes.
+A session is ready only once the service has confirmed its configuration (`session.updated`):
+until then nothing of the caller's reaches a model that lacks its instructions. The session can
+fail at any time. A new one is asked for with backoff while a budget lasts (the caller keeps the
+line and their audio is held meanwhile); past the budget, or when trying again cannot help (a
+401), the call falls back. A service that accepts sessions and then drops them must not make the
+bridge open hundreds a second: a session that dies before it was stable for `stable_after_s` is
+a failed try, so the backoff goes on growing, and no call opens more than
+`max_opens_per_minute`. A session near its maximum age is replaced at a quiet moment, the new one
+opened before the old one closes.
 
 The states and the events that move between them are one table, in the manner of h11's
 `_state.py`: an event a state does not expect raises `SessionStateError` naming both.
@@ -12,6 +17,7 @@ The states and the events that move between them are one table, in the manner of
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,13 +34,20 @@ class CallTimings:
     media_timeout_s: float = 10.0
     renew_session_after_s: float = 25 * 60.0
     """Realtime sessions have a maximum length (30 minutes for earlier models); renew before it."""
+    configure_timeout_s: float = 2.0
+    """How long a new session may take to confirm its configuration before it counts as a failed try."""
+    stable_after_s: float = 10.0
+    """A session that lived this long was healthy: a later loss starts a fresh set of tries."""
+    max_opens_per_minute: int = 8
 
 
 class SessionState(enum.Enum):
     OPENING = "opening"
     """The call's first session is being opened."""
+    CONFIGURING = "configuring"
+    """A session is open and has been sent its configuration; the service has not confirmed it yet."""
     READY = "ready"
-    """A session is open and takes the call's events."""
+    """A configured session takes the call's events."""
     RENEWING = "renewing"
     """The session is old: a new one is opening, and takes over once open."""
     DOWN = "down"
@@ -47,7 +60,7 @@ class SessionState(enum.Enum):
 
 class SessionEvent(enum.Enum):
     CONNECTED = "connected"
-    LOST = "lost"
+    CONFIGURED = "configured"
     RETRY = "retry"
     GIVE_UP = "give up"
     RENEW = "renew"
@@ -55,21 +68,24 @@ class SessionEvent(enum.Enum):
 
 
 _TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
-    (SessionState.OPENING, SessionEvent.CONNECTED): SessionState.READY,
+    (SessionState.OPENING, SessionEvent.CONNECTED): SessionState.CONFIGURING,
     (SessionState.OPENING, SessionEvent.RETRY): SessionState.OPENING,
     (SessionState.OPENING, SessionEvent.GIVE_UP): SessionState.FAILED,
+    (SessionState.CONFIGURING, SessionEvent.CONFIGURED): SessionState.READY,
+    (SessionState.CONFIGURING, SessionEvent.RETRY): SessionState.DOWN,
+    (SessionState.CONFIGURING, SessionEvent.GIVE_UP): SessionState.FAILED,
     (SessionState.READY, SessionEvent.RETRY): SessionState.DOWN,
     (SessionState.READY, SessionEvent.GIVE_UP): SessionState.FAILED,
     (SessionState.READY, SessionEvent.RENEW): SessionState.RENEWING,
-    (SessionState.RENEWING, SessionEvent.CONNECTED): SessionState.READY,
+    (SessionState.RENEWING, SessionEvent.CONNECTED): SessionState.CONFIGURING,
     (SessionState.RENEWING, SessionEvent.RETRY): SessionState.DOWN,
     (SessionState.RENEWING, SessionEvent.GIVE_UP): SessionState.FAILED,
-    (SessionState.DOWN, SessionEvent.CONNECTED): SessionState.READY,
+    (SessionState.DOWN, SessionEvent.CONNECTED): SessionState.CONFIGURING,
     (SessionState.DOWN, SessionEvent.RETRY): SessionState.DOWN,
     (SessionState.DOWN, SessionEvent.GIVE_UP): SessionState.FAILED,
     **{(state, SessionEvent.CLOSE): SessionState.CLOSED for state in SessionState if state is not SessionState.CLOSED},
 }
-"""LOST is decided (RETRY or GIVE_UP) before it moves the state, so it has no row of its own."""
+"""A loss is decided first (RETRY or GIVE_UP), then moves the state."""
 
 
 class SessionStateError(BridgeError):
@@ -90,19 +106,28 @@ class SessionSupervisor:
 
     def __init__(self, timings: CallTimings, clock: Callable[[], float]) -> None:
         self.state = SessionState.OPENING
+        self.sessions_opened = 0
         self.reconnects = 0
         self.renewals = 0
         self.failures: list[str] = []
         self._timings = timings
         self._clock = clock
         self._opened_at: float | None = None
+        self._ready_at: float | None = None
+        self._opens: deque[float] = deque()
         self._outage_deadline: float | None = clock() + timings.connect_budget_s
         self._failed_tries = 0
+        self._reconfigured = False
 
     @property
     def ready(self) -> bool:
         """Events for the service can be sent now (otherwise they are held for the next session)."""
         return self.state is SessionState.READY
+
+    @property
+    def open(self) -> bool:
+        """A session is open, configured or not: its own configuration can be sent."""
+        return self.state in (SessionState.CONFIGURING, SessionState.READY)
 
     def first_open(self) -> Reopen:
         return Reopen(0.0, self._timings.connect_budget_s, "call answered")
@@ -112,18 +137,44 @@ class SessionSupervisor:
         replacing = self._opened_at is not None
         self._move(SessionEvent.CONNECTED)
         self._opened_at = self._clock()
-        self._outage_deadline = None
-        self._failed_tries = 0
+        self._ready_at = None
+        self._opens.append(self._opened_at)
+        self.sessions_opened += 1
         return replacing
 
+    def configured(self) -> None:
+        """The service confirmed the configuration: the session takes the call from now on."""
+        self._move(SessionEvent.CONFIGURED)
+        self._ready_at = self._clock()
+        self._outage_deadline = None
+
+    def may_reconfigure(self) -> bool:
+        """Whether a refused configuration may be sent once more without the refused setting (once per call)."""
+        if self._reconfigured:
+            return False
+        self._reconfigured = True
+        return True
+
+    def configuration_overdue(self) -> bool:
+        return (
+            self.state is SessionState.CONFIGURING
+            and self._opened_at is not None
+            and self._clock() - self._opened_at > self._timings.configure_timeout_s
+        )
+
     def lost(self, reason: str, retryable: bool) -> Reopen | None:
-        """The session closed or could not be opened: a new try while the budget lasts, else `None` (fall back)."""
+        """The session closed, could not be opened or configured: a new try while the budget lasts, else `None`."""
         now = self._clock()
         self.failures.append(reason)
+        if self._ready_at is not None and now - self._ready_at >= self._timings.stable_after_s:
+            self._failed_tries = 0
+        self._ready_at = None
         if self._outage_deadline is None:
             self._outage_deadline = now + self._timings.connect_budget_s
+        while self._opens and now - self._opens[0] > 60.0:
+            self._opens.popleft()
         delays = self._timings.retry_delays_s
-        if retryable and self._failed_tries < len(delays):
+        if retryable and self._failed_tries < len(delays) and len(self._opens) < self._timings.max_opens_per_minute:
             delay = delays[self._failed_tries]
             remaining = self._outage_deadline - now - delay
             if remaining > 0.05:

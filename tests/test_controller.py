@@ -17,6 +17,7 @@ from telephony_bridge.events import (
     ClearTwilio,
     CloseRealtime,
     CloseTwilio,
+    ConfigurationRefused,
     ConfigureSession,
     CreateResponse,
     DigitPressed,
@@ -30,6 +31,7 @@ from telephony_bridge.events import (
     ResponseDone,
     ResponseStarted,
     SendTwilioMark,
+    SessionConfigured,
     SendTwilioMedia,
     SpeechStarted,
     SpeechStopped,
@@ -65,6 +67,7 @@ def live_controller(clock: Clock, profile: CallProfile = CallProfile()) -> CallC
     controller = CallController(profile, clock)
     controller.start()
     controller.handle(RealtimeConnected())
+    controller.handle(SessionConfigured())
     controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
     return controller
 
@@ -89,9 +92,93 @@ def play_answer(controller: CallController, item_id: str = "item1", chunks: int 
 def test_start_opens_the_session_then_configures_it_and_greets_first_when_a_greeting_is_set(clock: Clock) -> None:
     controller = CallController(CallProfile(greeting="Hello, Bright Smile Dental."), clock)
     assert [type(a) for a in controller.start()] == [OpenRealtime]
-    released = controller.handle(RealtimeConnected())
-    assert isinstance(released[0], ConfigureSession)
-    assert isinstance(released[1], CreateResponse) and "Bright Smile Dental" in released[1].instructions
+    assert [type(a) for a in controller.handle(RealtimeConnected())] == [ConfigureSession]
+    released = controller.handle(SessionConfigured())
+    assert isinstance(released[0], CreateResponse) and "Bright Smile Dental" in released[0].instructions
+
+
+def test_nothing_of_the_caller_reaches_the_model_before_it_confirms_its_configuration(clock: Clock) -> None:
+    controller = CallController(CallProfile(), clock)
+    controller.start()
+    controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
+    assert [type(a) for a in controller.handle(RealtimeConnected())] == [ConfigureSession]
+    assert controller.handle(CallerAudio(b"\xff" * 160)) == []
+    assert controller.handle(DigitPressed("1")) == []
+    released = controller.handle(SessionConfigured())
+    assert [type(a) for a in released] == [AppendAudio, AddCallerText, CreateResponse]
+
+
+def test_a_refused_setting_is_left_out_once_and_the_call_goes_on(clock: Clock) -> None:
+    controller = CallController(CallProfile(voice="nova"), clock)
+    controller.start()
+    controller.handle(RealtimeConnected())
+    retry = controller.handle(ConfigurationRefused("voice", "Invalid value: 'nova'"))
+    assert retry == [ConfigureSession(CallProfile(voice="nova"), frozenset({"voice"}))]
+    controller.handle(SessionConfigured())
+    assert controller.session.ready
+
+
+def test_a_configuration_the_service_refuses_twice_gives_the_caller_the_fallback(clock: Clock) -> None:
+    controller = CallController(CallProfile(voice="nova", transcription="whisper-1"), clock)
+    controller.start()
+    controller.handle(RealtimeConnected())
+    controller.handle(ConfigurationRefused("voice", "Invalid value"))
+    actions = controller.handle(ConfigurationRefused("transcription", "Invalid model"))
+    assert [type(a) for a in actions] == [CloseTwilio]
+    assert controller.outcome == "realtime_unavailable"
+
+
+def test_a_refusal_of_a_setting_the_session_cannot_do_without_gives_the_fallback(clock: Clock) -> None:
+    controller = CallController(CallProfile(), clock)
+    controller.start()
+    controller.handle(RealtimeConnected())
+    assert [type(a) for a in controller.handle(ConfigurationRefused(None, "Invalid instructions"))] == [CloseTwilio]
+
+
+def test_a_session_that_never_confirms_its_configuration_is_a_failed_try(clock: Clock) -> None:
+    controller = CallController(CallProfile(), clock)
+    controller.start()
+    controller.handle(RealtimeConnected())
+    clock.advance_ms(2100)
+    actions = controller.handle(Tick())
+    assert [type(a) for a in actions] in ([OpenRealtime], [CloseTwilio])
+    assert summary_of(controller).realtime_failures == ("the service did not confirm the session's configuration in time",)
+
+
+def test_a_service_that_drops_every_session_at_once_gets_the_fallback_within_the_budget(clock: Clock) -> None:
+    controller = CallController(CallProfile(), clock)
+    actions = controller.start()
+    opens = 0
+    while actions and isinstance(actions[0], OpenRealtime):
+        opens += 1
+        clock.advance_ms(actions[0].delay_s * 1000 + 20)
+        controller.handle(RealtimeConnected())
+        actions = controller.handle(RealtimeDisconnected("connection lost (1011)"))
+    assert [type(a) for a in actions] == [CloseTwilio]
+    assert opens <= 5
+    assert clock.now - 1000.0 < 2.6
+
+
+def test_a_session_that_keeps_dying_soon_after_it_is_ready_is_given_up(clock: Clock) -> None:
+    controller = live_controller(clock)
+    opens = 1
+    while True:
+        clock.advance_ms(3000)
+        actions = controller.handle(RealtimeDisconnected("connection lost (1011)"))
+        if not isinstance(actions[0], OpenRealtime):
+            break
+        opens += 1
+        clock.advance_ms(actions[0].delay_s * 1000 + 20)
+        controller.handle(RealtimeConnected())
+        controller.handle(SessionConfigured())
+    assert [type(a) for a in actions] == [CloseTwilio]
+    assert opens <= 5, "the backoff goes on growing while sessions die young"
+
+
+def test_quota_exhausted_is_not_retried(clock: Clock) -> None:
+    controller = live_controller(clock)
+    controller.handle(RealtimeErrorReported("insufficient_quota", "You exceeded your current quota"))
+    assert [type(a) for a in controller.handle(RealtimeDisconnected("connection lost (1000)"))] == [CloseTwilio]
 
 
 def test_model_audio_before_the_stream_starts_is_held_then_released_in_order(clock: Clock) -> None:
@@ -246,8 +333,8 @@ def test_a_new_session_gets_the_same_configuration_and_the_conversation_so_far(c
     assert caller_audio == []
     released = controller.handle(RealtimeConnected())
     assert isinstance(released[0], ConfigureSession)
-    assert released[1:3] == [AddHistoryItem("user", "Do you open on Saturdays?"), AddHistoryItem("assistant", "Yes, from nine to noon.")]
-    assert isinstance(released[3], AppendAudio)
+    assert released[1:] == [AddHistoryItem("user", "Do you open on Saturdays?"), AddHistoryItem("assistant", "Yes, from nine to noon.")]
+    assert isinstance(controller.handle(SessionConfigured())[0], AppendAudio)
 
 
 def test_after_a_new_session_a_barge_in_on_old_audio_clears_without_truncating(clock: Clock) -> None:
@@ -255,6 +342,7 @@ def test_after_a_new_session_a_barge_in_on_old_audio_clears_without_truncating(c
     play_answer(controller, chunks=3)
     controller.handle(RealtimeDisconnected("gone"))
     controller.handle(RealtimeConnected())
+    controller.handle(SessionConfigured())
     actions = controller.handle(SpeechStarted())
     assert ClearTwilio() in actions and not any(isinstance(a, TruncateItem) for a in actions)
 
@@ -272,6 +360,7 @@ def test_an_old_session_is_renewed_only_when_nobody_is_speaking(clock: Clock) ->
     controller = CallController(CallProfile(), clock, CallTimings(renew_session_after_s=60, media_timeout_s=1e9))
     controller.start()
     controller.handle(RealtimeConnected())
+    controller.handle(SessionConfigured())
     controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
     play_answer(controller, chunks=2)
     clock.advance_ms(61_000)
@@ -325,7 +414,8 @@ def test_caller_audio_before_the_realtime_socket_opens_is_held_and_bounded(clock
     controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
     for _ in range(400):
         assert controller.handle(CallerAudio(b"\xff" * 160)) == []
-    released = controller.handle(RealtimeConnected())
+    controller.handle(RealtimeConnected())
+    released = controller.handle(SessionConfigured())
     held_ms = sum(len(a.pcm) for a in released if isinstance(a, AppendAudio)) / 48
     assert 4900 <= held_ms <= 5000
 
@@ -345,6 +435,8 @@ EVENTS = st.one_of(
     st.just(TwilioDisconnected()),
     st.builds(TwilioMessageRejected, reason=st.text(max_size=5)),
     st.just(RealtimeConnected()),
+    st.just(SessionConfigured()),
+    st.builds(ConfigurationRefused, field=st.sampled_from([None, "voice", "transcription"]), message=st.just("no")),
     st.just(SpeechStarted()),
     st.just(SpeechStopped()),
     st.builds(ResponseStarted, response_id=st.sampled_from(["r1", "r2"])),
