@@ -169,6 +169,11 @@ class RealtimeEventParser:
         }
 
     def parse(self, frame: str | bytes) -> Event | None:
+        """One server event, or a rejection; never raises, so no frame can end the reader that calls it.
+
+        A frame that trips anything (`"[" * 5000`, a handler meeting a shape it did not expect) is
+        a `RealtimeMessageRejected`, counted as malformed; the next frame is read as usual.
+        """
         if not isinstance(frame, str):
             return RealtimeMessageRejected("binary frame")
         try:
@@ -182,8 +187,10 @@ class RealtimeEventParser:
             return None
         try:
             return handler(event)
-        except (KeyError, TypeError, ValueError, binascii.Error) as error:
-            return RealtimeMessageRejected(f"malformed {event['type']}: {type(error).__name__} {error}"[:200])
+        except MemoryError:
+            raise
+        except Exception as error:
+            return RealtimeMessageRejected(f"malformed {event['type'][:40]}: {type(error).__name__} {error}"[:200])
 
 
 def _str(event: dict[str, Any], key: str) -> str:
@@ -200,9 +207,18 @@ def _audio_delta(event: dict[str, Any]) -> ModelAudio:
     return ModelAudio(response_id=_str(event, "response_id"), item_id=_str(event, "item_id"), pcm=pcm)
 
 
+MAX_ERROR_TEXT = 200
+"""An error's code and message are logged; the service's own are far shorter than this."""
+
+
 def _error(event: dict[str, Any]) -> RealtimeErrorReported:
     error = event.get("error") if isinstance(event.get("error"), dict) else {}
-    return RealtimeErrorReported(code=str(error.get("code") or error.get("type") or "unknown"), message=str(error.get("message", "")))
+    code = error.get("code") or error.get("type")
+    message = error.get("message")
+    return RealtimeErrorReported(
+        code=str(code)[:MAX_ERROR_TEXT] if isinstance(code, (str, int)) else "unknown",
+        message=message[:MAX_ERROR_TEXT] if isinstance(message, str) else "",
+    )
 
 
 async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientConnection:
