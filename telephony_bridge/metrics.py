@@ -34,6 +34,23 @@ if TYPE_CHECKING:
 Refusal = Literal["busy", "drained"]
 """A call the webhook turned away: at `max_calls` (busy), or while the bridge shuts down (drained)."""
 
+REALTIME_ERROR_CODES = frozenset({
+    "invalid_request_error", "server_error", "rate_limit_exceeded", "insufficient_quota", "session_expired",
+    "conversation_already_has_active_response", "response_cancel_not_active", "item_truncate_invalid_item_id",
+    "invalid_value", "invalid_type", "unknown_parameter", "missing_required_parameter", "invalid_json",
+    "invalid_event", "invalid_api_key", "beta_api_shape_disabled", "input_audio_buffer_commit_empty",
+    "item_not_found", "unknown",
+})
+"""The `code` label values of Realtime errors; any other code counts as `other`.
+
+The code comes from the service, so a label per code would let one misbehaving session mint
+series without bound (3,000 distinct codes made 3,004 series in one scrape).
+"""
+OTHER_ERROR_CODE = "other"
+
+WebhookRefusal = Literal["replayed"]
+"""A webhook refused without a call: a CallSid this bridge has answered already (a replayed request)."""
+
 ADDED_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 RESPONSE_LATENCY_BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 TRUNCATE_POINT_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
@@ -91,7 +108,8 @@ class _Totals:
         self.malformed_realtime += stats.malformed_realtime
         self.barge_ins += stats.barge_ins
         self.reconnects += stats.reconnects
-        self.realtime_errors.update(stats.realtime_errors)
+        for code, count in stats.realtime_errors.items():
+            self.realtime_errors[code if code in REALTIME_ERROR_CODES else OTHER_ERROR_CODE] += count
 
     def plus(self, live: Iterable[CallStats]) -> _Totals:
         summed = _Totals()
@@ -115,6 +133,12 @@ class BridgeMetrics:
         self._call_log_failures = Counter(
             "telephony_bridge_call_log_failures",
             "Calls the call log could not store: the database failed (locked, disk full) or its queue was full.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._webhooks_refused = Counter(
+            "telephony_bridge_webhooks_refused",
+            "Voice webhooks answered with a hang-up and no session: replayed, for a call answered already.",
             ["reason"],
             registry=self.registry,
         )
@@ -148,6 +172,9 @@ class BridgeMetrics:
 
     def call_refused(self, called_number: str, refusal: Refusal) -> None:
         self._calls.labels(called_number, refusal).inc()
+
+    def webhook_refused(self, reason: WebhookRefusal) -> None:
+        self._webhooks_refused.labels(reason).inc()
 
     def call_log_failed(self, reason: Literal["database", "queue_full"]) -> None:
         """Counted from the call log's writer thread; prometheus_client's counters are thread-safe."""

@@ -138,3 +138,18 @@ async def test_deeply_nested_json_from_the_service_is_counted_and_the_next_answe
     assert call.closed_at is None
     assert value(await scrape(bridge), "telephony_bridge_malformed_messages_total", source="realtime") == 1
     await call.hang_up()
+
+
+async def test_error_codes_the_bridge_does_not_know_share_one_metric_label(bridge: str, realtime: RealtimeSimulator) -> None:
+    call, session = await place_call(bridge, realtime)
+    await session.wait_for("session.update")
+    await session.send_error("rate_limit_exceeded", "Slow down.")
+    for n in range(200):
+        await session.send_error(f"made_up_code_{n}", "Junk.")
+    await session.send_raw('{"type":"error","error":{"message":"no code"}}')
+    await call.hang_up()
+    await session.wait_closed()
+    samples = await scrape(bridge)
+    codes = {dict(labels).get("code"): count for (name, labels), count in samples.items()
+             if name == "telephony_bridge_realtime_errors_total"}
+    assert codes == {"rate_limit_exceeded": 1, "other": 200, "unknown": 1}
