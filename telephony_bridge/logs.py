@@ -109,7 +109,7 @@ class LogThrottle:
     disk, yet the first few lines and the running count must still reach the operator.
     """
 
-    __slots__ = ("first", "every", "seen")
+    __slots__ = ("every", "first", "seen")
 
     def __init__(self, first: int = 10, every: int = 100) -> None:
         self.first = first

@@ -189,7 +189,7 @@ class RealtimeEventParser:
             return handler(event)
         except MemoryError:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 -- no frame may end the reader
             return RealtimeMessageRejected(f"malformed {event['type'][:40]}: {type(error).__name__} {error}"[:200])
 
 
