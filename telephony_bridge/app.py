@@ -46,7 +46,10 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         clock = asyncio.get_running_loop().time
-        recordings = CallRecordings(Path(config.recording.folder), settings.realtime.dialect, clock)
+        recordings = CallRecordings(
+            Path(config.recording.folder), settings.realtime.dialect, clock,
+            max_bytes=round(config.recording.max_megabytes * 1024 * 1024),
+        )
         call_log = CallLog(Path(config.call_log.path), on_failure=metrics.call_log_failed) if config.call_log.path else None
         if call_log is not None:
             call_log.start()
@@ -65,6 +68,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         app.state.switchboard = switchboard
         yield
         await switchboard.end_all("bridge shutting down")
+        await asyncio.to_thread(recordings.close)
         if call_log is not None:
             await asyncio.to_thread(call_log.close)
 
