@@ -24,10 +24,10 @@ from .events import StreamStarted
 from .media_stream import TwilioInbound
 from .metrics import BridgeMetrics
 from .recording import CallRecordings
-from .security import issue_stream_token, stream_token_valid, twilio_signature_valid
+from .security import issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
 from .summary import CallSummary
 from .switchboard import Switchboard
-from .webhook import CALLED_NUMBER_PARAMETER, STREAM_TOKEN_PARAMETER, refusal_twiml, stream_twiml
+from .webhook import CALLED_NUMBER_PARAMETER, STREAM_TOKEN_PARAMETER, hangup_twiml, refusal_twiml, stream_twiml
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,10 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         clock = asyncio.get_running_loop().time
-        recordings = CallRecordings(Path(config.recording.folder), settings.realtime.dialect, clock)
+        recordings = CallRecordings(
+            Path(config.recording.folder), settings.realtime.dialect, clock,
+            max_bytes=round(config.recording.max_megabytes * 1024 * 1024),
+        )
         call_log = CallLog(Path(config.call_log.path), on_failure=metrics.call_log_failed) if config.call_log.path else None
         if call_log is not None:
             call_log.start()
@@ -65,6 +68,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         app.state.switchboard = switchboard
         yield
         await switchboard.end_all("bridge shutting down")
+        await asyncio.to_thread(recordings.close)
         if call_log is not None:
             await asyncio.to_thread(call_log.close)
 
@@ -109,21 +113,35 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         call_sid, called_number = params.get("CallSid"), params.get("To")
         if not call_sid or not called_number:
             return Response("CallSid and To are required", status_code=400)
-        profile = config.profile_for(called_number)
         switchboard = request.app.state.switchboard
+        idempotency_token = request.headers.get("i-twilio-idempotency-token")
+        if switchboard.answered(call_sid):
+            again = switchboard.answer_again(call_sid, idempotency_token)
+            if again is not None:
+                log.info("call %s: Twilio retried its webhook; the first answer is sent again", call_sid)
+                return Response(again, media_type="text/xml")
+            log.warning("call %s: refused a second webhook for a call answered already (a replay?)", call_sid)
+            metrics.webhook_refused("replayed")
+            return Response(hangup_twiml(), media_type="text/xml")
+        profile = config.profile_for(called_number)
         if switchboard.draining:
             log.info("call %s: refused, the bridge is shutting down", call_sid)
             metrics.call_refused(called_number, "drained")
-            return Response(refusal_twiml(profile.fallback_message), media_type="text/xml")
+            twiml = refusal_twiml(profile.fallback_message)
+            switchboard.remember_answer(call_sid, twiml, idempotency_token, None)
+            return Response(twiml, media_type="text/xml")
         call = switchboard.answer(call_sid, called_number, params.get("From", ""))
         if call is None:
             log.warning("call %s: refused, the bridge is at max_calls=%d", call_sid, config.limits.max_calls)
             metrics.call_refused(called_number, "busy")
-            return Response(refusal_twiml(config.limits.busy_message), media_type="text/xml")
+            twiml = refusal_twiml(config.limits.busy_message)
+            switchboard.remember_answer(call_sid, twiml, idempotency_token, None)
+            return Response(twiml, media_type="text/xml")
         token = issue_stream_token(settings.stream_token_secret, call_sid, called_number, time.time())
         log.debug("call %s to %s: answered", call_sid, called_number)
         stream_url = public_url(request.headers, websocket=True)
         twiml = stream_twiml(stream_url, called_number, token, profile.fallback_message)
+        switchboard.remember_answer(call_sid, twiml, idempotency_token, stream_id_of(token))
         return Response(twiml, media_type="text/xml")
 
     @app.websocket("/twilio/media")
@@ -148,7 +166,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             log.warning("media socket for call %s with a missing, forged or expired stream token", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)
             return
-        call = websocket.app.state.switchboard.claim(started.call_sid, called_number)
+        call = websocket.app.state.switchboard.claim(started.call_sid, called_number, stream_id_of(token))
         if call is None:
             log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)

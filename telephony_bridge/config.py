@@ -82,6 +82,8 @@ class Recording(_Strict):
     """Where calls of numbers with `record = true` are written (a relative folder is taken from the working directory)."""
 
     folder: str = Field(default="recordings", min_length=1)
+    max_megabytes: float = Field(default=50, gt=0)
+    """A recording is cut (and says so in its last line) when it reaches this size: a flooding call must not fill the disk."""
 
 
 class LogSettings(_Strict):

@@ -46,54 +46,63 @@ def _text(value: Any) -> str | None:
 
 
 def parse_twilio_message(frame: str | bytes) -> Event | None:
-    """Parse one websocket frame from Twilio. `None` means a message with nothing to act on (`connected`)."""
-    if not isinstance(frame, str):
-        return _reject("binary frame (Twilio sends text only)")
-    if len(frame) > MAX_MESSAGE_BYTES:
-        return _reject(f"oversized message ({len(frame)} bytes)")
+    """Parse one websocket frame from Twilio. `None` means a message with nothing to act on (`connected`).
+
+    Never raises: a frame that trips anything (say, `RecursionError` from an `event` nested a
+    thousand deep) is a rejection, counted like any other malformed message.
+    """
     try:
-        message = loads(frame)
-    except ValueError:
-        return _reject("not JSON")
-    if not isinstance(message, dict):
-        return _reject("not a JSON object")
-    kind = message.get("event")
-    body = message.get(kind) if isinstance(kind, str) else None
-    if kind == "media":
-        payload = _text(body.get("payload")) if isinstance(body, dict) else None
-        if payload is None:
-            return _reject("media without a payload")
-        if body.get("track", "inbound") != "inbound":
-            return None
+        if not isinstance(frame, str):
+            return _reject("binary frame (Twilio sends text only)")
+        if len(frame) > MAX_MESSAGE_BYTES:
+            return _reject(f"oversized message ({len(frame)} bytes)")
         try:
-            # What base64.b64decode(validate=True) does, without its wrapper: 50 times a second per call.
-            return CallerAudio(binascii.a2b_base64(payload, strict_mode=True))
-        except (binascii.Error, ValueError):
-            return _reject("media payload is not base64")
-    if kind == "mark":
-        name = _text(body.get("name")) if isinstance(body, dict) else None
-        return MarkEchoed(name) if name is not None else _reject("mark without a name")
-    if kind == "start":
-        if not isinstance(body, dict):
-            return _reject("start without a start object")
-        call_sid = _text(body.get("callSid"))
-        stream_sid = _text(message.get("streamSid")) or _text(body.get("streamSid"))
-        parameters = body.get("customParameters") or {}
-        if not call_sid or not stream_sid:
-            return _reject("start without callSid or streamSid")
-        if not isinstance(parameters, dict) or not all(isinstance(v, str) for v in parameters.values()):
-            return _reject("start with malformed customParameters")
-        return StreamStarted(stream_sid=stream_sid, call_sid=call_sid, custom_parameters=parameters)
-    if kind == "dtmf":
-        digit = _text(body.get("digit")) if isinstance(body, dict) else None
-        if digit is None or digit not in DTMF_DIGITS:
-            return _reject("dtmf without a valid digit")
-        return DigitPressed(digit)
-    if kind == "stop":
-        return StreamStopped()
-    if kind == "connected":
-        return None
-    return _reject(f"unknown event {str(kind)[:40]!r}")
+            message = loads(frame)
+        except ValueError:
+            return _reject("not JSON")
+        if not isinstance(message, dict):
+            return _reject("not a JSON object")
+        kind = message.get("event")
+        body = message.get(kind) if isinstance(kind, str) else None
+        if kind == "media":
+            payload = _text(body.get("payload")) if isinstance(body, dict) else None
+            if payload is None:
+                return _reject("media without a payload")
+            if body.get("track", "inbound") != "inbound":
+                return None
+            try:
+                # What base64.b64decode(validate=True) does, without its wrapper: 50 times a second per call.
+                return CallerAudio(binascii.a2b_base64(payload, strict_mode=True))
+            except (binascii.Error, ValueError):
+                return _reject("media payload is not base64")
+        if kind == "mark":
+            name = _text(body.get("name")) if isinstance(body, dict) else None
+            return MarkEchoed(name) if name is not None else _reject("mark without a name")
+        if kind == "start":
+            if not isinstance(body, dict):
+                return _reject("start without a start object")
+            call_sid = _text(body.get("callSid"))
+            stream_sid = _text(message.get("streamSid")) or _text(body.get("streamSid"))
+            parameters = body.get("customParameters") or {}
+            if not call_sid or not stream_sid:
+                return _reject("start without callSid or streamSid")
+            if not isinstance(parameters, dict) or not all(isinstance(v, str) for v in parameters.values()):
+                return _reject("start with malformed customParameters")
+            return StreamStarted(stream_sid=stream_sid, call_sid=call_sid, custom_parameters=parameters)
+        if kind == "dtmf":
+            digit = _text(body.get("digit")) if isinstance(body, dict) else None
+            if digit is None or digit not in DTMF_DIGITS:
+                return _reject("dtmf without a valid digit")
+            return DigitPressed(digit)
+        if kind == "stop":
+            return StreamStopped()
+        if kind == "connected":
+            return None
+        return _reject(f"unknown event {str(kind)[:40]!r}")
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- a parser never raises: whatever a peer sends is counted, never fatal
+        return _reject(f"unparseable message: {type(error).__name__}")
 
 
 def encode_for_twilio(action: TwilioMessage, stream_sid: str) -> str:
@@ -152,6 +161,6 @@ class TwilioInbound:
             event: Event | None = TwilioMessageRejected("over the message rate cap")
         else:
             event = parse_twilio_message(frame)
-        if isinstance(event, TwilioMessageRejected) and self._logged.allow():
+        if isinstance(event, TwilioMessageRejected) and self._logged():
             log.warning("call %s: malformed Twilio message (%d so far): %s", self.call_sid, self._logged.seen, event.reason)
         return event

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 Refusal = Literal["busy", "drained"]
 """A call the webhook turned away: at `max_calls` (busy), or while the bridge shuts down (drained)."""
 
+
+WebhookRefusal = Literal["replayed"]
+"""A webhook refused without a call: a CallSid this bridge has answered already (a replayed request)."""
+
 ADDED_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 RESPONSE_LATENCY_BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 TRUNCATE_POINT_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
@@ -111,6 +115,12 @@ class BridgeMetrics:
             "Messages a media socket sent before its start that were malformed or over the rate cap.",
             registry=self.registry,
         )
+        self._webhooks_refused = Counter(
+            "telephony_bridge_webhooks_refused",
+            "Voice webhooks answered with a hang-up and no session: replayed, for a call answered already.",
+            ["reason"],
+            registry=self.registry,
+        )
         self._ended = _Totals()
         self._response_latency = Buckets(RESPONSE_LATENCY_BUCKETS_S)
         self._truncate_points = Buckets(TRUNCATE_POINT_BUCKETS_S)
@@ -144,6 +154,9 @@ class BridgeMetrics:
     def rejected_before_start(self, count: int) -> None:
         if count:
             self._rejected_before_start.inc(count)
+
+    def webhook_refused(self, reason: WebhookRefusal) -> None:
+        self._webhooks_refused.labels(reason).inc()
 
     def call_log_failed(self, reason: Literal["database", "queue_full"]) -> None:
         """Counted from the call log's writer thread; prometheus_client's counters are thread-safe."""

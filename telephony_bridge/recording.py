@@ -7,6 +7,13 @@ Realtime session opening or being lost, so a call whose session was replaced rep
 line-buffered, so a bridge that crashes leaves a file readable up to its last whole line, and a
 disk that fails stops that call's recording (logged once), never the call.
 
+No disk write runs on the event loop that carries every live call's audio: a call's tap only
+stamps each frame and queues it; one writer thread (`RecordingWriter`) parses, scrubs, writes and
+opens the files. Its queue is bounded (`MAX_QUEUED_LINES`, about 15 s of 20 recorded calls' frames):
+a recording whose lines cannot be queued is cut there rather than let the backlog grow. A recording
+is also cut at `[recording] max_megabytes` (one flooding call wrote 130 MB in 7 s). A cut recording
+ends with a line that says so, and reads back as a call that was cut.
+
 Recordings hold callers' voices, so recording is opt-in per number, and `redact` writes every
 audio payload as silence of the same length: the timing and shape of the call survive, the voice
 does not. Secrets never reach the file: the API key and the auth token travel in HTTP headers the
@@ -25,7 +32,9 @@ import functools
 import json
 import logging
 import os
+import queue
 import re
+import threading
 import wave
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,6 +49,7 @@ from .config import CallProfile, Dialect
 from .errors import RecordingError
 from .summary import CallSummary
 from .webhook import STREAM_TOKEN_PARAMETER
+from .wire import loads
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,13 @@ READABLE_VERSIONS = (1, 2)
 REDACTED = "<redacted>"
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 SocketState = Literal["open", "closed"]
+CutReason = Literal["max_bytes", "backlog"]
+"""Why a recording stopped before its call did: it reached `max_megabytes`, or the disk fell too far behind."""
+
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+"""A recorded call writes about 130 KB a second: 50 MB is six minutes and a half."""
+MAX_QUEUED_LINES = 50_000
+"""Lines waiting for the writer thread across all calls: a recorded call makes about 150 a second."""
 
 ULAW_SILENCE = 0xFF
 PCM_SILENCE = 0x00
@@ -109,7 +126,7 @@ def frame_line(t_ms: float, direction: Direction, frame: str | bytes, *, redact:
         entry.update(raw=base64.b64encode(data).decode("ascii"), binary=True)
         return json.dumps(entry, separators=(",", ":")) + "\n"
     try:
-        entry["msg"] = _scrub(direction, json.loads(frame), redact)
+        entry["msg"] = _scrub(direction, loads(frame), redact)
         return json.dumps(entry, separators=(",", ":"), allow_nan=False) + "\n"
     except (ValueError, RecursionError):
         entry.pop("msg", None)
@@ -123,6 +140,11 @@ def socket_line(t_ms: float, state: SocketState, code: int | None = None) -> str
     if state == "closed":
         entry["code"] = code
     return json.dumps(entry, separators=(",", ":")) + "\n"
+
+
+def cut_line(t_ms: float, reason: CutReason, limit_bytes: int) -> str:
+    """The last line of a recording stopped before its call ended: when, and why."""
+    return json.dumps({"t": round(t_ms, 2), "cut": reason, "max_bytes": limit_bytes}, separators=(",", ":")) + "\n"
 
 
 def header(
@@ -142,48 +164,151 @@ def header(
     }
 
 
-class CallRecorder:
-    """Writes one call's recording to a line-buffered text file; the call tells it every frame and socket event (its `CallTap`)."""
+class RecordingWriter:
+    """The thread that does every recording's disk work, in the order the calls queued it.
 
-    def __init__(self, file: TextIO, first_line: dict[str, Any], clock: Callable[[], float], *, redact: bool) -> None:
-        self.name = file.name
+    Frames take a place in a bounded queue (`try_queue` says when there is none left); opening and
+    closing a file always get through, so a recording is closed even when its frames were not.
+    """
+
+    def __init__(self, max_queued_lines: int = MAX_QUEUED_LINES) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._room = threading.Semaphore(max_queued_lines)
+        self._thread = threading.Thread(target=self._run, name="call-recordings", daemon=True)
+        self._thread.start()
+
+    def try_queue(self, job: Callable[[], None]) -> bool:
+        """Queue a frame's job if the queue has room; never blocks."""
+        if not self._room.acquire(blocking=False):
+            return False
+        self._jobs.put(functools.partial(self._run_frame, job))
+        return True
+
+    def queue(self, job: Callable[[], None]) -> None:
+        """Queue opening or closing a file: these are never refused."""
+        self._jobs.put(job)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Finish what is queued (for up to `timeout_s`), then stop the thread."""
+        self._jobs.put(None)
+        self._thread.join(timeout_s)
+
+    def _run_frame(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        finally:
+            self._room.release()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # one recording's bug must not stop every other recording
+                log.exception("a recording job failed")
+
+
+class CallRecorder:
+    """One call's recording: the call tells it every frame and socket event (its `CallTap`); `writer` writes them.
+
+    On the event loop it only stamps and queues; the file is opened, written and closed on the
+    writer's thread, and only there is `_file` touched.
+    """
+
+    def __init__(
+        self,
+        writer: RecordingWriter,
+        open_file: Callable[[], TextIO],
+        first_line: dict[str, Any],
+        clock: Callable[[], float],
+        *,
+        redact: bool,
+        max_bytes: int,
+        name: str = "",
+    ) -> None:
+        self.name = name
+        self._writer = writer
         self._clock = clock
         self._started_at = clock()
         self._redact = redact
-        self._file: TextIO | None = file
-        try:
-            file.write(json.dumps(first_line, separators=(",", ":")) + "\n")
-        except OSError as error:
-            self._stop(error)
+        self._max_bytes = max_bytes
+        self._stopped = False
+        """Set on the loop (the queue was full, or the call ended) or by the writer (a cut, a failed disk): no more lines."""
+        self._file: TextIO | None = None
+        self._written = 0
+        writer.queue(functools.partial(self._open, open_file, json.dumps(first_line, separators=(",", ":")) + "\n"))
 
     @property
     def recording(self) -> bool:
-        return self._file is not None
+        return not self._stopped
 
     def __call__(self, direction: Direction, frame: str | bytes) -> None:
-        if self._file is None:
-            return
-        self._write(frame_line(self._elapsed_ms(), direction, frame, redact=self._redact))
+        if not self._stopped:
+            t_ms = self._elapsed_ms()
+            self._queue(t_ms, functools.partial(frame_line, t_ms, direction, frame, redact=self._redact))
 
     def realtime_opened(self) -> None:
-        if self._file is not None:
-            self._write(socket_line(self._elapsed_ms(), "open"))
+        if not self._stopped:
+            t_ms = self._elapsed_ms()
+            self._queue(t_ms, functools.partial(socket_line, t_ms, "open"))
 
     def realtime_lost(self, code: int | None) -> None:
-        if self._file is not None:
-            self._write(socket_line(self._elapsed_ms(), "closed", code))
+        if not self._stopped:
+            t_ms = self._elapsed_ms()
+            self._queue(t_ms, functools.partial(socket_line, t_ms, "closed", code))
+
+    def close(self) -> None:
+        """The call ended: close the file once what is queued is written."""
+        self._stopped = True
+        self._writer.queue(self._close)
 
     def _elapsed_ms(self) -> float:
         return (self._clock() - self._started_at) * 1000.0
 
-    def _write(self, line: str) -> None:
-        assert self._file is not None
+    def _queue(self, t_ms: float, line: Callable[[], str]) -> None:
+        """Queue a line, built on the writer's thread; with no room left, the recording is cut here."""
+        if not self._writer.try_queue(functools.partial(self._write, t_ms, line)):
+            self._stopped = True
+            self._writer.queue(functools.partial(self._cut, t_ms, "backlog"))
+
+    # On the writer's thread.
+
+    def _open(self, open_file: Callable[[], TextIO], first_line: str) -> None:
         try:
-            self._file.write(line)
+            self._file = open_file()
+            self.name = self._file.name
+            self._file.write(first_line)
         except OSError as error:
             self._stop(error)
+            return
+        self._written = len(first_line)
 
-    def close(self) -> None:
+    def _write(self, t_ms: float, line: Callable[[], str]) -> None:
+        if self._file is None:
+            return
+        text = line()
+        if self._written + len(text) > self._max_bytes:
+            self._cut(t_ms, "max_bytes")
+            return
+        try:
+            self._file.write(text)
+        except OSError as error:
+            self._stop(error)
+            return
+        self._written += len(text)
+
+    def _cut(self, t_ms: float, reason: CutReason) -> None:
+        if self._file is None:
+            return
+        self._stopped = True
+        log.warning("recording %s cut after %d bytes (%s); the call goes on unrecorded", self.name, self._written, reason)
+        try:
+            self._file.write(cut_line(t_ms, reason, self._max_bytes))
+        except OSError as error:
+            self._stop(error)
+            return
+        self._close()
+
+    def _close(self) -> None:
         if self._file is not None:
             try:
                 self._file.close()
@@ -192,12 +317,15 @@ class CallRecorder:
             self._file = None
 
     def _stop(self, error: OSError) -> None:
+        self._stopped = True
+        if self._file is None:
+            log.error("call recording %s could not start; the call is not recorded (the call goes on): %s", self.name, error)
+            return
         log.error("recording %s stopped (the call goes on): %s", self.name, error)
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
+        try:
+            self._file.close()
+        except OSError:
+            pass
         self._file = None
 
 
@@ -229,27 +357,27 @@ class CallRecordings:
         dialect: Dialect,
         clock: Callable[[], float],
         wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.folder = folder
         self._dialect = dialect
         self._clock = clock
         self._wall_clock = wall_clock
+        self._max_bytes = max_bytes
         self._recorders: dict[str, CallRecorder] = {}
+        self._writer = RecordingWriter()
 
     def tap_for(self, call_sid: str, called_number: str, profile: CallProfile) -> CallRecorder | None:
         if not profile.record:
             return None
         started_at = self._wall_clock()
         name = f"{started_at.astimezone(timezone.utc):%Y%m%dT%H%M%S}-{_UNSAFE_IN_FILE_NAMES.sub('_', call_sid)}.jsonl"
-        try:
-            file = _create(self.folder / name)
-        except OSError as error:
-            log.error("call %s is not recorded (the call goes on): %s", call_sid, error)
-            return None
         first_line = header(call_sid, called_number, profile, self._dialect, started_at)
-        recorder = CallRecorder(file, first_line, self._clock, redact=profile.redact)
-        if not recorder.recording:
-            return None
+        recorder = CallRecorder(
+            self._writer, functools.partial(_create, self.folder / name), first_line, self._clock,
+            redact=profile.redact, max_bytes=self._max_bytes, name=name,
+        )
         previous = self._recorders.pop(call_sid, None)
         if previous is not None:
             previous.close()
@@ -260,6 +388,13 @@ class CallRecordings:
         recorder = self._recorders.pop(summary.call_sid, None)
         if recorder is not None:
             recorder.close()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write and close what the ended calls queued (for up to `timeout_s`); blocks, so run it off the loop."""
+        for recorder in self._recorders.values():
+            recorder.close()
+        self._recorders.clear()
+        self._writer.close(timeout_s)
 
 
 # Reading recordings back.
@@ -275,6 +410,15 @@ class RealtimeSocketChange:
     """The close code the service sent; `None` for an open, or a connection lost without a close frame."""
     position: int
     """How many frames precede it in the recording: where it falls among them when two share a `t`."""
+
+
+@dataclass(frozen=True)
+class RecordingCut:
+    """The last line of a recording stopped before its call ended; nothing after `t_ms` was recorded."""
+
+    t_ms: float
+    reason: str
+    """`max_bytes` (it reached `max_megabytes`) or `backlog` (the disk fell behind); another bridge may say more."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +465,8 @@ class RecordedCall:
     frames: list[RecordedFrame]
     socket_changes: list[RealtimeSocketChange] = field(default_factory=list)
     """Empty for version 1, which did not record them."""
+    cut: RecordingCut | None = None
+    """Set when the bridge stopped recording before the call ended: the call went on past its last frame."""
 
     def timeline(self) -> list[RecordedFrame | RealtimeSocketChange]:
         """Frames and socket changes in the order the bridge saw them (the file's order)."""
@@ -388,13 +534,18 @@ def read_recording(path: Path) -> RecordedCall:
             raise RecordingError(str(path), f"the header has no {key!r}")
     frames: list[RecordedFrame] = []
     socket_changes: list[RealtimeSocketChange] = []
+    cut: RecordingCut | None = None
     for number, line in enumerate(lines[1:], start=2):
+        if cut is not None:
+            raise RecordingError(str(path), f"line {number}: a line after the line that says the recording was cut")
         entry = _line(path, number, line, len(frames))
         if isinstance(entry, RecordedFrame):
             frames.append(entry)
+        elif isinstance(entry, RecordingCut):
+            cut = entry
         else:
             socket_changes.append(entry)
-    return RecordedCall(path, first, frames, socket_changes)
+    return RecordedCall(path, first, frames, socket_changes, cut)
 
 
 def _is_json(line: str) -> bool:
@@ -405,9 +556,11 @@ def _is_json(line: str) -> bool:
     return True
 
 
-def _line(path: Path, number: int, line: str, position: int) -> RecordedFrame | RealtimeSocketChange:
+def _line(path: Path, number: int, line: str, position: int) -> RecordedFrame | RealtimeSocketChange | RecordingCut:
     try:
         entry = json.loads(line)
+        if "cut" in entry:
+            return RecordingCut(float(entry["t"]), str(entry["cut"]))
         t_ms, direction = float(entry["t"]), entry["dir"]
         if direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {direction!r}")

@@ -95,6 +95,9 @@ class ReplayResult:
             f"replayed {self.recording.path} (call {self.recording.call_sid} to {self.recording.called_number}, "
             f"{self.recording.dialect} dialect, {self.recording.duration_ms / 1000:.1f} s recorded) in {self.wall_s:.1f} s"
         )
+        if self.recording.cut is not None:
+            cut = self.recording.cut
+            head += f"\nthe recording was cut at {cut.t_ms / 1000:.1f} s ({cut.reason}): the call went on unrecorded"
         if self.same:
             sent = Counter(frame.direction for frame in self.replayed)
             return (

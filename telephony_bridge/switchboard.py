@@ -1,15 +1,26 @@
 """The live calls of one bridge process: answered by the webhook, claimed once by their media socket.
 
 The webhook answers a call and its Realtime session starts opening at once; Twilio connects the
-Media Stream a moment later and claims the call with its stream token. A token claims once: a
-second socket presenting it (a replay, or a stranger who copied it) gets nothing. A call no
-socket claims in time is ended, so a caller who hung up during the handshake runs up no bill.
+Media Stream a moment later and claims the call with its stream token. A token's stream id claims
+once: a second socket presenting it (a replay, or a stranger who copied it) gets nothing. A call
+no socket claims in time is ended, so a caller who hung up during the handshake runs up no bill.
+
+A CallSid is answered once. Twilio's signatures carry no nonce, so a captured webhook replays with
+a valid signature; each answer is remembered, TwiML and all, until `STREAM_TOKEN_LIFETIME_S` after
+its call ends (no token issued for it is valid by then), and a second webhook for the CallSid is
+refused. The one exception is Twilio's own retry of a webhook whose answer it did not get: the
+same `I-Twilio-Idempotency-Token` before the stream was claimed gets the same answer, so the
+retry and the first answer hold one token between them and open one session. That header is not
+signed, so it proves nothing alone: a replayer who copies it before the stream connects gets a
+token that can claim nothing Twilio has not claimed first, or loses the race to Twilio's socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 from .call import Call, CallTap, LatencyObserver
@@ -22,6 +33,16 @@ log = logging.getLogger(__name__)
 
 UNCLAIMED_CALL_TIMEOUT_S = 10.0
 """Twilio opens the stream a second or two after the webhook answers; a call still unclaimed after this was hung up."""
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What the webhook answered for a CallSid: sent again, byte for byte, to Twilio's retry of it."""
+
+    twiml: str
+    idempotency_token: str | None
+    stream_id: str | None
+    """The stream its token may claim; `None` for a refusal (busy, draining), which streams nothing."""
 
 
 class Switchboard:
@@ -51,7 +72,11 @@ class Switchboard:
         )
         self._calls: dict[str, Call] = {}
         self._claimed_until: dict[str, float] = {}
+        """Stream ids claimed, until any token carrying them has expired."""
         self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
+        self._answers: dict[str, _Answer] = {}
+        self._forget: deque[tuple[float, str]] = deque()
+        """(when, CallSid) of answers to forget, in time order: each is queued a fixed lifetime after its call ended."""
 
     @property
     def live_calls(self) -> int:
@@ -60,6 +85,33 @@ class Switchboard:
     def calls_in_progress(self) -> list[Call]:
         """The calls not ended yet (a call that has ended is out of this list before `on_call_end` runs)."""
         return [call for call in self._calls.values() if not call.ended.is_set()]
+
+    def answered(self, call_sid: str) -> bool:
+        """Whether the webhook answered this CallSid already (within a token's lifetime of its call's end)."""
+        now = self._clock()
+        while self._forget and self._forget[0][0] <= now:
+            _, forgotten = self._forget.popleft()
+            self._answers.pop(forgotten, None)
+        return call_sid in self._answers
+
+    def answer_again(self, call_sid: str, idempotency_token: str | None) -> str | None:
+        """The TwiML answered first, if this webhook is Twilio's retry of it; `None` (refuse it) otherwise.
+
+        A retry carries the first webhook's idempotency token and comes before that answer's stream
+        was claimed: once it has been, Twilio has the answer and only a replay asks again.
+        """
+        first = self._answers.get(call_sid)
+        if first is None or idempotency_token is None or idempotency_token != first.idempotency_token:
+            return None
+        if first.stream_id is not None and self._claimed(first.stream_id):
+            return None
+        return first.twiml
+
+    def remember_answer(self, call_sid: str, twiml: str, idempotency_token: str | None, stream_id: str | None) -> None:
+        """Keep the webhook's answer for a CallSid; a refusal (no `stream_id`) is forgotten a token lifetime from now."""
+        self._answers[call_sid] = _Answer(twiml, idempotency_token, stream_id)
+        if stream_id is None:
+            self._forget.append((self._clock() + STREAM_TOKEN_LIFETIME_S, call_sid))
 
     def answer(self, call_sid: str, called_number: str, caller_number: str = "") -> Call | None:
         """Accept a call and start its Realtime session; `None` when the line is at `max_calls`."""
@@ -74,17 +126,15 @@ class Switchboard:
         )
         return call
 
-    def claim(self, call_sid: str, called_number: str) -> Call | None:
-        """The call a media socket with a valid token belongs to; `None` if that token was used already.
+    def claim(self, call_sid: str, called_number: str, stream_id: str) -> Call | None:
+        """The call a media socket with a valid token belongs to; `None` if the token's stream id was used already.
 
         A valid token with no call here (the webhook reached another process, or this one restarted)
         opens the session now.
         """
-        now = self._clock()
-        self._claimed_until = {sid: until for sid, until in self._claimed_until.items() if until > now}
-        if call_sid in self._claimed_until:
+        if self._claimed(stream_id):
             return None
-        self._claimed_until[call_sid] = now + STREAM_TOKEN_LIFETIME_S
+        self._claimed_until[stream_id] = self._clock() + STREAM_TOKEN_LIFETIME_S
         timer = self._expiry_timers.pop(call_sid, None)
         if timer is not None:
             timer.cancel()
@@ -130,9 +180,16 @@ class Switchboard:
         call.begin()
         return call
 
+    def _claimed(self, stream_id: str) -> bool:
+        now = self._clock()
+        self._claimed_until = {sid: until for sid, until in self._claimed_until.items() if until > now}
+        return stream_id in self._claimed_until
+
     def _ended(self, call: Call) -> None:
-        if call.call_sid in self._claimed_until:
+        if call.call_sid not in self._expiry_timers:
             self._calls.pop(call.call_sid, None)
+        if call.call_sid in self._answers:
+            self._forget.append((self._clock() + STREAM_TOKEN_LIFETIME_S, call.call_sid))
         self._on_call_end(call.summary())
 
     def _expire_unclaimed(self, call_sid: str) -> None:

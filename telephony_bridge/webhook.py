@@ -32,3 +32,10 @@ def refusal_twiml(message: str) -> str:
     response.say(message)
     response.hangup()
     return str(response)
+
+
+def hangup_twiml() -> str:
+    """Hang up at once, saying nothing: for a webhook that replays one answered already."""
+    response = VoiceResponse()
+    response.hangup()
+    return str(response)

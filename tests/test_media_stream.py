@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -19,6 +20,10 @@ from telephony_bridge.events import (
     TwilioMessageRejected,
 )
 from telephony_bridge.media_stream import MAX_MESSAGE_BYTES, encode_for_twilio, parse_twilio_message
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
+
+from support import place_call
+from test_operations import scrape, value
 
 
 def media(payload: str) -> str:
@@ -74,3 +79,23 @@ def test_outgoing_messages_have_twilios_shape() -> None:
     assert sent == {"event": "media", "streamSid": "MZ1", "media": {"payload": base64.b64encode(b"\xff" * 160).decode()}}
     assert json.loads(encode_for_twilio(SendTwilioMark("a1"), "MZ1")) == {"event": "mark", "streamSid": "MZ1", "mark": {"name": "a1"}}
     assert json.loads(encode_for_twilio(ClearTwilio(), "MZ1")) == {"event": "clear", "streamSid": "MZ1"}
+
+
+def test_deep_nesting_is_rejected_not_raised() -> None:
+    nested_event = '{"event":' + "[" * 1000 + "]" * 1000 + "}"
+    for frame in ["[" * 5000, '{"event":"mark","mark":' + "{" * 5000, nested_event]:
+        assert isinstance(parse_twilio_message(frame), TwilioMessageRejected), frame[:30]
+
+
+async def test_deeply_nested_json_from_twilio_is_counted_and_the_call_goes_on(bridge: str, realtime: RealtimeSimulator) -> None:
+    call, session = await place_call(bridge, realtime)
+    await session.wait_for("session.update")
+    await call.send_raw("[" * 5000)
+    await call.send_raw('{"event":' + "[" * 1000 + "]" * 1000 + "}")
+    received_before = session.input_audio_ms
+    await asyncio.sleep(0.3)
+    assert session.input_audio_ms > received_before
+    assert call.closed_at is None
+    assert value(await scrape(bridge), "telephony_bridge_malformed_messages_total", source="twilio") == 2
+    await call.hang_up()
+

@@ -27,6 +27,11 @@ from telephony_bridge.events import (
     TruncateItem,
 )
 from telephony_bridge.realtime import RealtimeEventParser, encode_for_realtime
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
+from telephony_bridge.testing.twilio_simulator import speech_like_ulaw
+
+from support import place_call
+from test_operations import scrape, value
 
 GA_CLIENT_EVENT = TypeAdapter(RealtimeClientEvent)
 
@@ -111,3 +116,40 @@ def test_no_server_event_makes_the_parser_raise(event: dict) -> None:
 def test_the_preview_session_sends_only_the_turn_detection_fields_that_preview_knows() -> None:
     turn_detection = json.loads(encode_for_realtime(ConfigureSession(CallProfile()), "preview"))["session"]["turn_detection"]
     assert set(turn_detection) <= {"type", "threshold", "prefix_padding_ms", "silence_duration_ms"}
+
+
+def test_deep_nesting_is_rejected_not_raised() -> None:
+    parser = RealtimeEventParser("ga")
+    deep = "[" * 1000 + "]" * 1000
+    assert isinstance(parser.parse("[" * 5000), RealtimeMessageRejected)
+    assert isinstance(parser.parse('{"type":"response.created","response":' + "{" * 5000), RealtimeMessageRejected)
+    assert parser.parse('{"type":"error","error":{"code":' + deep + ',"message":' + deep + "}}") == RealtimeErrorReported("unknown", "")
+
+
+async def test_deeply_nested_json_from_the_service_is_counted_and_the_next_answer_reaches_the_caller(
+    bridge: str, realtime: RealtimeSimulator
+) -> None:
+    call, session = await place_call(bridge, realtime)
+    await session.wait_for("session.update")
+    await session.send_raw("[" * 5000)
+    call.say(speech_like_ulaw(600))
+    await session.wait_for("response.done", timeout=10, sent=True)
+    await call.wait_heard(realtime.answer_ms, timeout=10)
+    assert call.closed_at is None
+    assert value(await scrape(bridge), "telephony_bridge_malformed_messages_total", source="realtime") == 1
+    await call.hang_up()
+
+
+async def test_error_codes_the_bridge_does_not_know_share_one_metric_label(bridge: str, realtime: RealtimeSimulator) -> None:
+    call, session = await place_call(bridge, realtime)
+    await session.wait_for("session.update")
+    await session.send_error("rate_limit_exceeded", "Slow down.")
+    for n in range(200):
+        await session.send_error(f"made_up_code_{n}", "Junk.")
+    await session.send_raw('{"type":"error","error":{"message":"no code"}}')
+    await call.hang_up()
+    await session.wait_closed()
+    samples = await scrape(bridge)
+    codes = {dict(labels).get("code"): count for (name, labels), count in samples.items()
+             if name == "telephony_bridge_realtime_errors_total"}
+    assert codes == {"rate_limit_exceeded": 1, "other": 200, "unknown": 1}

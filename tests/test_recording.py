@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import audioop
 import base64
+import io
 import json
 import logging
 import re
 import shutil
+import threading
 import wave
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 
 from telephony_bridge import __version__
 from telephony_bridge.cli import main
-from telephony_bridge.recording import CallRecorder, read_recording
+from telephony_bridge.recording import CallRecorder, RecordingWriter, read_recording
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 
@@ -176,14 +178,106 @@ async def test_a_folder_that_cannot_be_created_leaves_the_call_unrecorded_but_an
     assert [r.message for r in caplog.records if r.levelno == logging.ERROR and "not recorded" in r.message]
 
 
+MEDIA = '{"event":"media","media":{"payload":"//8="}}'
+
+
+class MemoryFile(io.StringIO):
+    """A recording file in memory that notes which thread wrote each line."""
+
+    name = "memory.jsonl"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: set[str] = set()
+
+    def write(self, text: str) -> int:
+        self.writers.add(threading.current_thread().name)
+        return super().write(text)
+
+    def close(self) -> None:
+        self.text = self.getvalue()
+        super().close()
+
+
+def recorder_on(file: io.TextIOBase, writer: RecordingWriter, *, max_bytes: int = 10**6, opened: threading.Event | None = None) -> CallRecorder:
+    def open_file() -> io.TextIOBase:
+        if opened is not None:
+            opened.wait(5)
+        return file
+    return CallRecorder(writer, open_file, {"format": "x"}, lambda: 0.0, redact=False, max_bytes=max_bytes)  # type: ignore[arg-type]
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a disk that is always full")
 def test_a_full_disk_stops_the_recording_once_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
-    recorder = CallRecorder(open("/dev/full", "w", encoding="utf-8", buffering=1), {"format": "x"}, lambda: 0.0, redact=False)
+    writer = RecordingWriter()
+    recorder = recorder_on(open("/dev/full", "w", encoding="utf-8", buffering=1), writer)
     for _ in range(3):
-        recorder("twilio>bridge", '{"event":"media","media":{"payload":"//8="}}')
+        recorder("twilio>bridge", MEDIA)
     recorder.close()
+    writer.close()
     assert not recorder.recording
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+
+
+def test_lines_are_written_on_the_writers_thread_never_the_callers() -> None:
+    writer, file = RecordingWriter(), MemoryFile()
+    recorder = recorder_on(file, writer)
+    for _ in range(100):
+        recorder("twilio>bridge", MEDIA)
+    recorder.close()
+    writer.close()
+    assert file.writers == {"call-recordings"}
+    assert len(file.text.splitlines()) == 101
+
+
+def test_a_recording_whose_lines_cannot_be_queued_is_cut_there_and_says_so() -> None:
+    writer, file, opened = RecordingWriter(max_queued_lines=3), MemoryFile(), threading.Event()
+    recorder = recorder_on(file, writer, opened=opened)
+    for _ in range(10):
+        recorder("twilio>bridge", MEDIA)
+    assert not recorder.recording
+    opened.set()
+    recorder.close()
+    writer.close()
+    lines = [json.loads(line) for line in file.text.splitlines()]
+    assert len(lines) == 1 + 3 + 1
+    assert lines[-1] == {"t": 0.0, "cut": "backlog", "max_bytes": 10**6}
+
+
+async def test_a_recording_is_cut_at_its_size_cap_and_reads_back_as_cut(tmp_path: Path, realtime: RealtimeSimulator) -> None:
+    cap = 20 * 1024
+    async with bridge_for(realtime, extra_config=recording_config(tmp_path).replace(
+        "[recording]\n", f"[recording]\nmax_megabytes = {cap / 1024 / 1024}\n"
+    )) as bridge:
+        call = new_call(bridge, RECORDED)
+        await call.dial()
+        await call.connect()
+        session = await realtime.wait_for_session(0)
+        call.say(speech_like_ulaw(400))
+        await call.wait_heard(realtime.answer_ms, timeout=10)
+        await call.hang_up()
+        await session.wait_closed()
+    (path,) = tmp_path.glob("*.jsonl")
+    text = path.read_text(encoding="utf-8")
+    cut = json.loads(text.splitlines()[-1])
+    assert len(text) - len(text.splitlines()[-1]) - 1 <= cap
+    assert cut["cut"] == "max_bytes" and cut["max_bytes"] == cap
+    recording = read_recording(path)
+    assert recording.cut is not None and recording.cut.reason == "max_bytes"
+    assert recording.frames and recording.frames[-1].t_ms <= recording.cut.t_ms
+    assert call.heard_ms() >= realtime.answer_ms
+
+
+def test_replaying_a_cut_recording_reports_the_cut(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = (RECORDINGS / "greeting.jsonl").read_text(encoding="utf-8").splitlines()
+    kept = lines[: len(lines) // 2]
+    cut_at = json.loads(kept[-1])["t"]
+    source = tmp_path / "cut.jsonl"
+    source.write_text("\n".join([*kept, json.dumps({"t": cut_at, "cut": "max_bytes", "max_bytes": 1000})]) + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        main(["replay", str(source)])
+    assert exited.value.code in (0, 1)
+    assert f"the recording was cut at {cut_at / 1000:.1f} s (max_bytes)" in capsys.readouterr().out
 
 
 def test_a_recording_cut_mid_line_by_a_crash_reads_up_to_its_last_whole_line(tmp_path: Path) -> None:

@@ -632,6 +632,13 @@ class SimulatedSession:
         """Send an ``error`` event out of the blue, as the service does when it fails."""
         await self._send_error(code, message, param, event_id, error_type=error_type)
 
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send a frame as is (junk, deep nesting, binary) to test the bridge's defences."""
+        try:
+            await self._ws.send(data)
+        except ConnectionClosed:
+            pass
+
     async def drop(self, code: int = 1011, reason: str = "simulated server failure") -> None:
         """Close the connection from the server side."""
         await self._halt_streaming()
