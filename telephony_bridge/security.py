@@ -21,6 +21,8 @@ from twilio.request_validator import RequestValidator
 
 STREAM_TOKEN_LIFETIME_S = 300
 """Twilio opens the stream within a second or two of the webhook answer; five minutes leaves room for slow networks."""
+MAX_EXPIRY_DIGITS = 12
+"""Unix seconds have 10 digits until the year 2286; more is a forgery, and `int()` of thousands of digits raises."""
 
 
 def twilio_signature_valid(auth_token: str, url: str, params: Mapping[str, str], signature: str | None) -> bool:
@@ -45,6 +47,9 @@ def issue_stream_token(secret: bytes, call_sid: str, called_number: str, now_s: 
 def stream_token_valid(secret: bytes, token: str, call_sid: str, called_number: str, now_s: float) -> bool:
     """Whether `token` was issued by us for this call and number and has not expired."""
     expiry, _, mac = token.partition(".")
-    if not expiry.isdigit() or int(expiry) < now_s:
+    # str.isdigit() also accepts "²" and "٣", which int() refuses or reads as another number.
+    if not (expiry.isascii() and expiry.isdigit() and len(expiry) <= MAX_EXPIRY_DIGITS) or int(expiry) < now_s:
         return False
-    return hmac.compare_digest(mac, _mac(secret, call_sid, called_number, int(expiry)))
+    # compare_digest raises TypeError on a str with non-ASCII characters: compare bytes.
+    expected = _mac(secret, call_sid, called_number, int(expiry)).encode("ascii")
+    return hmac.compare_digest(mac.encode("utf-8", errors="replace"), expected)
