@@ -8,10 +8,11 @@ import json
 import logging
 import os
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from telephony_bridge.call_log import open_for_writing
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 
 DEADLINE_S = 1.0
@@ -254,3 +256,29 @@ async def test_debug_logs_show_neither_signatures_nor_callers_numbers(tmp_path: 
     assert "4155550123" not in stderr and "14155550123" not in stderr
     assert API_KEY not in stderr
     assert "Traceback" not in stderr
+
+
+# The call log holds callers' numbers and transcripts: only its owner may read it.
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_the_call_log_and_its_wal_and_shm_are_created_owner_only(tmp_path: Path, permissive_umask: None) -> None:
+    path = tmp_path / "calls.sqlite3"
+    connection = open_for_writing(path)  # the schema's creation has written through the WAL already
+    modes = {name: stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in ("calls.sqlite3", "calls.sqlite3-wal", "calls.sqlite3-shm")}
+    connection.close()
+    assert modes == {"calls.sqlite3": 0o600, "calls.sqlite3-wal": 0o600, "calls.sqlite3-shm": 0o600}
+
+
+def test_folders_the_call_log_creates_are_owner_only_and_existing_ones_keep_their_mode(tmp_path: Path, permissive_umask: None) -> None:
+    tmp_path.chmod(0o755)
+    open_for_writing(tmp_path / "var" / "calls" / "calls.sqlite3").close()
+    assert stat.S_IMODE(os.stat(tmp_path).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / "var").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "var" / "calls").st_mode) == 0o700
