@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import ClientDisconnect
 
 from .call_log import CallLog
 from .config import BridgeConfig, Settings
@@ -101,10 +102,15 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
     @app.post("/twilio/voice")
     async def voice(request: Request) -> Response:
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_WEBHOOK_BODY_BYTES:
-                return Response("request body too large", status_code=413)
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_WEBHOOK_BODY_BYTES:
+                    return Response("request body too large", status_code=413)
+        except ClientDisconnect:
+            # Gone mid-body (or cut off at the body deadline): nobody is left to answer.
+            log.info("webhook from %s: the client left before sending its whole body", request.client)
+            return Response(status_code=400)
         params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
         url = public_url(request.headers, websocket=False) + (f"?{request.url.query}" if request.url.query else "")
         if not signed_by_twilio(url, params, request.headers.get("x-twilio-signature")):
@@ -156,7 +162,6 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         start = await _wait_for_start(websocket, inbound)
         metrics.rejected_before_start(inbound.rejected)
         if start is None:
-            await websocket.close(code=POLICY_VIOLATION)
             return
         started, started_frame = start
         parameters = started.custom_parameters
@@ -177,12 +182,18 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
 
 
 async def _wait_for_start(websocket: WebSocket, inbound: TwilioInbound) -> tuple[StreamStarted, str | bytes] | None:
-    """Read until Twilio's `start` (after `connected`): the event and its frame; `None` if it does not come in time or the socket drops."""
+    """Read until Twilio's `start` (after `connected`): the event and its frame.
+
+    `None` once the socket is closed: by us with 1008 if no start comes in time or the socket
+    floods, or already by the client or by the websocket protocol itself (1009 for a frame over
+    `MAX_MESSAGE_BYTES`), which must not be closed a second time.
+    """
     try:
         async with asyncio.timeout(START_TIMEOUT_S):
             while True:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
+                    log.warning("media socket from %s closed before its start (code %s)", websocket.client, message.get("code"))
                     return None
                 frame = message.get("text") or message.get("bytes") or b""
                 event = inbound.parse(frame)
@@ -190,7 +201,9 @@ async def _wait_for_start(websocket: WebSocket, inbound: TwilioInbound) -> tuple
                     return event, frame
                 if inbound.flooding:
                     log.warning("media socket closed: it flooded the bridge before its start")
+                    await websocket.close(code=POLICY_VIOLATION)
                     return None
     except TimeoutError:
         log.warning("media socket sent no start within %g s", START_TIMEOUT_S)
+        await websocket.close(code=POLICY_VIOLATION)
         return None

@@ -12,12 +12,15 @@ newer bridge wrote is refused rather than misread. The file is in WAL mode, so `
 calls` can read it while the bridge writes.
 
 Callers' numbers are stored in full: this is where an operator looks up who called, and it holds
-transcripts, which say far more than a number. Keep the file where only they can read it.
+transcripts, which say far more than a number. So the bridge creates the file owner-only (0600),
+whatever the umask, before SQLite opens it; SQLite gives the `-wal` and `-shm` files the mode of the
+database. Folders it creates on the way are 0700; one that exists already keeps its mode.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -112,8 +115,24 @@ def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
     )
 
 
+def _create_owner_only(path: Path) -> None:
+    """Create the missing folders (0700) and an empty database file (0600); an existing file is left as it is."""
+    missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            log.warning("the call log %s can be read by other users than its owner: chmod 600 it", path)
+
+
 def open_for_writing(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
-    """Open (or create) the call log and bring its schema up to date."""
+    """Open (or create, owner-only) the call log and bring its schema up to date."""
+    try:
+        _create_owner_only(path)
+    except OSError as error:
+        raise sqlite3.OperationalError(f"cannot create {path}: {error.strerror}") from None
     connection = sqlite3.connect(path, timeout=busy_timeout_s)
     try:
         connection.execute("PRAGMA journal_mode=WAL")

@@ -37,7 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
                 log.warning("%s: %s: voice %r is not one the 2024-10-01 preview knows; its sessions may keep their defaults",
                             config.source, number, profile.voice)
     app = create_app(settings, config, insecure=args.insecure)
-    server.run(app, args.host, args.port, config.limits.drain_seconds, args.log_level)
+    server.run(app, args.host, args.port, config.limits.drain_seconds, args.log_level, config.http)
     return 0
 
 

@@ -24,6 +24,15 @@ E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 DEFAULT_FALLBACK = "Sorry, we cannot take your call right now. Please try again later."
 DEFAULT_BUSY = "All our lines are busy right now. Please call again in a few minutes."
 
+MAX_INSTRUCTIONS_CHARS = 32 * 1024
+"""The model's instructions go out in every `session.update` (at each call's start and each renewal), one
+websocket message the service bounds; 32 KiB is pages of prompt, far more than a phone line needs, and keeps a
+mistaken paste (a whole manual, 18 MB) from being accepted at start-up and refused by the service on every call."""
+MAX_SPOKEN_CHARS = 4096
+"""A greeting or a message said with TwiML `<Say>`: Twilio says at most 4,096 characters per `<Say>`."""
+VOICE_NAME = r"^[a-z0-9_-]{1,32}$"
+"""Voice names are short lower-case tokens (`marin`, `cedar`, `alloy`); anything else is a typo."""
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -42,12 +51,14 @@ class TurnDetection(_Strict):
 class CallProfile(_Strict):
     """What a caller of one number gets: the effective settings after the number's table overrides the defaults."""
 
-    instructions: str = "You are a helpful, concise assistant answering a phone call."
-    voice: str = "marin"
-    greeting: str | None = None
+    instructions: str = Field(
+        default="You are a helpful, concise assistant answering a phone call.", min_length=1, max_length=MAX_INSTRUCTIONS_CHARS
+    )
+    voice: str = Field(default="marin", pattern=VOICE_NAME)
+    greeting: str | None = Field(default=None, max_length=MAX_SPOKEN_CHARS)
     turn_detection: TurnDetection = TurnDetection()
-    transcription: str | None = None
-    fallback_message: str = DEFAULT_FALLBACK
+    transcription: str | None = Field(default=None, max_length=64)
+    fallback_message: str = Field(default=DEFAULT_FALLBACK, min_length=1, max_length=MAX_SPOKEN_CHARS)
     record: bool = False
     """Write every frame of the call to a recording file; off by default, as recordings hold callers' voices."""
     redact: bool = False
@@ -71,11 +82,34 @@ class Limits(_Strict):
     """How much one bridge process takes on, and how long it waits for whom."""
 
     max_calls: int = Field(default=500, ge=1)
-    busy_message: str = DEFAULT_BUSY
+    busy_message: str = Field(default=DEFAULT_BUSY, min_length=1, max_length=MAX_SPOKEN_CHARS)
     drain_seconds: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long live calls may run on before the rest are ended."""
     media_timeout_seconds: float = Field(default=10.0, gt=0)
     session_renew_minutes: float = Field(default=25.0, gt=0)
+
+
+class HttpLimits(_Strict):
+    """How long the HTTP edge waits for a client, and how many connections it holds at once.
+
+    uvicorn alone waits forever for a request that never completes: 300 idle, slow-header or slow-body
+    connections were held for 40 s and more, until the process ran out of descriptors and a real webhook
+    failed. Twilio sends a whole webhook in milliseconds, so these bounds only ever cut off stragglers.
+    """
+
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """From a connection's start (or a kept-alive connection's next request's first byte) to the end of its headers."""
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    """From the end of a request's headers to the end of its body."""
+    keep_alive_seconds: float = Field(default=5.0, gt=0)
+    """How long a connection may sit idle between requests."""
+    max_connections: int | None = Field(default=None, ge=1)
+    """Connections held at once, media sockets included; over it, requests are answered 503. Default: 4 per
+    `[limits] max_calls` plus 64 (each call holds one media socket; webhooks, status callbacks and scrapes come and go)."""
+
+
+def default_max_connections(max_calls: int) -> int:
+    return max_calls * 4 + 64
 
 
 class Recording(_Strict):
@@ -104,6 +138,7 @@ class _ConfigFile(_Strict):
     defaults: _NumberTable = _NumberTable()
     numbers: dict[str, _NumberTable] = {}
     limits: Limits = Limits()
+    http: HttpLimits = HttpLimits()
     recording: Recording = Recording()
     logging: LogSettings = LogSettings()
     call_log: CallLogSettings = CallLogSettings()
@@ -116,6 +151,8 @@ class BridgeConfig:
     defaults: CallProfile = CallProfile()
     numbers: Mapping[str, CallProfile] = field(default_factory=dict)
     limits: Limits = Limits()
+    http: HttpLimits = HttpLimits(max_connections=default_max_connections(Limits().max_calls))
+    """`max_connections` is always set here: `parse_config` fills in its default from `max_calls`."""
     recording: Recording = Recording()
     logging: LogSettings = LogSettings()
     call_log: CallLogSettings = CallLogSettings()
@@ -171,8 +208,11 @@ def parse_config(text: str, source: str) -> BridgeConfig:
         numbers[number] = _profile(
             source, f'numbers."{number}"', _merge(default_table, table.model_dump(exclude_none=True))
         )
+    http = parsed.http
+    if http.max_connections is None:
+        http = http.model_copy(update={"max_connections": default_max_connections(parsed.limits.max_calls)})
     return BridgeConfig(
-        defaults=defaults, numbers=numbers, limits=parsed.limits, recording=parsed.recording,
+        defaults=defaults, numbers=numbers, limits=parsed.limits, http=http, recording=parsed.recording,
         logging=parsed.logging, call_log=parsed.call_log, source=source,
     )
 
@@ -183,6 +223,8 @@ def load_config(path: Path) -> BridgeConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(str(path), "<file>", f"cannot be read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(str(path), "<file>", f"not UTF-8 text (byte {error.start} cannot be decoded)") from None
     return parse_config(text, str(path))
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 LogFormat = Literal["json", "text"]
 
@@ -85,10 +86,43 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{call_sid} {getattr(record, 'stream_sid', None) or '-'}]"
 
 
+_SECRET_HEADER = re.compile(r"^([<>] *(?:x-twilio-signature|authorization|api-key|cookie|set-cookie)\s*:).*$", re.IGNORECASE)
+
+
+class RedactFilter(logging.Filter):
+    """Keeps secrets and callers' numbers out of the libraries' lines.
+
+    At debug, the websockets library (through uvicorn's logger) writes every handshake header, the
+    upgrade's `X-Twilio-Signature` among them, and a Realtime key if it logs the client side;
+    uvicorn's access log writes the request's query string, where a webhook configured that way
+    carries `From`, `To` and `Caller`. Header values are replaced and query strings dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access":
+            record.args = _without_query(record.args, 2)
+        elif record.name == "uvicorn.error" and '"WebSocket %s"' in str(record.msg):
+            record.args = _without_query(record.args, 1)
+        elif record.name.startswith(("uvicorn", "websockets")) and record.levelno <= logging.DEBUG:
+            message = record.getMessage()
+            redacted = _SECRET_HEADER.sub(r"\1 [redacted]", message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
+
+
+def _without_query(args: object, index: int) -> Any:
+    """`args` with the query string of the path at `index` hidden."""
+    if not isinstance(args, tuple) or len(args) <= index or not isinstance(args[index], str) or "?" not in args[index]:
+        return args
+    return (*args[:index], args[index].partition("?")[0] + "?<hidden>", *args[index + 1:])
+
+
 def log_handler(stream: TextIO, log_format: LogFormat) -> logging.Handler:
-    """A handler writing `log_format` lines to `stream`, with the calls' ids."""
+    """A handler writing `log_format` lines to `stream`, with the calls' ids and without secrets (`RedactFilter`)."""
     handler = logging.StreamHandler(stream)
     handler.addFilter(CallContextFilter())
+    handler.addFilter(RedactFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     return handler
 

@@ -26,6 +26,8 @@ from twilio.request_validator import RequestValidator
 
 STREAM_TOKEN_LIFETIME_S = 300
 """Twilio opens the stream within a second or two of the webhook answer; five minutes leaves room for slow networks."""
+MAX_EXPIRY_DIGITS = 12
+"""Unix seconds have 10 digits until the year 2286; more is a forgery, and `int()` of thousands of digits raises."""
 
 
 def twilio_signature_valid(auth_token: str, url: str, params: Mapping[str, str], signature: str | None) -> bool:
@@ -36,7 +38,7 @@ def twilio_signature_valid(auth_token: str, url: str, params: Mapping[str, str],
 
 
 def _mac(secret: bytes, call_sid: str, called_number: str, stream_id: str, expires_at: int) -> str:
-    message = f"{call_sid}\n{called_number}\n{stream_id}\n{expires_at}".encode()
+    message = f"{call_sid}\n{called_number}\n{stream_id}\n{expires_at}".encode("utf-8", "surrogatepass")
     digest = hmac.new(secret, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
@@ -57,6 +59,9 @@ def stream_token_valid(secret: bytes, token: str, call_sid: str, called_number: 
     """Whether `token` was issued by us for this call and number and has not expired."""
     expiry, _, rest = token.partition(".")
     stream_id, _, mac = rest.partition(".")
-    if not expiry.isdigit() or int(expiry) < now_s or not stream_id:
+    # str.isdigit() also accepts "²" and "٣", which int() refuses or reads as another number.
+    if not (expiry.isascii() and expiry.isdigit() and len(expiry) <= MAX_EXPIRY_DIGITS) or int(expiry) < now_s or not stream_id:
         return False
-    return hmac.compare_digest(mac, _mac(secret, call_sid, called_number, stream_id, int(expiry)))
+    # compare_digest raises TypeError on a str with non-ASCII characters: compare bytes.
+    expected = _mac(secret, call_sid, called_number, stream_id, int(expiry)).encode("ascii")
+    return hmac.compare_digest(mac.encode("utf-8", errors="replace"), expected)

@@ -5,6 +5,13 @@ phone bridge that cuts every caller off mid-sentence at each rolling restart. He
 SIGTERM (or SIGINT) only starts a drain: the webhook refuses new calls with the fallback message
 while live calls run on for up to `[limits] drain_seconds`; then the rest are ended cleanly and
 uvicorn shuts down. A second signal exits at once.
+
+uvicorn waits forever for a request that never completes, and a connection that never sends one
+is never timed out: 300 idle, slow-header or slow-body connections were held for 40 s and more, until
+the process ran out of descriptors and a real webhook failed. `DeadlineH11Protocol` bounds the
+headers and the body (`[http]`); uvicorn's own keep-alive timeout bounds the wait between requests,
+and its concurrency limit answers 503 once `[http] max_connections` are open (idle ones and media
+sockets count too).
 """
 
 from __future__ import annotations
@@ -12,12 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from enum import Enum
 from types import FrameType
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .config import BridgeConfig, HttpLimits
 from .media_stream import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -50,15 +61,99 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def uvicorn_config(app: FastAPI, *, log_level: str = "info") -> uvicorn.Config:
+class _Wait(Enum):
+    """What a connection's deadline is running for."""
+
+    HEADERS = "headers"
+    BODY = "body"
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on a request's headers and one on its body.
+
+    A connection that sends half a header and stops never reaches the ASGI app, so the deadlines live
+    here: the headers' from the connection's start (or, on a kept-alive connection, from the next
+    request's first byte), the body's from the end of the headers. When one passes, the connection is
+    closed; an app reading the body sees the client gone. A websocket upgrade hands the connection to
+    the websocket protocol, and the deadlines with it end.
+    """
+
+    header_timeout_s: ClassVar[float] = 10.0
+    body_timeout_s: ClassVar[float] = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting_for: _Wait | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._upgraded = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._wait_for(_Wait.HEADERS)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._upgraded:
+            return
+        state = self.conn.their_state
+        self._wait_for(_Wait.HEADERS if state is h11.IDLE else _Wait.BODY if state is h11.SEND_BODY else None)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # An idle kept-alive connection is uvicorn's keep-alive timer's to close; a body still coming is ours.
+        self._wait_for(_Wait.BODY if self.conn.their_state is h11.SEND_BODY else None)
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self._upgraded = True
+        self._wait_for(None)
+        super().handle_websocket_upgrade(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._wait_for(None)
+        super().connection_lost(exc)
+
+    def _wait_for(self, waiting_for: _Wait | None) -> None:
+        if waiting_for is self._waiting_for:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._waiting_for = waiting_for
+        if waiting_for is not None:
+            timeout_s = self.header_timeout_s if waiting_for is _Wait.HEADERS else self.body_timeout_s
+            self._deadline = self.loop.call_later(timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            # Debug only: a flood of slow clients must not become a flood of log lines.
+            log.debug("closing a connection from %s: its request %s did not arrive within the deadline",
+                      self.client, self._waiting_for.value if self._waiting_for else "")
+            self.transport.close()
+
+
+def deadline_protocol(http: HttpLimits) -> type[DeadlineH11Protocol]:
+    """`DeadlineH11Protocol` with `http`'s deadlines (uvicorn makes the protocol from a class, one per connection)."""
+    return type(
+        "DeadlineH11Protocol", (DeadlineH11Protocol,),
+        {"header_timeout_s": http.header_timeout_seconds, "body_timeout_s": http.body_timeout_seconds},
+    )
+
+
+def uvicorn_config(app: FastAPI, *, log_level: str = "info", http: HttpLimits | None = None) -> uvicorn.Config:
     """Settings for the media hot path: small websocket frames only, no compression (Twilio uses none).
 
     uvicorn's own log handlers are left out, so its lines go through the bridge's (logs.py) like the rest.
+    `http` bounds how long and how many clients are waited for (`[http]`; by default, its defaults).
     """
+    http = http or BridgeConfig().http
     return uvicorn.Config(
         app,
         log_level=log_level,
         log_config=None,
+        http=deadline_protocol(http),
+        timeout_keep_alive=http.keep_alive_seconds,  # type: ignore[arg-type]
+        limit_concurrency=http.max_connections,
         # uvicorn's sans-I/O websockets protocol: the cheapest per message of its three (measured
         # with scripts/bench_calls.py at 200 calls on uvloop: 3.3-3.7 ms CPU per call-second, against
         # 4.1-4.2 for the legacy `websockets` one and for `wsproto`).
@@ -86,10 +181,10 @@ def tcp_listener(host: str, port: int) -> socket.socket:
     return listener
 
 
-def run(app: FastAPI, host: str, port: int, drain_seconds: float, log_level: str) -> None:
+def run(app: FastAPI, host: str, port: int, drain_seconds: float, log_level: str, http: HttpLimits | None = None) -> None:
     """Serve until a signal, then drain (see the module docstring)."""
     listener = tcp_listener(host, port)
-    server = DrainingServer(uvicorn_config(app, log_level=log_level), app, drain_seconds)
+    server = DrainingServer(uvicorn_config(app, log_level=log_level, http=http), app, drain_seconds)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(server.serve(sockets=[listener]))
 

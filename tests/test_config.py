@@ -51,6 +51,16 @@ def test_an_unlisted_number_gets_the_defaults() -> None:
         ('[numbers."+14155550100".turn_detection]\ntype = "loud"\n', 'numbers."+14155550100".turn_detection.type', "server_vad"),
         ("[limits]\nmax_calls = 0\n", "limits.max_calls", "greater than"),
         ("[defaults\n", "<file>", "not valid TOML"),
+        ('[defaults]\nvoice = ""\n', "defaults.voice", "should match pattern"),
+        ('[numbers."+14155550100"]\nvoice = "Marin; drop"\n', 'numbers."+14155550100".voice', "should match pattern"),
+        (f'[defaults]\ninstructions = "{"x" * (32 * 1024 + 1)}"\n', "defaults.instructions", "at most 32768 characters"),
+        ('[defaults]\ninstructions = ""\n', "defaults.instructions", "at least 1 character"),
+        (f'[defaults]\ngreeting = "{"x" * 4097}"\n', "defaults.greeting", "at most 4096 characters"),
+        (f'[defaults]\nfallback_message = "{"x" * 4097}"\n', "defaults.fallback_message", "at most 4096 characters"),
+        ('[defaults]\nfallback_message = ""\n', "defaults.fallback_message", "at least 1 character"),
+        (f'[limits]\nbusy_message = "{"x" * 4097}"\n', "limits.busy_message", "at most 4096 characters"),
+        ("[http]\nheader_timeout_seconds = 0\n", "http.header_timeout_seconds", "greater than 0"),
+        ("[http]\nmax_connections = 0\n", "http.max_connections", "greater than or equal to 1"),
     ],
 )
 def test_an_invalid_config_names_the_file_the_key_and_the_reason(text: str, key: str, reason: str) -> None:
@@ -65,6 +75,33 @@ def test_an_invalid_config_names_the_file_the_key_and_the_reason(text: str, key:
 def test_a_missing_config_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="missing.toml: <file>: cannot be read"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_an_18_mb_instructions_is_refused_in_one_short_line() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(f'[defaults]\ninstructions = "{"x" * 18_000_000}"\n', "config/bad.toml")
+    assert str(raised.value).startswith("config/bad.toml: defaults.instructions: ")
+    assert len(str(raised.value)) < 200
+
+
+def test_a_config_file_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[defaults]\ngreeting = "Grüß Gott"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == f"{path}: <file>: not UTF-8 text (byte 25 cannot be decoded)"
+
+
+def test_an_empty_greeting_turns_a_default_greeting_off_for_one_number() -> None:
+    config = parse_config('[defaults]\ngreeting = "Hello"\n[numbers."+14155550100"]\ngreeting = ""\n', "t.toml")
+    assert config.profile_for("+14155550100").greeting == ""
+
+
+def test_http_deadlines_default_to_10_s_and_the_connection_cap_follows_max_calls() -> None:
+    http = parse_config("[limits]\nmax_calls = 20\n", "t.toml").http
+    assert (http.header_timeout_seconds, http.body_timeout_seconds, http.keep_alive_seconds) == (10.0, 10.0, 5.0)
+    assert http.max_connections == 20 * 4 + 64
+    assert parse_config("[http]\nmax_connections = 300\n", "t.toml").http.max_connections == 300
 
 
 def test_openai_is_the_default_endpoint_with_the_ga_dialect() -> None:

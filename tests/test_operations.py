@@ -252,7 +252,8 @@ async def run_cli(config: Path, *argv: str) -> str:
 async def test_an_unwritable_call_log_never_drops_the_call(
     tmp_path: Path, realtime: RealtimeSimulator, json_lines: io.StringIO
 ) -> None:
-    async with operated_bridge(realtime, write_config(tmp_path, tmp_path / "no-such-folder" / "calls.sqlite3")) as bridge:
+    (tmp_path / "a-file").write_text("not a folder")
+    async with operated_bridge(realtime, write_config(tmp_path, tmp_path / "a-file" / "calls.sqlite3")) as bridge:
         call, session = await place_call(bridge, realtime)
         call.say(speech_like_ulaw(600))
         await session.wait_for(lambda e: e.get("type") == "response.done", timeout=10, sent=True)

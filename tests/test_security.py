@@ -31,3 +31,9 @@ def test_a_token_from_another_secret_or_a_forged_expiry_is_refused() -> None:
     assert not stream_token_valid(SECRET, forged, "CA1", "+1", now_s=1001)
     for junk in ["", ".", "abc", "1.2.3", "99999999999."]:
         assert not stream_token_valid(SECRET, junk, "CA1", "+1", now_s=1001)
+
+
+def test_a_crafted_expiry_or_mac_is_refused_without_raising() -> None:
+    mac = issue_stream_token(SECRET, "CA1", "+1", now_s=1000).split(".")[1]
+    for crafted in ["²." + mac, "1²." + mac, "9" * 5000 + "." + mac, "٣٣٣." + mac, "99999999999.é", "99999999999.\udcff", "99999999999.\ud800"]:
+        assert not stream_token_valid(SECRET, crafted, "CA1", "+1", now_s=1001)
