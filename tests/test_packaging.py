@@ -109,3 +109,10 @@ def test_replay_of_a_recording_behaves_as_recorded(installed: Path, elsewhere: P
     result = run(installed, elsewhere, "replay", str(recording))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the bridge behaves as recorded" in result.stdout
+
+
+def test_docstrings_and_docs_cite_only_documents_in_the_repository() -> None:
+    texts = [*REPO.glob("telephony_bridge/**/*.py"), *REPO.glob("docs/*.md"), REPO / "README.md"]
+    citing = [str(path.relative_to(REPO)) for path in texts if "PROTOCOLS.md" in path.read_text(encoding="utf-8")]
+    assert citing == []
+    assert (REPO / "docs" / "protocols.md").is_file()
