@@ -21,10 +21,11 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from .call import Call
 from .errors import CallLogError
@@ -184,7 +185,7 @@ class CallLog:
 
     def call_ended(self, call: Call) -> None:
         """Queue an ended call for writing (part of the switchboard's `on_call_end` hook); never blocks."""
-        self.add(record_of(call, datetime.now(timezone.utc)))
+        self.add(record_of(call, datetime.now(UTC)))
 
     def add(self, record: CallRecord) -> None:
         try:
@@ -292,7 +293,7 @@ def calls_table(records: list[CallRecord]) -> str:
     right_aligned = {4, 6, 7}
     lines = [
         "  ".join(cell.rjust(width) if column in right_aligned else cell.ljust(width)
-                  for column, (cell, width) in enumerate(zip(row, widths))).rstrip()
+                  for column, (cell, width) in enumerate(zip(row, widths, strict=True))).rstrip()
         for row in (header, *rows)
     ]
     return "\n".join(lines)

@@ -144,7 +144,8 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     common.add_argument(
-        "--log-format", choices=["json", "text"], help="log lines on stderr: JSON objects (default unless stderr is a terminal) or text"
+        "--log-format", choices=["json", "text"],
+        help="log lines on stderr: JSON objects (default unless stderr is a terminal) or text",
     )
     return common
 
@@ -178,13 +179,15 @@ def main(argv: list[str] | None = None) -> None:
     export.set_defaults(run=_export_wav)
 
     replay = commands.add_parser(
-        "replay", parents=[_common_options()], help="replay a call recording through this bridge; exit 1 if it behaves differently"
+        "replay", parents=[_common_options()],
+        help="replay a call recording through this bridge; exit 1 if it behaves differently",
     )
     replay.add_argument("file", type=Path, help="a recording (.jsonl)")
     replay.set_defaults(run=_replay, log_level="error")
 
     calls = commands.add_parser(
-        "calls", parents=[_common_options(), _config_option()], help="list recent calls from the call log ([call_log] in the configuration)"
+        "calls", parents=[_common_options(), _config_option()],
+        help="list recent calls from the call log ([call_log] in the configuration)",
     )
     calls.add_argument("--limit", type=int, default=20, help="how many calls, newest first (default: 20)")
     calls.set_defaults(run=_calls, call_sid=None)

@@ -283,7 +283,9 @@ def settings_from_env(env: Mapping[str, str] | None = None, config_path: Path | 
     public_url = env.get("PUBLIC_URL") or "http://127.0.0.1:8080"
     scheme = urlsplit(public_url).scheme
     if scheme not in ("http", "https") or not urlsplit(public_url).netloc:
-        raise ConfigError("environment", "PUBLIC_URL", f"must be an http(s) URL such as https://bridge.example.com, not {public_url!r}")
+        raise ConfigError(
+            "environment", "PUBLIC_URL", f"must be an http(s) URL such as https://bridge.example.com, not {public_url!r}"
+        )
     secret = env.get("STREAM_TOKEN_SECRET")
     return Settings(
         public_url=public_url.rstrip("/"),

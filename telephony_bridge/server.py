@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable
 
 import uvicorn
 from fastapi import FastAPI

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from .call import Call, CallTap, LatencyObserver
 from .config import BridgeConfig, CallProfile, RealtimeEndpoint

@@ -89,7 +89,8 @@ def test_openai_is_the_default_endpoint_with_the_ga_dialect() -> None:
 
 def test_azure_ga_uses_the_v1_path_and_the_api_key_header() -> None:
     settings = settings_from_env(
-        {"AZURE_OPENAI_ENDPOINT": "https://clinic.openai.azure.com/", "AZURE_OPENAI_API_KEY": "k", "AZURE_OPENAI_DEPLOYMENT": "rt"}
+        {"AZURE_OPENAI_ENDPOINT": "https://clinic.openai.azure.com/", "AZURE_OPENAI_API_KEY": "k",
+         "AZURE_OPENAI_DEPLOYMENT": "rt"}
     )
     assert settings.realtime.url == "wss://clinic.openai.azure.com/openai/v1/realtime?model=rt"
     assert settings.realtime.headers == {"api-key": "k"}

@@ -79,15 +79,16 @@ def test_version_is_the_one_in_the_package(installed: Path, elsewhere: Path) -> 
 
 
 def test_the_version_and_license_are_in_the_installed_metadata(installed: Path, elsewhere: Path) -> None:
-    script = "from importlib.metadata import metadata as m; d = m('telephony-bridge'); print(d['Version'], d['License-Expression'])"
-    result = python(installed, elsewhere, script)
+    result = python(installed, elsewhere, "from importlib.metadata import metadata as m; "
+                                          "d = m('telephony-bridge'); print(d['Version'], d['License-Expression'])")
     assert result.stdout.split() == [__version__, "MIT"], result.stderr
 
 
 def test_init_config_writes_the_example_which_serve_accepts(installed: Path, elsewhere: Path) -> None:
     written = run(installed, elsewhere, "init-config", "bridge.toml")
     assert written.returncode == 0, written.stderr
-    assert (elsewhere / "bridge.toml").read_text(encoding="utf-8") == (REPO / "config" / "bridge.toml").read_text(encoding="utf-8")
+    example = (REPO / "config" / "bridge.toml").read_text(encoding="utf-8")
+    assert (elsewhere / "bridge.toml").read_text(encoding="utf-8") == example
     # The configuration is read (and would be refused, naming the key) before the missing auth token stops start-up.
     started = run(installed, elsewhere, "serve", "--port", "0", "--config", "bridge.toml")
     assert started.returncode == 2
