@@ -24,10 +24,11 @@ import os
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from .errors import CallLogError
 from .summary import CallSummary
@@ -201,7 +202,7 @@ class CallLog:
 
     def call_ended(self, summary: CallSummary) -> None:
         """Queue an ended call for writing (part of the switchboard's `on_call_end` hook); never blocks."""
-        self.add(record_of(summary, datetime.now(timezone.utc)))
+        self.add(record_of(summary, datetime.now(UTC)))
 
     def add(self, record: CallRecord) -> None:
         try:
@@ -309,7 +310,7 @@ def calls_table(records: list[CallRecord]) -> str:
     right_aligned = {4, 6, 7}
     lines = [
         "  ".join(cell.rjust(width) if column in right_aligned else cell.ljust(width)
-                  for column, (cell, width) in enumerate(zip(row, widths))).rstrip()
+                  for column, (cell, width) in enumerate(zip(row, widths, strict=True))).rstrip()
         for row in (header, *rows)
     ]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The `telephony-bridge` command: serve calls, run the demo and the Realtime simulator, export and replay call recordings."""
+"""The `telephony-bridge` command: serve calls, run the demo and the Realtime simulator, export and replay call recordings,
+and write out the example configuration."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import CallLogError, ConfigError, RecordingError
 from .logs import configure_logging
 
@@ -20,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .config import load_config, settings_from_env
     from .realtime import PREVIEW_VOICES
 
-    settings = settings_from_env()
+    settings = settings_from_env(config_path=args.config)
     config = load_config(settings.config_path)
     if settings.twilio_auth_token is None:
         if not args.insecure:
@@ -83,7 +85,7 @@ def _calls(args: argparse.Namespace) -> int:
     from .call_log import call_details, calls_table, find_call, recent_calls
     from .config import load_config, settings_from_env
 
-    config = load_config(settings_from_env().config_path)
+    config = load_config(settings_from_env(config_path=args.config).config_path)
     if not config.call_log.path:
         print(f"telephony-bridge: the call log is off ([call_log] path is empty in {config.source})", file=sys.stderr)
         return 2
@@ -105,11 +107,36 @@ def _calls(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .demo import main as run_demo
 
     return run_demo(Path(args.out), live=args.live)
+
+
+def _init_config(args: argparse.Namespace) -> int:
+    """Write the packaged example configuration, so an installed bridge has a file to start from."""
+    from .config import example_config
+
+    path: Path = args.path
+    if path.exists() and not args.force:
+        print(f"telephony-bridge: {path} exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(example_config(), encoding="utf-8")
+    except OSError as error:
+        print(f"telephony-bridge: cannot write {path}: {error.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}: edit it, then start the bridge with --config {path} (or BRIDGE_CONFIG={path})")
+    return 0
+
+
+def _config_option() -> argparse.ArgumentParser:
+    """`--config` for the commands that read the configuration file; it wins over BRIDGE_CONFIG."""
+    option = argparse.ArgumentParser(add_help=False)
+    option.add_argument(
+        "--config", type=Path, metavar="PATH", help="the configuration file (default: $BRIDGE_CONFIG, else config/bridge.toml)"
+    )
+    return option
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -117,16 +144,20 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     common.add_argument(
-        "--log-format", choices=["json", "text"], help="log lines on stderr: JSON objects (default unless stderr is a terminal) or text"
+        "--log-format", choices=["json", "text"],
+        help="log lines on stderr: JSON objects (default unless stderr is a terminal) or text",
     )
     return common
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="telephony-bridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", parents=[_common_options()], help="answer calls: the Voice webhook and the Media Stream")
+    serve = commands.add_parser(
+        "serve", parents=[_common_options(), _config_option()], help="answer calls: the Voice webhook and the Media Stream"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--insecure", action="store_true", help="accept unsigned requests (local trials only)")
@@ -148,17 +179,28 @@ def main(argv: list[str] | None = None) -> None:
     export.set_defaults(run=_export_wav)
 
     replay = commands.add_parser(
-        "replay", parents=[_common_options()], help="replay a call recording through this bridge; exit 1 if it behaves differently"
+        "replay", parents=[_common_options()],
+        help="replay a call recording through this bridge; exit 1 if it behaves differently",
     )
     replay.add_argument("file", type=Path, help="a recording (.jsonl)")
     replay.set_defaults(run=_replay, log_level="error")
 
-    calls = commands.add_parser("calls", parents=[_common_options()], help="list recent calls from the call log ([call_log] in BRIDGE_CONFIG)")
+    calls = commands.add_parser(
+        "calls", parents=[_common_options(), _config_option()],
+        help="list recent calls from the call log ([call_log] in the configuration)",
+    )
     calls.add_argument("--limit", type=int, default=20, help="how many calls, newest first (default: 20)")
     calls.set_defaults(run=_calls, call_sid=None)
     calls_commands = calls.add_subparsers(dest="calls_command")
     show = calls_commands.add_parser("show", help="one call with its transcript")
     show.add_argument("call_sid", metavar="SID")
+
+    init_config = commands.add_parser(
+        "init-config", parents=[_common_options()], help="write the commented example configuration to PATH"
+    )
+    init_config.add_argument("path", type=Path, metavar="PATH", help="where to write it, e.g. config/bridge.toml")
+    init_config.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
+    init_config.set_defaults(run=_init_config)
 
     args = parser.parse_args(argv)
     configure_logging(args.log_format, args.log_level)

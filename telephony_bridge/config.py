@@ -10,14 +10,19 @@ import os
 import re
 import secrets
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config/bridge.toml")
+"""Where the configuration is read from when neither ``--config`` nor ``BRIDGE_CONFIG`` names a file."""
 
 E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
@@ -221,11 +226,22 @@ def load_config(path: Path) -> BridgeConfig:
     """Read and validate the configuration file at `path`."""
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        hint = f"; `telephony-bridge init-config {path}` writes a commented example there"
+        raise ConfigError(str(path), "<file>", f"cannot be read: {error.strerror}{hint}") from None
     except OSError as error:
         raise ConfigError(str(path), "<file>", f"cannot be read: {error.strerror}") from None
     except UnicodeDecodeError as error:
         raise ConfigError(str(path), "<file>", f"not UTF-8 text (byte {error.start} cannot be decoded)") from None
     return parse_config(text, str(path))
+
+
+def example_config() -> str:
+    """The commented example configuration shipped inside the package, so an installed bridge can write one out.
+
+    ``config/bridge.toml`` in the repository is this text, written by ``telephony-bridge init-config``.
+    """
+    return resources.files("telephony_bridge").joinpath("bridge.example.toml").read_text(encoding="utf-8")
 
 
 Dialect = Literal["ga", "preview"]
@@ -302,18 +318,23 @@ def _realtime_endpoint(env: Mapping[str, str]) -> RealtimeEndpoint:
     return RealtimeEndpoint(url=url, headers=headers, dialect=forced or dialect)  # type: ignore[arg-type]
 
 
-def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Read the bridge's environment variables (see README) into `Settings`."""
+def settings_from_env(env: Mapping[str, str] | None = None, config_path: Path | None = None) -> Settings:
+    """Read the bridge's environment variables (see README) into `Settings`.
+
+    `config_path` is the command line's ``--config``: it wins over ``BRIDGE_CONFIG``.
+    """
     env = os.environ if env is None else env
     public_url = env.get("PUBLIC_URL") or "http://127.0.0.1:8080"
     scheme = urlsplit(public_url).scheme
     if scheme not in ("http", "https") or not urlsplit(public_url).netloc:
-        raise ConfigError("environment", "PUBLIC_URL", f"must be an http(s) URL such as https://bridge.example.com, not {public_url!r}")
+        raise ConfigError(
+            "environment", "PUBLIC_URL", f"must be an http(s) URL such as https://bridge.example.com, not {public_url!r}"
+        )
     secret = env.get("STREAM_TOKEN_SECRET")
     return Settings(
         public_url=public_url.rstrip("/"),
         realtime=_realtime_endpoint(env),
-        config_path=Path(env.get("BRIDGE_CONFIG") or "config/bridge.toml"),
+        config_path=config_path or Path(env.get("BRIDGE_CONFIG") or DEFAULT_CONFIG_PATH),
         twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
         trust_forwarded_headers=(env.get("TRUST_FORWARDED_HEADERS") or "").lower() in ("1", "true", "yes"),
         stream_token_secret=secret.encode() if secret else secrets.token_bytes(32),

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, Literal
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -68,8 +69,9 @@ class Buckets:
     def cumulative(self) -> list[tuple[str, float]]:
         """The `le` buckets of the text format: each counts every value at or below its bound."""
         bounds = [*(floatToGoString(bound) for bound in self.bounds), "+Inf"]
-        running, buckets = 0, []
-        for bound, count in zip(bounds, self.counts):
+        running = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip(bounds, self.counts, strict=True):
             running += count
             buckets.append((bound, running))
         return buckets
@@ -129,7 +131,7 @@ class BridgeMetrics:
             "model>caller": Buckets(ADDED_LATENCY_BUCKETS_S),
         }
         self._switchboard: Switchboard | None = None
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
 
     def watch(self, switchboard: Switchboard) -> None:
         """Take the live calls from `switchboard` at each scrape."""

@@ -4,7 +4,7 @@ GA (the current API): nested `session.audio.input/output`, `response.output_audi
 `conversation.item.added`. Preview (Azure `api-version=2024-10-01-preview` and later previews):
 flat session fields, `response.audio.delta`, `conversation.item.created`. Everything else the
 bridge uses (`input_audio_buffer.*`, `conversation.item.truncate`, `response.create`, `error`)
-is spelled the same in both. See shared PROTOCOLS.md sections 4 and 5.
+is spelled the same in both. See docs/protocols.md sections 4 and 5.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Who may reach the model: Twilio's request signatures and our per-call stream tokens.
 
 Twilio signs the webhook POST over the URL it called plus the sorted form fields, and the
-Media Stream upgrade over the wss:// URL with no fields (PROTOCOLS.md 1-2). Both are checked
+Media Stream upgrade over the wss:// URL with no fields (docs/protocols.md section 1). Both are checked
 against the configured public URL, never the URL uvicorn saw behind a proxy.
 
 A stream token binds a media socket to the call the webhook accepted: an HMAC, keyed by a
@@ -20,7 +20,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from typing import Mapping
+from collections.abc import Mapping
 
 from twilio.request_validator import RequestValidator
 

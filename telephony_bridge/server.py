@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from enum import Enum
 from types import FrameType
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import h11
 import uvicorn

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .call import Call, CallTap, LatencyObserver
 from .config import BridgeConfig, CallProfile, RealtimeEndpoint

@@ -2,7 +2,7 @@
 
 `<Connect><Stream>` blocks while the stream is open; when the bridge closes the socket, Twilio
 goes on to the next verb. The `<Say>` after `</Connect>` is therefore what a caller hears when
-the bridge cannot serve them (PROTOCOLS.md 2). The stream URL carries no query string: per-call
+the bridge cannot serve them (docs/protocols.md section 2). The stream URL carries no query string: per-call
 data travels as `<Parameter>`s and comes back in `start.customParameters`.
 """
 

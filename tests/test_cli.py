@@ -1,4 +1,4 @@
-"""The telephony-bridge command as an operator meets it: start-up refusals and the simulator."""
+"""The telephony-bridge command as an operator meets it: start-up refusals, the configuration file, and the simulator."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 from websockets.sync.client import connect
 
 from support import TEST_CONFIG
+from telephony_bridge import __version__
+from telephony_bridge.config import example_config, load_config
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -56,3 +58,46 @@ def test_simulate_realtime_serves_the_simulator_on_the_given_port() -> None:
     finally:
         process.terminate()
         process.wait(timeout=5)
+
+
+def test_version_prints_the_package_version() -> None:
+    result = run_cli("--version", env={})
+    assert (result.returncode, result.stdout.strip()) == (0, f"telephony-bridge {__version__}")
+
+
+def test_init_config_writes_the_commented_example_which_loads(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "bridge.toml"
+    result = run_cli("init-config", str(path), env={})
+    assert result.returncode == 0, result.stderr
+    assert path.read_text(encoding="utf-8") == example_config()
+    assert "# [defaults] applies to every call" in path.read_text(encoding="utf-8")
+    assert len(load_config(path).numbers) == 2
+
+
+def test_init_config_keeps_an_existing_file_unless_forced(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text("# mine\n")
+    refused = run_cli("init-config", str(path), env={})
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert path.read_text() == "# mine\n"
+    forced = run_cli("init-config", "--force", str(path), env={})
+    assert forced.returncode == 0, forced.stderr
+    assert path.read_text(encoding="utf-8") == example_config()
+
+
+def test_the_config_flag_wins_over_bridge_config(tmp_path: Path) -> None:
+    from_env = tmp_path / "env.toml"
+    from_env.write_text(TEST_CONFIG)
+    from_flag = tmp_path / "flag.toml"
+    from_flag.write_text('[call_log]\npath = ""\n')
+    result = run_cli("calls", "--config", str(from_flag), env={"BRIDGE_CONFIG": str(from_env)})
+    assert result.returncode == 2
+    assert f"the call log is off ([call_log] path is empty in {from_flag})" in result.stderr
+
+
+def test_a_missing_config_file_says_how_to_write_one(tmp_path: Path) -> None:
+    missing = tmp_path / "bridge.toml"
+    result = run_cli("serve", "--port", "0", "--config", str(missing), env={"TWILIO_AUTH_TOKEN": "t"})
+    assert result.returncode == 2
+    assert f"{missing}: <file>: cannot be read" in result.stderr
+    assert f"telephony-bridge init-config {missing}" in result.stderr

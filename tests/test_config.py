@@ -6,15 +6,27 @@ from pathlib import Path
 
 import pytest
 
-from telephony_bridge.config import load_config, parse_config, settings_from_env
+from telephony_bridge.config import example_config, load_config, parse_config, settings_from_env
 from telephony_bridge.errors import ConfigError
 
-SHIPPED_CONFIG = Path(__file__).parent.parent / "config" / "bridge.toml"
+REPO_CONFIG = Path(__file__).parent.parent / "config" / "bridge.toml"
 
 
-def test_the_shipped_example_config_is_valid_and_has_two_numbers() -> None:
-    config = load_config(SHIPPED_CONFIG)
+def test_the_packaged_example_config_is_valid_and_has_two_numbers() -> None:
+    config = parse_config(example_config(), "example")
     assert len(config.numbers) == 2
+
+
+def test_the_repositorys_config_is_the_packaged_example() -> None:
+    assert REPO_CONFIG.read_text(encoding="utf-8") == example_config(), (
+        "edit telephony_bridge/bridge.example.toml, then: telephony-bridge init-config --force config/bridge.toml"
+    )
+
+
+def test_the_config_flag_wins_over_bridge_config_which_wins_over_the_default() -> None:
+    assert settings_from_env({}).config_path == Path("config/bridge.toml")
+    assert settings_from_env({"BRIDGE_CONFIG": "env.toml"}).config_path == Path("env.toml")
+    assert settings_from_env({"BRIDGE_CONFIG": "env.toml"}, config_path=Path("flag.toml")).config_path == Path("flag.toml")
 
 
 def test_a_number_table_overrides_the_defaults_and_keeps_the_rest() -> None:
@@ -72,9 +84,10 @@ def test_an_invalid_config_names_the_file_the_key_and_the_reason(text: str, key:
     assert "\n" not in message
 
 
-def test_a_missing_config_file_is_an_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing.toml: <file>: cannot be read"):
+def test_a_missing_config_file_is_an_error_naming_it_and_how_to_write_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing.toml: <file>: cannot be read") as raised:
         load_config(tmp_path / "missing.toml")
+    assert f"telephony-bridge init-config {tmp_path / 'missing.toml'}" in str(raised.value)
 
 
 def test_an_18_mb_instructions_is_refused_in_one_short_line() -> None:
@@ -113,7 +126,8 @@ def test_openai_is_the_default_endpoint_with_the_ga_dialect() -> None:
 
 def test_azure_ga_uses_the_v1_path_and_the_api_key_header() -> None:
     settings = settings_from_env(
-        {"AZURE_OPENAI_ENDPOINT": "https://clinic.openai.azure.com/", "AZURE_OPENAI_API_KEY": "k", "AZURE_OPENAI_DEPLOYMENT": "rt"}
+        {"AZURE_OPENAI_ENDPOINT": "https://clinic.openai.azure.com/", "AZURE_OPENAI_API_KEY": "k",
+         "AZURE_OPENAI_DEPLOYMENT": "rt"}
     )
     assert settings.realtime.url == "wss://clinic.openai.azure.com/openai/v1/realtime?model=rt"
     assert settings.realtime.headers == {"api-key": "k"}

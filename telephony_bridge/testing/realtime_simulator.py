@@ -1,6 +1,6 @@
 """A stand-in for the OpenAI / Azure OpenAI Realtime API, spoken over a real websocket.
 
-Any path is accepted. A session speaks the GA dialect (PROTOCOLS.md section 4) unless its
+Any path is accepted. A session speaks the GA dialect (docs/protocols.md section 4) unless its
 path carries an ``api-version`` containing ``preview`` (Azure's
 ``/openai/realtime?api-version=2024-10-01-preview&deployment=...``) or the simulator was made
 with ``dialect="preview"``; then it speaks the preview dialect (section 5). Every session

@@ -1,6 +1,6 @@
 """A stand-in for Twilio: the signed voice webhook and the Media Stream client of one call.
 
-``SimulatedCall.dial()`` POSTs the voice webhook as Twilio does (PROTOCOLS.md section 1) and
+``SimulatedCall.dial()`` POSTs the voice webhook as Twilio does (docs/protocols.md section 1) and
 reads the TwiML; ``connect()`` opens the Media Stream websocket (sections 2 and 3) and then,
 until the call ends, sends a 20 ms frame of caller audio every 20 ms and plays what the bridge
 sends back in real time, echoing marks when their audio has played.
