@@ -39,7 +39,7 @@ from .events import (
     TranscriptDone,
     TruncateItem,
 )
-from .wire import loads
+from .wire import PCM24K_RATE_HZ, SERVER_EVENTS, loads
 
 _wire_log = logging.getLogger("telephony_bridge.realtime.wire")
 _wire_log.setLevel(logging.INFO)
@@ -50,12 +50,6 @@ CLOSE_TIMEOUT_S = 1.0
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 """A whole response's audio can arrive as one delta; the service's own frames stay well below this."""
-
-_AUDIO_EVENTS: dict[Dialect, tuple[str, str, str]] = {
-    "ga": ("response.output_audio.delta", "response.output_audio.done", "response.output_audio_transcript.done"),
-    "preview": ("response.audio.delta", "response.audio.done", "response.audio_transcript.done"),
-}
-
 
 PREVIEW_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"})
 """The voices the 2024-10-01 preview accepts; GA added others (marin, cedar). An unknown one fails the whole session.update."""
@@ -93,7 +87,7 @@ def session_update(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
             session["input_audio_transcription"] = {"model": profile.transcription}
         return {"type": "session.update", "session": session}
     audio_input: dict[str, Any] = {
-        "format": {"type": "audio/pcm", "rate": 24000},
+        "format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ},
         "turn_detection": _turn_detection(profile, dialect),
     }
     if profile.transcription:
@@ -106,7 +100,7 @@ def session_update(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
             "output_modalities": ["audio"],
             "audio": {
                 "input": audio_input,
-                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": profile.voice},
+                "output": {"format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ}, "voice": profile.voice},
             },
         },
     }
@@ -153,11 +147,11 @@ class RealtimeEventParser:
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
-        audio_delta, audio_done, transcript_done = _AUDIO_EVENTS[dialect]
+        names = SERVER_EVENTS[dialect]
         self._handlers: dict[str, Callable[[dict[str, Any]], Event]] = {
-            audio_delta: _audio_delta,
-            audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
-            transcript_done: lambda e: TranscriptDone("model", _str(e, "item_id"), _str(e, "transcript")),
+            names.audio_delta: _audio_delta,
+            names.audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
+            names.transcript_done: lambda e: TranscriptDone("model", _str(e, "item_id"), _str(e, "transcript")),
             "input_audio_buffer.speech_started": lambda e: SpeechStarted(),
             "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(),
             "response.created": lambda e: ResponseStarted(_str(e["response"], "id")),

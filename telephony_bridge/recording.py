@@ -39,6 +39,7 @@ from .call import Call, Direction
 from .config import CallProfile, Dialect
 from .errors import RecordingError
 from .webhook import STREAM_TOKEN_PARAMETER
+from .wire import MODEL_AUDIO_DELTAS, ULAW_BYTES_PER_MS, ULAW_RATE_HZ, ULAW_SILENCE
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,7 @@ REDACTED = "<redacted>"
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 SocketState = Literal["open", "closed"]
 
-ULAW_SILENCE = 0xFF
 PCM_SILENCE = 0x00
-ULAW_SAMPLES_PER_MS = 8
-
-_MODEL_AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")
 _UNSAFE_IN_FILE_NAMES = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -70,7 +67,7 @@ def _audio_field(direction: Direction, message: Any) -> tuple[dict[str, Any], st
     kind = message.get("type")
     if direction == "bridge>realtime" and kind == "input_audio_buffer.append" and isinstance(message.get("audio"), str):
         return message, "audio", PCM_SILENCE
-    if direction == "realtime>bridge" and kind in _MODEL_AUDIO_DELTAS and isinstance(message.get("delta"), str):
+    if direction == "realtime>bridge" and kind in MODEL_AUDIO_DELTAS and isinstance(message.get("delta"), str):
         return message, "delta", PCM_SILENCE
     return None
 
@@ -453,26 +450,26 @@ def stereo_pcm8k(call: RecordedCall) -> tuple[np.ndarray, np.ndarray]:
                 continue
             stamp = _number(frame.message["media"].get("timestamp"))
             if stamp is None:
-                start = max(caller_end, round(frame.t_ms * ULAW_SAMPLES_PER_MS))
+                start = max(caller_end, round(frame.t_ms * ULAW_BYTES_PER_MS))
             else:
                 if offset_ms is None:
                     offset_ms = frame.t_ms - stamp
-                start = round((stamp + offset_ms) * ULAW_SAMPLES_PER_MS)
+                start = round((stamp + offset_ms) * ULAW_BYTES_PER_MS)
             caller.append((start, audio))
             caller_end = start + len(audio)
         elif frame.direction == "bridge>twilio" and frame.kind == "media":
             audio = frame.audio()
             if audio is None:
                 continue
-            start = max(play_end, round(frame.t_ms * ULAW_SAMPLES_PER_MS))
+            start = max(play_end, round(frame.t_ms * ULAW_BYTES_PER_MS))
             heard.append((start, audio))
             play_end = start + len(audio)
         elif frame.direction == "bridge>twilio" and frame.kind == "clear":
-            cleared_at = round(frame.t_ms * ULAW_SAMPLES_PER_MS)
+            cleared_at = round(frame.t_ms * ULAW_BYTES_PER_MS)
             heard = [(start, audio[: max(0, cleared_at - start)]) for start, audio in heard if start < cleared_at]
             play_end = min(play_end, cleared_at)
     length = max(
-        round(call.duration_ms * ULAW_SAMPLES_PER_MS),
+        round(call.duration_ms * ULAW_BYTES_PER_MS),
         *(start + len(audio) for start, audio in caller + heard),
         0,
     )
@@ -503,7 +500,7 @@ def write_stereo_wav8k(path: Path, left: np.ndarray, right: np.ndarray) -> None:
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(2)
         wav.setsampwidth(2)
-        wav.setframerate(8000)
+        wav.setframerate(ULAW_RATE_HZ)
         wav.writeframes(stereo.tobytes())
 
 
@@ -511,4 +508,4 @@ def export_wav(call: RecordedCall, path: Path) -> float:
     """Write the call as a stereo 8 kHz 16-bit WAV (left: the caller; right: what they heard); returns its seconds."""
     caller, heard = stereo_pcm8k(call)
     write_stereo_wav8k(path, caller, heard)
-    return len(caller) / 8000
+    return len(caller) / ULAW_RATE_HZ
