@@ -460,7 +460,9 @@ async def test_mark_is_echoed_after_its_audio_has_played() -> None:
         assert 0.18 <= echoed_at - sent_at <= 0.30
         assert bytes(call.heard) == audio
         assert call.heard_ms() == 200
-        assert [n for _, n in call.playback] == [160] * 10
+        assert [n for _, n in call.playback] == [700, 300, 600]
+        (start_0, _), (start_1, _), (start_2, _) = call.playback
+        assert (start_1 - start_0, start_2 - start_1) == (pytest.approx(0.0875), pytest.approx(0.0375))
         assert [(name, played) for _, name, played in call.marks_echoed] == [("turn-1", True)]
 
         # With nothing left to play, a mark comes straight back.
