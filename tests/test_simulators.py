@@ -36,6 +36,7 @@ from telephony_bridge.wire import (
     SERVER_EVENTS,
     ULAW_FRAME_BYTES,
     ULAW_RATE_HZ,
+    ULAW_SILENCE,
     pcm24k_ms,
 )
 
@@ -447,7 +448,7 @@ async def test_stream_opens_with_connected_and_start_then_media_at_50_frames_a_s
     payloads = [base64.b64decode(m["media"]["payload"]) for m in media]
     assert {len(p) for p in payloads} == {ULAW_FRAME_BYTES}
     assert b"".join(payloads[:10]) == said
-    assert set(b"".join(payloads[10:])) == {0xFF}
+    assert set(b"".join(payloads[10:])) == {ULAW_SILENCE}
     media_arrivals = bridge.arrivals[2:]
     period = (media_arrivals[-1] - media_arrivals[0]) / (len(media_arrivals) - 1)
     assert period == pytest.approx(0.020, abs=0.002)
