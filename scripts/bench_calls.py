@@ -94,51 +94,29 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
+from telephony_bridge.testing.bench_accounting import (
+    b64_length,
+    match_latencies,
+    pcm_bytes_due_array,
+    ulaw_bytes_due,
+)
+from telephony_bridge.testing.twilio_playback import MarkEcho, TwilioPlayback
+from telephony_bridge.testing.vad import speech_like_pcm16
+from telephony_bridge.wire import (
+    FRAME_MS,
+    PCM24K_RATE_HZ,
+    SERVER_EVENTS,
+    ULAW_FRAME_BYTES,
+    ULAW_RATE_HZ,
+)
+
 REPO = Path(__file__).resolve().parent.parent
-FRAME_S = 0.020
-FRAME_ULAW_BYTES = 160
-ULAW_LOOKAHEAD = 17  # 8 kHz samples the caller -> model converter holds back
-PCM_LOOKAHEAD = 51  # 24 kHz samples the model -> caller converter holds back
+GA = SERVER_EVENTS["ga"]
 DELTA_MS_CYCLE = (40, 20, 60, 100, 80)  # 20-100 ms, 60 ms on average
 TRANSCRIPT_EVERY_MS = 200
 SPEEDUP_MODULES = ("uvloop", "httptools", "orjson")
 AUTH_TOKEN = "bench-twilio-auth-token"
 NUMBER_BASE = "+1415555"
-
-# ----------------------------------------------------------------------------- accounting
-
-
-def pcm_bytes_due(ulaw_bytes_sent: int) -> int:
-    """PCM16 bytes at 24 kHz the caller -> model converter has emitted once `ulaw_bytes_sent` are in."""
-    return max(0, 6 * (ulaw_bytes_sent - ULAW_LOOKAHEAD))
-
-
-def ulaw_bytes_due(samples_sent: int) -> int:
-    """Mu-law bytes the model -> caller converter has surely emitted once `samples_sent` 24 kHz samples are in.
-
-    The converter emits ceil((S - 51) / 3); the floor is used so that no rounding can move a
-    match onto the frame before.
-    """
-    return max(0, (samples_sent - PCM_LOOKAHEAD) // 3)
-
-
-def b64_length(encoded: int, tail: bytes) -> int:
-    """Decoded length of `encoded` base64 characters ending in `tail` (for the padding)."""
-    return encoded * 3 // 4 - tail[-2:].count(b"=")
-
-
-def match_latencies(
-    sent_at: np.ndarray, due: np.ndarray, received_at: np.ndarray, received_total: np.ndarray
-) -> np.ndarray:
-    """For each send, the time until the receiving side's running total first reached its `due` mark.
-
-    `due` and `received_total` are running totals (non-decreasing). Sends never matched (lost,
-    or still in flight) are left out; audio loss is counted separately.
-    """
-    index = np.searchsorted(received_total, due, side="left")
-    found = index < len(received_total)
-    return received_at[index[found]] - sent_at[found]
-
 
 # ----------------------------------------------------------------------------- generator: shared
 
@@ -229,11 +207,9 @@ def _nodelay(transport: asyncio.BaseTransport) -> bool:
 
 def _caller_payloads() -> list[str]:
     """One second of speech-like caller audio as 50 base64 frames (content costs nothing; realism is free)."""
-    from telephony_bridge.testing.realtime_simulator import speech_like_pcm16
-
-    ulaw = audioop.lin2ulaw(speech_like_pcm16(1000, rate=8000), 2)
+    ulaw = audioop.lin2ulaw(speech_like_pcm16(1000, rate=ULAW_RATE_HZ), 2)
     return [
-        base64.b64encode(ulaw[i : i + FRAME_ULAW_BYTES]).decode() for i in range(0, len(ulaw), FRAME_ULAW_BYTES)
+        base64.b64encode(ulaw[i : i + ULAW_FRAME_BYTES]).decode() for i in range(0, len(ulaw), ULAW_FRAME_BYTES)
     ]
 
 
@@ -268,9 +244,10 @@ class TwilioLeg(_Socket):
         self._frames = 0
         self._first_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._played_until = 0.0
         self._received = 0
-        self._echoes: dict[str, asyncio.TimerHandle] = {}
+        self._playback = TwilioPlayback()
+        self._echo_timer: asyncio.TimerHandle | None = None
+        self._echo_at: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -307,12 +284,12 @@ class TwilioLeg(_Socket):
         self._frames += 1
         message = (
             f'{{"event":"media","sequenceNumber":"{self._sequence}","streamSid":"{self.stream_sid}",'
-            f'"media":{{"track":"inbound","chunk":"{frame + 1}","timestamp":"{52 + 20 * frame}",'
+            f'"media":{{"track":"inbound","chunk":"{frame + 1}","timestamp":"{52 + FRAME_MS * frame}",'
             f'"payload":"{self.payloads[frame % len(self.payloads)]}"}}}}'
         )
         self.record.frames_at.append(time.monotonic())
         self.send(message)
-        self._timer = self.loop.call_at(self._first_at + self._frames * FRAME_S, self._send_frame)
+        self._timer = self.loop.call_at(self._first_at + self._frames * FRAME_MS / 1000, self._send_frame)
 
     def stop_audio(self) -> None:
         self.sending = False
@@ -321,8 +298,8 @@ class TwilioLeg(_Socket):
 
     def hang_up(self) -> None:
         self.stop_audio()
-        for timer in self._echoes.values():
-            timer.cancel()
+        if self._echo_timer is not None:
+            self._echo_timer.cancel()
         self._sequence += 1
         self.send(json.dumps({"event": "stop", "sequenceNumber": str(self._sequence), "streamSid": self.stream_sid, "stop": {}}))
         self.close()
@@ -335,39 +312,47 @@ class TwilioLeg(_Socket):
             self._received += n
             self.record.audio_at.append(now)
             self.record.audio_total.append(self._received)
-            self._played_until = max(self._played_until, now) + n / 8000.0
+            self._echo(self._playback.media(now, n))
         elif kind == b"mark":
             self.record.marks += 1
             match = _NAME.search(message)
-            name = match.group(1).decode() if match else ""
-            self._echoes[name] = self.loop.call_at(
-                self.loop.time() + max(0.0, self._played_until - now), self._echo, name
-            )
+            self._echo(self._playback.mark(now, match.group(1).decode() if match else ""))
         elif kind == b"clear":
             self.record.clears += 1
-            self._played_until = now
-            for name, timer in list(self._echoes.items()):
-                timer.cancel()
-                self._echo(name)
+            self._echo(self._playback.clear(now))
         else:
             self.record.other += 1
 
-    def _echo(self, name: str) -> None:
-        self._echoes.pop(name, None)
-        self._sequence += 1
-        self.send(
-            f'{{"event":"mark","sequenceNumber":"{self._sequence}","streamSid":"{self.stream_sid}",'
-            f'"mark":{{"name":"{name}"}}}}'
-        )
+    def _echo(self, echoes: list[MarkEcho]) -> None:
+        """Send what Twilio echoes now, and wake up when the next pending mark's audio has played."""
+        for echo in echoes:
+            self._sequence += 1
+            self.send(
+                f'{{"event":"mark","sequenceNumber":"{self._sequence}","streamSid":"{self.stream_sid}",'
+                f'"mark":{{"name":"{echo.name}"}}}}'
+            )
+        due = self._playback.next_mark_at()
+        if due == self._echo_at:
+            return
+        if self._echo_timer is not None:
+            self._echo_timer.cancel()
+            self._echo_timer = None
+        self._echo_at = due
+        if due is not None and not self.closed:
+            # Playback runs on time.monotonic(); uvloop's clock is coarser, so only the delay is carried over.
+            delay = max(0.0, due - time.monotonic())
+            self._echo_timer = self.loop.call_at(self.loop.time() + delay, self._echo_due, due)
+
+    def _echo_due(self, due: float) -> None:
+        self._echo_timer, self._echo_at = None, None
+        self._echo(self._playback.advance(max(due, time.monotonic())))
 
 
 # ----------------------------------------------------------------------------- generator: Realtime stand-in
 
 
 def _delta_payloads() -> dict[int, str]:
-    from telephony_bridge.testing.realtime_simulator import speech_like_pcm16
-
-    return {ms: base64.b64encode(speech_like_pcm16(ms, rate=24000)).decode() for ms in set(DELTA_MS_CYCLE)}
+    return {ms: base64.b64encode(speech_like_pcm16(ms, rate=PCM24K_RATE_HZ)).decode() for ms in set(DELTA_MS_CYCLE)}
 
 
 @dataclass
@@ -448,7 +433,7 @@ class RealtimeLeg(_Socket):
         response_id, item_id = f"resp_{self.tag}_{self._response}", f"item_{self.tag}_{self._response}"
         self._answering, self._response_id = True, response_id
         self._ids = f'"response_id":"{response_id}","item_id":"{item_id}","output_index":0,"content_index":0'
-        self._prefix = '{"type":"response.output_audio.delta",' + self._ids + ',"delta":"'
+        self._prefix = '{"type":"' + GA.audio_delta + '",' + self._ids + ',"delta":"'
         self.send(f'{{"type":"response.created","response":{{"id":"{response_id}","status":"in_progress","output":[]}}}}')
         self.send(
             f'{{"type":"response.output_item.added","response_id":"{response_id}","output_index":0,'
@@ -471,20 +456,20 @@ class RealtimeLeg(_Socket):
         self._deltas += 1
         before = self._item_ms
         self._item_ms += ms
-        self._item_samples += 24 * ms
+        self._item_samples += PCM24K_RATE_HZ // 1000 * ms
         self.record.deltas_at.append(time.monotonic())
         self.record.deltas_due.append(self._earlier_items_ulaw + ulaw_bytes_due(self._item_samples))
         self.send(self._prefix + self.generator.delta_payloads[ms] + '"}')
         if before // TRANSCRIPT_EVERY_MS != self._item_ms // TRANSCRIPT_EVERY_MS:
-            self.send('{"type":"response.output_audio_transcript.delta",' + self._ids + ',"delta":"word "}')
+            self.send('{"type":"' + GA.transcript_delta + '",' + self._ids + ',"delta":"word "}')
         self._timer = self.loop.call_at(self._answer_at + self._item_ms / 1000.0, self._send_delta)
 
     def _end_answer(self) -> None:
         self._answering = False
-        self.send('{"type":"response.output_audio.done",' + self._ids + "}")
-        self.send('{"type":"response.output_audio_transcript.done",' + self._ids + ',"transcript":"words"}')
+        self.send('{"type":"' + GA.audio_done + '",' + self._ids + "}")
+        self.send('{"type":"' + GA.transcript_done + '",' + self._ids + ',"transcript":"words"}')
         self.send(f'{{"type":"response.done","response":{{"id":"{self._response_id}","status":"completed","output":[]}}}}')
-        self._earlier_items_ulaw += self._item_samples // 3
+        self._earlier_items_ulaw += self._item_samples // (PCM24K_RATE_HZ // ULAW_RATE_HZ)
         self.record.ulaw_expected = self._earlier_items_ulaw
         if self.talking:
             self._schedule_answer(self._answer_at + self.generator.period_s)
@@ -594,7 +579,7 @@ class LoadGenerator:
         start = {
             "accountSid": account_sid, "streamSid": stream_sid, "callSid": call_sid, "tracks": ["inbound"],
             "customParameters": parameters,
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": ULAW_RATE_HZ, "channels": 1},
         }
         leg = TwilioLeg(
             self.loop, f"ws://127.0.0.1:{port}/twilio/media", validator.compute_signature(wss_url, {}), start, self.payloads
@@ -1000,11 +985,6 @@ def measure(
         matched=(matched_up, matched_down),
         notes=notes,
     )
-
-
-def pcm_bytes_due_array(frames: int) -> np.ndarray:
-    """`pcm_bytes_due` after each of `frames` 160-byte caller frames."""
-    return np.maximum(0, 6 * (FRAME_ULAW_BYTES * np.arange(1, frames + 1, dtype=np.int64) - ULAW_LOOKAHEAD))
 
 
 # ----------------------------------------------------------------------------- report

@@ -27,6 +27,7 @@ from .recording import RecordedCall, read_recording, write_stereo_wav8k
 from .testing.bridge_server import serve_bridge
 from .testing.realtime_simulator import RealtimeSimulator
 from .testing.twilio_simulator import SimulatedCall, load_wav_ulaw
+from .wire import MODEL_AUDIO_DELTAS, PCM24K_RATE_HZ, ULAW_RATE_HZ, ulaw_ms
 
 DEMO_NUMBER = "+14155550100"
 DEMO_TOKEN = "demo-twilio-auth-token"
@@ -41,7 +42,7 @@ ANSWERS = [
 ]
 CALLER_TURNS = ["caller_turn_1.wav", "caller_turn_2.wav"]
 
-DEMO_CONFIG = f"""
+DEMO_CONFIG = """
 [defaults]
 instructions = "You are the receptionist of Bright Smile Dental. Offer appointment times and book one. Be brief."
 voice = "marin"
@@ -51,7 +52,7 @@ record = true
 silence_duration_ms = 500
 
 [recording]
-folder = "{{folder}}"
+folder = "{folder}"
 
 [call_log]
 path = ""
@@ -117,7 +118,7 @@ def _fixture(name: str) -> Path:
 
 def _read_pcm24k(path: Path) -> bytes:
     with wave.open(str(path), "rb") as wav:
-        if (wav.getframerate(), wav.getsampwidth(), wav.getnchannels()) != (24000, 2, 1):
+        if (wav.getframerate(), wav.getsampwidth(), wav.getnchannels()) != (PCM24K_RATE_HZ, 2, 1):
             raise ValueError(f"{path}: expected 24 kHz 16-bit mono")
         return wav.readframes(wav.getnframes())
 
@@ -131,15 +132,21 @@ async def _watch(call: SimulatedCall, timeline: Timeline, stop: asyncio.Event) -
         if heard > last_heard and not playing:
             playing = True
             timeline.mark("model", "speaking (the caller hears it)")
-        elif playing and heard == last_heard and call.playback and timeline.now_s() - (call.playback[-1][0] - timeline.start) > 0.1:
+        elif playing and heard == last_heard and timeline.now_s() - (_played_until(call) - timeline.start) > 0.1:
             playing = False
             timeline.mark("model", f"silent (heard {heard / 1000:.1f} s so far)")
         last_heard = heard
         if len(call.clears) > clears_seen:
             clears_seen = len(call.clears)
-            timeline.mark("bridge", f"clear: Twilio drops {call.clears[-1][1] / 8:.0f} ms of queued model audio")
+            timeline.mark("bridge", f"clear: Twilio drops {ulaw_ms(call.clears[-1][1]):.0f} ms of queued model audio")
             playing = False
         await asyncio.sleep(0.02)
+
+
+def _played_until(call: SimulatedCall) -> float:
+    """When the audio the caller heard last ended (on the loop's clock)."""
+    playback = call.playback
+    return playback[-1][0] + playback[-1][1] / ULAW_RATE_HZ if playback else float("-inf")
 
 
 async def _listen(call: SimulatedCall, up_to_ms: float, timeout_s: float = 30.0) -> None:
@@ -191,7 +198,7 @@ def _latencies(recording: RecordedCall) -> tuple[list[float], list[float]]:
     model_to_caller = []
     pending_delta: float | None = None
     for frame in recording.frames:
-        if frame.direction == "realtime>bridge" and frame.kind in ("response.output_audio.delta", "response.audio.delta"):
+        if frame.direction == "realtime>bridge" and frame.kind in MODEL_AUDIO_DELTAS:
             pending_delta = frame.t_ms
         elif frame.direction == "bridge>twilio" and frame.kind == "media" and pending_delta is not None:
             model_to_caller.append(frame.t_ms - pending_delta)
@@ -213,18 +220,18 @@ def _barge_in(recording: RecordedCall) -> tuple[float | None, int | None]:
     return reaction, truncate.message["audio_end_ms"] if truncate else None
 
 
-def _stereo(call: SimulatedCall, said: list[tuple[float, bytes]], t0: float, length_s: float) -> np.ndarray:
+def _stereo(call: SimulatedCall, t0: float, length_s: float) -> np.ndarray:
     """Left: what the caller said; right: what the caller heard, each placed at the time it happened."""
-    samples = int((length_s + 1) * 8000)
+    samples = int((length_s + 1) * ULAW_RATE_HZ)
     stereo = np.zeros((samples, 2), dtype=np.int16)
-    for at, ulaw in said:
-        start = max(0, int((at - t0) * 8000))
+    for at, ulaw in call.said:
+        start = max(0, int((at - t0) * ULAW_RATE_HZ))
         pcm = np.frombuffer(audioop.ulaw2lin(ulaw, 2), dtype=np.int16)[: samples - start]
         stereo[start : start + len(pcm), 0] = pcm
     heard = np.frombuffer(audioop.ulaw2lin(bytes(call.heard), 2), dtype=np.int16)
     offset = 0
     for at, n_bytes in call.playback:
-        start = int((at - t0) * 8000)
+        start = int((at - t0) * ULAW_RATE_HZ)
         piece = heard[offset : offset + n_bytes][: max(0, samples - start)]
         stereo[start : start + len(piece), 1] = piece
         offset += n_bytes
@@ -232,18 +239,17 @@ def _stereo(call: SimulatedCall, said: list[tuple[float, bytes]], t0: float, len
 
 
 def _playing_spans(playback: list[tuple[float, int]]) -> list[tuple[float, float]]:
-    """Consecutive 20 ms ticks of playback joined into (start, seconds) spans."""
+    """Runs of playback less than 25 ms apart joined into (start, seconds) spans."""
     spans: list[tuple[float, float]] = []
     for at, n_bytes in playback:
         if spans and at - (spans[-1][0] + spans[-1][1]) < 0.025:
-            spans[-1] = (spans[-1][0], at + n_bytes / 8000 - spans[-1][0])
+            spans[-1] = (spans[-1][0], at + n_bytes / ULAW_RATE_HZ - spans[-1][0])
         else:
-            spans.append((at, n_bytes / 8000))
+            spans.append((at, n_bytes / ULAW_RATE_HZ))
     return spans
 
 
-def _svg(timeline: Timeline, call: SimulatedCall, said: list[tuple[float, bytes]], t0: float, length_s: float,
-         summary: DemoSummary) -> str:
+def _svg(timeline: Timeline, call: SimulatedCall, t0: float, length_s: float, summary: DemoSummary) -> str:
     """A picture of the call: the caller's and the model's speech, the interruption and the cut."""
     width, left, scale = 960, 90, (960 - 110) / max(length_s, 1.0)
 
@@ -251,8 +257,8 @@ def _svg(timeline: Timeline, call: SimulatedCall, said: list[tuple[float, bytes]
         return left + seconds * scale
 
     bars = []
-    for at, ulaw in said:
-        bars.append(f'<rect x="{x(at - t0):.1f}" y="30" width="{len(ulaw) / 8000 * scale:.1f}" height="26" fill="#2b7bb9"/>')
+    for at, ulaw in call.said:
+        bars.append(f'<rect x="{x(at - t0):.1f}" y="30" width="{len(ulaw) / ULAW_RATE_HZ * scale:.1f}" height="26" fill="#2b7bb9"/>')
     for start, seconds in _playing_spans(call.playback):
         bars.append(f'<rect x="{x(start - t0):.1f}" y="80" width="{seconds * scale:.1f}" height="26" fill="#e07b39"/>')
     marks = []
@@ -300,14 +306,6 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
             echo(f"bridge: {bridge_url} (the real server; webhook and media socket signed as Twilio signs them)\n")
             call = SimulatedCall(bridge_url=bridge_url, public_url=PUBLIC_URL, auth_token=DEMO_TOKEN, to_number=DEMO_NUMBER)
             timeline = Timeline(loop.time, echo)
-            said: list[tuple[float, bytes]] = []
-            original_say = call.say
-
-            def say(ulaw: bytes) -> None:
-                said.append((loop.time() + 0.02, ulaw))
-                original_say(ulaw)
-
-            call.say = say  # type: ignore[method-assign]
             timeline.mark("phone", f"dials {DEMO_NUMBER}")
             await call.dial()
             timeline.mark("bridge", "answers with TwiML <Connect><Stream> and a fallback <Say>")
@@ -329,9 +327,9 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
     reaction, truncate_ms = _barge_in(recording)
     heard = call.played_ms_at(call.clears[0][0]) if call.clears else None
     summary = DemoSummary(length_s, caller_to_model, model_to_caller, reaction, truncate_ms, heard)
-    stereo = _stereo(call, said, t0, length_s)
+    stereo = _stereo(call, t0, length_s)
     write_stereo_wav8k(out_dir / "call.wav", stereo[:, 0], stereo[:, 1])
-    (out_dir / "timeline.svg").write_text(_svg(timeline, call, said, t0, length_s, summary), encoding="utf-8")
+    (out_dir / "timeline.svg").write_text(_svg(timeline, call, t0, length_s, summary), encoding="utf-8")
     echo("\nsummary")
     for line in summary.lines():
         echo(f"  {line}")

@@ -42,7 +42,7 @@ from .events import (
     TruncateItem,
 )
 from .logs import LogThrottle
-from .wire import loads
+from .wire import PCM24K_RATE_HZ, SERVER_EVENTS, loads
 
 log = logging.getLogger(__name__)
 _wire_log = logging.getLogger("telephony_bridge.realtime.wire")
@@ -54,12 +54,6 @@ CLOSE_TIMEOUT_S = 1.0
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 """A whole response's audio can arrive as one delta; the service's own frames stay well below this."""
-
-_AUDIO_EVENTS: dict[Dialect, tuple[str, str, str]] = {
-    "ga": ("response.output_audio.delta", "response.output_audio.done", "response.output_audio_transcript.done"),
-    "preview": ("response.audio.delta", "response.audio.done", "response.audio_transcript.done"),
-}
-
 
 PREVIEW_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"})
 """The voices the 2024-10-01 preview accepts; GA added others (marin, cedar). An unknown one fails the whole session.update."""
@@ -119,10 +113,10 @@ def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] 
         if profile.transcription and "transcription" not in omit:
             session["input_audio_transcription"] = {"model": profile.transcription}
         return {"type": "session.update", "event_id": CONFIGURE_EVENT_ID, "session": session}
-    audio_input: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": turn_detection}
+    audio_input: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ}, "turn_detection": turn_detection}
     if profile.transcription and "transcription" not in omit:
         audio_input["transcription"] = {"model": profile.transcription}
-    audio_output: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": 24000}}
+    audio_output: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ}}
     if "voice" not in omit:
         audio_output["voice"] = profile.voice
     return {
@@ -180,11 +174,11 @@ class RealtimeEventParser:
         self.dialect = dialect
         self.call_sid = call_sid
         self._logged_errors = LogThrottle()
-        audio_delta, audio_done, transcript_done = _AUDIO_EVENTS[dialect]
+        names = SERVER_EVENTS[dialect]
         self._handlers: dict[str, Callable[[dict[str, Any]], Event]] = {
-            audio_delta: _audio_delta,
-            audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
-            transcript_done: lambda e: TranscriptDone("model", _str(e, "item_id"), _str(e, "transcript")),
+            names.audio_delta: _audio_delta,
+            names.audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
+            names.transcript_done: lambda e: TranscriptDone("model", _str(e, "item_id"), _str(e, "transcript")),
             "session.updated": lambda e: SessionConfigured(),
             "input_audio_buffer.speech_started": lambda e: SpeechStarted(),
             "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(),

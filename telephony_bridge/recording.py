@@ -49,7 +49,7 @@ from .config import CallProfile, Dialect
 from .errors import RecordingError
 from .summary import CallSummary
 from .webhook import STREAM_TOKEN_PARAMETER
-from .wire import loads
+from .wire import MODEL_AUDIO_DELTAS, ULAW_BYTES_PER_MS, ULAW_RATE_HZ, ULAW_SILENCE, loads
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,7 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 MAX_QUEUED_LINES = 50_000
 """Lines waiting for the writer thread across all calls: a recorded call makes about 150 a second."""
 
-ULAW_SILENCE = 0xFF
 PCM_SILENCE = 0x00
-ULAW_SAMPLES_PER_MS = 8
-
-_MODEL_AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")
 _UNSAFE_IN_FILE_NAMES = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -88,7 +84,7 @@ def _audio_field(direction: Direction, message: Any) -> tuple[dict[str, Any], st
     kind = message.get("type")
     if direction == "bridge>realtime" and kind == "input_audio_buffer.append" and isinstance(message.get("audio"), str):
         return message, "audio", PCM_SILENCE
-    if direction == "realtime>bridge" and kind in _MODEL_AUDIO_DELTAS and isinstance(message.get("delta"), str):
+    if direction == "realtime>bridge" and kind in MODEL_AUDIO_DELTAS and isinstance(message.get("delta"), str):
         return message, "delta", PCM_SILENCE
     return None
 
@@ -607,26 +603,26 @@ def stereo_pcm8k(call: RecordedCall) -> tuple[np.ndarray, np.ndarray]:
                 continue
             stamp = _number(frame.message["media"].get("timestamp"))
             if stamp is None:
-                start = max(caller_end, round(frame.t_ms * ULAW_SAMPLES_PER_MS))
+                start = max(caller_end, round(frame.t_ms * ULAW_BYTES_PER_MS))
             else:
                 if offset_ms is None:
                     offset_ms = frame.t_ms - stamp
-                start = round((stamp + offset_ms) * ULAW_SAMPLES_PER_MS)
+                start = round((stamp + offset_ms) * ULAW_BYTES_PER_MS)
             caller.append((start, audio))
             caller_end = start + len(audio)
         elif frame.direction == "bridge>twilio" and frame.kind == "media":
             audio = frame.audio()
             if audio is None:
                 continue
-            start = max(play_end, round(frame.t_ms * ULAW_SAMPLES_PER_MS))
+            start = max(play_end, round(frame.t_ms * ULAW_BYTES_PER_MS))
             heard.append((start, audio))
             play_end = start + len(audio)
         elif frame.direction == "bridge>twilio" and frame.kind == "clear":
-            cleared_at = round(frame.t_ms * ULAW_SAMPLES_PER_MS)
+            cleared_at = round(frame.t_ms * ULAW_BYTES_PER_MS)
             heard = [(start, audio[: max(0, cleared_at - start)]) for start, audio in heard if start < cleared_at]
             play_end = min(play_end, cleared_at)
     length = max(
-        round(call.duration_ms * ULAW_SAMPLES_PER_MS),
+        round(call.duration_ms * ULAW_BYTES_PER_MS),
         *(start + len(audio) for start, audio in caller + heard),
         0,
     )
@@ -657,7 +653,7 @@ def write_stereo_wav8k(path: Path, left: np.ndarray, right: np.ndarray) -> None:
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(2)
         wav.setsampwidth(2)
-        wav.setframerate(8000)
+        wav.setframerate(ULAW_RATE_HZ)
         wav.writeframes(stereo.tobytes())
 
 
@@ -665,4 +661,4 @@ def export_wav(call: RecordedCall, path: Path) -> float:
     """Write the call as a stereo 8 kHz 16-bit WAV (left: the caller; right: what they heard); returns its seconds."""
     caller, heard = stereo_pcm8k(call)
     write_stereo_wav8k(path, caller, heard)
-    return len(caller) / 8000
+    return len(caller) / ULAW_RATE_HZ

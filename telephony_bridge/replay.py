@@ -10,8 +10,9 @@ the recorded close code; the frames after the bridge's next session opens go to 
 Each recorded incoming frame is sent at its recorded time, and not before the bridge has sent, on
 both sockets, at least as many messages of each type as the recording shows before it. That keeps
 cause before effect: a flushed mark's echo never overtakes the `clear` that flushed it, a
-`speech_started` finds the bridge in the state it was in. Mark echoes carry the names the bridge
-uses now, mapped by order; the `start` carries a fresh stream token.
+`speech_started` finds the bridge in the state it was in. The scripted Twilio plays what the
+bridge sends now through `TwilioPlayback`, so each recorded mark echo carries the name of the mark
+Twilio owes the bridge now, oldest first; the `start` carries a fresh stream token.
 
 Time is replayed faithfully only where the bridge reads the clock: while the caller is hearing the
 model with marks pending (the truncate point of a barge-in is computed from mark echo times), and
@@ -33,7 +34,7 @@ import bisect
 import difflib
 import json
 import secrets
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -48,7 +49,9 @@ from .call import Direction
 from .config import BridgeConfig, CallLogSettings, settings_from_env
 from .recording import RealtimeSocketChange, RecordedCall, RecordedFrame
 from .testing.bridge_server import serve_bridge
+from .testing.twilio_playback import TwilioPlayback
 from .testing.twilio_simulator import SimulatedCall
+from .wire import PCM24K_BYTES_PER_MS, pcm24k_ms, ulaw_ms
 
 FAST_FORWARD = 10.0
 """How much faster than real time the recording runs where the bridge does not read the clock."""
@@ -165,8 +168,8 @@ class _Script:
         self._changed = asyncio.Event()
         self._started = 0.0
         self._breaks = _time_warp(call.frames)
-        self._recorded_marks: dict[str, int] = {}
-        self._marks_now: list[str] = []
+        self.recorded_marks: set[str] = set()
+        """Names of the marks the bridge sent in the recording: an echo of any other is replayed as is."""
         self._steps: list[tuple[RecordedFrame | RealtimeSocketChange, float, dict[tuple[str, str], int]]] = []
         before = Counter[tuple[str, str]]()
         for frame in call.timeline():
@@ -174,7 +177,7 @@ class _Script:
                 self._steps.append((frame, self._replay_ms(frame.t_ms), dict(before)))
             elif frame.direction.startswith("bridge>"):
                 if frame.direction == "bridge>twilio" and frame.kind == "mark":
-                    self._recorded_marks.setdefault(_mark_name(frame.message), len(self._recorded_marks))
+                    self.recorded_marks.add(_mark_name(frame.message))
                 before[(frame.direction, frame.kind)] += 1
             else:
                 self._steps.append((frame, self._replay_ms(frame.t_ms), dict(before)))
@@ -189,15 +192,14 @@ class _Script:
     def recorded_ms(self, replay_ms: float) -> float:
         return _interpolate(self._breaks, 1, 0, replay_ms)
 
-    def saw(self, direction: Direction, frame: str | bytes) -> None:
+    def saw(self, direction: Direction, frame: str | bytes) -> RecordedFrame:
         """A frame the bridge sent on one of the sockets."""
         loop_ms = (asyncio.get_running_loop().time() - self._started) * 1000.0
         observed = _as_frame(self.recorded_ms(loop_ms), direction, frame)
         self.observed.append(observed)
         self._sent[(direction, observed.kind)] += 1
-        if direction == "bridge>twilio" and observed.kind == "mark":
-            self._marks_now.append(_mark_name(observed.message))
         self._changed.set()
+        return observed
 
     def saw_close(self) -> None:
         """A socket opened or closed: whoever waits on the bridge looks again."""
@@ -214,10 +216,6 @@ class _Script:
                     await self._changed.wait()
         except TimeoutError:
             return False
-
-    def mark_name_now(self, recorded_name: str) -> str:
-        index = self._recorded_marks.get(recorded_name)
-        return self._marks_now[index] if index is not None and index < len(self._marks_now) else recorded_name
 
     async def run(self, twilio: _ScriptedTwilio, service: _ScriptedRealtime) -> None:
         loop = asyncio.get_running_loop()
@@ -291,6 +289,9 @@ class _ScriptedTwilio:
         self._parameters = parameters
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._playback = TwilioPlayback()
+        self._owed: deque[str] = deque()
+        """Marks Twilio has echoed by its own clock, waiting for the recorded echo that sends them."""
         self.closed = False
 
     async def send(self, frame: RecordedFrame) -> None:
@@ -310,9 +311,37 @@ class _ScriptedTwilio:
             start["customParameters"] = {**(start.get("customParameters") or {}), **self._parameters}
             return json.dumps({**message, "start": start})
         if frame.kind == "mark" and isinstance(message.get("mark"), dict):
-            name = self._script.mark_name_now(_mark_name(message))
+            name = self._echo_name(_mark_name(message))
             return json.dumps({**message, "mark": {**message["mark"], "name": name}})
         return frame.wire_frame()
+
+    def _echo_name(self, recorded: str) -> str:
+        """The mark a recorded echo answers now: Twilio echoes in order, so the oldest one owed.
+
+        The recorded echo says the audio before its mark has played; the replay's clock runs
+        faster in places, so the playback is moved on to that point when it is not there yet.
+        """
+        if recorded not in self._script.recorded_marks:
+            return recorded
+        if not self._owed:
+            due = self._playback.next_mark_at()
+            if due is not None:
+                now = asyncio.get_running_loop().time()
+                self._owed.extend(echo.name for echo in self._playback.advance(max(now, due)))
+        return self._owed.popleft() if self._owed else recorded
+
+    def _play(self, sent: RecordedFrame) -> None:
+        """What the bridge sent, played as Twilio would."""
+        now = asyncio.get_running_loop().time()
+        if sent.kind == "media":
+            echoes = self._playback.media(now, sent.audio() or b"")
+        elif sent.kind == "mark":
+            echoes = self._playback.mark(now, _mark_name(sent.message))
+        elif sent.kind == "clear":
+            echoes = self._playback.clear(now)
+        else:
+            return
+        self._owed.extend(echo.name for echo in echoes)
 
     async def _send_quietly(self, data: str | bytes) -> None:
         assert self._ws is not None
@@ -324,7 +353,7 @@ class _ScriptedTwilio:
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for frame in ws:
-                self._script.saw("bridge>twilio", frame)
+                self._play(self._script.saw("bridge>twilio", frame))
         except ConnectionClosed:
             pass
         self.closed = True
@@ -547,7 +576,7 @@ def _normalise(value: Any, ids: dict[str, str], numbers: dict[str, float]) -> An
 
 
 def _audio_ms(direction: str, audio: bytes) -> float:
-    return len(audio) / 8 if direction in _TWILIO_SIDE else len(audio) / 48
+    return ulaw_ms(len(audio)) if direction in _TWILIO_SIDE else pcm24k_ms(len(audio))
 
 
 def _linear(direction: str, audio: bytes) -> np.ndarray:
@@ -638,7 +667,7 @@ def _compare_caller_audio(before: list[_Sent], now: list[_Sent]) -> list[str]:
         ]
     old_pcm = b"".join(s.audio or b"" for s in before)
     new_pcm = b"".join(s.audio or b"" for s in now)
-    block = 48 * 100
+    block = PCM24K_BYTES_PER_MS * 100
     off = [
         start
         for start in range(0, len(old_pcm), block)
@@ -647,6 +676,6 @@ def _compare_caller_audio(before: list[_Sent], now: list[_Sent]) -> list[str]:
     if off:
         return [
             f"caller audio to the Realtime service: {len(off)} of {-(-len(old_pcm) // block)} blocks of 100 ms differ "
-            f"beyond {AUDIO_TOLERANCE:.0%} RMS, the first at {off[0] / 48:.0f} ms into the caller's audio"
+            f"beyond {AUDIO_TOLERANCE:.0%} RMS, the first at {pcm24k_ms(off[0]):.0f} ms into the caller's audio"
         ]
     return []

@@ -1,4 +1,4 @@
-"""The load benchmark's audio accounting matches what the converters really emit (scripts/bench_calls.py).
+"""The load benchmark's audio accounting matches what the converters really emit.
 
 The benchmark matches each caller frame and each model delta to the message that carries its
 audio out of the bridge by running totals; if its arithmetic drifted from the converters', every
@@ -8,28 +8,22 @@ latency it reports would be off by a frame.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from telephony_bridge.audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k
-
-_spec = importlib.util.spec_from_file_location("bench_calls", Path(__file__).parent.parent / "scripts" / "bench_calls.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_calls"] = bench
-_spec.loader.exec_module(bench)
+from telephony_bridge.testing import bench_accounting as bench
+from telephony_bridge.wire import PCM24K_BYTES_PER_MS, PCM24K_RATE_HZ, ULAW_FRAME_BYTES
 
 
 def test_caller_audio_is_due_exactly_when_the_converter_emits_it() -> None:
     converter, noise = Ulaw8kToPcm24k(), random.Random(7)
     emitted = 0
     for frame in range(1, 60):
-        emitted += len(converter.convert(noise.randbytes(160)))
-        assert emitted == bench.pcm_bytes_due(160 * frame)
-    assert list(bench.pcm_bytes_due_array(59)) == [bench.pcm_bytes_due(160 * i) for i in range(1, 60)]
+        emitted += len(converter.convert(noise.randbytes(ULAW_FRAME_BYTES)))
+        assert emitted == bench.pcm_bytes_due(ULAW_FRAME_BYTES * frame)
+    assert list(bench.pcm_bytes_due_array(59)) == [bench.pcm_bytes_due(ULAW_FRAME_BYTES * i) for i in range(1, 60)]
 
 
 def test_model_audio_is_due_in_the_message_that_carries_it_never_the_one_before() -> None:
@@ -37,8 +31,8 @@ def test_model_audio_is_due_in_the_message_that_carries_it_never_the_one_before(
     sent = emitted = 0
     for ms in [40, 20, 60, 100, 80] * 6:
         before = emitted
-        sent += 24 * ms
-        emitted += len(converter.convert(bytes(48 * ms)))
+        sent += PCM24K_RATE_HZ // 1000 * ms
+        emitted += len(converter.convert(bytes(PCM24K_BYTES_PER_MS * ms)))
         assert before < bench.ulaw_bytes_due(sent) <= emitted
     emitted += len(converter.flush())
     assert emitted == sent // 3

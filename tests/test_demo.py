@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from telephony_bridge.wire import ULAW_RATE_HZ
+
 
 def test_the_demo_places_a_call_with_a_barge_in_and_writes_what_it_promises(tmp_path: Path) -> None:
     out = tmp_path / "demo-out"
@@ -27,12 +29,12 @@ def test_the_demo_places_a_call_with_a_barge_in_and_writes_what_it_promises(tmp_
     assert re.search(r"bridge latency caller>model median [\d.]+ ms", printed)
 
     with wave.open(str(out / "call.wav")) as wav:
-        assert (wav.getnchannels(), wav.getframerate()) == (2, 8000)
+        assert (wav.getnchannels(), wav.getframerate()) == (2, ULAW_RATE_HZ)
         stereo = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).reshape(-1, 2)
     clear_at_s = float(re.search(r"([\d.]+) s  bridge  clear", printed).group(1))
     heard = stereo[:, 1].astype(float)
-    before = heard[int((clear_at_s - 0.5) * 8000) : int((clear_at_s - 0.05) * 8000)]
-    after = heard[int((clear_at_s + 0.1) * 8000) : int((clear_at_s + 0.6) * 8000)]
+    before = heard[int((clear_at_s - 0.5) * ULAW_RATE_HZ) : int((clear_at_s - 0.05) * ULAW_RATE_HZ)]
+    after = heard[int((clear_at_s + 0.1) * ULAW_RATE_HZ) : int((clear_at_s + 0.6) * ULAW_RATE_HZ)]
     assert np.sqrt(np.mean(before**2)) > 300, "the model was speaking before the interruption"
     assert np.sqrt(np.mean(after**2)) < 30, "the model went on speaking after the interruption"
     assert np.sqrt(np.mean(stereo[:, 0].astype(float) ** 2)) > 100, "the caller's side is in the left channel"

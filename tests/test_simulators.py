@@ -30,12 +30,22 @@ from telephony_bridge.testing.twilio_simulator import (
     speech_like_ulaw,
     ulaw_silence,
 )
+from telephony_bridge.wire import (
+    PCM24K_BYTES_PER_MS,
+    PCM24K_RATE_HZ,
+    SERVER_EVENTS,
+    ULAW_FRAME_BYTES,
+    ULAW_RATE_HZ,
+    ULAW_SILENCE,
+    pcm24k_ms,
+)
 
 pytestmark = pytest.mark.anyio
 
 PUBLIC_URL = "https://bridge.example.com"
 STREAM_URL = "wss://bridge.example.com/twilio/media"
 TOKEN = "twilio-test-auth-token"
+GA, PREVIEW = SERVER_EVENTS["ga"], SERVER_EVENTS["preview"]
 
 
 @pytest.fixture
@@ -44,14 +54,14 @@ def anyio_backend() -> str:
 
 
 def pcm_silence(ms: int) -> bytes:
-    return bytes(48 * ms)
+    return bytes(PCM24K_BYTES_PER_MS * ms)
 
 
 def ga_update(**turn_detection: Any) -> dict[str, Any]:
     return {"type": "realtime", "instructions": "Be brief.", "audio": {
-        "input": {"format": {"type": "audio/pcm", "rate": 24000},
+        "input": {"format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ},
                   "turn_detection": {"type": "server_vad", **turn_detection}},
-        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "cedar"},
+        "output": {"format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ}, "voice": "cedar"},
     }}
 
 
@@ -69,7 +79,7 @@ class ScriptClient:
         await self.ws.send(json.dumps({"type": event_type, **fields}))
 
     async def append(self, pcm: bytes, chunk_ms: int = 20) -> None:
-        step = 48 * chunk_ms
+        step = PCM24K_BYTES_PER_MS * chunk_ms
         for i in range(0, len(pcm), step):
             chunk = base64.b64encode(pcm[i:i + step]).decode()
             await self.send("input_audio_buffer.append", audio=chunk)
@@ -131,14 +141,14 @@ async def test_server_vad_finds_speech_in_audio_time_and_answers_with_the_whole_
         t_created = time.monotonic()
         done = await client.until("response.done")
         elapsed = time.monotonic() - t_created
-        deltas = client.of("response.output_audio.delta")
+        deltas = client.of(GA.audio_delta)
         sizes = [len(base64.b64decode(d["delta"])) for d in deltas]
         assert sum(sizes) == len(sim.answer_audio)
         assert len(set(sizes)) > 1, "delta sizes should vary, as real ones do"
         assert all(d["response_id"] == created["response"]["id"] for d in deltas)
         assert elapsed >= 0.8 * sim.answer_ms / 10 / 1000  # paced at 10x real time
         assert done["response"]["status"] == "completed"
-        assert client.of("response.output_audio_transcript.done")[0]["transcript"]
+        assert client.of(GA.transcript_done)[0]["transcript"]
 
         session = sim.sessions[0]
         item_id = deltas[0]["item_id"]
@@ -166,7 +176,7 @@ async def test_every_ga_server_event_validates_against_the_openai_models() -> No
         await client.send("no.such.event")
         await client.until("error")
     types = {event["type"] for event in sim.sessions[0].sent}
-    assert {"session.created", "input_audio_buffer.speech_started", "response.output_audio.delta",
+    assert {"session.created", "input_audio_buffer.speech_started", GA.audio_delta,
             "conversation.item.truncated", "error"} <= types
     for event in sim.sessions[0].sent:
         adapter.validate_python(event)
@@ -212,15 +222,15 @@ async def test_speech_during_a_response_cancels_it() -> None:
     async with RealtimeSimulator(speed=1.0) as sim, realtime_client(sim) as client:
         await client.send("response.create")
         for _ in range(3):
-            await client.until("response.output_audio.delta")
+            await client.until(GA.audio_delta)
         await client.append(speech_like_pcm16(300))
         await client.until("input_audio_buffer.speech_started")
         done = await client.until("response.done")
         assert done["response"]["status"] == "cancelled"
         assert done["response"]["status_details"]["reason"] == "turn_detected"
 
-        heard = sum(len(base64.b64decode(d["delta"])) / 48
-                    for d in client.of("response.output_audio.delta"))
+        heard = sum(pcm24k_ms(len(base64.b64decode(d["delta"])))
+                    for d in client.of(GA.audio_delta))
         session = sim.sessions[0]
         assert 0 < heard < 3000
         assert session.responses[0].audio_ms == pytest.approx(heard)
@@ -228,7 +238,7 @@ async def test_speech_during_a_response_cancels_it() -> None:
         await asyncio.sleep(0.15)
         assert not [e for e in session.sent[session.sent.index(
             session.events("response.done", sent=True)[0]):]
-            if e["type"] == "response.output_audio.delta"]
+            if e["type"] == GA.audio_delta]
 
 
 async def test_a_second_response_create_is_refused_while_one_is_active() -> None:
@@ -263,9 +273,8 @@ async def test_preview_path_speaks_the_preview_dialect() -> None:
         types = [e["type"] for e in client.events]
         assert session.dialect == "preview"
         assert "api-version=2024-10-01-preview" in session.path
-        assert {"response.audio.delta", "response.audio.done", "response.audio_transcript.done",
-                "conversation.item.created"} <= set(types)
-        assert not [t for t in types if "output_audio" in t or t == "conversation.item.added"]
+        assert {PREVIEW.audio_delta, PREVIEW.audio_done, PREVIEW.transcript_done, PREVIEW.item_added} <= set(types)
+        assert not set(types) & {GA.audio_delta, GA.audio_done, GA.transcript_done, GA.item_added}
 
 
 async def test_the_first_preview_refuses_fields_and_voices_it_does_not_know_whole() -> None:
@@ -312,7 +321,7 @@ async def test_conversation_item_create_is_acknowledged_and_recorded() -> None:
         await client.send("conversation.item.create", item={
             "type": "message", "role": "user",
             "content": [{"type": "input_text", "text": "The caller pressed 5"}]})
-        added = await client.until("conversation.item.added")
+        added = await client.until(GA.item_added)
         await client.until("conversation.item.done")
         session = sim.sessions[0]
         assert session.items[added["item"]["id"]]["content"][0]["text"] == "The caller pressed 5"
@@ -427,7 +436,7 @@ async def test_stream_opens_with_connected_and_start_then_media_at_50_frames_a_s
     assert start["start"]["streamSid"] == start["streamSid"] == call.stream_sid
     assert start["start"]["tracks"] == ["inbound"]
     assert start["start"]["mediaFormat"] == {
-        "encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+        "encoding": "audio/x-mulaw", "sampleRate": ULAW_RATE_HZ, "channels": 1}
 
     assert 22 <= len(media) <= 28
     assert [m["sequenceNumber"] for m in media] == [str(n) for n in range(2, len(media) + 2)]
@@ -437,12 +446,25 @@ async def test_stream_opens_with_connected_and_start_then_media_at_50_frames_a_s
     assert all(b - a == 20 for a, b in zip(timestamps, timestamps[1:]))
     assert {m["media"]["track"] for m in media} == {"inbound"}
     payloads = [base64.b64decode(m["media"]["payload"]) for m in media]
-    assert {len(p) for p in payloads} == {160}
+    assert {len(p) for p in payloads} == {ULAW_FRAME_BYTES}
     assert b"".join(payloads[:10]) == said
-    assert set(b"".join(payloads[10:])) == {0xFF}
+    assert set(b"".join(payloads[10:])) == {ULAW_SILENCE}
     media_arrivals = bridge.arrivals[2:]
     period = (media_arrivals[-1] - media_arrivals[0]) / (len(media_arrivals) - 1)
     assert period == pytest.approx(0.020, abs=0.002)
+
+
+async def test_what_the_caller_says_is_stamped_when_its_first_frame_goes_out() -> None:
+    first, second = speech_like_ulaw(100), speech_like_ulaw(60)
+    async with call_on_fake_bridge() as (bridge, call):
+        call.say(first)
+        call.say(second)
+        await asyncio.sleep(0.3)
+        media_arrivals = bridge.arrivals[2:]
+    assert [audio for _, audio in call.said] == [first, second]
+    (first_at, _), (second_at, _) = call.said
+    assert first_at == pytest.approx(media_arrivals[0], abs=0.025)
+    assert second_at == pytest.approx(media_arrivals[5], abs=0.025)
 
 
 async def test_mark_is_echoed_after_its_audio_has_played() -> None:
@@ -460,7 +482,9 @@ async def test_mark_is_echoed_after_its_audio_has_played() -> None:
         assert 0.18 <= echoed_at - sent_at <= 0.30
         assert bytes(call.heard) == audio
         assert call.heard_ms() == 200
-        assert [n for _, n in call.playback] == [160] * 10
+        assert [n for _, n in call.playback] == [700, 300, 600]
+        (start_0, _), (start_1, _), (start_2, _) = call.playback
+        assert (start_1 - start_0, start_2 - start_1) == (pytest.approx(0.0875), pytest.approx(0.0375))
         assert [(name, played) for _, name, played in call.marks_echoed] == [("turn-1", True)]
 
         # With nothing left to play, a mark comes straight back.
@@ -498,7 +522,7 @@ async def test_dtmf_and_what_twilio_would_reject() -> None:
         assert isinstance(dtmf["sequenceNumber"], str)
 
         assert bridge.ws is not None
-        await bridge.ws.send(b"\xff" * 160)
+        await bridge.ws.send(b"\xff" * ULAW_FRAME_BYTES)
         await bridge.ws.send("not json")
         await bridge.media(ulaw_silence(100), "MZ-someone-else")
         await bridge.send(event="media", streamSid=call.stream_sid, media={"payload": "@@@"})

@@ -1,9 +1,9 @@
 """A stand-in for Twilio: the signed voice webhook and the Media Stream client of one call.
 
-``SimulatedCall.dial()`` POSTs the voice webhook as Twilio does (docs/protocols.md section 1) and
-reads the TwiML; ``connect()`` opens the Media Stream websocket (sections 2 and 3) and then,
-until the call ends, sends a 20 ms frame of caller audio every 20 ms and plays what the bridge
-sends back in real time, echoing marks when their audio has played.
+``SimulatedCall.dial()`` POSTs the voice webhook as Twilio does and reads the TwiML;
+``connect()`` opens the Media Stream websocket and then, until the call ends, sends a 20 ms
+frame of caller audio every 20 ms and plays what the bridge sends back in real time, echoing
+marks when their audio has played (``TwilioPlayback`` models that; this class moves the bytes).
 
 The Twilio facts a bridge can trip on, reproduced here:
 
@@ -27,8 +27,8 @@ import binascii
 import json
 import logging
 import secrets
-import wave
 import warnings
+import wave
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +40,16 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from .realtime_simulator import _Changes, speech_like_pcm16
+from ..wire import (
+    FRAME_MS,
+    ULAW_BYTES_PER_MS,
+    ULAW_FRAME_BYTES,
+    ULAW_RATE_HZ,
+    ULAW_SILENCE,
+)
+from .changes import Changes
+from .twilio_playback import MarkEcho, TwilioPlayback
+from .vad import speech_like_pcm16
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -56,28 +65,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FRAME_MS = 20
-FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
-ULAW_SILENCE = 0xFF
 # Twilio's first inbound media timestamp is a few tens of ms into the stream, never 0.
 _FIRST_TIMESTAMP_MS = 52
 
 
 def ulaw_silence(ms: float) -> bytes:
     """``ms`` of 8 kHz mu-law silence (0xFF, the code for zero)."""
-    return bytes([ULAW_SILENCE]) * round(ms * 8)
+    return bytes([ULAW_SILENCE]) * round(ms * ULAW_BYTES_PER_MS)
 
 
 def pcm16_to_ulaw8k(pcm: bytes, rate: int) -> bytes:
     """Mono PCM16 LE at ``rate`` to 8 kHz mu-law (naive resampling; fine for test audio)."""
-    if rate != 8000:
-        pcm, _ = audioop.ratecv(pcm, 2, 1, rate, 8000, None)
+    if rate != ULAW_RATE_HZ:
+        pcm, _ = audioop.ratecv(pcm, 2, 1, rate, ULAW_RATE_HZ, None)
     return audioop.lin2ulaw(pcm, 2)
 
 
 def speech_like_ulaw(ms: int, *, level_dbfs: float = -20.0, f0: float = 120.0) -> bytes:
     """Speech-like caller audio (see ``speech_like_pcm16``), made directly at 8 kHz mu-law."""
-    return audioop.lin2ulaw(speech_like_pcm16(ms, rate=8000, level_dbfs=level_dbfs, f0=f0), 2)
+    return audioop.lin2ulaw(speech_like_pcm16(ms, rate=ULAW_RATE_HZ, level_dbfs=level_dbfs, f0=f0), 2)
 
 
 def load_wav_ulaw(path: str | Path) -> bytes:
@@ -111,9 +117,9 @@ class SimulatedCall:
     ``say_texts``. After ``connect()``, for assertions:
 
     * ``received``: ``(t, message)`` for every JSON message from the bridge;
-    * ``heard``: all mu-law audio played to the caller, in order (silence filler excluded;
-      a 20 ms piece counts as heard from the tick that starts playing it);
-    * ``playback``: ``(t_start, n_bytes)`` per 20 ms tick that played bridge audio;
+    * ``said``: ``(t, audio)`` for every ``say``, stamped when its first frame goes out;
+    * ``heard``: all mu-law audio played to the caller so far, in order (silence filler excluded);
+    * ``playback``: ``(t_start, n_bytes)`` per run of bridge audio played without a pause;
     * ``clears``: ``(t, bytes_dropped)``; ``marks_echoed``: ``(t, name, played)``, where
       ``played`` is False for marks flushed by a ``clear`` before their audio played;
     * ``sent``: ``(t, message)`` for everything sent except media frames; ``media_sent``:
@@ -154,10 +160,7 @@ class SimulatedCall:
         self.received: list[tuple[float, dict[str, Any]]] = []
         self.sent: list[tuple[float, dict[str, Any]]] = []
         self.media_sent = 0
-        self.heard = bytearray()
-        self.playback: list[tuple[float, int]] = []
-        self.clears: list[tuple[float, int]] = []
-        self.marks_echoed: list[tuple[float, str, bool]] = []
+        self.said: list[tuple[float, bytes]] = []
         self.errors: list[tuple[float, int, str]] = []
         self.connected_at: float | None = None
         self.closed_at: float | None = None
@@ -166,13 +169,11 @@ class SimulatedCall:
 
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._changes: _Changes | None = None
+        self._changes: Changes | None = None
         self._sequence = 0
         self._caller_audio = bytearray()
-        self._play_buffer = bytearray()
-        self._taken = 0      # bytes taken from the play buffer so far
-        self._completed = 0  # of those, bytes whose 20 ms tick has ended
-        self._pending_marks: list[tuple[int, str]] = []
+        self._playback = TwilioPlayback()
+        self._played_something = asyncio.Event()
         self._closing = False
 
     # ---- the webhook
@@ -257,7 +258,7 @@ class SimulatedCall:
         headers: dict[str, str] = {}
         if sign and self.auth_token is not None:
             headers["X-Twilio-Signature"] = self._signature(public, {})
-        self._changes = _Changes()
+        self._changes = Changes()
         self._ws = await connect(
             target, additional_headers=headers, user_agent_header="Twilio.TmeWs/1.0",
             compression=None, max_size=None,
@@ -273,7 +274,7 @@ class SimulatedCall:
                 "callSid": call_sid or self.call_sid,
                 "tracks": ["inbound"],
                 "customParameters": dict(self.parameters if parameters is None else parameters),
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": ULAW_RATE_HZ, "channels": 1},
             },
             "streamSid": self.stream_sid,
         })
@@ -298,6 +299,8 @@ class SimulatedCall:
 
     def say(self, ulaw: bytes) -> None:
         """Queue caller audio; it goes out in real time as 20 ms frames after what is queued."""
+        ahead_ms = FRAME_MS + len(self._caller_audio) / ULAW_BYTES_PER_MS
+        self.said.append((self._now() + ahead_ms / 1000, ulaw))
         self._caller_audio += ulaw
 
     @property
@@ -398,9 +401,9 @@ class SimulatedCall:
             delay = start + chunk * FRAME_MS / 1000 - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            frame = bytes(self._caller_audio[:FRAME_BYTES])
-            del self._caller_audio[:FRAME_BYTES]
-            if len(frame) < FRAME_BYTES:
+            frame = bytes(self._caller_audio[:ULAW_FRAME_BYTES])
+            del self._caller_audio[:ULAW_FRAME_BYTES]
+            if len(frame) < ULAW_FRAME_BYTES:
                 frame += ulaw_silence(FRAME_MS)[len(frame):]
             chunk += 1
             sent = await self._send({
@@ -418,34 +421,29 @@ class SimulatedCall:
                 self._changes.fire()
 
     async def _play(self) -> None:
-        """Every 20 ms: marks whose audio has now played are echoed, then 20 ms more plays."""
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        tick = 0
+        """Echo each mark when its audio has played; while audio plays, wake waiters every 20 ms."""
         while True:
-            delay = start + tick * FRAME_MS / 1000 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tick += 1
-            self._completed = self._taken
-            while self._pending_marks and self._pending_marks[0][0] <= self._completed:
-                _, name = self._pending_marks.pop(0)
-                await self._echo_mark(name, played=True)
-            if self._play_buffer:
-                piece = self._play_buffer[:FRAME_BYTES]
-                del self._play_buffer[:FRAME_BYTES]
-                self.heard += piece
-                self._taken += len(piece)
-                self.playback.append((self._now(), len(piece)))
-                assert self._changes is not None
-                self._changes.fire()
+            now = self._now()
+            await self._echo_marks(self._playback.advance(now))
+            due = self._playback.next_mark_at()
+            wait = FRAME_MS / 1000 if self._playback.playing(now) else None
+            if due is not None:
+                wait = min(wait if wait is not None else due - now, due - now)
+            assert self._changes is not None
+            self._changes.fire()
+            try:
+                async with asyncio.timeout(None if wait is None else max(0.0, wait)):
+                    await self._played_something.wait()
+            except TimeoutError:
+                pass
+            self._played_something.clear()
 
-    async def _echo_mark(self, name: str, *, played: bool) -> None:
-        self.marks_echoed.append((self._now(), name, played))
-        await self._send({
-            "event": "mark", "sequenceNumber": self._next_sequence(),
-            "streamSid": self.stream_sid, "mark": {"name": name},
-        })
+    async def _echo_marks(self, echoes: list[MarkEcho]) -> None:
+        for echo in echoes:
+            await self._send({
+                "event": "mark", "sequenceNumber": self._next_sequence(),
+                "streamSid": self.stream_sid, "mark": {"name": echo.name},
+            })
 
     async def _receive(self) -> None:
         assert self._ws is not None
@@ -497,25 +495,17 @@ class SimulatedCall:
             except (binascii.Error, ValueError, TypeError):
                 self._reject(31924, "media payload is not base64")
                 return
-            self._play_buffer += audio
+            echoes = self._playback.media(self._now(), audio)
         elif event == "mark":
             name = (message.get("mark") or {}).get("name")
             if not isinstance(name, str):
                 self._reject(31951, "mark without a name")
                 return
-            position = self._taken + len(self._play_buffer)
-            if position <= self._completed and not self._pending_marks:
-                await self._echo_mark(name, played=True)
-            else:
-                self._pending_marks.append((position, name))
+            echoes = self._playback.mark(self._now(), name)
         else:
-            dropped = len(self._play_buffer)
-            self._play_buffer.clear()
-            self.clears.append((self._now(), dropped))
-            pending, self._pending_marks = self._pending_marks, []
-            for position, name in pending:
-                # Audio already taken for playback has been heard; the rest is flushed.
-                await self._echo_mark(name, played=position <= self._taken)
+            echoes = self._playback.clear(self._now())
+        await self._echo_marks(echoes)
+        self._played_something.set()
 
     # ---- what happened
 
@@ -534,12 +524,28 @@ class SimulatedCall:
             f"a message matching {match!r}",
         )
 
+    @property
+    def heard(self) -> bytes:
+        return self._playback.heard(self._now())
+
+    @property
+    def playback(self) -> list[tuple[float, int]]:
+        return [(run.start, run.n_bytes) for run in self._playback.played(self._now())]
+
+    @property
+    def clears(self) -> list[tuple[float, int]]:
+        return list(self._playback.clears)
+
+    @property
+    def marks_echoed(self) -> list[tuple[float, str, bool]]:
+        return [(echo.at, echo.name, echo.played) for echo in self._playback.echoes]
+
     def heard_ms(self) -> float:
-        return len(self.heard) / 8
+        return self._playback.heard_ms(self._now())
 
     def played_ms_at(self, t: float) -> float:
-        """How much bridge audio had actually played by loop time ``t`` (a tick counts as it plays)."""
-        return sum(min(n_bytes / 8, max(0.0, (t - start) * 1000)) for start, n_bytes in self.playback)
+        """How much bridge audio had actually played by ``t`` (on the call's clock)."""
+        return self._playback.heard_ms(t)
 
     async def wait_heard(self, ms: float, timeout: float = 5.0) -> None:
         """Until at least ``ms`` of bridge audio has been played to the caller."""
