@@ -13,7 +13,8 @@ import gc
 import statistics
 import time
 import warnings
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import soxr

@@ -372,7 +372,7 @@ class ModelRecord:
 class RealtimeLeg(_Socket):
     """One Realtime session: answers session.update, then talks for `talk` of every `period` seconds."""
 
-    def __init__(self, generator: "LoadGenerator") -> None:
+    def __init__(self, generator: LoadGenerator) -> None:
         super().__init__()
         self.generator = generator
         self.loop = generator.loop

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Mapping
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, Response, WebSocket

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
-from typing import Any, Awaitable, Callable, Coroutine, Literal, Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection

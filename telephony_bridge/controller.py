@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from types import MappingProxyType
-from typing import Callable
 
 from .audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k
 from .config import CallProfile

@@ -15,10 +15,10 @@ import audioop
 import dataclasses
 import statistics
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -7,8 +7,9 @@ never sees JSON, base64 or a dialect.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Union
+from typing import Literal, Union
 
 from .config import CallProfile
 

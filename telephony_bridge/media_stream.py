@@ -11,7 +11,8 @@ import base64
 import binascii
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .events import (
     CallerAudio,

@@ -20,8 +20,9 @@ cut (audio of it is playing or still to come), so a long call keeps no history h
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 ONE_WAY_DELAY_SMOOTHING = 0.5
 

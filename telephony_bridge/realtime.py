@@ -13,7 +13,8 @@ import base64
 import binascii
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -30,8 +31,8 @@ from .events import (
     Event,
     ModelAudio,
     ModelAudioDone,
-    RealtimeMessage,
     RealtimeErrorReported,
+    RealtimeMessage,
     RealtimeMessageRejected,
     ResponseDone,
     ResponseStarted,

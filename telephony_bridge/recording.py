@@ -36,10 +36,11 @@ import queue
 import re
 import threading
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Literal, TextIO, get_args
+from typing import Any, Literal, TextIO, get_args
 
 import numpy as np
 
@@ -155,7 +156,7 @@ def header(
         "config": profile.model_dump(mode="json"),
         "bridge_version": __version__,
         "dialect": dialect,
-        "started_at": started_at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "started_at": started_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "redacted": profile.redact,
     }
 
@@ -352,7 +353,7 @@ class CallRecordings:
         folder: Path,
         dialect: Dialect,
         clock: Callable[[], float],
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
@@ -368,7 +369,7 @@ class CallRecordings:
         if not profile.record:
             return None
         started_at = self._wall_clock()
-        name = f"{started_at.astimezone(timezone.utc):%Y%m%dT%H%M%S}-{_UNSAFE_IN_FILE_NAMES.sub('_', call_sid)}.jsonl"
+        name = f"{started_at.astimezone(UTC):%Y%m%dT%H%M%S}-{_UNSAFE_IN_FILE_NAMES.sub('_', call_sid)}.jsonl"
         first_line = header(call_sid, called_number, profile, self._dialect, started_at)
         recorder = CallRecorder(
             self._writer, functools.partial(_create, self.folder / name), first_line, self._clock,

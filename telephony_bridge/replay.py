@@ -35,8 +35,9 @@ import difflib
 import json
 import secrets
 from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from twilio.request_validator import RequestValidator

@@ -7,8 +7,8 @@ value of each live call, so live and ended calls are counted by one code path.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
-from typing import Mapping
 
 from .events import Outcome, TranscriptDone
 

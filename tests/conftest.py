@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
-from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
-
 from support import API_KEY, bridge_for
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 from telephony_bridge.config import BridgeConfig, parse_config, settings_from_env
 from telephony_bridge.testing.bridge_server import serve_bridge

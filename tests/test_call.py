@@ -9,10 +9,9 @@ import websockets
 from openai.types.realtime import RealtimeClientEvent
 from pydantic import TypeAdapter
 
-from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
-from telephony_bridge.testing.twilio_simulator import speech_like_ulaw, ulaw_silence
-
-from support import API_KEY, CLINIC, PUBLIC_URL, SHOP, bridge_for, new_call, place_call
+from support import API_KEY, CLINIC, SHOP, bridge_for, new_call, place_call
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
+from telephony_bridge.testing.twilio_simulator import speech_like_ulaw
 
 GA_CLIENT_EVENT = TypeAdapter(RealtimeClientEvent)
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from telephony_bridge.config import CallProfile
 from telephony_bridge.controller import CallController
-from telephony_bridge.summary import CallSummary
-from telephony_bridge.supervision import CallTimings, SessionStateError
 from telephony_bridge.events import (
     AddCallerText,
     AddHistoryItem,
@@ -31,8 +30,8 @@ from telephony_bridge.events import (
     ResponseDone,
     ResponseStarted,
     SendTwilioMark,
-    SessionConfigured,
     SendTwilioMedia,
+    SessionConfigured,
     SpeechStarted,
     SpeechStopped,
     StreamStarted,
@@ -43,6 +42,8 @@ from telephony_bridge.events import (
     TwilioDisconnected,
     TwilioMessageRejected,
 )
+from telephony_bridge.summary import CallSummary
+from telephony_bridge.supervision import CallTimings, SessionStateError
 
 PCM_100MS = b"\x10\x00" * 2400
 

@@ -10,8 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 import pytest
@@ -19,10 +19,9 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
+from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, TEST_CONFIG, bridge_for, new_call, place_call
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import speech_like_ulaw
-
-from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, TEST_CONFIG, bridge_for, new_call, place_call
 
 FALLBACK_BUDGET_S = 3.0
 RECONNECT_BUDGET_S = 2.0

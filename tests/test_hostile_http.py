@@ -11,11 +11,15 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
 from support import (
     API_KEY,
     AUTH_TOKEN,
@@ -25,10 +29,6 @@ from support import (
     bridge_for,
     new_call,
 )
-from twilio.request_validator import RequestValidator
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
 from telephony_bridge.call_log import open_for_writing
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 

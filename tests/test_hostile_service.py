@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from support import bridge_for, new_call, place_call
 from telephony_bridge.realtime import RealtimeEventParser
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import speech_like_ulaw
-
-from support import bridge_for, new_call, place_call
 
 Behaviour = Callable[[ServerConnection], Awaitable[None]]
 

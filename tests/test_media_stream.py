@@ -6,8 +6,11 @@ import asyncio
 import base64
 import json
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+from test_operations import scrape, value
 
+from support import place_call
 from telephony_bridge.events import (
     CallerAudio,
     ClearTwilio,
@@ -21,9 +24,6 @@ from telephony_bridge.events import (
 )
 from telephony_bridge.media_stream import MAX_MESSAGE_BYTES, encode_for_twilio, parse_twilio_message
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
-
-from support import place_call
-from test_operations import scrape, value
 
 
 def media(payload: str) -> str:

@@ -10,15 +10,16 @@ import logging
 import os
 import sqlite3
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from support import CLINIC, bridge_for, new_call, place_call
 from telephony_bridge.call_log import MIGRATIONS, CallLog, CallRecord, find_call, open_for_writing
 from telephony_bridge.config import load_config
 from telephony_bridge.errors import CallLogError
@@ -26,8 +27,6 @@ from telephony_bridge.logs import log_handler, mask_number
 from telephony_bridge.metrics import Buckets
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
-
-from support import CLINIC, bridge_for, new_call, place_call
 
 CALLER = "+15005550006"
 """The simulated caller's number (`SimulatedCall.from_number`)."""
@@ -271,7 +270,7 @@ async def test_an_unwritable_call_log_never_drops_the_call(
 
 
 def a_record(call_sid: str) -> CallRecord:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return CallRecord(call_sid, CALLER, CLINIC, now, now, 0.0, "caller_hung_up", "caller hung up", 0, 0, "gpt-realtime", "ga")
 
 

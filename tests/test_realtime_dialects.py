@@ -6,10 +6,13 @@ import base64
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from openai.types.realtime import RealtimeClientEvent
 from pydantic import TypeAdapter
+from test_operations import scrape, value
 
+from support import place_call
 from telephony_bridge.config import CallProfile, TurnDetection
 from telephony_bridge.events import (
     AddCallerText,
@@ -29,9 +32,6 @@ from telephony_bridge.events import (
 from telephony_bridge.realtime import RealtimeEventParser, encode_for_realtime
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import speech_like_ulaw
-
-from support import place_call
-from test_operations import scrape, value
 
 GA_CLIENT_EVENT = TypeAdapter(RealtimeClientEvent)
 

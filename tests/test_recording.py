@@ -11,20 +11,20 @@ import re
 import shutil
 import threading
 import wave
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
 
+from support import API_KEY, AUTH_TOKEN, CLINIC, bridge_for, new_call
 from telephony_bridge import __version__
 from telephony_bridge.cli import main
 from telephony_bridge.recording import CallRecorder, RecordingWriter, read_recording
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
-
-from support import API_KEY, AUTH_TOKEN, CLINIC, bridge_for, new_call
 
 RECORDED = "+15005550123"
 REDACTED = "+15005550124"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from telephony_bridge.cli import main
 from telephony_bridge import controller
+from telephony_bridge.cli import main
 from telephony_bridge.events import AddHistoryItem, RealtimeConnected
 from telephony_bridge.recording import read_recording
 from telephony_bridge.replay import replay
