@@ -73,6 +73,9 @@ LatencyObserver = Callable[[Literal["caller>model", "model>caller"], float], Non
 """Told, for each frame of audio, the seconds from its arrival at the bridge to its audio leaving."""
 
 TICK_S = 0.5
+MAX_QUEUED_CHARS = 2 * 1024 * 1024
+"""Audio a leg may hold for a socket that does not keep up: 3 minutes to Twilio, 30 s to the service. Past it,
+audio is dropped (and counted) rather than grow the process: one slow peer must not take memory from the others."""
 DRAIN_TIMEOUT_S = 0.2
 """How long the end of a call waits for Twilio's writer to send what is queued (a last mark, a clear)."""
 
@@ -100,24 +103,36 @@ class Leg:
         self._tap = tap
         self._observe_latency = observe_latency
         self._queue: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
+        self._queued_chars = 0
+        self.dropped = 0
+        """Audio frames dropped because the socket did not keep up."""
 
     def received(self, frame: str | bytes) -> None:
         if self._tap is not None:
             self._tap(self._inbound, frame)
 
     def queue(self, frame: str, audio_arrived_at: float | None) -> None:
-        """Queue `frame` for sending; `audio_arrived_at` stamps audio for the latency observer."""
+        """Queue `frame` for sending; `audio_arrived_at` stamps audio for the latency observer.
+
+        Audio over `MAX_QUEUED_CHARS` is dropped; control messages (marks, clears, configuration) never are.
+        """
+        if audio_arrived_at is not None and self._queued_chars > MAX_QUEUED_CHARS:
+            self.dropped += 1
+            return
+        self._queued_chars += len(frame)
         self._queue.put_nowait((frame, audio_arrived_at))
 
     def drop_queued(self) -> None:
         while not self._queue.empty():
             self._queue.get_nowait()
             self._queue.task_done()
+        self._queued_chars = 0
 
     async def write(self, closed: tuple[type[BaseException], ...]) -> None:
         """Send queued frames in order, forever; a frame the socket cannot take (`closed`) is dropped."""
         while True:
             frame, arrived_at = await self._queue.get()
+            self._queued_chars -= len(frame)
             try:
                 send = self.send
                 if send is None:
@@ -204,6 +219,7 @@ class Call:
         return self.controller.summarise(
             call_sid=self.call_sid, called_number=self.called_number, caller_number=self.caller_number,
             model=self.model, dialect=self.dialect, duration_s=duration_s,
+            frames_dropped=self._twilio.dropped + self._model.dropped,
         )
 
     async def run_media(
@@ -263,7 +279,7 @@ class Call:
                 self._spawn(self._close(action))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = asyncio.get_running_loop().create_task(coroutine, name=getattr(coroutine, "__qualname__", None))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -272,7 +288,7 @@ class Call:
         self._tasks.discard(task)
         if task.cancelled() or task.exception() is None:
             return
-        log.error("call %s: %s failed; ending the call", self.call_sid, task.get_coro().__qualname__, exc_info=task.exception())
+        log.error("call %s: task %s failed; ending the call", self.call_sid, task.get_name(), exc_info=task.exception())
         try:
             self.end("the bridge failed", "bridge_error")
         finally:
@@ -351,7 +367,9 @@ class Call:
         self._on_end(self)
 
 
-def _observer(on_latency: LatencyObserver | None, direction: Literal["caller>model", "model>caller"]) -> Callable[[float], None] | None:
+def _observer(
+    on_latency: LatencyObserver | None, direction: Literal["caller>model", "model>caller"]
+) -> Callable[[float], None] | None:
     if on_latency is None:
         return None
     return lambda seconds: on_latency(direction, seconds)

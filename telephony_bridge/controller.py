@@ -21,6 +21,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from types import MappingProxyType
+from typing import Any
 
 from .audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k
 from .config import CallProfile
@@ -71,7 +72,7 @@ from .held_actions import HeldActions
 from .playback import Playback
 from .summary import CallCounters, CallSummary
 from .supervision import CallTimings, Reopen, SessionState, SessionSupervisor
-from .wire import PCM24K_BYTES_PER_MS, ULAW_BYTES_PER_MS
+from .wire import pcm24k_ms, ulaw_ms
 
 MAX_HISTORY_ITEMS = 50
 FATAL_ERROR_CODES = frozenset({"insufficient_quota", "invalid_api_key", "model_not_found"})
@@ -132,20 +133,22 @@ class CallController:
             raise TypeError(f"the controller has no handler for {type(event).__name__}")
         return self._route(handler(self, event))
 
-    def counters(self) -> CallCounters:
+    def counters(self, frames_dropped: int = 0) -> CallCounters:
         session = self.session
         return CallCounters(
             **self._counts, stale_marks=self.playback.stale_marks, sessions_opened=session.sessions_opened,
-            reconnects=session.reconnects, renewals=session.renewals,
+            reconnects=session.reconnects, renewals=session.renewals, frames_dropped=frames_dropped,
         )
 
     def summarise(
-        self, *, call_sid: str, called_number: str, caller_number: str, model: str, dialect: str, duration_s: float
+        self, *, call_sid: str, called_number: str, caller_number: str, model: str, dialect: str, duration_s: float,
+        frames_dropped: int = 0,
     ) -> CallSummary:
-        """The call as a value, for whoever needs it after (or, at a scrape, during) the call."""
+        """The call as a value, for whoever needs it after (or, at a scrape, during) the call; the I/O adds its drops."""
         return CallSummary(
             call_sid=call_sid, called_number=called_number, caller_number=caller_number, model=model, dialect=dialect,
-            duration_s=duration_s, outcome=self.outcome, end_reason=self.end_reason, counters=self.counters(),
+            duration_s=duration_s, outcome=self.outcome, end_reason=self.end_reason,
+            counters=self.counters(frames_dropped),
             realtime_errors=MappingProxyType(dict(self._realtime_errors)),
             realtime_failures=tuple(self.session.failures),
             response_latencies_ms=tuple(self._response_latencies_ms), truncates=tuple(self._truncates),
@@ -268,7 +271,7 @@ class CallController:
         return []
 
     def _on_model_audio(self, event: ModelAudio) -> list[Action]:
-        ms = len(event.pcm) / PCM24K_BYTES_PER_MS
+        ms = pcm24k_ms(len(event.pcm))
         if event.item_id in self._muted_items or event.response_id == self._cut_response:
             self._muted_items.add(event.item_id)
             self._dropped_model_audio_ms += ms
@@ -298,7 +301,7 @@ class CallController:
     def _send_to_caller(self, item_id: str, ulaw: bytes) -> list[Action]:
         if not ulaw:
             return []
-        mark = self.playback.sent(item_id, len(ulaw) / ULAW_BYTES_PER_MS)
+        mark = self.playback.sent(item_id, ulaw_ms(len(ulaw)))
         self._counts["frames_out"] += 1
         return [SendTwilioMedia(ulaw), SendTwilioMark(mark)]
 
@@ -359,7 +362,8 @@ def _open(reopen: Reopen) -> OpenRealtime:
     return OpenRealtime(reopen.delay_s, reopen.timeout_s, reopen.reason)
 
 
-_HANDLERS: dict[type, Callable[[CallController, Event], list[Action]]] = {
+_HANDLERS: dict[type, Callable[[CallController, Any], list[Action]]] = {
+
     StreamStarted: CallController._on_stream_started,
     CallerAudio: CallController._on_caller_audio,
     MarkEchoed: CallController._on_mark_echoed,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 
 from .events import Action, AppendAudio, TruncateItem
-from .wire import PCM24K_BYTES_PER_MS
+from .wire import pcm24k_ms
 
 MAX_HELD_CALLER_AUDIO_MS = 5000
 """Caller audio that arrives before the Realtime socket opens is held, up to this much, then the oldest is dropped."""
@@ -28,11 +28,11 @@ class HeldActions:
     def hold_for_realtime(self, action: Action) -> None:
         self._for_realtime.append(action)
         if isinstance(action, AppendAudio):
-            self._caller_ms += len(action.pcm) / PCM24K_BYTES_PER_MS
+            self._caller_ms += pcm24k_ms(len(action.pcm))
             while self._caller_ms > MAX_HELD_CALLER_AUDIO_MS:
                 oldest = next(a for a in self._for_realtime if isinstance(a, AppendAudio))
                 self._for_realtime.remove(oldest)
-                self._caller_ms -= len(oldest.pcm) / PCM24K_BYTES_PER_MS
+                self._caller_ms -= pcm24k_ms(len(oldest.pcm))
 
     def release_for_twilio(self) -> list[Action]:
         released, self._for_twilio = self._for_twilio, []

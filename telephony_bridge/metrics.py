@@ -182,6 +182,12 @@ class BridgeMetrics:
                                   value=counters.barge_ins)
         yield CounterMetricFamily("telephony_bridge_realtime_reconnects", "Realtime sessions replaced after one was lost.",
                                   value=counters.reconnects)
+        yield CounterMetricFamily("telephony_bridge_realtime_sessions_opened",
+                                  "Realtime sessions opened: one per call, plus reconnects and renewals.",
+                                  value=counters.sessions_opened)
+        yield CounterMetricFamily("telephony_bridge_audio_frames_dropped",
+                                  "Audio frames dropped because a socket (Twilio's or the service's) did not keep up.",
+                                  value=counters.frames_dropped)
         yield _counter("telephony_bridge_realtime_errors", "Error events from the Realtime service, by error code.", "code",
                        dict(totals.realtime_errors))
         yield _histogram(

@@ -19,6 +19,8 @@ class CallCounters:
 
     frames_in: int = 0
     frames_out: int = 0
+    frames_dropped: int = 0
+    """Audio frames dropped because a socket did not keep up (see `call.MAX_QUEUED_CHARS`)."""
     malformed_twilio: int = 0
     malformed_realtime: int = 0
     stale_marks: int = 0

@@ -110,3 +110,16 @@ async def test_a_bridge_failure_inside_a_call_ends_it_loudly_with_the_fallback(
         closed_at = await call.wait_closed_by_bridge(timeout=8)
     assert closed_at is not None, "the call hung on in silence"
     assert any(r.levelname == "ERROR" and "failed; ending the call" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_oversized_event_ends_only_that_session_and_the_call_goes_on_with_a_new_one(
+    realtime: RealtimeSimulator,
+) -> None:
+    async with bridge_for(realtime) as bridge:
+        call, session = await place_call(bridge, realtime)
+        await session.send_raw(json.dumps({"type": "response.output_audio.delta", "response_id": "r", "item_id": "i",
+                                           "delta": "A" * (10 * 1024 * 1024)}))
+        replacement = await realtime.wait_for_session(1, timeout=5)
+        await replacement.wait_for("session.update")
+        assert call.closed_at is None
+        await call.hang_up()

@@ -1,0 +1,49 @@
+"""A call's leg: one ordered writer per socket, bounded when the socket does not keep up."""
+
+from __future__ import annotations
+
+import asyncio
+
+from telephony_bridge.call import MAX_QUEUED_CHARS, Leg
+
+
+async def test_a_leg_sends_in_order_and_reports_each_frame_to_the_tap_once() -> None:
+    seen: list[tuple[str, str | bytes]] = []
+    sent: list[str] = []
+
+    class Tap:
+        def __call__(self, direction: str, frame: str | bytes) -> None:
+            seen.append((direction, frame))
+
+    async def send(frame: str) -> None:
+        sent.append(frame)
+
+    leg = Leg("twilio>bridge", "bridge>twilio", asyncio.get_running_loop().time, Tap(), None)  # type: ignore[arg-type]
+    leg.send = send
+    writer = asyncio.create_task(leg.write(closed=(ConnectionError,)))
+    for n in range(5):
+        leg.queue(f"m{n}", None)
+    leg.received("in")
+    await leg.drained(1.0)
+    writer.cancel()
+    assert sent == ["m0", "m1", "m2", "m3", "m4"]
+    assert seen == [("twilio>bridge", "in"), *(("bridge>twilio", f"m{n}") for n in range(5))]
+
+
+async def test_audio_for_a_socket_that_does_not_keep_up_is_dropped_and_counted_but_control_messages_are_not() -> None:
+    leg = Leg("twilio>bridge", "bridge>twilio", asyncio.get_running_loop().time, None, None)
+    frame = "x" * 64 * 1024
+    for _ in range(MAX_QUEUED_CHARS // len(frame) + 10):
+        leg.queue(frame, audio_arrived_at=1.0)
+    leg.queue('{"event":"clear"}', None)
+    assert leg.dropped == 9
+    released: list[str] = []
+
+    async def send(text: str) -> None:
+        released.append(text)
+
+    leg.send = send
+    writer = asyncio.create_task(leg.write(closed=(ConnectionError,)))
+    await leg.drained(1.0)
+    writer.cancel()
+    assert released[-1] == '{"event":"clear"}'
