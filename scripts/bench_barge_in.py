@@ -6,7 +6,9 @@ Realtime simulator answers, and the caller cuts in once it has heard that much o
 Printed per call: the truncate point the bridge sent, what the simulated caller had actually
 heard when the `clear` arrived (from its real-time playback log), the difference, how long after
 the caller started speaking the model's audio stopped (mostly the simulated service's voice
-activity detection) and how long after the caller's `stop` the Realtime session was closed. Run: .venv/bin/python scripts/bench_barge_in.py
+activity detection) and how long after the caller's `stop` the Realtime session was closed.
+
+Run: .venv/bin/python scripts/bench_barge_in.py
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ async def main() -> None:
     config = parse_config("[defaults.turn_detection]\nsilence_duration_ms = 300\n[call_log]\npath = \"\"\n", "bench")
     loop = asyncio.get_running_loop()
     errors, hangups = [], []
-    print("| interrupt at (ms) | truncate (ms) | heard (ms) | error (ms) | caller speaks -> audio stops (ms) | stop -> session closed (ms) |")
+    print(
+        "| interrupt at (ms) | truncate (ms) | heard (ms) | error (ms) "
+        "| caller speaks -> audio stops (ms) | stop -> session closed (ms) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     async with serve_bridge(settings, config) as bridge:
         for index, interrupt_at in enumerate(INTERRUPT_AT_MS):

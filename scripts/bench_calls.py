@@ -229,7 +229,9 @@ class CallerRecord:
 class TwilioLeg(_Socket):
     """The Media Stream of one call, as Twilio's media server would run it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, url: str, signature: str, start: dict[str, Any], payloads: list[str]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, url: str, signature: str, start: dict[str, Any], payloads: list[str]
+    ) -> None:
         super().__init__()
         self.loop = loop
         self.ws = ClientProtocol(parse_uri(url), max_size=None)
@@ -744,7 +746,8 @@ def baseline_flavour(revision: str, workdir: Path) -> Flavour:
     for module in SPEEDUP_MODULES:
         if module not in declared:
             (hidden / f"{module}.py").write_text(f'raise ImportError("{module}: not a dependency of {revision}")\n')
-    short = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", revision], capture_output=True, text=True).stdout.strip()
+    git = ["git", "-C", str(REPO), "rev-parse", "--short", revision]
+    short = subprocess.run(git, capture_output=True, text=True).stdout.strip()
     return Flavour(
         f"{revision} ({short})",
         [sys.executable, "-c", "from telephony_bridge.cli import main; main()"],
@@ -918,10 +921,12 @@ def measure(
                  "--format", "raw", "--output", str(raw), "--nonblocking", "--gil", *(["--native"] if native else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-        t0, bridge0, generators0, wakeups0 = time.monotonic(), cpu_times(bridge.pid), generators.cpu_seconds(), wakeups(bridge.pid)
+        t0, bridge0 = time.monotonic(), cpu_times(bridge.pid)
+        generators0, wakeups0 = generators.cpu_seconds(), wakeups(bridge.pid)
         steal0 = steal_ticks(bridge_cpu)
         time.sleep(seconds)
-        t1, bridge1, generators1, wakeups1 = time.monotonic(), cpu_times(bridge.pid), generators.cpu_seconds(), wakeups(bridge.pid)
+        t1, bridge1 = time.monotonic(), cpu_times(bridge.pid)
+        generators1, wakeups1 = generators.cpu_seconds(), wakeups(bridge.pid)
         steal = (steal_ticks(bridge_cpu) - steal0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
         if steal > 0.01:
             notes.append(f"the hypervisor stole {100 * steal:.0f} % of the bridge's CPU: figures are noisy")
@@ -991,15 +996,16 @@ def measure(
 
 
 HEADER = (
-    "| bridge | calls | CPU ms per call-s | bridge core (kernel share) | RSS MB per call | wakeups per call-s | caller->model p50 / p99 ms "
-    "| model->caller p50 / p99 ms | audio lost (bytes up / down) | generator core | TCP_NODELAY |\n"
+    "| bridge | calls | CPU ms per call-s | bridge core (kernel share) | RSS MB per call | wakeups per call-s "
+    "| caller->model p50 / p99 ms | model->caller p50 / p99 ms | audio lost (bytes up / down) | generator core | TCP_NODELAY |\n"
     "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def row(result: Result) -> str:
     return (
-        f"| {result.flavour} | {result.calls} | {result.cpu_ms_per_call_s:.2f} | {result.cpu_core_pct:.0f} % ({result.kernel_pct:.0f} %) "
+        f"| {result.flavour} | {result.calls} | {result.cpu_ms_per_call_s:.2f} "
+        f"| {result.cpu_core_pct:.0f} % ({result.kernel_pct:.0f} %) "
         f"| {result.rss_mb_per_call:.3f} | {result.wakeups_per_call_s:.0f} | {result.up_p50:.1f} / {result.up_p99:.1f} "
         f"| {result.down_p50:.1f} / {result.down_p99:.1f} | {result.up_lost} / {result.down_lost} "
         f"| {result.generator_pct:.0f} % | {result.nodelay} |"

@@ -77,7 +77,9 @@ class DemoSummary:
 
     def lines(self) -> list[str]:
         def median(values: list[float]) -> str:
-            return f"median {statistics.median(values):.2f} ms, max {max(values):.2f} ms ({len(values)} frames)" if values else "n/a"
+            if not values:
+                return "n/a"
+            return f"median {statistics.median(values):.2f} ms, max {max(values):.2f} ms ({len(values)} frames)"
 
         lines = [
             f"call length                 {self.call_s:.1f} s",
@@ -85,7 +87,10 @@ class DemoSummary:
             f"bridge latency model>caller {median(self.model_to_caller_ms)}",
         ]
         if self.barge_in_reaction_ms is not None:
-            lines.append(f"barge-in reaction           {self.barge_in_reaction_ms:.1f} ms (model heard the caller -> Twilio told to clear)")
+            lines.append(
+                f"barge-in reaction           {self.barge_in_reaction_ms:.1f} ms "
+                "(model heard the caller -> Twilio told to clear)"
+            )
         if self.truncate_ms is not None and self.heard_ms is not None:
             lines.append(
                 f"truncate point              {self.truncate_ms} ms; the caller heard {self.heard_ms:.0f} ms "
@@ -194,7 +199,8 @@ def _latencies(recording: RecordedCall) -> tuple[list[float], list[float]]:
     """
     arrivals = [f.t_ms for f in recording.frames if f.direction == "twilio>bridge" and f.kind == "media"]
     appends = [f.t_ms for f in recording.frames if f.direction == "bridge>realtime" and f.kind == "input_audio_buffer.append"]
-    caller_to_model = [sent - arrived for arrived, sent in zip(arrivals, appends)]
+    # Not strict: caller audio held too long for a session, or arriving after it closed, is never appended.
+    caller_to_model = [sent - arrived for arrived, sent in zip(arrivals, appends, strict=False)]
     model_to_caller = []
     pending_delta: float | None = None
     for frame in recording.frames:
@@ -215,7 +221,9 @@ def _barge_in(recording: RecordedCall) -> tuple[float | None, int | None]:
         return None, None
     started = [f.t_ms for f in recording.frames
                if f.direction == "realtime>bridge" and f.kind == "input_audio_buffer.speech_started" and f.t_ms <= clear.t_ms]
-    truncate = next((f for f in recording.frames if f.direction == "bridge>realtime" and f.kind == "conversation.item.truncate"), None)
+    truncate = next(
+        (f for f in recording.frames if f.direction == "bridge>realtime" and f.kind == "conversation.item.truncate"), None
+    )
     reaction = clear.t_ms - started[-1] if started else None
     return reaction, truncate.message["audio_end_ms"] if truncate else None
 
@@ -258,19 +266,22 @@ def _svg(timeline: Timeline, call: SimulatedCall, t0: float, length_s: float, su
 
     bars = []
     for at, ulaw in call.said:
-        bars.append(f'<rect x="{x(at - t0):.1f}" y="30" width="{len(ulaw) / ULAW_RATE_HZ * scale:.1f}" height="26" fill="#2b7bb9"/>')
+        said_width = len(ulaw) / ULAW_RATE_HZ * scale
+        bars.append(f'<rect x="{x(at - t0):.1f}" y="30" width="{said_width:.1f}" height="26" fill="#2b7bb9"/>')
     for start, seconds in _playing_spans(call.playback):
         bars.append(f'<rect x="{x(start - t0):.1f}" y="80" width="{seconds * scale:.1f}" height="26" fill="#e07b39"/>')
     marks = []
     for moment in timeline.moments:
         if moment.what.startswith("clear"):
-            marks.append(f'<line x1="{x(moment.at_s):.1f}" x2="{x(moment.at_s):.1f}" y1="20" y2="120" stroke="#c0392b" stroke-width="2"/>')
+            clear_x = x(moment.at_s)
+            marks.append(f'<line x1="{clear_x:.1f}" x2="{clear_x:.1f}" y1="20" y2="120" stroke="#c0392b" stroke-width="2"/>')
             label = "barge-in: clear"
             if summary.truncate_ms is not None:
                 label += f" + truncate at {summary.truncate_ms} ms (heard {summary.heard_ms:.0f} ms)"
-            marks.append(f'<text x="{x(moment.at_s) + 4:.1f}" y="134" font-size="12" fill="#c0392b">{label}</text>')
+            marks.append(f'<text x="{clear_x + 4:.1f}" y="134" font-size="12" fill="#c0392b">{label}</text>')
     ticks = "".join(
-        f'<line x1="{x(s):.1f}" x2="{x(s):.1f}" y1="112" y2="116" stroke="#555"/><text x="{x(s) - 4:.1f}" y="150" font-size="11" fill="#555">{s}s</text>'
+        f'<line x1="{x(s):.1f}" x2="{x(s):.1f}" y1="112" y2="116" stroke="#555"/>'
+        f'<text x="{x(s) - 4:.1f}" y="150" font-size="11" fill="#555">{s}s</text>'
         for s in range(0, int(length_s) + 1)
     )
     return (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 from .config import CallProfile
 
@@ -161,30 +161,30 @@ class Tick:
     """Time passed: the controller checks its deadlines (a quiet media stream, an old session)."""
 
 
-Event = Union[
-    StreamStarted,
-    CallerAudio,
-    MarkEchoed,
-    DigitPressed,
-    StreamStopped,
-    TwilioDisconnected,
-    TwilioMessageRejected,
-    EndCall,
-    RealtimeConnected,
-    SessionConfigured,
-    ConfigurationRefused,
-    SpeechStarted,
-    SpeechStopped,
-    ResponseStarted,
-    ModelAudio,
-    ModelAudioDone,
-    ResponseDone,
-    TranscriptDone,
-    RealtimeErrorReported,
-    RealtimeMessageRejected,
-    RealtimeDisconnected,
-    Tick,
-]
+Event = (
+    StreamStarted
+    | CallerAudio
+    | MarkEchoed
+    | DigitPressed
+    | StreamStopped
+    | TwilioDisconnected
+    | TwilioMessageRejected
+    | EndCall
+    | RealtimeConnected
+    | SessionConfigured
+    | ConfigurationRefused
+    | SpeechStarted
+    | SpeechStopped
+    | ResponseStarted
+    | ModelAudio
+    | ModelAudioDone
+    | ResponseDone
+    | TranscriptDone
+    | RealtimeErrorReported
+    | RealtimeMessageRejected
+    | RealtimeDisconnected
+    | Tick
+)
 
 
 # Actions. Each is classified once, by its base class: a message on the Twilio socket, a message

@@ -66,8 +66,7 @@ def parse_twilio_message(frame: str | bytes) -> Event | None:
         kind = message.get("event")
         body = message.get(kind) if isinstance(kind, str) else None
         if kind == "media":
-            payload = _text(body.get("payload")) if isinstance(body, dict) else None
-            if payload is None:
+            if not isinstance(body, dict) or (payload := _text(body.get("payload"))) is None:
                 return _reject("media without a payload")
             if body.get("track", "inbound") != "inbound":
                 return None

@@ -102,7 +102,8 @@ def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] 
     """
     turn_detection = _turn_detection(profile, dialect)
     if "turn_detection" in omit:
-        turn_detection = {key: turn_detection[key] for key in ("type", "create_response", "interrupt_response") if key in turn_detection}
+        kept = ("type", "create_response", "interrupt_response")
+        turn_detection = {key: turn_detection[key] for key in kept if key in turn_detection}
     if dialect == "preview":
         session: dict[str, Any] = {
             "modalities": ["audio", "text"],
@@ -262,7 +263,9 @@ MAX_ERROR_TEXT = 200
 
 
 def _error(event: dict[str, Any]) -> RealtimeErrorReported | ConfigurationRefused:
-    error = event.get("error") if isinstance(event.get("error"), dict) else {}
+    error = event.get("error")
+    if not isinstance(error, dict):
+        error = {}
     code = error.get("code") or error.get("type")
     text = error.get("message")
     message = text[:MAX_ERROR_TEXT] if isinstance(text, str) else ""

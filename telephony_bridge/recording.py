@@ -331,7 +331,10 @@ def _owner_only(path: str, flags: int) -> int:
 
 
 def _create(path: Path) -> TextIO:
-    """Open a new line-buffered file only its owner can read, never an existing one (a second recording of a call gets a numbered name)."""
+    """Open a new line-buffered file only its owner can read, never an existing one.
+
+    A second recording of the same call gets a numbered name.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     for number in range(1, 100):
         candidate = path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
@@ -523,9 +526,8 @@ def read_recording(path: Path) -> RecordedCall:
     if not isinstance(first, dict) or first.get("format") != FORMAT:
         raise RecordingError(str(path), f"line 1 is not a {FORMAT} header")
     if first.get("version") not in READABLE_VERSIONS:
-        raise RecordingError(
-            str(path), f"format version {first.get('version')!r}; this bridge reads versions {', '.join(map(str, READABLE_VERSIONS))}"
-        )
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise RecordingError(str(path), f"format version {first.get('version')!r}; this bridge reads versions {readable}")
     for key in ("call_sid", "called_number", "config", "dialect"):
         if key not in first:
             raise RecordingError(str(path), f"the header has no {key!r}")

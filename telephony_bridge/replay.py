@@ -37,6 +37,8 @@ import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -109,7 +111,8 @@ class ReplayResult:
                 f"{sent['bridge>realtime']} to the Realtime service match."
             )
         count = len(self.differences)
-        return "\n".join([head, *self.differences, f"{count} difference{'s' * (count != 1)}: the call does not replay as recorded."])
+        verdict = f"{count} difference{'s' * (count != 1)}: the call does not replay as recorded."
+        return "\n".join([head, *self.differences, verdict])
 
 
 async def replay(call: RecordedCall, *, gate_timeout_s: float = GATE_TIMEOUT_S) -> ReplayResult:
@@ -226,7 +229,7 @@ class _Script:
             delay = self._started + at_ms / 1000.0 - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if gating and not await self.wait_for(lambda: self._has_sent(needs)):
+            if gating and not await self.wait_for(partial(self._has_sent, needs)):
                 gating = False
                 self._missed(needs, frame)
             if isinstance(frame, RealtimeSocketChange):
@@ -234,7 +237,7 @@ class _Script:
                     await service.drop(frame.code)
                     continue
                 sessions += 1
-                if not await self.wait_for(lambda: service.sessions_opened >= sessions):
+                if not await self.wait_for(partial(service.has_opened, sessions)):
                     self.problems.append(
                         f"realtime session: the bridge did not open session #{sessions} within {self._gate_timeout_s:g} s "
                         f"of when it did in the recording (t={frame.t_ms:.0f} ms)"
@@ -381,9 +384,8 @@ class _ScriptedRealtime:
     def closed(self) -> bool:
         return all(session.state is State.CLOSED for session in self._sessions)
 
-    @property
-    def sessions_opened(self) -> int:
-        return len(self._sessions)
+    def has_opened(self, sessions: int) -> bool:
+        return len(self._sessions) >= sessions
 
     async def start(self) -> None:
         self._server = await serve(self._serve, "127.0.0.1", 0, max_size=None, compression=None)
@@ -489,7 +491,7 @@ def _time_warp(frames: list[RecordedFrame]) -> list[tuple[float, float]]:
     starts = [start for start, _ in windows]
     times = sorted({0.0, *(frame.t_ms for frame in frames), *(edge for window in windows for edge in window if edge > 0)})
     breaks = [(times[0], 0.0)]
-    for start, end in zip(times, times[1:]):
+    for start, end in pairwise(times):
         middle = (start + end) / 2
         window = bisect.bisect_right(starts, middle) - 1
         real_time = end - start > LONG_GAP_MS or (window >= 0 and middle <= windows[window][1])
@@ -526,7 +528,9 @@ def compare(recorded: list[RecordedFrame], replayed: list[RecordedFrame]) -> lis
     for direction in ("bridge>twilio", "bridge>realtime"):
         before = _normalised(frame for frame in recorded if frame.direction == direction)
         now = _normalised(frame for frame in replayed if frame.direction == direction)
-        differences += _compare_messages(direction, [s for s in before if not _is_append(s)], [s for s in now if not _is_append(s)])
+        differences += _compare_messages(
+            direction, [s for s in before if not _is_append(s)], [s for s in now if not _is_append(s)]
+        )
         if direction == "bridge>realtime":
             differences += _compare_caller_audio([s for s in before if _is_append(s)], [s for s in now if _is_append(s)])
     return differences
@@ -633,7 +637,7 @@ def _compare_messages(direction: str, before: list[_Sent], now: list[_Sent]) -> 
 def _compare_equal(direction: str, before: list[_Sent], now: list[_Sent]) -> list[str]:
     differences: list[str] = []
     audio_off: list[tuple[_Sent, float]] = []
-    for old, new in zip(before, now):
+    for old, new in zip(before, now, strict=True):
         for key, value in old.numbers.items():
             other = new.numbers.get(key)
             if other is None or abs(other - value) > TRUNCATE_TOLERANCE_MS:
@@ -661,7 +665,10 @@ def _compare_caller_audio(before: list[_Sent], now: list[_Sent]) -> list[str]:
     old_sizes = [len(s.audio or b"") for s in before]
     new_sizes = [len(s.audio or b"") for s in now]
     if old_sizes != new_sizes:
-        index = next((i for i, (a, b) in enumerate(zip(old_sizes, new_sizes)) if a != b), min(len(old_sizes), len(new_sizes)))
+        # Not strict: one list may be a prefix of the other, and then they differ where the shorter ends.
+        index = next(
+            (i for i, (a, b) in enumerate(zip(old_sizes, new_sizes, strict=False)) if a != b), min(len(old_sizes), len(new_sizes))
+        )
         return [
             f"caller audio to the Realtime service: {len(before)} appends ({old_ms:.1f} ms) recorded, {len(now)} "
             f"({new_ms:.1f} ms) replayed; they first differ at append {index + 1}"

@@ -30,7 +30,7 @@ class CallCounters:
     renewals: int = 0
 
     def __add__(self, other: CallCounters) -> CallCounters:
-        return CallCounters(*(mine + theirs for mine, theirs in zip(astuple(self), astuple(other))))
+        return CallCounters(*(mine + theirs for mine, theirs in zip(astuple(self), astuple(other), strict=True)))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

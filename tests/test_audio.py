@@ -1,6 +1,7 @@
 """Behaviour of the 8 kHz mu-law <-> 24 kHz PCM16 converters, one property per test."""
 
 import audioop
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def amplitude(signal: np.ndarray, freq: float, rate: int) -> float:
 def split(data: bytes, cuts: list[int], unit: int) -> list[bytes]:
     """``data`` cut at the given positions, counted in units of ``unit`` bytes."""
     points = [0, *sorted(unit * min(cut, len(data) // unit) for cut in cuts), len(data)]
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in pairwise(points)]
 
 
 def run(converter: Ulaw8kToPcm24k | Pcm24kToUlaw8k, chunks: list[bytes]) -> bytes:

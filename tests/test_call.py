@@ -55,7 +55,9 @@ async def test_each_number_gets_its_own_instructions_and_voice(bridge: str, real
     assert (unlisted.instructions, unlisted.voice) == ("You answer the phone.", "marin")
 
 
-async def test_a_media_socket_without_twilios_signature_is_refused_before_any_session(bridge: str, realtime: RealtimeSimulator) -> None:
+async def test_a_media_socket_without_twilios_signature_is_refused_before_any_session(
+    bridge: str, realtime: RealtimeSimulator
+) -> None:
     call = new_call(bridge)
     with pytest.raises(websockets.InvalidStatus):
         await call.connect(sign=False, stream_url="wss://bridge.example.com/twilio/media")
@@ -221,6 +223,9 @@ async def test_every_client_event_the_bridge_sends_is_valid_ga(bridge: str, real
     await session.wait_for("conversation.item.create", timeout=2)
     await call.hang_up()
     types = {event["type"] for event in session.received}
-    assert {"session.update", "input_audio_buffer.append", "conversation.item.truncate", "conversation.item.create", "response.create"} <= types
+    sent_by_the_bridge = {
+        "session.update", "input_audio_buffer.append", "conversation.item.truncate", "conversation.item.create", "response.create"
+    }
+    assert sent_by_the_bridge <= types
     for event in session.received:
         GA_CLIENT_EVENT.validate_python(event)

@@ -238,7 +238,7 @@ def test_the_playhead_waits_at_the_end_of_the_audio_sent_when_the_model_falls_be
 
 def test_truncate_point_never_exceeds_the_audio_generated(clock: Clock) -> None:
     controller = live_controller(clock)
-    names = play_answer(controller, chunks=2)
+    play_answer(controller, chunks=2)
     clock.advance_ms(10_000)
     truncate = controller.handle(SpeechStarted())[1]
     assert truncate.audio_end_ms <= 200
@@ -334,7 +334,8 @@ def test_a_new_session_gets_the_same_configuration_and_the_conversation_so_far(c
     assert caller_audio == []
     released = controller.handle(RealtimeConnected())
     assert isinstance(released[0], ConfigureSession)
-    assert released[1:] == [AddHistoryItem("user", "Do you open on Saturdays?"), AddHistoryItem("assistant", "Yes, from nine to noon.")]
+    history = [AddHistoryItem("user", "Do you open on Saturdays?"), AddHistoryItem("assistant", "Yes, from nine to noon.")]
+    assert released[1:] == history
     assert isinstance(controller.handle(SessionConfigured())[0], AppendAudio)
 
 

@@ -45,7 +45,9 @@ async def http_refusal() -> AsyncIterator[dict[int, str]]:
     servers = {}
     urls = {}
     for status in (401, 429, 503):
-        server = await serve(lambda ws: ws.close(), "127.0.0.1", 0, process_request=lambda conn, req, s=status: conn.respond(s, "no\n"))
+        server = await serve(
+            lambda ws: ws.close(), "127.0.0.1", 0, process_request=lambda conn, req, s=status: conn.respond(s, "no\n")
+        )
         servers[status] = server
         urls[status] = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/realtime"
     yield urls
@@ -163,7 +165,8 @@ async def test_a_media_stream_that_goes_quiet_ends_the_session(realtime: Realtim
         call = new_call(bridge)
         await call.dial()
         signature = RequestValidator(AUTH_TOKEN).compute_signature(call.stream_url, {})
-        async with connect(bridge.replace("http", "ws") + "/twilio/media", additional_headers={"X-Twilio-Signature": signature}) as ws:
+        media_url = bridge.replace("http", "ws") + "/twilio/media"
+        async with connect(media_url, additional_headers={"X-Twilio-Signature": signature}) as ws:
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             await ws.send(json.dumps({"event": "start", "streamSid": "MZ1", "start": {
                 "callSid": call.call_sid, "streamSid": "MZ1", "customParameters": call.parameters}}))

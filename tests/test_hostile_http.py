@@ -183,7 +183,8 @@ async def test_a_70_kb_frame_before_start_closes_the_socket_once_with_1009(
     bridge: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    websocket = await connect(bridge.replace("http", "ws") + "/twilio/media", additional_headers=signed_media_headers(), max_size=None)
+    media_url = bridge.replace("http", "ws") + "/twilio/media"
+    websocket = await connect(media_url, additional_headers=signed_media_headers(), max_size=None)
     await websocket.send("x" * 70_000)
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(websocket.recv(), 5)
@@ -271,12 +272,15 @@ def permissive_umask() -> Iterator[None]:
 def test_the_call_log_and_its_wal_and_shm_are_created_owner_only(tmp_path: Path, permissive_umask: None) -> None:
     path = tmp_path / "calls.sqlite3"
     connection = open_for_writing(path)  # the schema's creation has written through the WAL already
-    modes = {name: stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in ("calls.sqlite3", "calls.sqlite3-wal", "calls.sqlite3-shm")}
+    files = ("calls.sqlite3", "calls.sqlite3-wal", "calls.sqlite3-shm")
+    modes = {name: stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in files}
     connection.close()
     assert modes == {"calls.sqlite3": 0o600, "calls.sqlite3-wal": 0o600, "calls.sqlite3-shm": 0o600}
 
 
-def test_folders_the_call_log_creates_are_owner_only_and_existing_ones_keep_their_mode(tmp_path: Path, permissive_umask: None) -> None:
+def test_folders_the_call_log_creates_are_owner_only_and_existing_ones_keep_their_mode(
+    tmp_path: Path, permissive_umask: None
+) -> None:
     tmp_path.chmod(0o755)
     open_for_writing(tmp_path / "var" / "calls" / "calls.sqlite3").close()
     assert stat.S_IMODE(os.stat(tmp_path).st_mode) == 0o755

@@ -61,7 +61,9 @@ def test_the_round_trip_of_the_first_chunk_corrects_the_playhead(clock: Clock) -
     clock.advance_ms(100 + 60)  # the chunk's own 100 ms plus a 60 ms round trip
     playback.echoed(names[0])
     clock.advance_ms(50)
-    assert playback.heard_ms() == pytest.approx(100 + 50 + 15), "the echo left 15 ms after the playhead passed (half the round trip, smoothed)"
+    assert playback.heard_ms() == pytest.approx(100 + 50 + 15), (
+        "the echo left 15 ms after the playhead passed (half the round trip, smoothed)"
+    )
 
 
 def test_an_echo_that_is_not_pending_is_stale_and_moves_nothing(clock: Clock) -> None:

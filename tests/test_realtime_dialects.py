@@ -123,7 +123,8 @@ def test_deep_nesting_is_rejected_not_raised() -> None:
     deep = "[" * 1000 + "]" * 1000
     assert isinstance(parser.parse("[" * 5000), RealtimeMessageRejected)
     assert isinstance(parser.parse('{"type":"response.created","response":' + "{" * 5000), RealtimeMessageRejected)
-    assert parser.parse('{"type":"error","error":{"code":' + deep + ',"message":' + deep + "}}") == RealtimeErrorReported("unknown", "")
+    nested_error = '{"type":"error","error":{"code":' + deep + ',"message":' + deep + "}}"
+    assert parser.parse(nested_error) == RealtimeErrorReported("unknown", "")
 
 
 async def test_deeply_nested_json_from_the_service_is_counted_and_the_next_answer_reaches_the_caller(

@@ -83,7 +83,9 @@ def decoded(payloads: list[str]) -> list[bytes]:
     return [base64.b64decode(payload) for payload in payloads]
 
 
-async def test_a_recorded_call_is_a_header_then_every_frame_as_sent_or_received(tmp_path: Path, realtime: RealtimeSimulator) -> None:
+async def test_a_recorded_call_is_a_header_then_every_frame_as_sent_or_received(
+    tmp_path: Path, realtime: RealtimeSimulator
+) -> None:
     call = await answered_call(realtime, tmp_path, RECORDED)
     (path,) = tmp_path.glob("*.jsonl")
     assert re.fullmatch(rf"\d{{8}}T\d{{6}}-{call.call_sid}\.jsonl", path.name)
@@ -138,7 +140,9 @@ async def test_a_number_without_record_is_not_recorded(tmp_path: Path, realtime:
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_redaction_writes_every_audio_payload_as_silence_of_the_same_length(tmp_path: Path, realtime: RealtimeSimulator) -> None:
+async def test_redaction_writes_every_audio_payload_as_silence_of_the_same_length(
+    tmp_path: Path, realtime: RealtimeSimulator
+) -> None:
     call = await answered_call(realtime, tmp_path, REDACTED)
     lines = lines_of(tmp_path)
     assert lines[0]["redacted"] is True
@@ -149,14 +153,18 @@ async def test_redaction_writes_every_audio_payload_as_silence_of_the_same_lengt
     heard = decoded([m["media"]["payload"] for m in call.messages("media")])
     assert to_caller == [b"\xff" * len(chunk) for chunk in heard] and sum(map(len, heard)) == 8000
     appends = decoded([m["audio"] for m in messages(lines, "bridge>realtime") if m["type"] == "input_audio_buffer.append"])
-    assert appends == [bytes(len(chunk)) for chunk in decoded([e["audio"] for e in session.events("input_audio_buffer.append")])]
+    received_appends = decoded([e["audio"] for e in session.events("input_audio_buffer.append")])
+    assert appends == [bytes(len(chunk)) for chunk in received_appends]
     deltas = decoded([m["delta"] for m in messages(lines, "realtime>bridge") if m["type"] == "response.output_audio.delta"])
-    assert deltas == [bytes(len(chunk)) for chunk in decoded([e["delta"] for e in session.events("response.output_audio.delta", sent=True)])]
+    sent_deltas = decoded([e["delta"] for e in session.events("response.output_audio.delta", sent=True)])
+    assert deltas == [bytes(len(chunk)) for chunk in sent_deltas]
     marks = [m for m in messages(lines, "bridge>twilio") if m["event"] == "mark"]
     assert marks == call.messages("mark")
 
 
-async def test_no_secret_reaches_the_recording_and_only_its_owner_can_read_it(tmp_path: Path, realtime: RealtimeSimulator) -> None:
+async def test_no_secret_reaches_the_recording_and_only_its_owner_can_read_it(
+    tmp_path: Path, realtime: RealtimeSimulator
+) -> None:
     call = await answered_call(realtime, tmp_path, RECORDED)
     (path,) = tmp_path.glob("*.jsonl")
     assert path.stat().st_mode & 0o077 == 0
@@ -199,7 +207,9 @@ class MemoryFile(io.StringIO):
         super().close()
 
 
-def recorder_on(file: io.TextIOBase, writer: RecordingWriter, *, max_bytes: int = 10**6, opened: threading.Event | None = None) -> CallRecorder:
+def recorder_on(
+    file: io.TextIOBase, writer: RecordingWriter, *, max_bytes: int = 10**6, opened: threading.Event | None = None
+) -> CallRecorder:
     def open_file() -> io.TextIOBase:
         if opened is not None:
             opened.wait(5)
@@ -273,7 +283,8 @@ def test_replaying_a_cut_recording_reports_the_cut(tmp_path: Path, capsys: pytes
     kept = lines[: len(lines) // 2]
     cut_at = json.loads(kept[-1])["t"]
     source = tmp_path / "cut.jsonl"
-    source.write_text("\n".join([*kept, json.dumps({"t": cut_at, "cut": "max_bytes", "max_bytes": 1000})]) + "\n", encoding="utf-8")
+    cut_marker = json.dumps({"t": cut_at, "cut": "max_bytes", "max_bytes": 1000})
+    source.write_text("\n".join([*kept, cut_marker]) + "\n", encoding="utf-8")
     with pytest.raises(SystemExit) as exited:
         main(["replay", str(source)])
     assert exited.value.code in (0, 1)

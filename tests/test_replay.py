@@ -61,7 +61,9 @@ async def test_a_truncate_point_200_ms_off_the_recording_is_a_difference(tmp_pat
     assert any("audio_end_ms" in difference for difference in result.differences), result.report()
 
 
-def test_a_clear_missing_from_the_recording_makes_the_replay_command_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_clear_missing_from_the_recording_makes_the_replay_command_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     def no_clear(entry: dict) -> dict | None:
         return None if entry["dir"] == "bridge>twilio" and entry["msg"]["event"] == "clear" else entry
 
@@ -75,7 +77,8 @@ def test_a_clear_missing_from_the_recording_makes_the_replay_command_fail(tmp_pa
 
 def test_a_recording_holds_when_the_service_dropped_the_session_and_when_the_next_one_opened() -> None:
     recording = read_recording(DROPPED)
-    assert [(change.state, change.code) for change in recording.socket_changes] == [("open", None), ("closed", 1011), ("open", None)]
+    changes = [(change.state, change.code) for change in recording.socket_changes]
+    assert changes == [("open", None), ("closed", 1011), ("open", None)]
     lost, reopened = recording.socket_changes[1:]
     after = [frame.kind for frame in recording.frames[reopened.position :] if frame.direction == "bridge>realtime"][:2]
     assert lost.t_ms <= reopened.t_ms and after == ["session.update", "conversation.item.create"]

@@ -35,5 +35,8 @@ def test_a_token_from_another_secret_or_a_forged_expiry_is_refused() -> None:
 
 def test_a_crafted_expiry_or_mac_is_refused_without_raising() -> None:
     mac = issue_stream_token(SECRET, "CA1", "+1", now_s=1000).split(".")[1]
-    for crafted in ["²." + mac, "1²." + mac, "9" * 5000 + "." + mac, "٣٣٣." + mac, "99999999999.é", "99999999999.\udcff", "99999999999.\ud800"]:
+    crafted_tokens = [
+        "²." + mac, "1²." + mac, "9" * 5000 + "." + mac, "٣٣٣." + mac, "99999999999.é", "99999999999.\udcff", "99999999999.\ud800"
+    ]
+    for crafted in crafted_tokens:
         assert not stream_token_valid(SECRET, crafted, "CA1", "+1", now_s=1001)

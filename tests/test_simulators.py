@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from itertools import pairwise
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -401,7 +402,7 @@ class FakeBridge:
                        timeout: float = 2.0) -> tuple[float, dict[str, Any]]:
         async with asyncio.timeout(timeout):
             while True:
-                for at, message in zip(self.arrivals, self.messages):
+                for at, message in zip(self.arrivals, self.messages, strict=True):
                     if predicate(message):
                         return at, message
                 self._update.clear()
@@ -443,7 +444,7 @@ async def test_stream_opens_with_connected_and_start_then_media_at_50_frames_a_s
     assert [m["media"]["chunk"] for m in media] == [str(n) for n in range(1, len(media) + 1)]
     timestamps = [int(m["media"]["timestamp"]) for m in media]
     assert timestamps[0] != 0
-    assert all(b - a == 20 for a, b in zip(timestamps, timestamps[1:]))
+    assert all(b - a == 20 for a, b in pairwise(timestamps))
     assert {m["media"]["track"] for m in media} == {"inbound"}
     payloads = [base64.b64decode(m["media"]["payload"]) for m in media]
     assert {len(p) for p in payloads} == {ULAW_FRAME_BYTES}

@@ -18,7 +18,8 @@ async def serve_bridge(settings: Settings, config: BridgeConfig, *, insecure: bo
     """Serve the bridge on 127.0.0.1 at a free port; yields its base URL (http://127.0.0.1:PORT)."""
     listener = tcp_listener("127.0.0.1", 0)
     port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(create_app(settings, config, insecure=insecure), log_level="warning", http=config.http))
+    app = create_app(settings, config, insecure=insecure)
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning", http=config.http))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
     while not server.started:
         if task.done():

@@ -59,6 +59,11 @@ _MIN_COMMIT_MS = 100.0
 _DELTA_SIZE_PATTERN = (1.0, 0.45, 1.6, 0.8, 1.15)
 
 
+def _first(values: list[str] | None) -> str | None:
+    """The first value of a query parameter, if it was given."""
+    return values[0] if values else None
+
+
 @dataclass
 class SimulatedResponse:
     """One model response: how it started, how it ended, how much audio it sent."""
@@ -96,14 +101,14 @@ class SimulatedSession:
         self.path: str = request.path
         self.headers: Headers = request.headers
         query = parse_qs(urlsplit(self.path).query)
-        self.api_version: str | None = (query.get("api-version") or [None])[0]
+        self.api_version = _first(query.get("api-version"))
         if simulator.dialect is not None:
             self.dialect: Dialect = simulator.dialect
         elif any("preview" in v for v in query.get("api-version", [])):
             self.dialect = "preview"
         else:
             self.dialect = "ga"
-        model = (query.get("model") or query.get("deployment") or [None])[0]
+        model = _first(query.get("model") or query.get("deployment"))
         model = model or ("gpt-realtime" if self.dialect == "ga" else "gpt-4o-realtime-preview")
         self.opened_at: float = self._loop.time()
         self.closed_at: float | None = None

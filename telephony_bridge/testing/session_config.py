@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..config import Dialect
 from ..wire import PCM24K_RATE_HZ, ULAW_RATE_HZ
@@ -124,7 +124,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
+    """An integer as the service means it: JSON's `true` is not 1."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -100,6 +100,14 @@ def load_wav_ulaw(path: str | Path) -> bytes:
     return pcm16_to_ulaw8k(frames, rate)
 
 
+def _base64(text: str) -> bytes | None:
+    """The bytes of strict base64, or `None`: the simulator refuses a payload the bridge should never send."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _random_sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
@@ -490,9 +498,8 @@ class SimulatedCall:
             return
         if event == "media":
             payload = (message.get("media") or {}).get("payload")
-            try:
-                audio = base64.b64decode(payload, validate=True)
-            except (binascii.Error, ValueError, TypeError):
+            audio = _base64(payload) if isinstance(payload, str) else None
+            if audio is None:
                 self._reject(31924, "media payload is not base64")
                 return
             echoes = self._playback.media(self._now(), audio)
