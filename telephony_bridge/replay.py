@@ -642,7 +642,7 @@ def _compare_equal(direction: str, before: list[_Sent], now: list[_Sent]) -> lis
             other = new.numbers.get(key)
             if other is None or abs(other - value) > TRUNCATE_TOLERANCE_MS:
                 differences.append(
-                    f"{direction}: {old.frame.kind} {key} was {value:g}, is now {other:g} "
+                    f"{direction}: {old.frame.kind} {key} was {value:g}, is now {'missing' if other is None else f'{other:g}'} "
                     f"(tolerance ±{TRUNCATE_TOLERANCE_MS} ms)\n  - {_summary(old)}\n  + {_summary(new)}"
                 )
         if old.audio is not None and new.audio is not None:
