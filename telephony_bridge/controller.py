@@ -25,10 +25,10 @@ from typing import Any
 
 from .audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k
 from .config import CallProfile
+from .conversation import Conversation
 from .events import (
     Action,
     AddCallerText,
-    AddHistoryItem,
     AppendAudio,
     CallerAudio,
     ClearTwilio,
@@ -74,7 +74,6 @@ from .summary import CallCounters, CallSummary
 from .supervision import CallTimings, Reopen, SessionState, SessionSupervisor
 from .wire import pcm24k_ms, ulaw_ms
 
-MAX_HISTORY_ITEMS = 50
 FATAL_ERROR_CODES = frozenset({"insufficient_quota", "invalid_api_key", "model_not_found"})
 """Error codes after which a new session would fail the same way: the call falls back instead of retrying."""
 
@@ -88,16 +87,15 @@ class CallController:
         self.profile = profile
         self.timings = timings
         self.stream_sid: str | None = None
-        self.transcript: list[TranscriptDone] = []
         self.outcome: Outcome | None = None
         self.end_reason = ""
         self.playback = Playback(clock)
         self.session = SessionSupervisor(timings, clock)
+        self.conversation = Conversation(clock)
         self._clock = clock
         self._counts: Counter[str] = Counter()
         self._realtime_errors: Counter[str] = Counter()
         self._truncates: list[tuple[str, int]] = []
-        self._response_latencies_ms: list[float] = []
         self._dropped_model_audio_ms = 0.0
         self._caller_to_model = Ulaw8kToPcm24k()
         self._model_to_caller = Pcm24kToUlaw8k()
@@ -107,10 +105,6 @@ class CallController:
         self._outbound_item: str | None = None
         self._muted_items: set[str] = set()
         self._session_items: set[str] = set()
-        self._active_response: str | None = None
-        self._cut_response: str | None = None
-        self._respond_when_idle = False
-        self._caller_stopped_at: float | None = None
         self._last_media_at = clock()
 
     @property
@@ -151,8 +145,8 @@ class CallController:
             counters=self.counters(frames_dropped),
             realtime_errors=MappingProxyType(dict(self._realtime_errors)),
             realtime_failures=tuple(self.session.failures),
-            response_latencies_ms=tuple(self._response_latencies_ms), truncates=tuple(self._truncates),
-            dropped_model_audio_ms=self._dropped_model_audio_ms, transcript=tuple(self.transcript),
+            response_latencies_ms=tuple(self.conversation.response_latencies_ms), truncates=tuple(self._truncates),
+            dropped_model_audio_ms=self._dropped_model_audio_ms, transcript=tuple(self.conversation.transcript),
         )
 
     def _route(self, actions: list[Action]) -> list[Action]:
@@ -195,12 +189,10 @@ class CallController:
         return []
 
     def _on_digit_pressed(self, event: DigitPressed) -> list[Action]:
-        actions: list[Action] = [AddCallerText(f"The caller pressed {event.digit} on the keypad.")]
-        if self._active_response is None:
-            actions.append(CreateResponse())
-        else:
-            self._respond_when_idle = True
-        return actions
+        return [
+            AddCallerText(f"The caller pressed {event.digit} on the keypad."),
+            *self.conversation.when_idle([CreateResponse()]),
+        ]
 
     def _on_stream_stopped(self, event: StreamStopped) -> list[Action]:
         return self._end("caller_hung_up", "caller hung up", CloseRealtime("caller hung up"))
@@ -219,11 +211,11 @@ class CallController:
         now = self._clock()
         if self.stream_sid is not None and now - self._last_media_at > self.timings.media_timeout_s:
             return self._end("media_timeout", "media stream went quiet", CloseRealtime("media stream went quiet"))
-        quiet = not self.playback.playing and self._active_response is None and self._outbound_item is None
         if self.session.configuration_overdue():
             return self._session_lost("the service did not confirm the session's configuration in time", retryable=True)
+        quiet = not self.playback.playing and self.conversation.idle and self._outbound_item is None
         renewal = self.session.renewal_due(quiet)
-        return [_open(renewal)] if renewal is not None else []
+        return [_open(renewal)] if renewal is not None else self.conversation.released()
 
     # The Realtime session.
     def _on_realtime_connected(self, event: RealtimeConnected) -> list[Action]:
@@ -232,11 +224,7 @@ class CallController:
         self._muted_items.clear()
         actions: list[Action] = [ConfigureSession(self.profile, self._omitted_settings)]
         if replacing:
-            actions += [
-                AddHistoryItem("user" if turn.speaker == "caller" else "assistant", turn.text)
-                for turn in self.transcript[-MAX_HISTORY_ITEMS:]
-                if turn.text
-            ]
+            actions += self.conversation.history()
         return actions
 
     def _on_session_configured(self, event: SessionConfigured) -> list[Action]:
@@ -258,7 +246,7 @@ class CallController:
 
     def _session_lost(self, reason: str, retryable: bool) -> list[Action]:
         """Try a new session while the budget lasts; past it, or when retrying cannot help, fall back."""
-        self._active_response = None
+        self.conversation.session_lost()
         self._stop_outbound_item()
         self._model_to_caller.reset()
         reopen = self.session.lost(reason, retryable)
@@ -267,12 +255,12 @@ class CallController:
         return [_open(reopen)]
 
     def _on_response_started(self, event: ResponseStarted) -> list[Action]:
-        self._active_response = event.response_id
+        self.conversation.response_started(event.response_id)
         return []
 
     def _on_model_audio(self, event: ModelAudio) -> list[Action]:
         ms = pcm24k_ms(len(event.pcm))
-        if event.item_id in self._muted_items or event.response_id == self._cut_response:
+        if event.item_id in self._muted_items or event.response_id == self.conversation.cut_response:
             self._muted_items.add(event.item_id)
             self._dropped_model_audio_ms += ms
             return []
@@ -282,9 +270,7 @@ class CallController:
                 actions += self._send_to_caller(self._outbound_item, self._model_to_caller.flush())
                 self.playback.complete(self._outbound_item)
             self._outbound_item = event.item_id
-        if self._caller_stopped_at is not None:
-            self._response_latencies_ms.append((self._clock() - self._caller_stopped_at) * 1000.0)
-            self._caller_stopped_at = None
+        self.conversation.model_spoke(event.response_id)
         self._session_items.add(event.item_id)
         self.playback.generated(event.item_id, ms)
         actions += self._send_to_caller(event.item_id, self._model_to_caller.convert(event.pcm))
@@ -313,8 +299,7 @@ class CallController:
             self._outbound_item = None
 
     def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
-        if self._active_response is not None:
-            self._cut_response = self._active_response
+        self.conversation.caller_barged_in()
         self._stop_outbound_item()
         self._model_to_caller.reset()
         cut, dropped = self.playback.cut()
@@ -329,22 +314,17 @@ class CallController:
         return actions
 
     def _on_speech_stopped(self, event: SpeechStopped) -> list[Action]:
-        self._caller_stopped_at = self._clock()
+        self.conversation.caller_stopped()
         return []
 
     def _on_response_done(self, event: ResponseDone) -> list[Action]:
-        if event.response_id == self._active_response:
-            self._active_response = None
-        if self._active_response is None:
+        self.conversation.response_done(event.response_id)
+        if self.conversation.active_response is None:
             self._muted_items.clear()
-            self._cut_response = None
-        if self._respond_when_idle and self._active_response is None:
-            self._respond_when_idle = False
-            return [CreateResponse()]
-        return []
+        return self.conversation.released()
 
     def _on_transcript_done(self, event: TranscriptDone) -> list[Action]:
-        self.transcript.append(event)
+        self.conversation.transcript.append(event)
         return []
 
     def _on_realtime_error(self, event: RealtimeErrorReported) -> list[Action]:

@@ -411,6 +411,23 @@ def test_a_key_press_during_an_answer_waits_for_it_to_finish_before_asking_for_a
     assert controller.handle(ResponseDone("resp1", "completed")) == [CreateResponse()]
 
 
+def test_a_key_press_just_after_the_caller_stops_speaking_waits_for_the_response_the_service_starts(clock: Clock) -> None:
+    controller = live_controller(clock)
+    controller.handle(SpeechStopped())
+    clock.advance_ms(100)
+    assert [type(a) for a in controller.handle(DigitPressed("1"))] == [AddCallerText]
+    controller.handle(ResponseStarted("resp1"))
+    assert controller.handle(ResponseDone("resp1", "completed")) == [CreateResponse()]
+
+
+def test_a_key_press_waits_no_longer_than_the_expected_response_takes_to_come(clock: Clock) -> None:
+    controller = live_controller(clock)
+    controller.handle(SpeechStopped())
+    controller.handle(DigitPressed("1"))
+    clock.advance_ms(1600)
+    assert controller.handle(Tick()) == [CreateResponse()]
+
+
 def test_caller_audio_before_the_realtime_socket_opens_is_held_and_bounded(clock: Clock) -> None:
     controller = CallController(CallProfile(), clock)
     controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
