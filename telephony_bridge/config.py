@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -36,6 +36,9 @@ mistaken paste (a whole manual, 18 MB) from being accepted at start-up and refus
 MAX_SPOKEN_CHARS = 4096
 """A greeting or a message said with TwiML `<Say>`: Twilio says at most 4,096 characters per `<Say>`."""
 VOICE_NAME = r"^[a-z0-9_-]{1,32}$"
+TRANSFER_NAME = r"^[a-z][a-z0-9_]{0,39}$"
+TRANSFER_TARGET = r"^(\+[1-9][0-9]{6,14}|sip:[^\s<>\"]{3,200})$"
+"""An E.164 number Twilio dials, or a SIP URI (sip:user@host)."""
 """Voice names are short lower-case tokens (`marin`, `cedar`, `alloy`); anything else is a typo."""
 
 
@@ -68,6 +71,33 @@ class CallProfile(_Strict):
     """Write every frame of the call to a recording file; off by default, as recordings hold callers' voices."""
     redact: bool = False
     """With `record`: keep the timing and length of all audio but write it as silence."""
+    end_call: bool = True
+    """The model may hang up (its `end_call` function) once the conversation is over."""
+    transfer: dict[str, str] = Field(default_factory=dict)
+    """People or queues the model may hand the call to (`transfer_call`): name -> E.164 number or sip: URI."""
+    fallback_transfer: str | None = None
+    """Where the caller goes when the model cannot be reached: a `transfer` name, a number or a sip: URI."""
+
+    @field_validator("transfer")
+    @classmethod
+    def _transfer_targets(cls, targets: dict[str, str]) -> dict[str, str]:
+        for name, target in targets.items():
+            if not re.match(TRANSFER_NAME, name):
+                raise ValueError(f"{name!r} is not a transfer name (lower case letters, digits and _, from a letter)")
+            if not re.match(TRANSFER_TARGET, target):
+                raise ValueError(f"{name}: {target!r} is neither an E.164 number nor a sip: URI")
+        return targets
+
+    @model_validator(mode="after")
+    def _fallback_transfer_target(self) -> CallProfile:
+        target = self.fallback_transfer
+        if target is not None and target not in self.transfer and not re.match(TRANSFER_TARGET, target):
+            raise ValueError(f"fallback_transfer {target!r} is neither a transfer name, an E.164 number nor a sip: URI")
+        return self
+
+    def transfer_target(self, name_or_target: str) -> str:
+        """The number or URI to dial for a transfer name (or a target given directly)."""
+        return self.transfer.get(name_or_target, name_or_target)
 
 
 class _NumberTable(_Strict):
@@ -81,6 +111,9 @@ class _NumberTable(_Strict):
     fallback_message: str | None = None
     record: bool | None = None
     redact: bool | None = None
+    end_call: bool | None = None
+    transfer: dict[str, str] | None = None
+    fallback_transfer: str | None = None
 
 
 class Limits(_Strict):

@@ -17,13 +17,16 @@ fallback message. A media stream that goes quiet ends the call.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import Any
+from typing import Any, get_args
 
 from .audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k
+from .call_control import END_CALL, TRANSFER_CALL, CallControl, Step
 from .config import CallProfile
 from .conversation import Conversation
 from .events import (
@@ -40,11 +43,14 @@ from .events import (
     DigitPressed,
     EndCall,
     Event,
+    FunctionCallRequested,
+    HangUpFailed,
     MarkEchoed,
     ModelAudio,
     ModelAudioDone,
     OpenRealtime,
     Outcome,
+    ParkRealtime,
     RealtimeConnected,
     RealtimeDisconnected,
     RealtimeErrorReported,
@@ -63,11 +69,14 @@ from .events import (
     StreamStopped,
     Tick,
     TranscriptDone,
+    TransferEnded,
+    TransferFailed,
     TruncateItem,
     TwilioDisconnected,
     TwilioMessage,
     TwilioMessageRejected,
 )
+from .functions import FunctionCalls
 from .held_actions import HeldActions
 from .playback import Playback
 from .summary import CallCounters, CallSummary
@@ -92,6 +101,8 @@ class CallController:
         self.playback = Playback(clock)
         self.session = SessionSupervisor(timings, clock)
         self.conversation = Conversation(clock)
+        self.functions = FunctionCalls()
+        self.control = CallControl(profile)
         self._clock = clock
         self._counts: Counter[str] = Counter()
         self._realtime_errors: Counter[str] = Counter()
@@ -171,12 +182,23 @@ class CallController:
 
     # Twilio events.
     def _on_stream_started(self, event: StreamStarted) -> list[Action]:
+        if self.control.step is Step.RETURNING:
+            return self._caller_returned(event)
         if self.stream_sid is not None:
             self._counts["malformed_twilio"] += 1
             return []
         self.stream_sid = event.stream_sid
         self.playback.stream_started()
         return self._held.release_for_twilio()
+
+    def _caller_returned(self, event: StreamStarted) -> list[Action]:
+        """A transfer did not connect and the caller is back, on a new stream: a new session hears why."""
+        self.stream_sid = event.stream_sid
+        self.playback = Playback(self._clock)
+        self.playback.stream_started()
+        self._last_media_at = self._clock()
+        self._held.release_for_twilio()
+        return [_open(self.session.resume()), *self.control.returned(), *self.conversation.when_idle([CreateResponse()])]
 
     def _on_caller_audio(self, event: CallerAudio) -> list[Action]:
         self._counts["frames_in"] += 1
@@ -186,36 +208,58 @@ class CallController:
 
     def _on_mark_echoed(self, event: MarkEchoed) -> list[Action]:
         self.playback.echoed(event.name)
-        return []
+        return self._call_update_due()
 
     def _on_digit_pressed(self, event: DigitPressed) -> list[Action]:
-        return [
-            AddCallerText(f"The caller pressed {event.digit} on the keypad."),
-            *self.conversation.when_idle([CreateResponse()]),
-        ]
+        text = f"The caller pressed {event.digit} on the keypad."
+        if event.digit == "0" and self.profile.transfer:
+            text += " They ask for a person: transfer them with transfer_call."
+        elif event.digit == "0":
+            text += " They ask for a person, but nobody can take the call now: offer to take a message."
+        return [AddCallerText(text), *self.conversation.when_idle([CreateResponse()])]
 
     def _on_stream_stopped(self, event: StreamStopped) -> list[Action]:
+        if self.control.caller_away:
+            return self._caller_went_away()
+        if self.control.step is Step.HANGING_UP:
+            return self._end("agent_ended", "the model ended the call", CloseRealtime("the model ended the call"))
         return self._end("caller_hung_up", "caller hung up", CloseRealtime("caller hung up"))
 
     def _on_twilio_disconnected(self, event: TwilioDisconnected) -> list[Action]:
+        if self.control.caller_away:
+            return self._caller_went_away()
         return self._end("stream_dropped", "media stream dropped", CloseRealtime("media stream dropped"))
+
+    def _caller_went_away(self) -> list[Action]:
+        """The stream ended for a transfer: the session is parked until the dial's outcome."""
+        if self.stream_sid is None:
+            return []
+        self.stream_sid = None
+        self._stop_outbound_item()
+        self.conversation.session_lost()
+        self.functions.session_lost()
+        if self.session.state in (SessionState.FAILED, SessionState.PARKED):
+            return []
+        self.session.park()
+        return [ParkRealtime()]
 
     def _on_end_call(self, event: EndCall) -> list[Action]:
         return self._end(event.outcome, event.reason, CloseRealtime(event.reason))
 
-    def _on_twilio_rejected(self, event: TwilioMessageRejected) -> list[Action]:
+    def _on_twilio_message_rejected(self, event: TwilioMessageRejected) -> list[Action]:
         self._counts["malformed_twilio"] += 1
         return []
 
     def _on_tick(self, event: Tick) -> list[Action]:
         now = self._clock()
-        if self.stream_sid is not None and now - self._last_media_at > self.timings.media_timeout_s:
+        streaming = self.stream_sid is not None and not self.control.caller_away
+        if streaming and now - self._last_media_at > self.timings.media_timeout_s:
             return self._end("media_timeout", "media stream went quiet", CloseRealtime("media stream went quiet"))
         if self.session.configuration_overdue():
             return self._session_lost("the service did not confirm the session's configuration in time", retryable=True)
         quiet = not self.playback.playing and self.conversation.idle and self._outbound_item is None
         renewal = self.session.renewal_due(quiet)
-        return [_open(renewal)] if renewal is not None else self.conversation.released()
+        return [_open(renewal)] if renewal is not None else self.conversation.released() + self._call_update_due()
 
     # The Realtime session.
     def _on_realtime_connected(self, event: RealtimeConnected) -> list[Action]:
@@ -235,6 +279,8 @@ class CallController:
 
     def _on_configuration_refused(self, event: ConfigurationRefused) -> list[Action]:
         """Retry once without an optional setting the service refused; a session it cannot configure is no session."""
+        if not self.session.open:
+            return []
         if event.field is not None and event.field not in self._omitted_settings and self.session.may_reconfigure():
             log.warning("the Realtime service refused %s (%s); configuring the session without it", event.field, event.message)
             self._omitted_settings |= {event.field}
@@ -250,9 +296,12 @@ class CallController:
         self._stop_outbound_item()
         self._model_to_caller.reset()
         reopen = self.session.lost(reason, retryable)
-        if reopen is None:
-            return self._end("realtime_unavailable", f"realtime session unavailable: {reason}", CloseTwilio(reason))
-        return [_open(reopen)]
+        if reopen is not None:
+            return [_open(reopen)]
+        transfer = self.control.fall_back()
+        if transfer is not None:
+            return [ParkRealtime(), transfer]
+        return self._end("realtime_unavailable", f"realtime session unavailable: {reason}", CloseTwilio(reason))
 
     def _on_response_started(self, event: ResponseStarted) -> list[Action]:
         self.conversation.response_started(event.response_id)
@@ -300,40 +349,93 @@ class CallController:
 
     def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
         self.conversation.caller_barged_in()
+        notes = self.control.caller_spoke()
         self._stop_outbound_item()
         self._model_to_caller.reset()
         cut, dropped = self.playback.cut()
         if cut is None:
-            return []
+            return notes
         self._muted_items |= dropped
         self._counts["barge_ins"] += 1
         actions: list[Action] = [ClearTwilio()]
         if cut.item_id in self._session_items:
             self._truncates.append(cut)
             actions.append(TruncateItem(cut.item_id, cut.audio_end_ms))
-        return actions
+        return actions + notes
 
     def _on_speech_stopped(self, event: SpeechStopped) -> list[Action]:
         self.conversation.caller_stopped()
         return []
 
     def _on_response_done(self, event: ResponseDone) -> list[Action]:
-        self.conversation.response_done(event.response_id)
+        spoke = self.conversation.response_done(event.response_id)
         if self.conversation.active_response is None:
             self._muted_items.clear()
-        return self.conversation.released()
+        self.control.response_done(spoke)
+        actions: list[Action] = []
+        for call in self.functions.response_done(event.response_id, event.status):
+            actions += self._run_function(call, spoke)
+        return self.conversation.released() + self._respond_when_idle(actions) + self._call_update_due()
+
+    def _on_function_call_requested(self, event: FunctionCallRequested) -> list[Action]:
+        self.functions.requested(event)
+        return []
+
+    def _run_function(self, call: FunctionCallRequested, spoke: bool) -> list[Action]:
+        """A built-in function's output now; any other name is no function of this call."""
+        if call.name == END_CALL:
+            output, respond = self.control.end_call(spoke)
+        elif call.name == TRANSFER_CALL:
+            output, respond = self.control.transfer_to(call.arguments, spoke)
+        else:
+            output, respond = json.dumps({"error": f"there is no function {call.name!r}"}), True
+        return self.functions.answer(call.call_id, output, respond=respond)
+
+    def _respond_when_idle(self, actions: list[Action]) -> list[Action]:
+        """Send `actions`, but a `response.create` among them only once the model is idle."""
+        now = [a for a in actions if not isinstance(a, CreateResponse)]
+        later: list[Action] = [a for a in actions if isinstance(a, CreateResponse)]
+        return now + self.conversation.when_idle(later)
+
+    def _call_update_due(self) -> list[Action]:
+        playing = self.playback.playing or self._outbound_item is not None
+        update = self.control.due(playing, model_idle=self.conversation.active_response is None)
+        return [update] if update is not None else []
+
+    # Twilio's REST API and callbacks.
+    def _on_hang_up_failed(self, event: HangUpFailed) -> list[Action]:
+        if event.gone:
+            return self._end("agent_ended", "the model ended the call", CloseRealtime("call already gone"))
+        reason = f"the model ended the call; the REST hang-up failed: {event.reason}"
+        return self._end("agent_ended", reason, CloseTwilio(event.reason))
+
+    def _on_transfer_failed(self, event: TransferFailed) -> list[Action]:
+        if self.session.state is SessionState.FAILED:
+            return self._end("realtime_unavailable", f"fallback transfer failed: {event.reason}", CloseTwilio(event.reason))
+        return self.control.transfer_failed(event.reason) + self.conversation.when_idle([CreateResponse()])
+
+    def _on_transfer_ended(self, event: TransferEnded) -> list[Action]:
+        transfer = self.control.transfer
+        name = transfer.target_name if transfer else "?"
+        self.control.dial_ended(event.connected, event.dial_status)
+        if event.connected:
+            return self._end("transferred", f"transferred to {name} (connected)", CloseRealtime("transferred"))
+        if self.session.state is SessionState.FAILED:
+            reason = f"fallback transfer to {name}: {event.dial_status}"
+            return self._end("realtime_unavailable", reason, CloseRealtime("fallback"))
+        return []
 
     def _on_transcript_done(self, event: TranscriptDone) -> list[Action]:
         self.conversation.transcript.append(event)
         return []
 
-    def _on_realtime_error(self, event: RealtimeErrorReported) -> list[Action]:
+    def _on_realtime_error_reported(self, event: RealtimeErrorReported) -> list[Action]:
         self._realtime_errors[event.code] += 1
         if event.code in FATAL_ERROR_CODES:
             self._fatal_error = True
         return []
 
-    def _on_realtime_rejected(self, event: RealtimeMessageRejected) -> list[Action]:
+    def _on_realtime_message_rejected(self, event: RealtimeMessageRejected) -> list[Action]:
         self._counts["malformed_realtime"] += 1
         return []
 
@@ -342,28 +444,11 @@ def _open(reopen: Reopen) -> OpenRealtime:
     return OpenRealtime(reopen.delay_s, reopen.timeout_s, reopen.reason)
 
 
-_HANDLERS: dict[type, Callable[[CallController, Any], list[Action]]] = {
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
-    StreamStarted: CallController._on_stream_started,
-    CallerAudio: CallController._on_caller_audio,
-    MarkEchoed: CallController._on_mark_echoed,
-    DigitPressed: CallController._on_digit_pressed,
-    StreamStopped: CallController._on_stream_stopped,
-    TwilioDisconnected: CallController._on_twilio_disconnected,
-    TwilioMessageRejected: CallController._on_twilio_rejected,
-    EndCall: CallController._on_end_call,
-    Tick: CallController._on_tick,
-    RealtimeConnected: CallController._on_realtime_connected,
-    SessionConfigured: CallController._on_session_configured,
-    ConfigurationRefused: CallController._on_configuration_refused,
-    RealtimeDisconnected: CallController._on_realtime_disconnected,
-    ResponseStarted: CallController._on_response_started,
-    ModelAudio: CallController._on_model_audio,
-    ModelAudioDone: CallController._on_model_audio_done,
-    SpeechStarted: CallController._on_speech_started,
-    SpeechStopped: CallController._on_speech_stopped,
-    ResponseDone: CallController._on_response_done,
-    TranscriptDone: CallController._on_transcript_done,
-    RealtimeErrorReported: CallController._on_realtime_error,
-    RealtimeMessageRejected: CallController._on_realtime_rejected,
+
+_HANDLERS: dict[type, Callable[[CallController, Any], list[Action]]] = {
+    event_type: getattr(CallController, f"_on_{_snake(event_type.__name__)}") for event_type in get_args(Event)
 }
+"""Each event type's handler, `_on_<event in snake case>`: an event type without one fails at import."""

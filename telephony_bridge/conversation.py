@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .events import Action, AddHistoryItem, TranscriptDone
+from .events import Action, AddHistoryItem, CreateResponse, TranscriptDone
 
 MAX_HISTORY_ITEMS = 50
 EXPECTED_RESPONSE_S = 1.5
@@ -73,10 +73,14 @@ class Conversation:
         return spoke
 
     def when_idle(self, actions: list[Action]) -> list[Action]:
-        """`actions` now if the model is idle, else held until it is (see `released`)."""
+        """`actions` now if the model is idle, else held until it is (see `released`).
+
+        A `response.create` sent makes a response expected, so the next one waits for it; one that
+        is already waiting is not asked for twice.
+        """
         if self.idle and not self._waiting:
-            return actions
-        self._waiting += actions
+            return self._sending(actions)
+        self._waiting += [a for a in actions if not (isinstance(a, CreateResponse) and a in self._waiting)]
         return []
 
     def released(self) -> list[Action]:
@@ -84,7 +88,12 @@ class Conversation:
         if not self._waiting or not self.idle:
             return []
         waiting, self._waiting = self._waiting, []
-        return waiting
+        return self._sending(waiting)
+
+    def _sending(self, actions: list[Action]) -> list[Action]:
+        if any(isinstance(a, CreateResponse) for a in actions):
+            self._response_expected_until = self._clock() + EXPECTED_RESPONSE_S
+        return actions
 
     def session_lost(self) -> None:
         self.active_response = None

@@ -15,7 +15,7 @@ from .config import CallProfile
 
 Outcome = Literal[
     "caller_hung_up", "stream_dropped", "media_timeout", "realtime_unavailable", "shut_down", "no_media_stream",
-    "bridge_error",
+    "bridge_error", "agent_ended", "transferred",
 ]
 """How a call ended, as operators count it (metrics, logs, the call log); the end reason gives the detail."""
 
@@ -136,6 +136,17 @@ class TranscriptDone:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCallRequested:
+    """The model called a function; acted on only once its response is done and `completed`."""
+
+    response_id: str
+    call_id: str
+    name: str
+    arguments: str
+    """JSON text, as the model wrote it: it may not parse."""
+
+
+@dataclass(frozen=True, slots=True)
 class RealtimeErrorReported:
     """The service rejected something; logged and counted, never the end of a call."""
 
@@ -154,6 +165,33 @@ class RealtimeDisconnected:
 
     reason: str
     retryable: bool = True
+
+
+# Events from Twilio's REST API and its callbacks about this call.
+@dataclass(frozen=True, slots=True)
+class HangUpFailed:
+    """The REST hang-up failed; `gone` when Twilio says the call no longer exists (20404)."""
+
+    reason: str
+    gone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TransferFailed:
+    """The REST request that starts a transfer failed: the caller is still with the agent."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferEnded:
+    """Twilio's `<Dial action>`: how the dialled leg ended (`DialCallStatus`)."""
+
+    dial_status: str
+
+    @property
+    def connected(self) -> bool:
+        return self.dial_status in ("completed", "answered")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +218,13 @@ Event = (
     | ModelAudioDone
     | ResponseDone
     | TranscriptDone
+    | FunctionCallRequested
     | RealtimeErrorReported
     | RealtimeMessageRejected
     | RealtimeDisconnected
+    | HangUpFailed
+    | TransferFailed
+    | TransferEnded
     | Tick
 )
 
@@ -209,6 +251,12 @@ class RealtimeMessage(Action):
 
 class SessionSetup(RealtimeMessage):
     """A message that configures a new session: sent as soon as it opens, before anything held for it."""
+
+    __slots__ = ()
+
+
+class CallUpdate(Action):
+    """A change to the phone call itself, made through Twilio's REST API."""
 
     __slots__ = ()
 
@@ -266,6 +314,21 @@ class AddCallerText(RealtimeMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerFunctionCall(RealtimeMessage):
+    """The output of one function call (`function_call_output`), as text the model reads."""
+
+    call_id: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddNote(RealtimeMessage):
+    """Tell the model something that happened on the call (a system message), e.g. a failed transfer."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class CreateResponse(RealtimeMessage):
     instructions: str | None = None
 
@@ -276,6 +339,21 @@ class AddHistoryItem(SessionSetup):
 
     role: str
     text: str
+
+
+# Changes to the phone call (Twilio's REST API).
+@dataclass(frozen=True, slots=True)
+class HangUp(CallUpdate):
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer(CallUpdate):
+    """Dial `target` for the caller; whoever answers first hears `summary` before the two are joined."""
+
+    target_name: str
+    target: str
+    summary: str
 
 
 # Changes to the call's sockets.
@@ -293,6 +371,11 @@ class CloseRealtime(SocketChange):
     """End the call from the Realtime side: the session closes at once, then the media stream."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParkRealtime(SocketChange):
+    """Close the Realtime session but keep the call: the caller is away (being transferred) and may come back."""
 
 
 @dataclass(frozen=True, slots=True)

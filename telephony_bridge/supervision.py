@@ -52,6 +52,8 @@ class SessionState(enum.Enum):
     """The session is old: a new one is opening, and takes over once open."""
     DOWN = "down"
     """The session was lost: a new one is opening (after a backoff delay)."""
+    PARKED = "parked"
+    """The caller is away (being transferred): no session until they come back."""
     FAILED = "failed"
     """No session could be had within the budget: the caller gets the fallback."""
     CLOSED = "closed"
@@ -64,6 +66,8 @@ class SessionEvent(enum.Enum):
     RETRY = "retry"
     GIVE_UP = "give up"
     RENEW = "renew"
+    PARK = "park"
+    RESUME = "resume"
     CLOSE = "close"
 
 
@@ -83,6 +87,12 @@ _TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
     (SessionState.DOWN, SessionEvent.CONNECTED): SessionState.CONFIGURING,
     (SessionState.DOWN, SessionEvent.RETRY): SessionState.DOWN,
     (SessionState.DOWN, SessionEvent.GIVE_UP): SessionState.FAILED,
+    (SessionState.PARKED, SessionEvent.RESUME): SessionState.DOWN,
+    **{
+        (state, SessionEvent.PARK): SessionState.PARKED
+        for state in (SessionState.OPENING, SessionState.CONFIGURING, SessionState.READY, SessionState.RENEWING)
+    },
+    (SessionState.DOWN, SessionEvent.PARK): SessionState.PARKED,
     **{(state, SessionEvent.CLOSE): SessionState.CLOSED for state in SessionState if state is not SessionState.CLOSED},
 }
 """A loss is decided first (RETRY or GIVE_UP), then moves the state."""
@@ -197,6 +207,18 @@ class SessionSupervisor:
         self._outage_deadline = now + self._timings.connect_budget_s
         self.renewals += 1
         return Reopen(0.0, self._timings.connect_budget_s, "session renewal")
+
+    def park(self) -> None:
+        """The caller went away for a while: the session is closed, and no loss of it is news."""
+        self._move(SessionEvent.PARK)
+        self._outage_deadline = None
+
+    def resume(self) -> Reopen:
+        """The caller is back: a new session, with the conversation so far."""
+        self._move(SessionEvent.RESUME)
+        self._outage_deadline = self._clock() + self._timings.connect_budget_s
+        self._failed_tries = 0
+        return Reopen(0.0, self._timings.connect_budget_s, "the caller is back")
 
     def close(self) -> None:
         if self.state is not SessionState.CLOSED:

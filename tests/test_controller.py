@@ -20,10 +20,14 @@ from telephony_bridge.events import (
     ConfigureSession,
     CreateResponse,
     DigitPressed,
+    FunctionCallRequested,
+    HangUp,
+    HangUpFailed,
     MarkEchoed,
     ModelAudio,
     ModelAudioDone,
     OpenRealtime,
+    ParkRealtime,
     RealtimeConnected,
     RealtimeDisconnected,
     RealtimeErrorReported,
@@ -38,6 +42,9 @@ from telephony_bridge.events import (
     StreamStopped,
     Tick,
     TranscriptDone,
+    Transfer,
+    TransferEnded,
+    TransferFailed,
     TruncateItem,
     TwilioDisconnected,
     TwilioMessageRejected,
@@ -466,6 +473,13 @@ EVENTS = st.one_of(
     st.builds(TranscriptDone, speaker=st.sampled_from(["caller", "model"]), item_id=st.just("i1"), text=st.text(max_size=5)),
     st.builds(RealtimeErrorReported, code=st.text(max_size=5), message=st.text(max_size=5)),
     st.builds(RealtimeDisconnected, reason=st.just("x"), retryable=st.booleans()),
+    st.builds(FunctionCallRequested, response_id=st.sampled_from(["r1", "r2"]), call_id=st.sampled_from(["c1", "c2"]),
+              name=st.sampled_from(["end_call", "transfer_call", "other"]),
+              arguments=st.sampled_from(["{}", '{"target": "desk", "summary": "s"}', "not json"])),
+    st.builds(ResponseDone, response_id=st.sampled_from(["r1", "r2"]), status=st.sampled_from(["completed", "cancelled"])),
+    st.builds(TransferEnded, dial_status=st.sampled_from(["completed", "busy", "no-answer"])),
+    st.builds(TransferFailed, reason=st.just("x")),
+    st.builds(HangUpFailed, reason=st.just("x"), gone=st.booleans()),
     st.just(Tick()),
 )
 
@@ -474,9 +488,11 @@ EVENTS = st.one_of(
 @given(st.lists(st.tuples(EVENTS, st.integers(min_value=0, max_value=3000)), max_size=40))
 def test_no_sequence_of_events_makes_the_controller_raise_or_overstate_what_was_heard(steps: list) -> None:
     clock = Clock()
-    controller = CallController(CallProfile(greeting="Hi"), clock)
+    profile = CallProfile(greeting="Hi", transfer={"desk": "+15550009999"}, fallback_transfer="desk")
+    controller = CallController(profile, clock)
     opens_pending = sum(isinstance(a, OpenRealtime) for a in controller.start())
     session_open = False
+    updates_pending: list[type] = []
     generated_ms: dict[str, float] = {}
     for event, wait_ms in steps:
         clock.advance_ms(wait_ms)
@@ -491,10 +507,22 @@ def test_no_sequence_of_events_makes_the_controller_raise_or_overstate_what_was_
                 session_open = False
             else:
                 continue  # nor a loss with neither a session nor an open in flight
+        elif isinstance(event, (SessionConfigured, ConfigurationRefused)) and not session_open:
+            continue  # only an open session answers its configuration
+        elif isinstance(event, (TransferEnded, TransferFailed)):
+            if Transfer not in updates_pending:
+                continue  # Twilio reports only on a transfer the bridge asked for
+            updates_pending.remove(Transfer)
+        elif isinstance(event, HangUpFailed):
+            if HangUp not in updates_pending:
+                continue
+            updates_pending.remove(HangUp)
         if isinstance(event, ModelAudio):
             generated_ms[event.item_id] = generated_ms.get(event.item_id, 0.0) + len(event.pcm) / 48
         actions = controller.handle(event)
         opens_pending += sum(isinstance(a, OpenRealtime) for a in actions)
+        updates_pending += [type(a) for a in actions if isinstance(a, (HangUp, Transfer))]
+        session_open = session_open and not any(isinstance(a, ParkRealtime) for a in actions)
         for action in actions:
             if isinstance(action, TruncateItem):
                 assert 0 <= action.audio_end_ms <= generated_ms[action.item_id]
