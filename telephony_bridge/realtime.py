@@ -19,16 +19,20 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from .call_control import function_tools
 from .config import CallProfile, Dialect, RealtimeEndpoint
 from .errors import RealtimeConnectError
 from .events import (
     AddCallerText,
     AddHistoryItem,
+    AddNote,
+    AnswerFunctionCall,
     AppendAudio,
     ConfigurationRefused,
     ConfigureSession,
     CreateResponse,
     Event,
+    FunctionCallRequested,
     ModelAudio,
     ModelAudioDone,
     RealtimeErrorReported,
@@ -94,7 +98,7 @@ def refused_setting(param: object) -> str | None:
 
 
 def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """`session.update` configuring voice, instructions, turn detection and 24 kHz PCM16 both ways.
+    """`session.update` configuring voice, instructions, turn detection, 24 kHz PCM16 both ways and the functions.
 
     `omit` leaves out optional settings the service refused; the instructions are never left out.
     Left without its extra fields, turn detection keeps only its type (and, on GA, the automatic
@@ -116,7 +120,15 @@ def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] 
             session["voice"] = profile.voice
         if profile.transcription and "transcription" not in omit:
             session["input_audio_transcription"] = {"model": profile.transcription}
-        return {"type": "session.update", "event_id": CONFIGURE_EVENT_ID, "session": session}
+    else:
+        session = _ga_session(profile, turn_detection, omit)
+    tools = function_tools(profile)
+    if tools:
+        session.update(tools=tools, tool_choice="auto")
+    return {"type": "session.update", "event_id": CONFIGURE_EVENT_ID, "session": session}
+
+
+def _ga_session(profile: CallProfile, turn_detection: dict[str, Any], omit: frozenset[str]) -> dict[str, Any]:
     audio_input: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ}, "turn_detection": turn_detection}
     if profile.transcription and "transcription" not in omit:
         audio_input["transcription"] = {"model": profile.transcription}
@@ -124,14 +136,10 @@ def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] 
     if "voice" not in omit:
         audio_output["voice"] = profile.voice
     return {
-        "type": "session.update",
-        "event_id": CONFIGURE_EVENT_ID,
-        "session": {
-            "type": "realtime",
-            "instructions": profile.instructions,
-            "output_modalities": ["audio"],
-            "audio": {"input": audio_input, "output": audio_output},
-        },
+        "type": "realtime",
+        "instructions": profile.instructions,
+        "output_modalities": ["audio"],
+        "audio": {"input": audio_input, "output": audio_output},
     }
 
 
@@ -162,6 +170,16 @@ def encode_for_realtime(action: RealtimeMessage, dialect: Dialect) -> str:
             "type": "conversation.item.create",
             "item": {"type": "message", "role": action.role, "content": [{"type": content_type, "text": action.text}]},
         }
+    elif isinstance(action, AnswerFunctionCall):
+        event = {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": action.call_id, "output": action.output},
+        }
+    elif isinstance(action, AddNote):
+        event = {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "system", "content": [{"type": "input_text", "text": action.text}]},
+        }
     elif isinstance(action, CreateResponse):
         event = {"type": "response.create"}
         if action.instructions:
@@ -179,7 +197,7 @@ class RealtimeEventParser:
         self.call_sid = call_sid
         self._logged_errors = LogThrottle()
         names = SERVER_EVENTS[dialect]
-        self._handlers: dict[str, Callable[[dict[str, Any]], Event]] = {
+        self._handlers: dict[str, Callable[[dict[str, Any]], Event | None]] = {
             names.audio_delta: _audio_delta,
             names.audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
             names.transcript_done: lambda e: TranscriptDone("model", _str(e, "item_id"), _str(e, "transcript")),
@@ -188,6 +206,11 @@ class RealtimeEventParser:
             "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(),
             "response.created": lambda e: ResponseStarted(_str(e["response"], "id")),
             "response.done": lambda e: ResponseDone(_str(e["response"], "id"), _str(e["response"], "status")),
+            "response.function_call_arguments.done": lambda e: FunctionCallRequested(
+                _str(e, "response_id"), _str(e, "call_id"), e.get("name") if isinstance(e.get("name"), str) else "",
+                _str(e, "arguments"),
+            ),
+            "response.output_item.done": _function_call_item,
             "conversation.item.input_audio_transcription.completed": lambda e: TranscriptDone(
                 "caller", _str(e, "item_id"), _str(e, "transcript")
             ),
@@ -234,6 +257,14 @@ def _str(event: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{key} is not a string")
     return value
+
+
+def _function_call_item(event: dict[str, Any]) -> FunctionCallRequested | None:
+    """`response.output_item.done` matters only for a function call: it names the call with its arguments."""
+    item = event["item"]
+    if not isinstance(item, dict) or item.get("type") != "function_call":
+        return None
+    return FunctionCallRequested(_str(event, "response_id"), _str(item, "call_id"), _str(item, "name"), _str(item, "arguments"))
 
 
 def _audio_delta(event: dict[str, Any]) -> ModelAudio:
