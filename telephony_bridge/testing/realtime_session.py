@@ -768,9 +768,12 @@ class SimulatedSession:
                 if last > first:
                     text = " ".join(words[first:last])
                     await self._send(self._names.transcript_delta, **ids, delta=text if first == 0 else " " + text)
-            # The model generates a call once it has said what comes before it.
-            if later and not await self._paced(response, started, len(audio) / codec.bytes_per_ms):
-                return
+            if later and not response._stop.is_set():
+                # The audio item closes before the next opens; the model generates a call once it has said
+                # what comes before it.
+                await self._close_audio(response, "completed")
+                if not await self._paced(response, started, len(audio) / codec.bytes_per_ms):
+                    return
         for call in later:
             if response._stop.is_set():
                 return
@@ -778,6 +781,24 @@ class SimulatedSession:
         if response._stop.is_set():
             return
         await self._finish(response, "completed")
+
+    async def _close_audio(self, response: SimulatedResponse, status: str) -> None:
+        """End the audio item: whole (with its audio and transcript ``done`` events) or cut short, ``incomplete``."""
+        assert response.item_id is not None
+        ids = {"response_id": response.id, "item_id": response.item_id, "output_index": response.audio_index,
+               "content_index": 0}
+        item = self._assistant_item(response, response.item_id, status)
+        self.items[response.item_id] = item
+        response.outputs[response.item_id] = item
+        if status == "completed":
+            transcript = self._simulator.transcript_for(response.index)
+            await self._send(self._names.audio_done, **ids)
+            await self._send(self._names.transcript_done, **ids, transcript=transcript)
+            await self._send("response.content_part.done", **ids, part={"type": "audio", "transcript": transcript})
+        await self._send("response.output_item.done", response_id=response.id, output_index=response.audio_index,
+                         item=copy.deepcopy(item))
+        if self.dialect == "ga":
+            await self._send("conversation.item.done", item=copy.deepcopy(item))
 
     async def _finish(self, response: SimulatedResponse, status: str,
                       reason: str | None = None) -> None:
@@ -792,24 +813,8 @@ class SimulatedSession:
         response.reason = reason
         response.done_at = self._loop.time()
         self._active = None
-        if response.item_id is not None:
-            ids = {"response_id": response.id, "item_id": response.item_id, "output_index": response.audio_index,
-                   "content_index": 0}
-            item_status = "completed" if status == "completed" else "incomplete"
-            item = self._assistant_item(response, response.item_id, item_status)
-            self.items[response.item_id] = item
-            response.outputs[response.item_id] = item
-            if status == "completed":
-                transcript = self._simulator.transcript_for(response.index)
-                await self._send(self._names.audio_done, **ids)
-                await self._send(self._names.transcript_done, **ids,
-                                 transcript=transcript)
-                await self._send("response.content_part.done", **ids,
-                                 part={"type": "audio", "transcript": transcript})
-            await self._send("response.output_item.done", response_id=response.id, output_index=response.audio_index,
-                             item=copy.deepcopy(item))
-            if self.dialect == "ga":
-                await self._send("conversation.item.done", item=copy.deepcopy(item))
+        if response.item_id is not None and response.outputs[response.item_id]["status"] == "in_progress":
+            await self._close_audio(response, "completed" if status == "completed" else "incomplete")
         output = [copy.deepcopy(item) for item in response.outputs.values()]
         await self._send("response.done", response=self._response_object(response, output))
 
