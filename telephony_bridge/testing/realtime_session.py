@@ -149,7 +149,7 @@ class SimulatedSession:
     (reduced by a truncate); ``truncates`` lists the truncations that were acknowledged.
     ``function_calls`` maps each ``call_id`` in the conversation (the model's and the client's) to
     its ``function_call`` item; ``function_call_outputs`` maps the ``call_id``s the client answered
-    to the output it sent, in order.
+    to the output it sent, in order (a second output for a call replaces the first; ``received`` keeps both).
     """
 
     def __init__(self, simulator: RealtimeSimulator, ws: ServerConnection, index: int) -> None:

@@ -9,7 +9,8 @@ GA sessions nest audio settings under ``session.audio.input/output`` with format
 ``response.create``'s ``response``): a ``function`` tool is ``type``, ``name``, ``description`` and
 ``parameters`` (a JSON Schema object) and nothing else, so a tool copied from the Responses API with
 ``strict`` is refused. ``mcp`` tools exist on GA only. Errors name the path (``session.tools[0].name``)
-and never quote an MCP tool's ``authorization`` or ``headers``, which carry secrets.
+and never quote an MCP tool's ``authorization`` or ``headers``, which carry secrets; ``session.updated``
+echoes them as given, the worst case for a client that records what it receives.
 """
 
 from __future__ import annotations
