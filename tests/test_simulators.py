@@ -25,7 +25,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
+from telephony_bridge.testing.realtime_simulator import (
+    RealtimeSimulator,
+    ScriptedAnswer,
+    ScriptedCall,
+    speech_like_pcm16,
+)
 from telephony_bridge.testing.twilio_simulator import (
     SimulatedCall,
     speech_like_ulaw,
@@ -363,6 +368,273 @@ async def test_fault_injection_sends_errors_and_drops_the_connection() -> None:
             await client.ws.recv()
         assert client.ws.close_code == 1011
         assert await session.wait_closed() >= session.opened_at
+
+
+# --------------------------------------------------------------------------- Realtime function calls
+
+END_CALL = {"type": "function", "name": "end_call", "description": "Hang up after saying goodbye.",
+            "parameters": {"type": "object", "properties": {}}}
+TRANSFER_CALL = {"type": "function", "name": "transfer_call", "description": "Hand the caller to a person.",
+                 "parameters": {"type": "object", "properties": {"target": {"type": "string"},
+                                                                 "summary": {"type": "string"}}}}
+LOOKUP_ORDER = {"type": "function", "name": "lookup_order", "parameters": {"type": "object"}}
+CALLS = ("response.output_item.added", "response.function_call_arguments.delta",
+         "response.function_call_arguments.done", "response.output_item.done")
+
+
+def with_tools(*tools: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"type": "realtime", "tools": list(tools), **fields}
+
+
+async def declare(client: ScriptClient, session: dict[str, Any]) -> None:
+    await client.send("session.update", session=session)
+    await client.until("session.updated")
+
+
+def compact(events: list[dict[str, Any]], names: tuple[str, ...]) -> list[str]:
+    """The event types among ``names``, with runs of the same type folded into one."""
+    kept = [e["type"] for e in events if e["type"] in names]
+    return [t for i, t in enumerate(kept) if i == 0 or kept[i - 1] != t]
+
+
+async def test_a_goodbye_then_end_call_sends_the_audio_item_whole_then_the_call_in_the_service_order() -> None:
+    goodbye = ScriptedAnswer(speech_like_pcm16(1000), "Goodbye!", calls=(ScriptedCall("end_call"),))
+    async with RealtimeSimulator(speed=10, answers=[goodbye]) as sim, realtime_client(sim) as client:
+        await declare(client, with_tools(END_CALL))
+        await client.send("response.create")
+        created = await client.until("response.created")
+        t_created = time.monotonic()
+        args_done = await client.until("response.function_call_arguments.done")
+        args_after = time.monotonic() - t_created
+        done = (await client.until("response.done"))["response"]
+
+    order = compact(client.events, (GA.audio_delta, GA.audio_done, GA.transcript_done, *CALLS, "response.done"))
+    assert order == ["response.output_item.added", GA.audio_delta, GA.audio_done, GA.transcript_done,
+                     "response.output_item.done", *CALLS, "response.done"]
+    assert args_after >= 0.8 * 1000 / 10 / 1000  # the call follows the audio at its paced end
+    message, call = done["output"]
+    assert done["status"] == "completed" and done["id"] == created["response"]["id"]
+    assert (message["type"], message["status"], message["content"][0]["transcript"]) == ("message", "completed", "Goodbye!")
+    assert call == {"id": args_done["item_id"], "object": "realtime.item", "type": "function_call",
+                    "status": "completed", "name": "end_call", "call_id": args_done["call_id"], "arguments": "{}"}
+    assert call["call_id"].startswith("call_") and call["id"].startswith("item_")
+    added = [e for e in client.of("response.output_item.added") if e["item"]["type"] == "function_call"][0]
+    assert (added["output_index"], added["item"]["status"], added["item"]["arguments"]) == (1, "in_progress", "")
+    assert args_done["output_index"] == 1 and args_done["response_id"] == done["id"]
+    adapter = TypeAdapter(RealtimeServerEvent)
+    for event in sim.sessions[0].sent:
+        adapter.validate_python(event)
+
+
+async def test_a_call_alone_streams_its_arguments_in_pieces_with_no_audio_in_the_preview_dialect() -> None:
+    arguments = {"target": "+15550100", "summary": "Caller wants a refund for order 42."}
+    transfer = ScriptedAnswer(None, calls=(ScriptedCall("transfer_call", arguments),))
+    async with RealtimeSimulator(speed=1.0, answers=[transfer]) as sim:
+        async with connect(sim.preview_url) as ws:
+            client = ScriptClient(ws)
+            await client.until("session.created")
+            await declare(client, {"tools": [TRANSFER_CALL], "tool_choice": "auto"})
+            await client.send("response.create")
+            done = (await client.until("response.done"))["response"]
+
+    deltas = client.of("response.function_call_arguments.delta")
+    args_done = client.of("response.function_call_arguments.done")[0]
+    assert len(deltas) > 1
+    assert "".join(d["delta"] for d in deltas) == args_done["arguments"]
+    assert json.loads(args_done["arguments"]) == arguments
+    assert {d["call_id"] for d in deltas} == {args_done["call_id"]}
+    assert args_done["name"] == "transfer_call"
+    assert not {PREVIEW.audio_delta, PREVIEW.audio_done, "response.content_part.added"} & {e["type"] for e in client.events}
+    assert PREVIEW.item_added in {e["type"] for e in client.events}
+    assert done["status"] == "completed"
+    assert [item["type"] for item in done["output"]] == ["function_call"]
+    assert sim.sessions[0].responses[0].item_id is None
+
+
+async def test_two_calls_in_one_response_each_get_their_own_item_call_id_and_output_index() -> None:
+    two = ScriptedAnswer(None, calls=(ScriptedCall("lookup_order", {"order": 42}), ScriptedCall("end_call")))
+    async with RealtimeSimulator(speed=float("inf"), answers=[two]) as sim, realtime_client(sim) as client:
+        await declare(client, with_tools(LOOKUP_ORDER, END_CALL))
+        await client.send("response.create")
+        done = (await client.until("response.done"))["response"]
+
+    finished = client.of("response.function_call_arguments.done")
+    assert [(e["name"], e["output_index"]) for e in finished] == [("lookup_order", 0), ("end_call", 1)]
+    assert len({e["call_id"] for e in finished}) == 2 and len({e["item_id"] for e in finished}) == 2
+    assert [item["call_id"] for item in done["output"]] == [e["call_id"] for e in finished]
+    # The first call is done before the second starts.
+    order = compact(client.events, CALLS)
+    assert order == [*CALLS, *CALLS]
+    assert set(sim.sessions[0].function_calls) == {e["call_id"] for e in finished}
+
+
+async def test_outputs_are_recorded_and_the_next_response_create_says_the_next_answer() -> None:
+    answers = [ScriptedAnswer(None, calls=(ScriptedCall("lookup_order", {"order": 42}),)),
+               (speech_like_pcm16(400), "Your order ships today.")]
+    async with RealtimeSimulator(speed=float("inf"), answers=answers) as sim, realtime_client(sim) as client:
+        await declare(client, with_tools(LOOKUP_ORDER))
+        await client.send("response.create")
+        call_id = (await client.until("response.function_call_arguments.done"))["call_id"]
+        await client.until("response.done")
+        await client.send("conversation.item.create", item={
+            "type": "function_call_output", "call_id": call_id, "output": '{"ships": "today"}'})
+        added = await client.until(GA.item_added)
+        await client.send("response.create")
+        second = await client.until(GA.transcript_done)
+        await client.until("response.done")
+
+        session = sim.sessions[0]
+        assert await session.wait_for_function_output("lookup_order", timeout=1) == '{"ships": "today"}'
+        assert await session.wait_for_function_output(call_id, timeout=1) == '{"ships": "today"}'
+        with pytest.raises(TimeoutError):
+            await session.wait_for_function_output("end_call", timeout=0.1)
+    assert added["item"]["type"] == "function_call_output"
+    assert session.function_call_outputs == {call_id: '{"ships": "today"}'}
+    assert second["transcript"] == "Your order ships today."
+    assert [r.trigger for r in session.responses] == ["response.create", "response.create"]
+
+
+async def test_an_output_for_a_call_id_the_session_never_issued_is_refused() -> None:
+    async with RealtimeSimulator() as sim, realtime_client(sim) as client:
+        await client.send("conversation.item.create", event_id="evt_out", item={
+            "type": "function_call_output", "call_id": "call_made_up", "output": "done"})
+        error = (await client.until("error"))["error"]
+        assert (error["code"], error["param"], error["event_id"]) == ("invalid_value", "item.call_id", "evt_out")
+        await client.send("conversation.item.create", item={"type": "function_call_output", "output": "done"})
+        error = (await client.until("error"))["error"]
+        assert (error["code"], error["param"]) == ("missing_required_parameter", "item.call_id")
+    assert sim.sessions[0].function_call_outputs == {}
+    assert not [e for e in sim.sessions[0].sent if e["type"] == GA.item_added]
+
+
+async def test_a_response_create_while_a_call_is_being_made_is_refused() -> None:
+    goodbye = ScriptedAnswer(speech_like_pcm16(2000), "Goodbye!", calls=(ScriptedCall("end_call"),))
+    async with RealtimeSimulator(speed=1.0, answers=[goodbye]) as sim, realtime_client(sim) as client:
+        await declare(client, with_tools(END_CALL))
+        await client.send("response.create")
+        await client.until("response.created")
+        await client.send("response.create", event_id="evt_again")
+        error = (await client.until("error"))["error"]
+    assert (error["code"], error["event_id"]) == ("conversation_already_has_active_response", "evt_again")
+    assert len(sim.sessions[0].responses) == 1
+
+
+async def test_an_mcp_tool_is_refused_on_the_preview_and_accepted_on_ga() -> None:
+    mcp = {"type": "mcp", "server_label": "crm", "server_url": "https://mcp.example.com/mcp",
+           "allowed_tools": ["lookup_order"], "headers": {"Authorization": "Bearer mcp-secret"},
+           "require_approval": "never"}
+    async with RealtimeSimulator() as sim:
+        async with connect(sim.preview_url) as ws:
+            client = ScriptClient(ws)
+            await client.until("session.created")
+            await client.send("session.update", event_id="evt_mcp", session={"tools": [END_CALL, mcp]})
+            error = (await client.until("error"))["error"]
+            assert (error["code"], error["param"], error["event_id"]) == ("invalid_value", "session.tools[1].type", "evt_mcp")
+        async with realtime_client(sim) as client:
+            await client.send("session.update", session=with_tools(END_CALL, mcp, tool_choice={
+                "type": "mcp", "server_label": "crm"}))
+            updated = (await client.until("session.updated"))["session"]
+            await client.send("session.update", session=with_tools({"type": "mcp", "server_url": "https://x.example"}))
+            error = (await client.until("error"))["error"]
+            assert (error["code"], error["param"]) == ("missing_required_parameter", "session.tools[0].server_label")
+    assert [tool["type"] for tool in updated["tools"]] == ["function", "mcp"]
+    assert sim.sessions[0].config["tools"] == []
+    assert [tool["type"] for tool in sim.sessions[1].config["tools"]] == ["function", "mcp"]
+    assert "mcp-secret" not in json.dumps([e for e in sim.sessions[1].sent if e["type"] == "error"])
+
+
+@pytest.mark.parametrize(("tool", "code", "param"), [
+    ({**END_CALL, "strict": True}, "unknown_parameter", "session.tools[0].strict"),
+    ({"type": "function", "parameters": {"type": "object"}}, "missing_required_parameter", "session.tools[0].name"),
+    ({**END_CALL, "parameters": "{}"}, "invalid_type", "session.tools[0].parameters"),
+    ({**END_CALL, "name": "end call!"}, "invalid_value", "session.tools[0].name"),
+    ({"name": "end_call"}, "missing_required_parameter", "session.tools[0].type"),
+    ({**END_CALL, "type": "web_search"}, "invalid_value", "session.tools[0].type"),
+])
+async def test_a_malformed_tool_refuses_the_whole_update_naming_its_path(tool: dict[str, Any], code: str, param: str) -> None:
+    async with RealtimeSimulator() as sim, realtime_client(sim) as client:
+        await client.send("session.update", event_id="evt_tools", session=with_tools(tool, instructions="Changed."))
+        error = (await client.until("error"))["error"]
+    assert (error["code"], error["param"], error["event_id"]) == (code, param, "evt_tools")
+    assert sim.sessions[0].config["tools"] == [] and sim.sessions[0].instructions == ""
+
+
+@pytest.mark.parametrize(("choice", "code", "param"), [
+    ("sometimes", "invalid_value", "session.tool_choice"),
+    ({"type": "function"}, "missing_required_parameter", "session.tool_choice.name"),
+    ({"type": "function", "name": "transfer_call"}, "invalid_value", "session.tool_choice.name"),
+    ({"type": "function", "name": "end_call", "strict": True}, "unknown_parameter", "session.tool_choice.strict"),
+])
+async def test_a_tool_choice_must_be_an_option_or_name_a_declared_tool(choice: Any, code: str, param: str) -> None:
+    async with RealtimeSimulator() as sim, realtime_client(sim) as client:
+        await client.send("session.update", session=with_tools(END_CALL, tool_choice=choice))
+        error = (await client.until("error"))["error"]
+        await client.send("session.update", session=with_tools(END_CALL, tool_choice="required"))
+        await client.until("session.updated")
+    assert (error["code"], error["param"]) == (code, param)
+    assert sim.sessions[0].config["tool_choice"] == "required"
+
+
+async def test_the_model_does_not_call_a_function_the_session_did_not_declare_or_ruled_out() -> None:
+    goodbye = ScriptedAnswer(speech_like_pcm16(300), "Goodbye!", calls=(ScriptedCall("end_call"),))
+    async with RealtimeSimulator(speed=float("inf"), answers=[goodbye]) as sim, realtime_client(sim) as client:
+        await client.send("response.create")
+        undeclared = (await client.until("response.done"))["response"]
+        await declare(client, with_tools(END_CALL, tool_choice="none"))
+        await client.send("response.create")
+        ruled_out = (await client.until("response.done"))["response"]
+        await client.send("response.create", response={"tool_choice": "auto"})
+        allowed = (await client.until("response.done"))["response"]
+    assert [item["type"] for item in undeclared["output"]] == ["message"]
+    assert [item["type"] for item in ruled_out["output"]] == ["message"]
+    assert [item["type"] for item in allowed["output"]] == ["message", "function_call"]
+    assert [r.withheld_calls for r in sim.sessions[0].responses] == [["end_call"], ["end_call"], []]
+
+
+async def test_barge_in_after_a_calls_arguments_cancels_the_response_with_the_call_still_in_its_output() -> None:
+    transfer = ScriptedAnswer(speech_like_pcm16(3000), "Let me put you through.", calls=(
+        ScriptedCall("transfer_call", {"target": "sales", "summary": "wants a quote"}, before_audio=True),))
+    async with RealtimeSimulator(speed=1.0, answers=[transfer]) as sim, realtime_client(sim) as client:
+        await declare(client, with_tools(TRANSFER_CALL))
+        await client.send("response.create")
+        args_done = await client.until("response.function_call_arguments.done")
+        for _ in range(3):
+            await client.until(GA.audio_delta)
+        await client.append(speech_like_pcm16(300))
+        done = (await client.until("response.done"))["response"]
+
+    assert done["status"] == "cancelled" and done["status_details"]["reason"] == "turn_detected"
+    call, message = done["output"]
+    assert (call["type"], call["call_id"], call["status"]) == ("function_call", args_done["call_id"], "completed")
+    assert json.loads(call["arguments"]) == {"target": "sales", "summary": "wants a quote"}
+    assert (message["type"], message["status"]) == ("message", "incomplete")
+    assert client.of(GA.audio_delta)[0]["output_index"] == 1
+    assert GA.audio_done not in {e["type"] for e in client.events}
+    assert sim.sessions[0].responses[0].status == "cancelled"
+
+
+@pytest.mark.parametrize("dialect", ["ga", "preview"])
+async def test_a_system_message_item_is_accepted_in_both_dialects(dialect: str) -> None:
+    async with RealtimeSimulator() as sim:
+        async with connect(sim.url if dialect == "ga" else sim.preview_url) as ws:
+            client = ScriptClient(ws)
+            await client.until("session.created")
+            await client.send("conversation.item.create", item={
+                "type": "message", "role": "system",
+                "content": [{"type": "input_text", "text": "The caller is a premium customer."}]})
+            added = await client.until(SERVER_EVENTS[dialect].item_added)
+    assert added["item"]["role"] == "system"
+    assert not [e for e in client.events if e["type"] == "error"]
+
+
+def test_a_scripted_answer_says_something_or_calls_something() -> None:
+    with pytest.raises(ValueError):
+        ScriptedAnswer(None)
+    with pytest.raises(ValueError):
+        ScriptedAnswer(b"\x00")
+    with pytest.raises(TypeError):
+        ScriptedCall("end_call", {"when": object()})
+    assert ScriptedCall("end_call", "{not json").arguments_json == "{not json"
 
 
 # --------------------------------------------------------------------------- Twilio

@@ -9,6 +9,14 @@ The points a bridge can trip on behave as the real service does:
 * A malformed client event earns an ``error`` event, never a close. A GA session opened with the
   retired ``OpenAI-Beta: realtime=v1`` header gets ``beta_api_shape_disabled`` and close code 4000.
 * Audio deltas arrive faster than real time (``speed``) and in varying sizes.
+* Function calls (scripted with ``ScriptedAnswer``/``ScriptedCall``) stream as ``function_call``
+  output items: ``response.output_item.added``, ``response.function_call_arguments.delta`` (one or
+  more), ``.done``, ``response.output_item.done``, and again in ``response.done``'s ``output``; the
+  event names are the same in both dialects. The model only calls functions the session (or the
+  ``response.create``) declared in ``tools``, and none with ``tool_choice`` ``none``. A
+  ``function_call_output`` must answer a ``call_id`` the conversation holds.
+* A response that sent a call's ``arguments.done`` and is then cut by barge-in still ends
+  ``cancelled`` with the call in its ``output``: a client must act only on a ``completed`` one.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import base64
 import binascii
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -40,23 +48,28 @@ from .session_config import (
     apply_ga_update,
     apply_preview_update,
     default_session,
+    function_names,
     invalid_value,
     is_int,
     missing_parameter,
     require_dict,
+    tool_choice,
+    tools,
 )
 from .vad import ServerVad
 
 if TYPE_CHECKING:
     from .realtime_simulator import RealtimeSimulator
 
-__all__ = ["SimulatedResponse", "SimulatedSession"]
+__all__ = ["ScriptedAnswer", "ScriptedCall", "SimulatedResponse", "SimulatedSession"]
 
 # The real service refuses to commit less than this ("buffer too small").
 _MIN_COMMIT_MS = 100.0
 # Relative sizes of successive deltas: real deltas are not uniform, and a bridge that assumes
 # they are (or that each is a whole number of 20 ms frames) should fail here, not in production.
 _DELTA_SIZE_PATTERN = (1.0, 0.45, 1.6, 0.8, 1.15)
+# Arguments stream in token-sized pieces, so a client that parses each delta as JSON fails here.
+_ARGUMENT_DELTA_CHARS = 6
 
 
 def _first(values: list[str] | None) -> str | None:
@@ -64,12 +77,51 @@ def _first(values: list[str] | None) -> str | None:
     return values[0] if values else None
 
 
+@dataclass(frozen=True)
+class ScriptedCall:
+    """A function the model calls in a scripted answer.
+
+    ``arguments`` go out as JSON; a string goes out as is, to try a client on arguments that are
+    not valid JSON. The call follows the answer's audio, as a model says "goodbye" and then hangs
+    up, unless ``before_audio``.
+    """
+
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+    before_audio: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.arguments, str):
+            json.dumps(self.arguments)  # a TypeError now, not in the middle of a test's call
+
+    @property
+    def arguments_json(self) -> str:
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments)
+
+
+@dataclass(frozen=True)
+class ScriptedAnswer:
+    """What the model does in one response: says ``pcm`` (PCM16 24 kHz; ``None`` for no audio), then calls ``calls``."""
+
+    pcm: bytes | None
+    transcript: str = ""
+    calls: tuple[ScriptedCall, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "calls", tuple(self.calls))
+        if self.pcm is not None and len(self.pcm) % 2:
+            raise ValueError("a scripted answer's pcm must be PCM16: an even number of bytes")
+        if self.pcm is None and (self.transcript or not self.calls):
+            raise ValueError("a scripted answer without audio has no transcript and calls at least one function")
+
+
 @dataclass
 class SimulatedResponse:
-    """One model response: how it started, how it ended, how much audio it sent."""
+    """One model response: how it started, how it ended, how much audio it sent, which functions it called."""
 
     id: str
-    item_id: str
+    item_id: str | None
+    """Its audio message item; ``None`` when the answer only calls functions."""
     trigger: Literal["server_vad", "response.create"]
     created_at: float
     index: int = 0
@@ -79,6 +131,12 @@ class SimulatedResponse:
     audio_ms: float = 0.0
     deltas: int = 0
     done_at: float | None = None
+    audio_index: int = 0
+    """The audio item's ``output_index``: after the calls made ``before_audio``."""
+    withheld_calls: list[str] = field(default_factory=list)
+    """Scripted calls the model did not make: their function was not in ``tools``, or ``tool_choice`` was ``none``."""
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Its output items by id, in ``output_index`` order, each as last sent."""
     _stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -89,6 +147,9 @@ class SimulatedSession:
     ``received`` holds every client event that parsed as a JSON object, valid or not; ``sent``
     every server event. ``item_audio_ms`` maps each assistant item to the audio sent for it
     (reduced by a truncate); ``truncates`` lists the truncations that were acknowledged.
+    ``function_calls`` maps each ``call_id`` in the conversation (the model's and the client's) to
+    its ``function_call`` item; ``function_call_outputs`` maps the ``call_id``s the client answered
+    to the output it sent, in order (a second output for a call replaces the first; ``received`` keeps both).
     """
 
     def __init__(self, simulator: RealtimeSimulator, ws: ServerConnection, index: int) -> None:
@@ -120,6 +181,8 @@ class SimulatedSession:
         self.item_audio_ms: dict[str, float] = {}
         self.items: dict[str, dict[str, Any]] = {}
         self.responses: list[SimulatedResponse] = []
+        self.function_calls: dict[str, dict[str, Any]] = {}
+        self.function_call_outputs: dict[str, str] = {}
         self.config: dict[str, Any] = default_session(self.dialect, f"sess_sim{index}", model)
         self._names = SERVER_EVENTS[self.dialect]
         self._counters: dict[str, int] = {}
@@ -182,6 +245,19 @@ class SimulatedSession:
             return None
 
         return await self._changes.wait_until(check, timeout, f"an event matching {match!r}")
+
+    async def wait_for_function_output(self, call: str, timeout: float = 5.0) -> str:
+        """The output the client sent for ``call``: a ``call_id``, or a function's name (its first answered call)."""
+
+        def check() -> str | None:
+            for call_id, output in self.function_call_outputs.items():
+                if call in (call_id, self.function_calls.get(call_id, {}).get("name")):
+                    return output
+            if self.closed_at is not None:
+                raise TimeoutError(f"session {self.index} closed before an output for {call!r} came")
+            return None
+
+        return await self._changes.wait_until(check, timeout, f"a function_call_output for {call!r}")
 
     async def wait_closed(self, timeout: float = 5.0) -> float:
         return await self._changes.wait_until(lambda: self.closed_at, timeout, "session close")
@@ -438,6 +514,8 @@ class SimulatedSession:
                 raise invalid_value("item.role", item.get("role"), "'user', 'assistant' or 'system'")
             if not isinstance(item.get("content"), list):
                 raise missing_parameter("item.content")
+        elif kind == "function_call_output":
+            self._check_function_call_output(item)
         if "id" in item and item["id"] in self.items:
             raise ClientError("invalid_value", f"Item with id '{item['id']}' already exists.",
                                "item.id")
@@ -448,7 +526,22 @@ class SimulatedSession:
         item.setdefault("id", self._next_id("item"))
         item.setdefault("object", "realtime.item")
         item.setdefault("status", "completed")
+        if kind == "function_call" and isinstance(item.get("call_id"), str):
+            self.function_calls[item["call_id"]] = item
+        elif kind == "function_call_output":
+            self.function_call_outputs[item["call_id"]] = item["output"]
         await self._add_item(item, previous)
+
+    def _check_function_call_output(self, item: dict[str, Any]) -> None:
+        call_id = item.get("call_id")
+        if call_id is None:
+            raise missing_parameter("item.call_id")
+        if not isinstance(call_id, str) or call_id not in self.function_calls:
+            raise ClientError("invalid_value", f"Tool call ID '{call_id}' not found in conversation.", "item.call_id")
+        if "output" not in item:
+            raise missing_parameter("item.output")
+        if not isinstance(item["output"], str):
+            raise ClientError("invalid_type", "Invalid type for 'item.output': expected a string.", "item.output")
 
     async def _on_item_delete(self, event: dict[str, Any]) -> None:
         item_id = event.get("item_id")
@@ -498,15 +591,22 @@ class SimulatedSession:
                          content_index=content_index, audio_end_ms=audio_end_ms)
 
     async def _on_response_create(self, event: dict[str, Any]) -> None:
+        overrides: dict[str, Any] = {}
         if "response" in event and event["response"] is not None:
-            require_dict(event["response"], "response")
+            asked = require_dict(event["response"], "response")
+            ga = self.dialect == "ga"
+            if "tools" in asked:
+                overrides["tools"] = tools(asked["tools"], "response.tools", ga=ga)
+            if "tool_choice" in asked:
+                declared = overrides.get("tools", self.config["tools"])
+                overrides["tool_choice"] = tool_choice(asked["tool_choice"], "response.tool_choice", declared, ga=ga)
         if self._active is not None:
             raise ClientError(
                 "conversation_already_has_active_response",
                 f"Conversation already has an active response in progress: {self._active.id}. "
                 "Wait until the response is finished before creating a new one.",
             )
-        await self._start_response("response.create")
+        await self._start_response("response.create", overrides)
 
     async def _on_response_cancel(self, event: dict[str, Any]) -> None:
         if self._active is None:
@@ -529,12 +629,12 @@ class SimulatedSession:
 
     # ---- responses
 
-    def _assistant_item(self, response: SimulatedResponse, status: str) -> dict[str, Any]:
+    def _assistant_item(self, response: SimulatedResponse, item_id: str, status: str) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
         if status != "in_progress":
             content_type = "output_audio" if self.dialect == "ga" else "audio"
             content = [{"type": content_type, "transcript": self._simulator.transcript_for(response.index)}]
-        return {"id": response.item_id, "object": "realtime.item", "type": "message",
+        return {"id": item_id, "object": "realtime.item", "type": "message",
                 "status": status, "role": "assistant", "content": content}
 
     def _response_object(self, response: SimulatedResponse, output: list[dict[str, Any]],
@@ -553,21 +653,72 @@ class SimulatedSession:
             body["modalities"] = ["text", "audio"]
         return body
 
-    async def _start_response(self, trigger: Literal["server_vad", "response.create"]) -> None:
-        response = SimulatedResponse(self._next_id("resp"), self._next_id("item"), trigger,
-                                     self._loop.time(), index=len(self.responses))
+    def _callable(self, overrides: dict[str, Any]) -> set[str]:
+        """The functions the model may call in a response: those declared, unless ``tool_choice`` rules them out."""
+        choice = overrides.get("tool_choice", self.config["tool_choice"])
+        if choice == "none":
+            return set()
+        if isinstance(choice, dict):
+            return {choice["name"]} if choice["type"] == "function" else set()
+        return function_names(overrides.get("tools", self.config["tools"]))
+
+    async def _start_response(self, trigger: Literal["server_vad", "response.create"],
+                              overrides: dict[str, Any] | None = None) -> None:
+        """Open a response; what falls at its very start (calls ``before_audio``, the audio item) goes out at once."""
+        index = len(self.responses)
+        answer = self._simulator.scripted_for(index)
+        has_audio = answer.pcm is not None
+        response = SimulatedResponse(self._next_id("resp"), self._next_id("item") if has_audio else None, trigger,
+                                     self._loop.time(), index=index)
         self._active = response
         self.responses.append(response)
         await self._send("response.created", response=self._response_object(response, []))
-        item = self._assistant_item(response, "in_progress")
-        await self._send("response.output_item.added", response_id=response.id,
-                         output_index=0, item=copy.deepcopy(item))
+        allowed = self._callable(overrides or {})
+        calls = [call for call in answer.calls if call.name in allowed]
+        response.withheld_calls = [call.name for call in answer.calls if call.name not in allowed]
+        first = [call for call in calls if call.before_audio or not has_audio]
+        later = [call for call in calls if not (call.before_audio or not has_audio)]
+        for call in first:
+            await self._call(response, call)
+        if response.item_id is not None:
+            response.audio_index = len(response.outputs)
+            item = self._assistant_item(response, response.item_id, "in_progress")
+            response.outputs[response.item_id] = item
+            await self._send("response.output_item.added", response_id=response.id,
+                             output_index=response.audio_index, item=copy.deepcopy(item))
+            await self._add_item(item, self._last_item_id())
+            self.item_audio_ms[response.item_id] = 0.0
+            await self._send("response.content_part.added", response_id=response.id,
+                             item_id=response.item_id, output_index=response.audio_index, content_index=0,
+                             part={"type": "audio", "transcript": ""})
+        response._task = asyncio.create_task(self._stream(response, later))
+
+    async def _call(self, response: SimulatedResponse, call: ScriptedCall) -> None:
+        """Stream one function call as an output item, from ``output_item.added`` to its ``.done``."""
+        call_id, item_id = self._next_id("call"), self._next_id("item")
+        output_index = len(response.outputs)
+        item = {"id": item_id, "object": "realtime.item", "type": "function_call", "status": "in_progress",
+                "name": call.name, "call_id": call_id, "arguments": ""}
+        response.outputs[item_id] = item
+        self.function_calls[call_id] = item
+        await self._send("response.output_item.added", response_id=response.id, output_index=output_index,
+                         item=copy.deepcopy(item))
         await self._add_item(item, self._last_item_id())
-        self.item_audio_ms[response.item_id] = 0.0
-        await self._send("response.content_part.added", response_id=response.id,
-                         item_id=response.item_id, output_index=0, content_index=0,
-                         part={"type": "audio", "transcript": ""})
-        response._task = asyncio.create_task(self._stream(response))
+        ids = {"response_id": response.id, "item_id": item_id, "output_index": output_index, "call_id": call_id}
+        arguments = call.arguments_json
+        for start in range(0, max(len(arguments), 1), _ARGUMENT_DELTA_CHARS):
+            await self._send("response.function_call_arguments.delta", **ids,
+                             delta=arguments[start:start + _ARGUMENT_DELTA_CHARS])
+        await self._send("response.function_call_arguments.done", **ids, name=call.name, arguments=arguments)
+        done = {**item, "status": "completed", "arguments": arguments}
+        response.outputs[item_id] = done
+        self.function_calls[call_id] = done
+        if item_id in self.items:
+            self.items[item_id] = done
+        await self._send("response.output_item.done", response_id=response.id, output_index=output_index,
+                         item=copy.deepcopy(done))
+        if self.dialect == "ga":
+            await self._send("conversation.item.done", item=copy.deepcopy(done))
 
     def _delta_sizes(self, total: int) -> list[int]:
         codec = self._output_codec
@@ -581,68 +732,91 @@ class SimulatedSession:
             i += 1
         return sizes
 
-    async def _stream(self, response: SimulatedResponse) -> None:
-        """Send the answer's deltas, paced at ``speed`` times real time, then finish it."""
-        codec = self._output_codec
-        audio = self._simulator.answer_for(codec, response.index)
-        sizes = self._delta_sizes(len(audio))
-        transcript = self._simulator.transcript_for(response.index)
-        words = transcript.split()
+    async def _paced(self, response: SimulatedResponse, started: float, audio_ms: float) -> bool:
+        """Wait until ``audio_ms`` into the response at ``speed`` times real time; False if it was stopped."""
         speed = self._simulator.speed
-        started = self._loop.time()
-        offset = 0
-        for index, size in enumerate(sizes):
-            sent_ms = offset / codec.bytes_per_ms
-            delay = started + sent_ms / 1000 / speed - self._loop.time() if speed > 0 else 0
-            if delay > 0:
-                try:
-                    async with asyncio.timeout(delay):
-                        await response._stop.wait()
-                except TimeoutError:
-                    pass
+        delay = started + audio_ms / 1000 / speed - self._loop.time() if speed > 0 else 0
+        if delay > 0:
+            try:
+                async with asyncio.timeout(delay):
+                    await response._stop.wait()
+            except TimeoutError:
+                pass
+        return not response._stop.is_set()
+
+    async def _stream(self, response: SimulatedResponse, later: list[ScriptedCall]) -> None:
+        """Send the answer's deltas, paced at ``speed`` times real time, then the calls that follow, then finish it."""
+        if response.item_id is not None:
+            codec = self._output_codec
+            audio = self._simulator.answer_for(codec, response.index)
+            sizes = self._delta_sizes(len(audio))
+            words = self._simulator.transcript_for(response.index).split()
+            ids = {"response_id": response.id, "item_id": response.item_id, "output_index": response.audio_index,
+                   "content_index": 0}
+            started = self._loop.time()
+            offset = 0
+            for index, size in enumerate(sizes):
+                if not await self._paced(response, started, offset / codec.bytes_per_ms):
+                    return
+                chunk = audio[offset:offset + size]
+                offset += size
+                response.deltas += 1
+                response.audio_ms += size / codec.bytes_per_ms
+                self.item_audio_ms[response.item_id] = response.audio_ms
+                await self._send(self._names.audio_delta, **ids, delta=base64.b64encode(chunk).decode("ascii"))
+                first, last = index * len(words) // len(sizes), (index + 1) * len(words) // len(sizes)
+                if last > first:
+                    text = " ".join(words[first:last])
+                    await self._send(self._names.transcript_delta, **ids, delta=text if first == 0 else " " + text)
+            if later and not response._stop.is_set():
+                # The audio item closes before the next opens; the model generates a call once it has said
+                # what comes before it.
+                await self._close_audio(response, "completed")
+                if not await self._paced(response, started, len(audio) / codec.bytes_per_ms):
+                    return
+        for call in later:
             if response._stop.is_set():
                 return
-            chunk = audio[offset:offset + size]
-            offset += size
-            response.deltas += 1
-            response.audio_ms += size / codec.bytes_per_ms
-            self.item_audio_ms[response.item_id] = response.audio_ms
-            await self._send(self._names.audio_delta, response_id=response.id,
-                             item_id=response.item_id, output_index=0, content_index=0,
-                             delta=base64.b64encode(chunk).decode("ascii"))
-            first, last = index * len(words) // len(sizes), (index + 1) * len(words) // len(sizes)
-            if last > first:
-                text = " ".join(words[first:last])
-                await self._send(self._names.transcript_delta, response_id=response.id,
-                                 item_id=response.item_id, output_index=0, content_index=0,
-                                 delta=text if first == 0 else " " + text)
+            await self._call(response, call)
         if response._stop.is_set():
             return
         await self._finish(response, "completed")
 
+    async def _close_audio(self, response: SimulatedResponse, status: str) -> None:
+        """End the audio item: whole (with its audio and transcript ``done`` events) or cut short, ``incomplete``."""
+        assert response.item_id is not None
+        ids = {"response_id": response.id, "item_id": response.item_id, "output_index": response.audio_index,
+               "content_index": 0}
+        item = self._assistant_item(response, response.item_id, status)
+        self.items[response.item_id] = item
+        response.outputs[response.item_id] = item
+        if status == "completed":
+            transcript = self._simulator.transcript_for(response.index)
+            await self._send(self._names.audio_done, **ids)
+            await self._send(self._names.transcript_done, **ids, transcript=transcript)
+            await self._send("response.content_part.done", **ids, part={"type": "audio", "transcript": transcript})
+        await self._send("response.output_item.done", response_id=response.id, output_index=response.audio_index,
+                         item=copy.deepcopy(item))
+        if self.dialect == "ga":
+            await self._send("conversation.item.done", item=copy.deepcopy(item))
+
     async def _finish(self, response: SimulatedResponse, status: str,
                       reason: str | None = None) -> None:
+        """End a response; ``response.done`` lists every output item it sent, calls included.
+
+        A call whose ``arguments.done`` went out stays ``completed`` in a cancelled response's output:
+        the service already reported the item done and does not revise it (only the audio message cut
+        short is ``incomplete``), so the response's own ``cancelled`` status is what tells a client not
+        to run it. Calls are sent whole, so none is ever cut halfway.
+        """
         response.status = status
         response.reason = reason
         response.done_at = self._loop.time()
         self._active = None
-        ids = {"response_id": response.id, "item_id": response.item_id, "output_index": 0,
-               "content_index": 0}
-        item_status = "completed" if status == "completed" else "incomplete"
-        item = self._assistant_item(response, item_status)
-        self.items[response.item_id] = item
-        if status == "completed":
-            transcript = self._simulator.transcript_for(response.index)
-            await self._send(self._names.audio_done, **ids)
-            await self._send(self._names.transcript_done, **ids,
-                             transcript=transcript)
-            await self._send("response.content_part.done", **ids,
-                             part={"type": "audio", "transcript": transcript})
-        await self._send("response.output_item.done", response_id=response.id, output_index=0,
-                         item=copy.deepcopy(item))
-        if self.dialect == "ga":
-            await self._send("conversation.item.done", item=copy.deepcopy(item))
-        await self._send("response.done", response=self._response_object(response, [item]))
+        if response.item_id is not None and response.outputs[response.item_id]["status"] == "in_progress":
+            await self._close_audio(response, "completed" if status == "completed" else "incomplete")
+        output = [copy.deepcopy(item) for item in response.outputs.values()]
+        await self._send("response.done", response=self._response_object(response, output))
 
     async def _cancel_response(self, reason: str) -> None:
         response = self._active

@@ -20,7 +20,13 @@ The points a bridge can trip on behave as the real service does:
   ``OpenAI-Beta: realtime=v1`` header gets ``beta_api_shape_disabled`` and close code 4000.
 * Audio deltas arrive faster than real time (``speed``) and in varying sizes.
 
-Not simulated: tools, text-only output, ``idle_timeout_ms``, rate limits, session expiry.
+* Function calling: ``answers`` may hold ``ScriptedAnswer``s whose ``ScriptedCall``s the model
+  makes (after the audio, or before it), as the real service streams them; ``tools`` and
+  ``tool_choice`` are validated per dialect (``mcp`` tools on GA only), and each session records
+  the ``function_call_output``s its client sent.
+
+Not simulated: text-only output, MCP calls (an ``mcp`` tool is accepted, never called),
+``idle_timeout_ms``, rate limits, session expiry.
 
 The parts live in their own modules: ``vad`` (speech-like audio and the server VAD),
 ``session_config`` (what ``session.update`` accepts in each dialect), ``realtime_session`` (one
@@ -40,13 +46,15 @@ from websockets.http11 import Request, Response
 
 from ..config import Dialect
 from .changes import Changes
-from .realtime_session import SimulatedResponse, SimulatedSession
+from .realtime_session import ScriptedAnswer, ScriptedCall, SimulatedResponse, SimulatedSession
 from .session_config import PCM16, Codec
 from .vad import ServerVad, VadEvent, speech_like_pcm16, vad_level_dbfs
 
 __all__ = [
     "DEFAULT_TRANSCRIPT",
     "RealtimeSimulator",
+    "ScriptedAnswer",
+    "ScriptedCall",
     "ServerVad",
     "SimulatedResponse",
     "SimulatedSession",
@@ -73,8 +81,9 @@ class RealtimeSimulator:
     no pacing). With ``require_key``, handshakes without ``Authorization: Bearer <key>`` or
     ``api-key: <key>`` are refused with HTTP 401 and recorded in ``rejected``. ``dialect``
     forces a dialect for every session; by default it follows each session's path. ``answers``
-    scripts a conversation instead: a session's n-th response says the n-th ``(pcm, transcript)``
-    (the last one again when they run out).
+    scripts a conversation instead: a session's n-th response does the n-th answer, a
+    ``(pcm, transcript)`` or a ``ScriptedAnswer`` that may also call functions (the last one again
+    when they run out). A response the client asks for after answering a call does the next one.
 
     Use ``async with RealtimeSimulator() as sim:`` or ``await sim.start()`` / ``await
     sim.stop()``.
@@ -90,7 +99,7 @@ class RealtimeSimulator:
         dialect: Dialect | None = None,
         transcript: str = DEFAULT_TRANSCRIPT,
         vary_deltas: bool = True,
-        answers: Sequence[tuple[bytes, str]] = (),
+        answers: Sequence[tuple[bytes, str] | ScriptedAnswer] = (),
     ) -> None:
         if dialect not in (None, "ga", "preview"):
             raise ValueError(f"dialect must be 'ga', 'preview' or None, not {dialect!r}")
@@ -104,7 +113,7 @@ class RealtimeSimulator:
         self.require_key = require_key
         self.dialect: Dialect | None = dialect
         self.transcript = transcript
-        self.answers = list(answers)
+        self.answers = [a if isinstance(a, ScriptedAnswer) else ScriptedAnswer(*a) for a in answers]
         self.vary_deltas = vary_deltas
         self.sessions: list[SimulatedSession] = []
         self.rejected: list[dict[str, Any]] = []
@@ -130,17 +139,21 @@ class RealtimeSimulator:
         """Length of the answer every response carries."""
         return len(self.answer_audio) / PCM16.bytes_per_ms
 
+    def scripted_for(self, response_index: int) -> ScriptedAnswer:
+        """What the model does in a session's `response_index`-th response (counted from 0)."""
+        if self.answers:
+            return self.answers[min(response_index, len(self.answers) - 1)]
+        return ScriptedAnswer(self.answer_audio, self.transcript)
+
     def transcript_for(self, response_index: int) -> str:
         """What the model says in a session's `response_index`-th response (counted from 0)."""
-        if self.answers:
-            return self.answers[min(response_index, len(self.answers) - 1)][1]
-        return self.transcript
+        return self.scripted_for(response_index).transcript
 
     def answer_for(self, codec: Codec, response_index: int) -> bytes:
+        """The audio of that response in ``codec``: empty for an answer that only calls functions."""
         index = min(response_index, len(self.answers) - 1) if self.answers else 0
-        pcm = self.answers[index][0] if self.answers else self.answer_audio
         if (codec.name, index) not in self._encoded:
-            self._encoded[codec.name, index] = codec.from_pcm16_24k(pcm)
+            self._encoded[codec.name, index] = codec.from_pcm16_24k(self.scripted_for(index).pcm or b"")
         return self._encoded[codec.name, index]
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:

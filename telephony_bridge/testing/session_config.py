@@ -4,11 +4,19 @@ GA sessions nest audio settings under ``session.audio.input/output`` with format
 (24 kHz only), ``audio/pcmu`` and ``audio/pcma``; preview sessions are flat, with
 ``pcm16``, ``g711_ulaw`` and ``g711_alaw``. Unknown fields are refused whole
 (``unknown_parameter``), as the real service does, so a session shaped for the wrong dialect fails.
+
+``tools`` and ``tool_choice`` are checked the same way in both dialects (and in a
+``response.create``'s ``response``): a ``function`` tool is ``type``, ``name``, ``description`` and
+``parameters`` (a JSON Schema object) and nothing else, so a tool copied from the Responses API with
+``strict`` is refused. ``mcp`` tools exist on GA only. Errors name the path (``session.tools[0].name``)
+and never quote an MCP tool's ``authorization`` or ``headers``, which carry secrets; ``session.updated``
+echoes them as given, the worst case for a client that records what it receives.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -23,7 +31,7 @@ with warnings.catch_warnings():
 __all__ = [
     "ALAW", "EAGERNESS_SILENCE_MS", "FIRST_PREVIEW", "GA_FORMATS", "PCM16", "PREVIEW_FORMATS", "ULAW",
     "ClientError", "Codec", "apply_ga_update", "apply_preview_update", "default_session",
-    "invalid_value", "is_int", "missing_parameter", "require_dict",
+    "function_names", "invalid_value", "is_int", "missing_parameter", "require_dict", "tool_choice", "tools",
 ]
 
 
@@ -182,6 +190,114 @@ def _ga_format(value: Any, param: str) -> dict[str, Any]:
     return {"type": kind}
 
 
+_FUNCTION_TOOL_KEYS = {"type", "name", "description", "parameters"}
+# Every field of the GA MCP tool in the openai package's RealtimeToolsConfigUnion.
+_MCP_TOOL_KEYS = {
+    "type", "server_label", "server_url", "connector_id", "tunnel_id", "allowed_tools", "allowed_callers",
+    "authorization", "headers", "require_approval", "server_description", "defer_loading",
+}
+_TOOL_CHOICE_OPTIONS = ("auto", "none", "required")
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _invalid_type(param: str, expected: str) -> ClientError:
+    return ClientError("invalid_type", f"Invalid type for '{param}': expected {expected}.", param)
+
+
+def _function_tool(tool: dict[str, Any], param: str) -> None:
+    _check_keys(tool, _FUNCTION_TOOL_KEYS, param)
+    if "name" not in tool:
+        raise missing_parameter(f"{param}.name")
+    name = tool["name"]
+    if not isinstance(name, str):
+        raise _invalid_type(f"{param}.name", "a string")
+    if not _FUNCTION_NAME.fullmatch(name):
+        raise invalid_value(f"{param}.name", name, "a name of 1 to 64 letters, digits, '_' or '-'")
+    if "description" in tool and not isinstance(tool["description"], str):
+        raise _invalid_type(f"{param}.description", "a string")
+    if "parameters" in tool and not isinstance(tool["parameters"], dict):
+        raise _invalid_type(f"{param}.parameters", "an object (a JSON Schema)")
+
+
+def _mcp_tool(tool: dict[str, Any], param: str) -> None:
+    _check_keys(tool, _MCP_TOOL_KEYS, param)
+    if "server_label" not in tool:
+        raise missing_parameter(f"{param}.server_label")
+    if not isinstance(tool["server_label"], str) or not tool["server_label"]:
+        raise _invalid_type(f"{param}.server_label", "a non-empty string")
+    if not any(tool.get(key) for key in ("server_url", "connector_id", "tunnel_id")):
+        raise missing_parameter(f"{param}.server_url")
+    headers = tool.get("headers")
+    if headers is not None and (not isinstance(headers, dict)
+                                or not all(isinstance(v, str) for v in headers.values())):
+        raise _invalid_type(f"{param}.headers", "an object of strings")
+    if tool.get("authorization") is not None and not isinstance(tool["authorization"], str):
+        raise _invalid_type(f"{param}.authorization", "a string")
+    approval = tool.get("require_approval")
+    if approval is not None and approval not in ("always", "never") and not isinstance(approval, dict):
+        raise invalid_value(f"{param}.require_approval", approval, "'always', 'never' or a filter object")
+    allowed = tool.get("allowed_tools")
+    if allowed is not None and not isinstance(allowed, (list, dict)):
+        raise _invalid_type(f"{param}.allowed_tools", "a list of tool names or a filter object")
+
+
+def tools(value: Any, param: str, *, ga: bool) -> list[dict[str, Any]]:
+    """A validated copy of a ``tools`` list; ``ClientError`` naming the first fault's path."""
+    if not isinstance(value, list):
+        raise _invalid_type(param, "an array")
+    for index, tool in enumerate(value):
+        where = f"{param}[{index}]"
+        tool = require_dict(tool, where)
+        if "type" not in tool:
+            raise missing_parameter(f"{where}.type")
+        if tool["type"] == "function":
+            _function_tool(tool, where)
+        elif tool["type"] == "mcp" and ga:
+            _mcp_tool(tool, where)
+        else:
+            raise invalid_value(f"{where}.type", tool["type"], "'function' or 'mcp'" if ga else "'function'")
+    return copy.deepcopy(value)
+
+
+def function_names(declared: list[dict[str, Any]]) -> set[str]:
+    return {tool["name"] for tool in declared if tool.get("type") == "function"}
+
+
+def tool_choice(value: Any, param: str, declared: list[dict[str, Any]], *, ga: bool) -> Any:
+    """A validated ``tool_choice``; a named function or MCP server must be among ``declared``."""
+    if isinstance(value, str):
+        if value not in _TOOL_CHOICE_OPTIONS:
+            raise invalid_value(param, value, "'auto', 'none', 'required' or a tool object")
+        return value
+    choice = require_dict(value, param)
+    if "type" not in choice:
+        raise missing_parameter(f"{param}.type")
+    if choice["type"] == "function":
+        _check_keys(choice, {"type", "name"}, param)
+        if "name" not in choice:
+            raise missing_parameter(f"{param}.name")
+        if choice["name"] not in function_names(declared):
+            raise invalid_value(f"{param}.name", choice["name"], "the name of a function in 'tools'")
+    elif choice["type"] == "mcp" and ga:
+        _check_keys(choice, {"type", "server_label", "name"}, param)
+        if "server_label" not in choice:
+            raise missing_parameter(f"{param}.server_label")
+        labels = {tool["server_label"] for tool in declared if tool.get("type") == "mcp"}
+        if choice["server_label"] not in labels:
+            raise invalid_value(f"{param}.server_label", choice["server_label"], "the label of an MCP tool in 'tools'")
+    else:
+        raise invalid_value(f"{param}.type", choice["type"], "'function' or 'mcp'" if ga else "'function'")
+    return copy.deepcopy(choice)
+
+
+def _apply_tools(new: dict[str, Any], update: dict[str, Any], *, ga: bool) -> None:
+    """Check ``tools`` and ``tool_choice`` together: a choice must name a tool the session will have."""
+    if "tools" in update:
+        new["tools"] = tools(update["tools"], "session.tools", ga=ga)
+    if "tool_choice" in update or "tools" in update:
+        new["tool_choice"] = tool_choice(new["tool_choice"], "session.tool_choice", new["tools"], ga=ga)
+
+
 def default_session(dialect: Dialect, session_id: str, model: str) -> dict[str, Any]:
     vad = _turn_detection({"type": "server_vad"}, "session.turn_detection", ga=dialect == "ga")
     if dialect == "ga":
@@ -218,7 +334,12 @@ def apply_ga_update(current: dict[str, Any], update: dict[str, Any]) -> dict[str
     if "instructions" in update and not isinstance(update["instructions"], str):
         raise invalid_value("session.instructions", update["instructions"], "a string")
     new = copy.deepcopy(current)
+    if "tool_choice" in update:
+        new["tool_choice"] = update["tool_choice"]
+    _apply_tools(new, update, ga=True)
     for key, value in update.items():
+        if key in ("tools", "tool_choice"):
+            continue
         if key != "audio":
             new[key] = copy.deepcopy(value)
             continue
@@ -263,7 +384,12 @@ def apply_preview_update(current: dict[str, Any], update: dict[str, Any], *, fir
     if first_preview:
         _check_first_preview(update)
     new = copy.deepcopy(current)
+    if "tool_choice" in update:
+        new["tool_choice"] = update["tool_choice"]
+    _apply_tools(new, update, ga=False)
     for key, value in update.items():
+        if key in ("tools", "tool_choice"):
+            continue
         if key in ("input_audio_format", "output_audio_format") and value not in PREVIEW_FORMATS:
             raise invalid_value(f"session.{key}", value, "'pcm16', 'g711_ulaw' or 'g711_alaw'")
         if key == "temperature" and (not _is_number(value) or not 0.6 <= value <= 1.2):
