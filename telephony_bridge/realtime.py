@@ -206,10 +206,7 @@ class RealtimeEventParser:
             "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(),
             "response.created": lambda e: ResponseStarted(_str(e["response"], "id")),
             "response.done": lambda e: ResponseDone(_str(e["response"], "id"), _str(e["response"], "status")),
-            "response.function_call_arguments.done": lambda e: FunctionCallRequested(
-                _str(e, "response_id"), _str(e, "call_id"), e.get("name") if isinstance(e.get("name"), str) else "",
-                _str(e, "arguments"),
-            ),
+            "response.function_call_arguments.done": _function_call_arguments,
             "response.output_item.done": _function_call_item,
             "conversation.item.input_audio_transcription.completed": lambda e: TranscriptDone(
                 "caller", _str(e, "item_id"), _str(e, "transcript")
@@ -257,6 +254,14 @@ def _str(event: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{key} is not a string")
     return value
+
+
+def _function_call_arguments(event: dict[str, Any]) -> FunctionCallRequested:
+    """A call's arguments are complete; its name may be missing on older dialects (the item brings it)."""
+    name = event.get("name")
+    return FunctionCallRequested(
+        _str(event, "response_id"), _str(event, "call_id"), name if isinstance(name, str) else "", _str(event, "arguments")
+    )
 
 
 def _function_call_item(event: dict[str, Any]) -> FunctionCallRequested | None:
