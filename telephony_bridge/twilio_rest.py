@@ -3,7 +3,7 @@
 Requests are form-encoded with HTTP Basic auth (the account SID and auth token, or an API key SID and
 its secret) and answered in JSON; an error's body is ``{"code", "message", "more_info", "status"}``.
 ``Twiml=<Response>...</Response>`` on a live call ends its media stream and runs the new TwiML;
-``Status=completed`` hangs it up; Twilio code 20404 means the call is gone already.
+``Status=completed`` hangs it up; Twilio code 20404 means the call is gone already (docs/protocols.md section 7).
 
 Why httpx and not the twilio library's client: its default client blocks the event loop, and its
 async one needs aiohttp (not one of our dependencies) and reaches a stand-in only by overwriting each

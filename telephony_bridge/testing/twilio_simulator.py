@@ -17,6 +17,16 @@ The Twilio facts a bridge can trip on, reproduced here:
   audio sent before it has played; ``clear`` drops the buffer and echoes every pending mark at
   once. Binary frames, bad JSON, bad audio and a wrong ``streamSid`` are not played; they are
   recorded in ``errors`` with the Twilio error code (31950, 31951, 31924).
+
+The call also follows TwiML as Twilio does (``run()``; ``redirect()`` and ``complete()`` are what the REST
+stand-in in ``twilio_api`` calls): ``<Connect><Stream>`` opens the stream with its ``<Parameter>``s and, when
+it ends, POSTs ``<Connect action>`` or goes on; ``<Say>`` is recorded in ``spoken``; ``<Pause>``,
+``<Hangup/>``, ``<Redirect>``; ``<Dial>`` rings the ``callees`` (anyone not listed answers at once),
+POSTs the ``<Number url>`` whisper to whoever answers, bridges them, and when that leg ends POSTs the
+``action`` with ``DialCallStatus`` and runs its answer. Every callback is signed like the webhook.
+``timeline`` records what happened, in order. Not simulated: the callee's own audio, ``<Gather>``,
+``<Play>``, GET callbacks, a whisper that hangs up, and ``<Dial>`` nouns ringing in parallel (the
+quickest answering callee wins; if none answers, the first noun's outcome is reported).
 """
 
 from __future__ import annotations
@@ -175,7 +185,12 @@ class SimulatedCall:
       ``played`` is False for marks flushed by a ``clear`` before their audio played;
     * ``sent``: ``(t, message)`` for everything sent except media frames; ``media_sent``:
       number of media frames; ``errors``: ``(t, code, detail)`` for frames Twilio would reject;
-    * ``closed_at``, ``closed_by_bridge``, ``close_code``.
+    * ``closed_at``, ``closed_by_bridge``, ``close_code`` (of the latest stream: TwiML may open another).
+
+    Following TwiML (``run()``, or ``redirect()`` from the REST stand-in): ``status`` (ringing,
+    in-progress, completed), ``timeline`` of ``Step``s (``steps()`` without times), ``spoken`` (every
+    ``<Say>`` said to the caller), ``whispers`` (``(target, text)`` said to a dialled person),
+    ``bridged_to``, ``callbacks`` (every signed request made to the bridge) and ``callees``.
     """
 
     def __init__(
