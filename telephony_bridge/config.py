@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("config/bridge.toml")
+DEFAULT_TWILIO_API_URL = "https://api.twilio.com"
 """Where the configuration is read from when neither ``--config`` nor ``BRIDGE_CONFIG`` names a file."""
 
 E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
@@ -306,6 +307,13 @@ class Settings:
     trust_forwarded_headers: bool = False
     """Take the signed URL's scheme and host from X-Forwarded-Proto/-Host: only behind a proxy you run."""
     stream_token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    twilio_api_url: str = DEFAULT_TWILIO_API_URL
+    """Where Twilio's REST API is: another URL points the bridge at a stand-in (tests, the demo, staging)."""
+    twilio_account_sid: str | None = None
+    """The account whose calls the bridge acts on; unset, each call's own `AccountSid` is used."""
+    twilio_api_key: str | None = field(default=None, repr=False)
+    """An API key SID (SK...) and its secret authenticate REST requests instead of the account SID and auth token."""
+    twilio_api_secret: str | None = field(default=None, repr=False)
 
     @property
     def media_stream_url(self) -> str:
@@ -364,6 +372,14 @@ def settings_from_env(env: Mapping[str, str] | None = None, config_path: Path | 
             "environment", "PUBLIC_URL", f"must be an http(s) URL such as https://bridge.example.com, not {public_url!r}"
         )
     secret = env.get("STREAM_TOKEN_SECRET")
+    api_url = (env.get("TWILIO_API_URL") or DEFAULT_TWILIO_API_URL).rstrip("/")
+    if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).netloc:
+        reason = f"must be an http(s) URL such as {DEFAULT_TWILIO_API_URL}, not {api_url!r}"
+        raise ConfigError("environment", "TWILIO_API_URL", reason)
+    api_key, api_secret = env.get("TWILIO_API_KEY") or None, env.get("TWILIO_API_SECRET") or None
+    if (api_key is None) != (api_secret is None):
+        missing = "TWILIO_API_SECRET" if api_secret is None else "TWILIO_API_KEY"
+        raise ConfigError("environment", missing, "TWILIO_API_KEY and TWILIO_API_SECRET go together")
     return Settings(
         public_url=public_url.rstrip("/"),
         realtime=_realtime_endpoint(env),
@@ -371,4 +387,8 @@ def settings_from_env(env: Mapping[str, str] | None = None, config_path: Path | 
         twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
         trust_forwarded_headers=(env.get("TRUST_FORWARDED_HEADERS") or "").lower() in ("1", "true", "yes"),
         stream_token_secret=secret.encode() if secret else secrets.token_bytes(32),
+        twilio_api_url=api_url,
+        twilio_account_sid=env.get("TWILIO_ACCOUNT_SID") or None,
+        twilio_api_key=api_key,
+        twilio_api_secret=api_secret,
     )

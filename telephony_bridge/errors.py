@@ -42,3 +42,24 @@ class CallLogError(BridgeError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class TwilioRestError(BridgeError):
+    """A request to Twilio's REST API failed, after any retries the request allowed.
+
+    `status` is the HTTP status (None when no answer came: refused, reset, timed out), `code` Twilio's error
+    code from the JSON body (20404: no such call, 20003: wrong credentials, 20429: too many requests).
+    `retryable` says whether another try would be safe and might succeed (429; a 5xx or no answer to a request
+    that is harmless twice); a 4xx is final, and so is a 5xx to a `<Dial>` that may have gone through.
+    The message names the method, the path and Twilio's answer, never the credentials.
+    """
+
+    def __init__(self, message: str, *, status: int | None, code: int | None, retryable: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retryable = retryable
+
+
+class TwilioCallGone(TwilioRestError):
+    """Twilio answered 20404 for a call: it has ended already (the caller hung up first), so there is nothing to act on."""
