@@ -164,10 +164,7 @@ class TwilioRest:
             except TwilioRestError as error:
                 pause = BACKOFF_S[attempt - 1] if attempt < tries else None
                 last = pause is None or not error.retryable or loop.time() + pause - started > RETRY_BUDGET_S
-                log.warning(
-                    "Twilio REST %s %s failed (try %d of at most %d): %s%s",
-                    method, path, attempt, tries, error, "" if last else f"; trying again in {pause} s",
-                )
+                log.warning("%s (try %d of at most %d)%s", error, attempt, tries, "" if last else f"; trying again in {pause} s")
                 if last:
                     raise
                 assert pause is not None
