@@ -19,7 +19,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
+from . import callbacks
 from .call_log import CallLog
+from .call_updates import CallUpdates
 from .config import BridgeConfig, Settings
 from .events import StreamStarted
 from .media_stream import TwilioInbound
@@ -28,7 +30,17 @@ from .recording import CallRecordings
 from .security import issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
 from .summary import CallSummary
 from .switchboard import Switchboard
-from .webhook import CALLED_NUMBER_PARAMETER, STREAM_TOKEN_PARAMETER, hangup_twiml, refusal_twiml, stream_twiml
+from .transfers import Transfers
+from .webhook import (
+    CALLED_NUMBER_PARAMETER,
+    DIAL_ENDED_PATH,
+    STREAM_ENDED_PATH,
+    STREAM_TOKEN_PARAMETER,
+    WHISPER_PATH,
+    hangup_twiml,
+    refusal_twiml,
+    stream_twiml,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +75,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
 
         switchboard = Switchboard(
             config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=call_ended,
-            on_latency=metrics.observe_latency,
+            on_latency=metrics.observe_latency, call_updates=CallUpdates(settings, Transfers(clock)),
         )
         metrics.watch(switchboard)
         app.state.switchboard = switchboard
@@ -75,15 +87,67 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
 
     app = FastAPI(title="telephony-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    def public_url(headers: Mapping[str, str], *, websocket: bool) -> str:
+    def public_url(headers: Mapping[str, str], *, websocket: bool, path: str | None = None) -> str:
         """The URL Twilio called (and signed): from PUBLIC_URL, or from a trusted proxy's forwarded headers."""
         host = headers.get("x-forwarded-host") if settings.trust_forwarded_headers else None
         if not host:
+            if path is not None:
+                return settings.public_url.rstrip("/") + path
             return settings.media_stream_url if websocket else settings.voice_webhook_url
         proto = headers.get("x-forwarded-proto", "https").split(",")[0].strip()
         if websocket:
             return f"{'ws' if proto == 'http' else 'wss'}://{host.split(',')[0].strip()}/twilio/media"
-        return f"{proto}://{host.split(',')[0].strip()}/twilio/voice"
+        return f"{proto}://{host.split(',')[0].strip()}{path or '/twilio/voice'}"
+
+    async def signed_form(request: Request) -> dict[str, str] | Response:
+        """A callback's form fields, once Twilio's signature over its public URL and fields checks out."""
+        body = bytearray()
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_WEBHOOK_BODY_BYTES:
+                    return Response("request body too large", status_code=413)
+        except ClientDisconnect:
+            log.info("callback from %s: the client left before sending its whole body", request.client)
+            return Response(status_code=400)
+        params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+        query = f"?{request.url.query}" if request.url.query else ""
+        url = public_url(request.headers, websocket=False, path=request.url.path) + query
+        if not signed_by_twilio(url, params, request.headers.get("x-twilio-signature")):
+            log.warning("callback to %s with a missing or wrong Twilio signature from %s", request.url.path, request.client)
+            return Response("invalid Twilio signature", status_code=403)
+        return params
+
+    def twiml(text: str) -> Response:
+        return Response(text, media_type="text/xml")
+
+    @app.post(STREAM_ENDED_PATH)
+    async def stream_ended(request: Request) -> Response:
+        params = await signed_form(request)
+        if isinstance(params, Response):
+            return params
+        switchboard = request.app.state.switchboard
+        limits, defaults = config.limits, config.defaults
+        call_sid = params.get("CallSid", "")
+        return twiml(callbacks.after_stream(switchboard, call_sid, limits.shutdown_message, defaults.fallback_message))
+
+    @app.post(WHISPER_PATH)
+    async def whisper(request: Request) -> Response:
+        params = await signed_form(request)
+        if isinstance(params, Response):
+            return params
+        return twiml(callbacks.whisper(request.app.state.switchboard, request.query_params.get("transfer", "")))
+
+    @app.post(DIAL_ENDED_PATH)
+    async def dial_ended(request: Request) -> Response:
+        params = await signed_form(request)
+        if isinstance(params, Response):
+            return params
+        return twiml(callbacks.dial_ended(
+            request.app.state.switchboard, request.query_params.get("transfer", ""), params.get("DialCallStatus", ""),
+            secret=settings.stream_token_secret, stream_url=public_url(request.headers, websocket=True),
+            stream_ended_url=public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH),
+        ))
 
     def signed_by_twilio(url: str, params: dict[str, str], signature: str | None) -> bool:
         if settings.twilio_auth_token is None:
@@ -136,7 +200,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             twiml = refusal_twiml(profile.fallback_message)
             switchboard.remember_answer(call_sid, twiml, idempotency_token, None)
             return Response(twiml, media_type="text/xml")
-        call = switchboard.answer(call_sid, called_number, params.get("From", ""))
+        call = switchboard.answer(call_sid, called_number, params.get("From", ""), params.get("AccountSid", ""))
         if call is None:
             log.warning("call %s: refused, the bridge is at max_calls=%d", call_sid, config.limits.max_calls)
             metrics.call_refused(called_number, "busy")
@@ -146,7 +210,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         token = issue_stream_token(settings.stream_token_secret, call_sid, called_number, time.time())
         log.debug("call %s to %s: answered", call_sid, called_number)
         stream_url = public_url(request.headers, websocket=True)
-        twiml = stream_twiml(stream_url, called_number, token, profile.fallback_message)
+        stream_ended_url = public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH)
+        twiml = stream_twiml(stream_url, called_number, token, stream_ended_url)
         switchboard.remember_answer(call_sid, twiml, idempotency_token, stream_id_of(token))
         return Response(twiml, media_type="text/xml")
 

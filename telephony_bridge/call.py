@@ -11,6 +11,7 @@ does it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import statistics
 from collections.abc import Awaitable, Callable, Coroutine
@@ -20,23 +21,30 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from .call_updates import CallUpdates
 from .config import CallProfile, RealtimeEndpoint
 from .controller import CallController
 from .errors import RealtimeConnectError
 from .events import (
     Action,
+    CallUpdate,
     CarriesAudio,
     CloseRealtime,
     CloseTwilio,
     EndCall,
     Event,
+    HangUp,
+    HangUpFailed,
     OpenRealtime,
     Outcome,
+    ParkRealtime,
     RealtimeConnected,
     RealtimeDisconnected,
     RealtimeMessage,
     StreamStarted,
     Tick,
+    TransferEnded,
+    TransferFailed,
     TwilioDisconnected,
     TwilioMessage,
 )
@@ -48,7 +56,8 @@ from .supervision import CallTimings
 
 log = logging.getLogger(__name__)
 
-Direction = Literal["twilio>bridge", "bridge>twilio", "realtime>bridge", "bridge>realtime"]
+Direction = Literal["twilio>bridge", "bridge>twilio", "realtime>bridge", "bridge>realtime", "twilio-rest"]
+"""`twilio-rest` carries the call's REST requests to Twilio and their answers, as JSON."""
 
 
 class CallTap(Protocol):
@@ -168,6 +177,8 @@ class Call:
         clock: Callable[[], float],
         *,
         caller_number: str = "",
+        account_sid: str = "",
+        call_updates: CallUpdates | None = None,
         timings: CallTimings = CallTimings(),
         on_end: Callable[[Call], None] = lambda call: None,
         tap: CallTap | None = None,
@@ -176,7 +187,10 @@ class Call:
     ) -> None:
         self.call_sid = call_sid
         self.called_number = called_number
+        self.profile = profile
         self.caller_number = caller_number
+        self.account_sid = account_sid
+        """The Twilio account the call belongs to (from the webhook, or the stream's `start`)."""
         self.dialect = endpoint.dialect
         self.model = endpoint.model
         self.answered_at = clock()
@@ -191,6 +205,9 @@ class Call:
         self._media_socket: WebSocket | None = None
         self._twilio = Leg("twilio>bridge", "bridge>twilio", clock, tap, _observer(on_latency, "model>caller"))
         self._model = Leg("realtime>bridge", "bridge>realtime", clock, tap, _observer(on_latency, "caller>model"))
+        self._twilio_rest = Leg("twilio-rest", "twilio-rest", clock, tap, None)
+        self._call_updates = call_updates
+        self._twilio_writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._opening = 0
         self._closing = False
@@ -231,7 +248,7 @@ class Call:
         inbound.call_sid = self.call_sid
         self._media_socket = websocket
         self._twilio.send = websocket.send_text
-        self._spawn(self._twilio.write(closed=(WebSocketDisconnect, RuntimeError)))
+        self._twilio_writer = self._spawn(self._twilio.write(closed=(WebSocketDisconnect, RuntimeError)))
         log.debug("call %s: media stream %s started", self.call_sid, started.stream_sid)
         self._twilio.received(started_frame)
         self._feed(started, None)
@@ -254,8 +271,24 @@ class Call:
             pass
         finally:
             self._feed(TwilioDisconnected(), None)
-            await self.ended.wait()
-            await _close_quietly(websocket)
+            if not self.ended.is_set() and self.controller.control.caller_away:
+                await self._stream_left(websocket)
+            else:
+                await self.ended.wait()
+                await _close_quietly(websocket)
+
+    async def _stream_left(self, websocket: WebSocket) -> None:
+        """The stream ended for a transfer: the call lives on without it until the dial's outcome."""
+        await self._twilio.drained(DRAIN_TIMEOUT_S)
+        self._twilio.send = None
+        self._media_socket = None
+        if self._twilio_writer is not None:
+            self._twilio_writer.cancel()
+        await _close_quietly(websocket)
+
+    def transfer_ended(self, dial_status: str) -> None:
+        """Twilio's `<Dial action>` for this call's transfer: how the dialled leg ended."""
+        self._feed(TransferEnded(dial_status), None)
 
     def end(self, reason: str, outcome: Outcome) -> None:
         """End the call from outside (shutdown, an unclaimed session): both sockets close."""
@@ -274,14 +307,19 @@ class Call:
                 self._model.queue(encode_for_realtime(action, self.dialect), stamp)
             elif isinstance(action, OpenRealtime):
                 self._spawn(self._open_realtime(action))
+            elif isinstance(action, CallUpdate):
+                self._spawn(self._update_call(action))
+            elif isinstance(action, ParkRealtime):
+                self._park_realtime()
             elif isinstance(action, (CloseRealtime, CloseTwilio)) and not self._closing:
                 self._closing = True
                 self._spawn(self._close(action))
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine, name=getattr(coroutine, "__qualname__", None))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         """No task of a call dies silently: one that fails ends the call, loudly, and the caller gets the fallback."""
@@ -300,6 +338,27 @@ class Call:
         while True:
             await asyncio.sleep(TICK_S)
             self._feed(Tick(), None)
+
+    async def _update_call(self, update: CallUpdate) -> None:
+        """Hang up or transfer through Twilio's REST API; a failure goes back to the controller."""
+        if self._call_updates is None:
+            self._feed(_not_possible(update, "the bridge has no Twilio REST credentials"), None)
+            return
+        failed = await self._call_updates.carry_out(self, update, self._observe_rest)
+        if failed is not None:
+            self._feed(failed, None)
+
+    def _observe_rest(self, kind: str, details: dict[str, Any]) -> None:
+        """Each REST request and answer of the call, for its recording (never the credentials)."""
+        self._twilio_rest.received(json.dumps({"kind": kind, **details}, default=str))
+
+    def _park_realtime(self) -> None:
+        """Close the session but keep the call: the caller is away being transferred."""
+        connection, self._realtime = self._realtime, None
+        self._model.send = None
+        self._model.drop_queued()
+        if connection is not None:
+            self._spawn(connection.close(code=1000, reason="caller transferred"))
 
     async def _open_realtime(self, action: OpenRealtime) -> None:
         """Open a session; a session it replaces is closed only once the new one is open."""
@@ -365,6 +424,10 @@ class Call:
             if task is not asyncio.current_task():
                 task.cancel()
         self._on_end(self)
+
+
+def _not_possible(update: CallUpdate, reason: str) -> Event:
+    return HangUpFailed(reason) if isinstance(update, HangUp) else TransferFailed(reason)
 
 
 def _observer(

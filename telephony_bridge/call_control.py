@@ -118,7 +118,8 @@ class CallControl:
         target = self._profile.fallback_transfer
         if target is None or self.step in (Step.HANGING_UP, Step.DIALING):
             return None
-        self.transfer = Transfer(target, self._profile.transfer_target(target), "The caller could not reach the assistant.")
+        summary = "The caller could not reach the assistant."
+        self.transfer = Transfer(target, self._profile.transfer_target(target), summary, fallback=True)
         self.step = Step.DIALING
         return self.transfer
 

@@ -29,6 +29,7 @@ E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
 DEFAULT_FALLBACK = "Sorry, we cannot take your call right now. Please try again later."
 DEFAULT_BUSY = "All our lines are busy right now. Please call again in a few minutes."
+DEFAULT_SHUTDOWN = "Sorry, we have to end this call now. Please call us again."
 
 MAX_INSTRUCTIONS_CHARS = 32 * 1024
 """The model's instructions go out in every `session.update` (at each call's start and each renewal), one
@@ -125,6 +126,8 @@ class Limits(_Strict):
     drain_seconds: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long live calls may run on before the rest are ended."""
     media_timeout_seconds: float = Field(default=10.0, gt=0)
+    shutdown_message: str = Field(default=DEFAULT_SHUTDOWN, min_length=1, max_length=MAX_SPOKEN_CHARS)
+    """What a caller hears when the bridge has to end their conversation (its drain ran out)."""
     session_renew_minutes: float = Field(default=25.0, gt=0)
 
 

@@ -354,6 +354,8 @@ class Transfer(CallUpdate):
     target_name: str
     target: str
     summary: str
+    fallback: bool = False
+    """Made because the model could not be reached: if nobody answers, the caller hears the fallback message."""
 
 
 # Changes to the call's sockets.

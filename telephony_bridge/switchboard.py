@@ -24,10 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .call import Call, CallTap, LatencyObserver
+from .call_updates import CallUpdates
 from .config import BridgeConfig, CallProfile, RealtimeEndpoint
+from .events import Outcome
 from .security import STREAM_TOKEN_LIFETIME_S
 from .summary import CallSummary
 from .supervision import CallTimings
+from .transfers import Transfers
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,10 @@ class Switchboard:
         tap_for: Callable[[str, str, CallProfile], CallTap | None] = lambda call_sid, number, profile: None,
         on_call_end: Callable[[CallSummary], None] = lambda summary: None,
         on_latency: LatencyObserver | None = None,
+        call_updates: CallUpdates | None = None,
     ) -> None:
         self.config = config
+        self.transfers: Transfers[Call] = call_updates.transfers if call_updates else Transfers(clock)
         self.draining = False
         """Set at shutdown: new calls are refused, live ones run on."""
         self._endpoint = endpoint
@@ -66,6 +71,7 @@ class Switchboard:
         self._tap_for = tap_for
         self._on_call_end = on_call_end
         self._on_latency = on_latency
+        self._call_updates = call_updates
         limits = config.limits
         self._timings = CallTimings(
             media_timeout_s=limits.media_timeout_seconds, renew_session_after_s=limits.session_renew_minutes * 60
@@ -75,6 +81,8 @@ class Switchboard:
         """Stream ids claimed, until any token carrying them has expired."""
         self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
         self._answers: dict[str, _Answer] = {}
+        self._endings: dict[str, tuple[Outcome | None, CallProfile]] = {}
+        """How each call answered here ended (kept as long as its answer), for what Twilio plays after its stream."""
         self._forget: deque[tuple[float, str]] = deque()
         """(when, CallSid) of answers to forget, in time order: each is queued a fixed lifetime after its call ended."""
 
@@ -92,6 +100,7 @@ class Switchboard:
         while self._forget and self._forget[0][0] <= now:
             _, forgotten = self._forget.popleft()
             self._answers.pop(forgotten, None)
+            self._endings.pop(forgotten, None)
         return call_sid in self._answers
 
     def answer_again(self, call_sid: str, idempotency_token: str | None) -> str | None:
@@ -113,14 +122,22 @@ class Switchboard:
         if stream_id is None:
             self._forget.append((self._clock() + STREAM_TOKEN_LIFETIME_S, call_sid))
 
-    def answer(self, call_sid: str, called_number: str, caller_number: str = "") -> Call | None:
+    def ending(self, call_sid: str) -> tuple[Outcome | None, CallProfile] | None:
+        """How a call answered here ended (`None` as the outcome while it is live), with its profile; `None` if unknown."""
+        self.answered(call_sid)
+        call = self._calls.get(call_sid)
+        if call is not None and not call.ended.is_set():
+            return None, call.profile
+        return self._endings.get(call_sid)
+
+    def answer(self, call_sid: str, called_number: str, caller_number: str = "", account_sid: str = "") -> Call | None:
         """Accept a call and start its Realtime session; `None` when the line is at `max_calls`."""
         existing = self._calls.get(call_sid)
         if existing is not None:
             return existing
         if self.live_calls >= self.config.limits.max_calls:
             return None
-        call = self._open(call_sid, called_number, caller_number)
+        call = self._open(call_sid, called_number, caller_number, account_sid)
         self._expiry_timers[call_sid] = asyncio.get_running_loop().call_later(
             self._unclaimed_timeout_s, self._expire_unclaimed, call_sid
         )
@@ -161,7 +178,7 @@ class Switchboard:
             call.end(reason, "shut_down")
         await asyncio.gather(*(call.ended.wait() for call in calls))
 
-    def _open(self, call_sid: str, called_number: str, caller_number: str = "") -> Call:
+    def _open(self, call_sid: str, called_number: str, caller_number: str = "", account_sid: str = "") -> Call:
         profile = self.config.profile_for(called_number)
         call = Call(
             call_sid,
@@ -170,6 +187,8 @@ class Switchboard:
             self._endpoint,
             self._clock,
             caller_number=caller_number,
+            account_sid=account_sid,
+            call_updates=self._call_updates,
             timings=self._timings,
             on_end=self._ended,
             tap=self._tap_for(call_sid, called_number, profile),
@@ -188,9 +207,11 @@ class Switchboard:
     def _ended(self, call: Call) -> None:
         if call.call_sid not in self._expiry_timers:
             self._calls.pop(call.call_sid, None)
+        summary = call.summary()
         if call.call_sid in self._answers:
             self._forget.append((self._clock() + STREAM_TOKEN_LIFETIME_S, call.call_sid))
-        self._on_call_end(call.summary())
+            self._endings[call.call_sid] = (summary.outcome, call.profile)
+        self._on_call_end(summary)
 
     def _expire_unclaimed(self, call_sid: str) -> None:
         self._expiry_timers.pop(call_sid, None)

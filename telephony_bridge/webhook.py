@@ -1,28 +1,58 @@
-"""The TwiML the Voice webhook answers with.
+"""The TwiML the bridge answers Twilio with: the stream, and what follows it.
 
-`<Connect><Stream>` blocks while the stream is open; when the bridge closes the socket, Twilio
-goes on to the next verb. The `<Say>` after `</Connect>` is therefore what a caller hears when
-the bridge cannot serve them (docs/protocols.md section 2). The stream URL carries no query string: per-call
-data travels as `<Parameter>`s and comes back in `start.customParameters`.
+`<Connect><Stream>` blocks while the stream is open. Its `action` URL is requested when the
+stream ends, and what the bridge answers there is what the caller hears next, chosen by why the
+stream ended: nothing (a goodbye, a hang-up), the fallback message (the model could not be
+reached), a short apology (the bridge shut down mid-call) (docs/protocols.md section 2). The
+stream URL carries no query string: per-call data travels as `<Parameter>`s and comes back in
+`start.customParameters`. A transfer is a `<Dial>` whose whisper and `action` are our routes,
+named by the transfer's single-use id.
 """
 
 from __future__ import annotations
 
-from twilio.twiml.voice_response import Connect, VoiceResponse
+from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
+
+STREAM_ENDED_PATH = "/twilio/stream-ended"
+WHISPER_PATH = "/twilio/whisper"
+DIAL_ENDED_PATH = "/twilio/dial-ended"
+"""Our routes Twilio calls back about a call: after its stream, and for a transfer (by its id)."""
 
 CALLED_NUMBER_PARAMETER = "to"
 STREAM_TOKEN_PARAMETER = "token"
 
 
-def stream_twiml(stream_url: str, called_number: str, stream_token: str, fallback_message: str) -> str:
-    """Connect the call to our Media Stream; say the fallback message if the stream ends early."""
+DIAL_TIMEOUT_S = 25
+"""Seconds a transfer rings before it counts as unanswered: about five rings."""
+
+
+def stream_twiml(stream_url: str, called_number: str, stream_token: str, stream_ended_url: str) -> str:
+    """Connect the call to our Media Stream; when it ends, Twilio asks `stream_ended_url` what comes next."""
     response = VoiceResponse()
-    connect = Connect()
+    connect = Connect(action=stream_ended_url)
     stream = connect.stream(url=stream_url)
     stream.parameter(name=CALLED_NUMBER_PARAMETER, value=called_number)
     stream.parameter(name=STREAM_TOKEN_PARAMETER, value=stream_token)
     response.append(connect)
-    response.say(fallback_message)
+    return str(response)
+
+
+def say_twiml(message: str) -> str:
+    """Say `message`; the call ends after it."""
+    response = VoiceResponse()
+    response.say(message)
+    return str(response)
+
+
+def transfer_twiml(target: str, whisper_url: str, dial_ended_url: str) -> str:
+    """Dial `target` (E.164 or sip:); whoever answers first hears the whisper, then the two are joined."""
+    response = VoiceResponse()
+    dial = Dial(action=dial_ended_url, timeout=DIAL_TIMEOUT_S)
+    if target.startswith("sip:"):
+        dial.sip(target, url=whisper_url)
+    else:
+        dial.number(target, url=whisper_url)
+    response.append(dial)
     return str(response)
 
 

@@ -21,14 +21,14 @@ async def speak_and_wait_for_answer(call, session, speech_ms: int = 600) -> None
     await session.wait_for(lambda e: e.get("type") == "response.done", timeout=10, sent=True)
 
 
-async def test_a_signed_webhook_is_answered_with_a_stream_and_a_fallback(bridge: str) -> None:
+async def test_a_signed_webhook_is_answered_with_a_stream_that_asks_what_follows_it(bridge: str) -> None:
     call = new_call(bridge)
     response = await call.dial()
     assert response.status_code == 200
-    assert call.verbs == ["Connect", "Say"]
+    assert call.verbs == ["Connect"]
     assert call.stream_url == "wss://bridge.example.com/twilio/media"
     assert call.parameters["to"] == CLINIC and call.parameters["token"]
-    assert call.say_texts == ["Sorry, please call back later."]
+    assert '<Connect action="https://bridge.example.com/twilio/stream-ended">' in response.text
 
 
 async def test_a_forged_or_unsigned_webhook_is_refused(bridge: str, realtime: RealtimeSimulator) -> None:

@@ -31,11 +31,12 @@ async def fallback_time(bridge: str) -> float:
     """Place a call and return how long after dialling the bridge let Twilio move on to the fallback."""
     call = new_call(bridge)
     dialled_at = asyncio.get_running_loop().time()
-    response = await call.dial()
-    assert response.status_code == 200 and call.say_texts == ["Sorry, please call back later."]
-    await call.connect()
+    response = await call.run()
+    assert response.status_code == 200
     closed_at = await call.wait_closed_by_bridge(timeout=FALLBACK_BUDGET_S + 2)
     assert closed_at is not None, "the caller was left in silence"
+    await call.wait_over()
+    assert call.spoken == ["Sorry, please call back later."], "after the stream, the caller hears the fallback message"
     return closed_at - dialled_at
 
 
