@@ -220,15 +220,17 @@ def parse_config(text: str, source: str) -> BridgeConfig:
         note(_problems(source, "", error))
     default_table = _table(raw, "defaults")
     profiles: dict[str, CallProfile] = {}
-    tables = {"defaults": default_table} | {
-        f'numbers."{number}"': _merge(default_table, table) for number, table in _table(raw, "numbers").items()
+    tables: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {"defaults": (default_table, None)} | {
+        f'numbers."{number}"': (_merge(default_table, table), table) for number, table in _table(raw, "numbers").items()
         if isinstance(table, dict)
     }
-    for key, table in tables.items():
+    for key, (table, own) in tables.items():
         try:
             profiles[key] = CallProfile.model_validate(table)
         except ValidationError as error:
-            note(_problems(source, key, error))
+            # A wrong default is reported once, under [defaults], not again under every number inheriting it.
+            note([problem for problem in _problems(source, key, error)
+                  if own is None or problem.key.removeprefix(f"{key}.").split(".")[0] in own])
     for number in _table(raw, "numbers"):
         if not E164.match(number):
             note([ConfigError(source, f'numbers."{number}"', "not an E.164 number such as +14155550100")])

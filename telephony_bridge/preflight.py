@@ -14,14 +14,16 @@ import asyncio
 import ipaddress
 import json
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed
 
-from .config import DEFAULT_CONFIG_PATH, BridgeConfig, Settings, load_config, settings_from_env
+from .config import DEFAULT_CONFIG_PATH, BridgeConfig, CallLogSettings, Recording, Settings, load_config, settings_from_env
 from .errors import ConfigError, ConfigErrors, RealtimeConnectError
 from .realtime import PREVIEW_VOICES, open_realtime
 
@@ -115,18 +117,57 @@ def _unwritable(path: Path, *, folder: bool) -> str | None:
     return None
 
 
-def config_problems(config: BridgeConfig, settings: Settings | None) -> list[Problem]:
-    """What a valid file can still get wrong about the machine it runs on."""
+@dataclass(frozen=True)
+class _Paths:
+    """What the bridge writes to disk, as a file names it: checked even when other keys of the file are wrong."""
+
+    source: str
+    recording_folder: str | None
+    """`None` when no number records."""
+    call_log: str
+
+
+def _paths_of(config: BridgeConfig) -> _Paths:
+    recording = any(profile.record for profile in (config.defaults, *config.numbers.values()))
+    return _Paths(config.source, config.recording.folder if recording else None, config.call_log.path)
+
+
+def _paths_of_invalid(path: Path) -> _Paths | None:
+    """The paths of a file that did not validate, from the sections that did; `None` if it is not even TOML."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    tables = [raw.get("defaults"), *(raw.get("numbers") or {}).values()] if isinstance(raw.get("numbers", {}), dict) else []
+    recording = any(isinstance(table, dict) and table.get("record") is True for table in tables)
+    try:
+        folder = Recording.model_validate(raw.get("recording", {})).folder
+    except ValidationError:
+        folder = None
+    try:
+        call_log = CallLogSettings.model_validate(raw.get("call_log", {})).path
+    except ValidationError:
+        call_log = ""
+    return _Paths(str(path), folder if recording else None, call_log)
+
+
+def path_problems(paths: _Paths) -> list[Problem]:
+    """A recording folder or call log the bridge could not write: each call's record would be lost, with a warning."""
+    problems: list[Problem] = []
+    if paths.recording_folder is not None:
+        reason = _unwritable(Path(paths.recording_folder), folder=True)
+        if reason:
+            problems.append(_problem("recording.folder", reason, source=paths.source))
+    if paths.call_log:
+        reason = _unwritable(Path(paths.call_log), folder=False)
+        if reason:
+            problems.append(_problem("call_log.path", reason, source=paths.source))
+    return problems
+
+
+def voice_problems(config: BridgeConfig, settings: Settings | None) -> list[Problem]:
     problems: list[Problem] = []
     profiles = {"defaults": config.defaults, **{f'numbers."{number}"': profile for number, profile in config.numbers.items()}}
-    if any(profile.record for profile in profiles.values()):
-        reason = _unwritable(Path(config.recording.folder), folder=True)
-        if reason:
-            problems.append(_problem("recording.folder", reason, source=config.source))
-    if config.call_log.path:
-        reason = _unwritable(Path(config.call_log.path), folder=False)
-        if reason:
-            problems.append(_problem("call_log.path", reason, source=config.source))
     if settings is not None and settings.realtime.dialect == "preview":
         for key, profile in profiles.items():
             if profile.voice not in PREVIEW_VOICES:
@@ -148,12 +189,13 @@ def check(env: Mapping[str, str], config_path: Path | None = None, *, insecure: 
     config: BridgeConfig | None = None
     try:
         config = load_config(path)
-    except ConfigErrors as errors:
-        problems += [Problem(error) for error in errors.problems]
     except ConfigError as error:
-        problems.append(Problem(error))
+        problems += [Problem(found) for found in (error.problems if isinstance(error, ConfigErrors) else (error,))]
+        paths = _paths_of_invalid(path)
+        if paths is not None:
+            problems += path_problems(paths)
     if config is not None:
-        problems += config_problems(config, settings)
+        problems += path_problems(_paths_of(config)) + voice_problems(config, settings)
     return Report(tuple(problems), settings, config)
 
 
