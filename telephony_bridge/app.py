@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
 from . import callbacks
+from .admin import admin_router
 from .call_log import CallLog
 from .call_updates import CallUpdates
 from .config import BridgeConfig, Settings
@@ -27,6 +28,7 @@ from .events import StreamStarted
 from .media_stream import TwilioInbound
 from .metrics import BridgeMetrics
 from .recording import CallRecordings
+from .reload import ConfigReloader
 from .security import issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
 from .summary import CallSummary
 from .switchboard import Switchboard
@@ -47,6 +49,10 @@ log = logging.getLogger(__name__)
 MAX_WEBHOOK_BODY_BYTES = 16 * 1024
 START_TIMEOUT_S = 10.0
 POLICY_VIOLATION = 1008
+SIGNED_URL_HINT = (
+    "PUBLIC_URL (or, behind a proxy, TRUST_FORWARDED_HEADERS with its X-Forwarded-Proto/-Host) must match the URL Twilio calls"
+)
+"""Said with every signature refused: nearly always the URL, not the token, is what differs."""
 
 
 def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = False) -> FastAPI:
@@ -78,6 +84,10 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             on_latency=metrics.observe_latency, call_updates=CallUpdates(settings, Transfers(clock)),
         )
         metrics.watch(switchboard)
+        metrics.config_loaded(config.digest)
+        app.state.reloader = ConfigReloader(settings.config_path, config, switchboard.reconfigure, metrics.config_reloaded)
+        app.state.call_log_path = Path(config.call_log.path) if config.call_log.path else None
+        app.state.recordings_folder = recordings.folder
         app.state.switchboard = switchboard
         yield
         await switchboard.end_all("bridge shutting down")
@@ -86,6 +96,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             await asyncio.to_thread(call_log.close)
 
     app = FastAPI(title="telephony-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(admin_router(settings.admin_token))
 
     def public_url(headers: Mapping[str, str], *, websocket: bool, path: str | None = None) -> str:
         """The URL Twilio called (and signed): from PUBLIC_URL, or from a trusted proxy's forwarded headers."""
@@ -127,7 +138,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         if isinstance(params, Response):
             return params
         switchboard = request.app.state.switchboard
-        limits, defaults = config.limits, config.defaults
+        limits, defaults = switchboard.config.limits, switchboard.config.defaults
         call_sid = params.get("CallSid", "")
         return twiml(callbacks.after_stream(switchboard, call_sid, limits.shutdown_message, defaults.fallback_message))
 
@@ -159,6 +170,14 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "live_calls": request.app.state.switchboard.live_calls})
 
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: 503 until the lifespan has set up the switchboard, and while draining (new calls go elsewhere)."""
+        switchboard: Switchboard | None = getattr(request.app.state, "switchboard", None)
+        if switchboard is None or switchboard.draining:
+            return JSONResponse({"status": "starting" if switchboard is None else "draining"}, status_code=503)
+        return JSONResponse({"status": "ready", "config_hash": switchboard.config.digest})
+
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -178,7 +197,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
         url = public_url(request.headers, websocket=False) + (f"?{request.url.query}" if request.url.query else "")
         if not signed_by_twilio(url, params, request.headers.get("x-twilio-signature")):
-            log.warning("webhook with a missing or wrong Twilio signature from %s", request.client)
+            log.warning("webhook with a missing or wrong Twilio signature from %s; checked against %s: %s",
+                        request.client, _without_query(url), SIGNED_URL_HINT)
             return Response("invalid Twilio signature", status_code=403)
         call_sid, called_number = params.get("CallSid"), params.get("To")
         if not call_sid or not called_number:
@@ -193,7 +213,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             log.warning("call %s: refused a second webhook for a call answered already (a replay?)", call_sid)
             metrics.webhook_refused("replayed")
             return Response(hangup_twiml(), media_type="text/xml")
-        profile = config.profile_for(called_number)
+        current = switchboard.config
+        profile = current.profile_for(called_number)
         if switchboard.draining:
             log.info("call %s: refused, the bridge is shutting down", call_sid)
             metrics.call_refused(called_number, "drained")
@@ -202,9 +223,9 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             return Response(twiml, media_type="text/xml")
         call = switchboard.answer(call_sid, called_number, params.get("From", ""), params.get("AccountSid", ""))
         if call is None:
-            log.warning("call %s: refused, the bridge is at max_calls=%d", call_sid, config.limits.max_calls)
+            log.warning("call %s: refused, the bridge is at max_calls=%d", call_sid, current.limits.max_calls)
             metrics.call_refused(called_number, "busy")
-            twiml = refusal_twiml(config.limits.busy_message)
+            twiml = refusal_twiml(current.limits.busy_message)
             switchboard.remember_answer(call_sid, twiml, idempotency_token, None)
             return Response(twiml, media_type="text/xml")
         token = issue_stream_token(settings.stream_token_secret, call_sid, called_number, time.time())
@@ -219,7 +240,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
     async def media(websocket: WebSocket) -> None:
         stream_url = public_url(websocket.headers, websocket=True)
         if not signed_by_twilio(stream_url, {}, websocket.headers.get("x-twilio-signature")):
-            log.warning("media socket with a missing or wrong Twilio signature from %s", websocket.client)
+            log.warning("media socket with a missing or wrong Twilio signature from %s; checked against %s: %s",
+                        websocket.client, stream_url, SIGNED_URL_HINT)
             await websocket.close(code=POLICY_VIOLATION)
             return
         await websocket.accept()
@@ -244,6 +266,12 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         await call.run_media(websocket, started, started_frame, inbound)
 
     return app
+
+
+def _without_query(url: str) -> str:
+    """The URL a signature was checked against, for a log line: its query string may carry what only Twilio should see."""
+    base, question, _ = url.partition("?")
+    return f"{base}?<query hidden>" if question else base
 
 
 async def _wait_for_start(websocket: WebSocket, inbound: TwilioInbound) -> tuple[StreamStarted, str | bytes] | None:

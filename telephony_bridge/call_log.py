@@ -60,6 +60,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (call_sid, position)
     );
     """,
+    """
+    ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'inbound';
+    CREATE INDEX calls_by_number ON calls (to_number, started_at);
+    """,
 )
 """Version N of the schema is the first N scripts; append, never edit one a bridge has shipped."""
 
@@ -95,6 +99,8 @@ class CallRecord:
     model: str
     dialect: str
     transcript: tuple[TranscriptLine, ...] = ()
+    direction: str = "inbound"
+    """"inbound" for every call today; outbound calls will say how they were placed (Twilio's `Direction`)."""
 
 
 def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
@@ -162,15 +168,21 @@ def _schema_version(connection: sqlite3.Connection, source: str) -> int:
     return version
 
 
+_CALL_COLUMNS = (
+    "call_sid", "from_number", "to_number", "started_at", "ended_at", "duration_s", "outcome", "end_reason",
+    "barge_ins", "reconnects", "model", "dialect", "direction",
+)
+
+
 def _write(connection: sqlite3.Connection, record: CallRecord) -> None:
     """Store one call in one transaction; a call written again (a restarted stream) replaces the first."""
     with connection:
         connection.execute(
-            "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join('?' * len(_CALL_COLUMNS))})",
             (
                 record.call_sid, record.from_number, record.to_number, record.started_at.isoformat(),
                 record.ended_at.isoformat(), record.duration_s, record.outcome, record.end_reason,
-                record.barge_ins, record.reconnects, record.model, record.dialect,
+                record.barge_ins, record.reconnects, record.model, record.dialect, record.direction,
             ),
         )
         connection.execute("DELETE FROM transcript WHERE call_sid = ?", (record.call_sid,))
@@ -258,7 +270,7 @@ def _record(row: sqlite3.Row, transcript: tuple[TranscriptLine, ...] = ()) -> Ca
         started_at=datetime.fromisoformat(row["started_at"]), ended_at=datetime.fromisoformat(row["ended_at"]),
         duration_s=row["duration_s"], outcome=row["outcome"], end_reason=row["end_reason"],
         barge_ins=row["barge_ins"], reconnects=row["reconnects"], model=row["model"], dialect=row["dialect"],
-        transcript=transcript,
+        transcript=transcript, direction=row["direction"] if "direction" in row.keys() else "inbound",
     )
 
 
@@ -289,6 +301,64 @@ def find_call(path: Path, call_sid: str) -> CallRecord | None:
     if row is None:
         return None
     return _record(row, tuple(TranscriptLine(line["speaker"], line["text"]) for line in lines))
+
+
+@dataclass(frozen=True)
+class CallQuery:
+    """A page of the call history, newest first; every filter is optional and they all apply together."""
+
+    number: str | None = None
+    """The number called."""
+    since: datetime | None = None
+    """Calls started at or after this (UTC)."""
+    until: datetime | None = None
+    """Calls started before this (UTC)."""
+    outcome: str | None = None
+    direction: str | None = None
+    text: str | None = None
+    """Words anywhere in the transcript, either side (case-insensitive for ASCII)."""
+    limit: int = 50
+    after: tuple[str, str] | None = None
+    """The (started_at, call_sid) of the last call of the previous page: paging by key, so calls ended
+    between two pages neither repeat nor slip through the way an offset would."""
+
+
+def search_calls(path: Path, query: CallQuery) -> tuple[list[CallRecord], tuple[str, str] | None]:
+    """A page of calls matching `query`, without transcripts, and the key of the next page (`None`: the last page)."""
+    conditions: list[str] = []
+    values: list[object] = []
+    for column, value in (("to_number", query.number), ("outcome", query.outcome), ("direction", query.direction)):
+        if value is not None:
+            conditions.append(f"{column} = ?")
+            values.append(value)
+    if query.since is not None:
+        conditions.append("started_at >= ?")
+        values.append(query.since.astimezone(UTC).isoformat())
+    if query.until is not None:
+        conditions.append("started_at < ?")
+        values.append(query.until.astimezone(UTC).isoformat())
+    if query.text:
+        escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(
+            "call_sid IN (SELECT call_sid FROM transcript WHERE text LIKE ? ESCAPE '\\')"
+        )
+        values.append(f"%{escaped}%")
+    if query.after is not None:
+        conditions.append("(started_at, call_sid) < (?, ?)")
+        values.extend(query.after)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    connection = _open_for_reading(path)
+    try:
+        rows = connection.execute(
+            f"SELECT * FROM calls {where} ORDER BY started_at DESC, call_sid DESC LIMIT ?", (*values, query.limit + 1)
+        ).fetchall()
+    except sqlite3.Error as error:
+        raise CallLogError(str(path), f"cannot be read: {error}") from None
+    finally:
+        connection.close()
+    records = [_record(row) for row in rows[: query.limit]]
+    more = len(rows) > query.limit
+    return records, ((rows[query.limit - 1]["started_at"], rows[query.limit - 1]["call_sid"]) if more else None)
 
 
 def _duration(seconds: float) -> str:

@@ -6,40 +6,166 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import CallLogError, ConfigError, RecordingError
 from .logs import configure_logging
 
+if TYPE_CHECKING:
+    import httpx
+
+    from .config import BridgeConfig, Settings
+
 log = logging.getLogger("telephony_bridge")
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8080"
 
 
 def _serve(args: argparse.Namespace) -> int:
     from . import server
     from .app import create_app
-    from .config import load_config, settings_from_env
-    from .realtime import PREVIEW_VOICES
+    from .config import environment
+    from .preflight import check
 
-    settings = settings_from_env(config_path=args.config)
-    config = load_config(settings.config_path)
+    env = environment(args.env_file)
+    # The auth token is serve's own question (--insecure), asked below in its own words.
+    report = check(env, args.config, insecure=True)
+    token_missing = not env.get("TWILIO_AUTH_TOKEN") and not args.insecure
+    if token_missing:
+        print(
+            "telephony-bridge: TWILIO_AUTH_TOKEN is not set, so Twilio signatures cannot be checked.\n"
+            "Set it, or pass --insecure for a local trial (anyone who finds the URL can then reach the model).",
+            file=sys.stderr,
+        )
+    for problem in report.errors:
+        print(f"telephony-bridge: {problem}", file=sys.stderr)
+    if report.errors or token_missing or report.settings is None or report.config is None:
+        return 2
+    for problem in report.problems:
+        if problem.warning:
+            log.warning("%s", problem)
+    settings, config = report.settings, report.config
     if settings.twilio_auth_token is None:
-        if not args.insecure:
-            print(
-                "telephony-bridge: TWILIO_AUTH_TOKEN is not set, so Twilio signatures cannot be checked.\n"
-                "Set it, or pass --insecure for a local trial (anyone who finds the URL can then reach the model).",
-                file=sys.stderr,
-            )
-            return 2
         log.warning("running with --insecure: Twilio signatures are NOT checked")
-    if settings.realtime.dialect == "preview":
-        for number, profile in {"defaults": config.defaults, **config.numbers}.items():
-            if profile.voice not in PREVIEW_VOICES:
-                log.warning("%s: %s: voice %r is not one the 2024-10-01 preview knows; its sessions may keep their defaults",
-                            config.source, number, profile.voice)
     app = create_app(settings, config, insecure=args.insecure)
+    print(_serving_line(args.host, args.port, settings, config), flush=True)
     server.run(app, args.host, args.port, config.limits.drain_seconds, args.log_level, config.http)
+    return 0
+
+
+def _serving_line(host: str, port: int, settings: Settings, config: BridgeConfig) -> str:
+    """The one line `serve` prints at start: what an operator checks first when calls do not arrive."""
+    endpoint = settings.realtime
+    provider = "azure" if "api-key" in endpoint.headers or ".azure.com" in endpoint.url else "openai"
+    numbers = ", ".join(config.numbers) or "none listed (every number gets the defaults)"
+    recorded = [number for number, profile in config.numbers.items() if profile.record]
+    recording = "on for every number" if config.defaults.record else f"on for {', '.join(recorded)}" if recorded else "off"
+    return (
+        f"telephony-bridge: listening on {host}:{port}; public URL {settings.public_url}; "
+        f"{provider} {endpoint.model or '(model in REALTIME_URL)'} ({endpoint.dialect}); "
+        f"numbers: {numbers}; recording {recording}; configuration {config.source} ({config.digest[:12]})"
+    )
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Every problem of the configuration and the environment at once; exit 2 if any is an error."""
+    from .config import environment
+    from .preflight import check, check_online
+
+    report = check(environment(args.env_file), args.config)
+    for problem in report.problems:
+        print(problem)
+    code = 2 if report.errors else 0
+    if args.online:
+        if report.settings is None:
+            print("online: not checked: the environment above must be fixed first")
+            code = 2
+        else:
+            for result in asyncio.run(check_online(report.settings)):
+                print(result)
+                if result.ok is False:
+                    code = 2
+    if code == 0 and report.config is not None:
+        print(f"{report.config.source}: ok ({len(report.config.numbers)} numbers, hash {report.config.digest[:12]})")
+    return code
+
+
+def _admin_request(args: argparse.Namespace, method: str, path: str) -> httpx.Response | None:
+    """A request to a running bridge's admin API; `None` (and a line on stderr) when it cannot be made or is refused."""
+    import httpx
+
+    from .config import environment
+
+    token = environment(args.env_file).get("BRIDGE_ADMIN_TOKEN")
+    if not token:
+        print("telephony-bridge: BRIDGE_ADMIN_TOKEN is not set: the admin API needs it", file=sys.stderr)
+        return None
+    try:
+        response = httpx.request(method, args.url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"},
+                                 timeout=30)
+    except httpx.HTTPError as error:
+        print(f"telephony-bridge: cannot reach {args.url}: {type(error).__name__}", file=sys.stderr)
+        return None
+    if response.status_code in (401, 404):
+        reason = "the admin API is off (BRIDGE_ADMIN_TOKEN is not set there)" if response.status_code == 404 else "wrong token"
+        print(f"telephony-bridge: {args.url} refused: {reason}", file=sys.stderr)
+        return None
+    return response
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """Make a running bridge re-read its configuration: through the admin API, or with SIGHUP to --pid."""
+    if args.pid is not None:
+        try:
+            os.kill(args.pid, signal.SIGHUP)
+        except OSError as error:
+            print(f"telephony-bridge: cannot signal process {args.pid}: {error.strerror}", file=sys.stderr)
+            return 1
+        print(f"sent SIGHUP to {args.pid}: its log says whether the configuration was reloaded")
+        return 0
+    response = _admin_request(args, "POST", "/admin/reload")
+    if response is None:
+        return 1
+    body = response.json()
+    if response.status_code == 422:
+        for line in body.get("errors", []):
+            print(f"telephony-bridge: {line}", file=sys.stderr)
+        print(f"telephony-bridge: reload refused; the bridge keeps configuration {body.get('config_hash', '')[:12]}",
+              file=sys.stderr)
+        return 2
+    if response.status_code != 200:
+        print(f"telephony-bridge: reload failed: HTTP {response.status_code}", file=sys.stderr)
+        return 1
+    print(f"reloaded: configuration {body['config_hash'][:12]} for new calls; live calls keep theirs")
+    for section in body.get("restart_needed", []):
+        print(f"note: [{section}] changed, and takes effect only at the next start")
+    return 0
+
+
+def _live_calls(args: argparse.Namespace) -> int:
+    response = _admin_request(args, "GET", "/admin/calls/live")
+    if response is None:
+        return 1
+    if response.status_code != 200:
+        print(f"telephony-bridge: HTTP {response.status_code} from {args.url}", file=sys.stderr)
+        return 1
+    calls = response.json()["calls"]
+    if not calls:
+        print("no live calls")
+        return 0
+    rows = [("CALL SID", "TO", "FROM", "DURATION", "STATE", "LAST SAID")] + [
+        (call["call_sid"], call["number"], call["caller"] or "-", f"{call['duration_s']:.0f}s", call["state"],
+         f"{call['transcript'][-1]['speaker']}: {call['transcript'][-1]['text'][:60]}" if call["transcript"] else "-")
+        for call in calls
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -83,9 +209,11 @@ def _replay(args: argparse.Namespace) -> int:
 def _calls(args: argparse.Namespace) -> int:
     """List recent calls, or show one with its transcript, from the call log the configuration names."""
     from .call_log import call_details, calls_table, find_call, recent_calls
-    from .config import load_config, settings_from_env
+    from .config import environment, load_config, settings_from_env
 
-    config = load_config(settings_from_env(config_path=args.config).config_path)
+    if args.live:
+        return _live_calls(args)
+    config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
     if not config.call_log.path:
         print(f"telephony-bridge: the call log is off ([call_log] path is empty in {config.source})", file=sys.stderr)
         return 2
@@ -135,6 +263,10 @@ def _config_option() -> argparse.ArgumentParser:
     option = argparse.ArgumentParser(add_help=False)
     option.add_argument(
         "--config", type=Path, metavar="PATH", help="the configuration file (default: $BRIDGE_CONFIG, else config/bridge.toml)"
+    )
+    option.add_argument(
+        "--env-file", type=Path, metavar="PATH",
+        help="settings as KEY=VALUE lines, under the real environment (default: .env here, if there is one)",
     )
     return option
 
@@ -190,10 +322,27 @@ def main(argv: list[str] | None = None) -> None:
         help="list recent calls from the call log ([call_log] in the configuration)",
     )
     calls.add_argument("--limit", type=int, default=20, help="how many calls, newest first (default: 20)")
+    calls.add_argument("--live", action="store_true", help="the calls in progress on a running bridge (its admin API)")
+    calls.add_argument("--url", default=DEFAULT_ADMIN_URL, help=f"the running bridge, with --live (default: {DEFAULT_ADMIN_URL})")
     calls.set_defaults(run=_calls, call_sid=None)
     calls_commands = calls.add_subparsers(dest="calls_command")
     show = calls_commands.add_parser("show", help="one call with its transcript")
     show.add_argument("call_sid", metavar="SID")
+
+    check = commands.add_parser(
+        "check", parents=[_common_options(), _config_option()],
+        help="check the configuration and the environment without serving; exit 2 on any error",
+    )
+    check.add_argument("--online", action="store_true", help="also open one Realtime session with the configured key")
+    check.set_defaults(run=_check, log_level="warning")
+
+    reload = commands.add_parser(
+        "reload", parents=[_common_options(), _config_option()],
+        help="make a running bridge re-read its configuration file (live calls keep theirs)",
+    )
+    reload.add_argument("--url", default=DEFAULT_ADMIN_URL, help=f"the bridge's admin API (default: {DEFAULT_ADMIN_URL})")
+    reload.add_argument("--pid", type=int, help="send SIGHUP to this process instead of using the admin API")
+    reload.set_defaults(run=_reload)
 
     init_config = commands.add_parser(
         "init-config", parents=[_common_options()], help="write the commented example configuration to PATH"
@@ -207,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.run(args)
     except ConfigError as error:
-        print(f"telephony-bridge: configuration error: {error}", file=sys.stderr)
+        for line in str(error).splitlines():
+            print(f"telephony-bridge: configuration error: {line}", file=sys.stderr)
         code = 2
     raise SystemExit(code)

@@ -6,6 +6,7 @@ An invalid file stops start-up with one line naming the file, the key and the re
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -19,7 +20,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigErrors
 
 DEFAULT_CONFIG_PATH = Path("config/bridge.toml")
 DEFAULT_TWILIO_API_URL = "https://api.twilio.com"
@@ -199,6 +200,8 @@ class BridgeConfig:
     logging: LogSettings = LogSettings()
     call_log: CallLogSettings = CallLogSettings()
     source: str = "<built-in defaults>"
+    digest: str = hashlib.sha256(b"").hexdigest()
+    """sha256 of the file's bytes (`config_digest`): shown in `/metrics` and the admin API, and after each reload."""
 
     def profile_for(self, called_number: str) -> CallProfile:
         """The profile of the number the caller dialled; an unlisted number gets the defaults."""
@@ -215,54 +218,83 @@ def _merge(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _first_error(source: str, prefix: str, error: ValidationError) -> ConfigError:
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
-    reason = first["msg"]
-    if first["type"] == "extra_forbidden":
-        reason = "unknown key"
-    return ConfigError(source, key or "<file>", reason)
+def _problems(source: str, prefix: str, error: ValidationError) -> list[ConfigError]:
+    """Every error pydantic found, one `ConfigError` each: `check` reports them all at once."""
+    problems = []
+    for found in error.errors():
+        key = ".".join(str(part) for part in (prefix, *found["loc"]) if part != "")
+        reason = "unknown key" if found["type"] == "extra_forbidden" else found["msg"]
+        problems.append(ConfigError(source, key or "<file>", reason))
+    return problems
 
 
-def _profile(source: str, key: str, table: dict[str, Any]) -> CallProfile:
-    try:
-        return CallProfile.model_validate(table)
-    except ValidationError as error:
-        raise _first_error(source, key, error) from None
+def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def parse_config(text: str, source: str) -> BridgeConfig:
-    """Validate a TOML configuration; raise `ConfigError` naming the key and the reason."""
+    """Validate a TOML configuration; raise `ConfigError` naming the key and the reason of each problem.
+
+    Every problem is found before raising (`ConfigErrors` when there are several), so an operator fixes a
+    file in one round rather than one error per start.
+    """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(source, "<file>", f"not valid TOML: {error}") from None
+    found: dict[str, ConfigError] = {}
+
+    def note(problems: list[ConfigError]) -> None:
+        # The file's shape and each profile are validated apart; a key wrong in both is reported once.
+        for problem in problems:
+            found.setdefault(problem.key, problem)
+
+    parsed: _ConfigFile | None = None
     try:
         parsed = _ConfigFile.model_validate(raw)
     except ValidationError as error:
-        raise _first_error(source, "", error) from None
-    default_table = parsed.defaults.model_dump(exclude_none=True)
-    defaults = _profile(source, "defaults", default_table)
-    numbers = {}
-    for number, table in parsed.numbers.items():
+        note(_problems(source, "", error))
+    default_table = _table(raw, "defaults")
+    profiles: dict[str, CallProfile] = {}
+    tables: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {"defaults": (default_table, None)} | {
+        f'numbers."{number}"': (_merge(default_table, table), table) for number, table in _table(raw, "numbers").items()
+        if isinstance(table, dict)
+    }
+    for key, (table, own) in tables.items():
+        try:
+            profiles[key] = CallProfile.model_validate(table)
+        except ValidationError as error:
+            # A wrong default is reported once, under [defaults], not again under every number inheriting it.
+            note([problem for problem in _problems(source, key, error)
+                  if own is None or problem.key.removeprefix(f"{key}.").split(".")[0] in own])
+    for number in _table(raw, "numbers"):
         if not E164.match(number):
-            raise ConfigError(source, f'numbers."{number}"', "not an E.164 number such as +14155550100")
-        numbers[number] = _profile(
-            source, f'numbers."{number}"', _merge(default_table, table.model_dump(exclude_none=True))
-        )
+            note([ConfigError(source, f'numbers."{number}"', "not an E.164 number such as +14155550100")])
+    if found or parsed is None:
+        raise ConfigErrors(list(found.values()))
     http = parsed.http
     if http.max_connections is None:
         http = http.model_copy(update={"max_connections": default_max_connections(parsed.limits.max_calls)})
     return BridgeConfig(
-        defaults=defaults, numbers=numbers, limits=parsed.limits, http=http, recording=parsed.recording,
-        logging=parsed.logging, call_log=parsed.call_log, source=source,
+        defaults=profiles["defaults"],
+        numbers={number: profiles[f'numbers."{number}"'] for number in parsed.numbers},
+        limits=parsed.limits, http=http, recording=parsed.recording, logging=parsed.logging, call_log=parsed.call_log,
+        source=source, digest=config_digest(text.encode("utf-8")),
     )
+
+
+def config_digest(data: bytes) -> str:
+    """The configuration's hash: sha256 of the file's bytes, so two bridges (or a bridge before and after a
+    reload) can be seen to run the same file; the environment, which holds the secrets, is not part of it."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_config(path: Path) -> BridgeConfig:
     """Read and validate the configuration file at `path`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except FileNotFoundError as error:
         hint = f"; `telephony-bridge init-config {path}` writes a commented example there"
         raise ConfigError(str(path), "<file>", f"cannot be read: {error.strerror}{hint}") from None
@@ -307,6 +339,8 @@ class Settings:
     realtime: RealtimeEndpoint
     config_path: Path
     twilio_auth_token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    """`BRIDGE_ADMIN_TOKEN`: the bearer token of the admin API; unset, the API is off."""
     trust_forwarded_headers: bool = False
     """Take the signed URL's scheme and host from X-Forwarded-Proto/-Host: only behind a proxy you run."""
     stream_token_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
@@ -388,6 +422,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, config_path: Path | 
         realtime=_realtime_endpoint(env),
         config_path=config_path or Path(env.get("BRIDGE_CONFIG") or DEFAULT_CONFIG_PATH),
         twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
+        admin_token=env.get("BRIDGE_ADMIN_TOKEN") or None,
         trust_forwarded_headers=(env.get("TRUST_FORWARDED_HEADERS") or "").lower() in ("1", "true", "yes"),
         stream_token_secret=secret.encode() if secret else secrets.token_bytes(32),
         twilio_api_url=api_url,
@@ -395,3 +430,72 @@ def settings_from_env(env: Mapping[str, str] | None = None, config_path: Path | 
         twilio_api_key=api_key,
         twilio_api_secret=api_secret,
     )
+
+
+DEFAULT_ENV_FILE = Path(".env")
+"""Read, when it exists, by every command that reads the configuration (or `--env-file PATH`)."""
+_ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+_DOUBLE_QUOTED_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
+
+
+def parse_env_file(text: str, source: str) -> dict[str, str]:
+    """`KEY=VALUE` lines as in a shell or docker's `--env-file`: `#` comments, `export `, single or double quotes.
+
+    A value is taken as written: nothing is expanded (`$HOME` stays `$HOME`), so a secret with a `$` in it
+    means what it says. A line that is none of these is an error naming it, never skipped: a typo in a key's
+    line would otherwise start the bridge without that key.
+    """
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _ENV_LINE.match(stripped)
+        if match is None:
+            raise ConfigError(source, f"line {number}", "not KEY=VALUE")
+        key, value = match.groups()
+        if value[:1] in ("'", '"'):
+            quote_mark = value[0]
+            end = _closing_quote(value, quote_mark)
+            if end is None:
+                raise ConfigError(source, f"line {number}", f"{key}: the value's {quote_mark} is never closed")
+            rest = value[end + 1 :].strip()
+            if rest and not rest.startswith("#"):
+                raise ConfigError(source, f"line {number}", f"{key}: text after the closing quote")
+            value = value[1:end]
+            if quote_mark == '"':
+                value = re.sub(r"\\(.)", lambda escape: _DOUBLE_QUOTED_ESCAPES.get(escape[1], escape[0]), value)
+        else:
+            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
+        values[key] = value
+    return values
+
+
+def _closing_quote(value: str, quote_mark: str) -> int | None:
+    position = 1
+    while position < len(value):
+        if value[position] == "\\" and quote_mark == '"':
+            position += 2
+            continue
+        if value[position] == quote_mark:
+            return position
+        position += 1
+    return None
+
+
+def environment(env_file: Path | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment over the settings of a `.env` file: what is really set always wins.
+
+    `env_file` must exist when named; the default `.env` in the working directory is read only if it is there.
+    """
+    base = os.environ if base is None else base
+    path = env_file or DEFAULT_ENV_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if env_file is not None:
+            raise ConfigError(str(path), "<file>", "cannot be read: no such file") from None
+        return dict(base)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(str(path), "<file>", f"cannot be read: {error}") from None
+    return {**parse_env_file(text, str(path)), **base}

@@ -15,6 +15,16 @@ class ConfigError(BridgeError):
         super().__init__(f"{source}: {key}: {reason}")
 
 
+class ConfigErrors(ConfigError):
+    """Several configuration problems found at once; its message is one `file: key: reason` line per problem."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(first.source, first.key, first.reason)
+        self.problems = tuple(problems)
+        self.args = ("\n".join(str(problem) for problem in problems),)
+
+
 class RealtimeConnectError(BridgeError):
     """The Realtime service could not be reached or refused the session.
 

@@ -123,6 +123,15 @@ class BridgeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self._config_reloads = Counter(
+            "telephony_bridge_config_reloads",
+            "Configuration reloads (SIGHUP or POST /admin/reload): ok, or refused for a file with problems.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("ok", "refused"):
+            self._config_reloads.labels(outcome)
+        self._config_digest = ""
         self._ended = _Totals()
         self._response_latency = Buckets(RESPONSE_LATENCY_BUCKETS_S)
         self._truncate_points = Buckets(TRUNCATE_POINT_BUCKETS_S)
@@ -164,6 +173,15 @@ class BridgeMetrics:
         """Counted from the call log's writer thread; prometheus_client's counters are thread-safe."""
         self._call_log_failures.labels(reason).inc()
 
+    def config_loaded(self, digest: str) -> None:
+        """The configuration now in force for new calls (at start, and after each reload that took)."""
+        self._config_digest = digest
+
+    def config_reloaded(self, outcome: Literal["ok", "refused"], digest: str) -> None:
+        """A reload's outcome, and the hash in force after it (the old one, when the file was refused)."""
+        self._config_reloads.labels(outcome).inc()
+        self._config_digest = digest
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -174,6 +192,10 @@ class BridgeMetrics:
         totals = self._ended.plus(live_summaries)
         counters = totals.counters
         yield GaugeMetricFamily("telephony_bridge_calls_live", "Calls in progress.", value=len(live))
+        info = GaugeMetricFamily("telephony_bridge_config_info", "The configuration new calls get: sha256 of its file.",
+                                 labels=["hash"])
+        info.add_metric([self._config_digest], 1)
+        yield info
         yield _counter("telephony_bridge_media_frames", "Media messages: in from callers, out to callers.", "direction",
                        {"in": counters.frames_in, "out": counters.frames_out})
         yield _counter("telephony_bridge_malformed_messages", "Messages that could not be understood, by sender.", "source",

@@ -1,5 +1,7 @@
 """Running the bridge under uvicorn, with a shutdown that lets live calls finish.
 
+SIGHUP re-reads the configuration file for new calls; live calls keep theirs (reload.py).
+
 On SIGTERM uvicorn stops listening and closes every open websocket at once (code 1012): in a
 phone bridge that cuts every caller off mid-sentence at each rolling restart. Here the first
 SIGTERM (or SIGINT) only starts a drain: the webhook refuses new calls with the fallback message
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from collections.abc import Callable
 from enum import Enum
@@ -42,10 +45,23 @@ class DrainingServer(uvicorn.Server):
         self._drain_seconds = drain_seconds
         self._drain: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._reloads: set[asyncio.Task[object]] = set()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        if hasattr(signal, "SIGHUP"):
+            self._loop.add_signal_handler(signal.SIGHUP, self._reload)
         await super().serve(sockets)
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the configuration for new calls (reload.py); by default the signal would end every call."""
+        reloader = getattr(self._app.state, "reloader", None)
+        if reloader is None:
+            log.warning("SIGHUP before the bridge finished starting: nothing reloaded")
+            return
+        task = asyncio.get_running_loop().create_task(reloader.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain is not None or self._loop is None or not self.started:

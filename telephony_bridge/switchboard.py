@@ -48,6 +48,11 @@ class _Answer:
     """The stream its token may claim; `None` for a refusal (busy, draining), which streams nothing."""
 
 
+def _timings(config: BridgeConfig) -> CallTimings:
+    limits = config.limits
+    return CallTimings(media_timeout_s=limits.media_timeout_seconds, renew_session_after_s=limits.session_renew_minutes * 60)
+
+
 class Switchboard:
     def __init__(
         self,
@@ -72,10 +77,7 @@ class Switchboard:
         self._on_call_end = on_call_end
         self._on_latency = on_latency
         self._call_updates = call_updates
-        limits = config.limits
-        self._timings = CallTimings(
-            media_timeout_s=limits.media_timeout_seconds, renew_session_after_s=limits.session_renew_minutes * 60
-        )
+        self._timings = _timings(config)
         self._calls: dict[str, Call] = {}
         self._claimed_until: dict[str, float] = {}
         """Stream ids claimed, until any token carrying them has expired."""
@@ -85,6 +87,11 @@ class Switchboard:
         """How each call answered here ended (kept as long as its answer), for what Twilio plays after its stream."""
         self._forget: deque[tuple[float, str]] = deque()
         """(when, CallSid) of answers to forget, in time order: each is queued a fixed lifetime after its call ended."""
+
+    def reconfigure(self, config: BridgeConfig) -> None:
+        """New calls get `config` (a reload); a live call keeps the profile and timings it started with."""
+        self.config = config
+        self._timings = _timings(config)
 
     @property
     def live_calls(self) -> int:

@@ -1,0 +1,9 @@
+"""The admin API under `/admin/`: the one way to read and act on a running bridge (docs/admin-api.md).
+
+The `telephony-bridge` command (`calls --live`, `reload`) and any console use it; it is off unless
+`BRIDGE_ADMIN_TOKEN` is set.
+"""
+
+from .api import admin_router
+
+__all__ = ["admin_router"]
