@@ -91,19 +91,19 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _down_taps() -> np.ndarray:
+def _down_taps(lowpass: np.ndarray) -> np.ndarray:
     """The low-pass as a (133, 1) column, scaled so outputs come out in 14-bit G.711 units."""
-    return _frozen((_lowpass() / 4.0).astype(np.float32).reshape(_TAPS, 1))
+    return _frozen((lowpass / 4.0).astype(np.float32).reshape(_TAPS, 1))
 
 
-def _up_block_matrix() -> np.ndarray:
+def _up_block_matrix(lowpass: np.ndarray) -> np.ndarray:
     """Banded (_BLOCK + 44, 3 * _BLOCK) matrix: a window of 8 kHz inputs to its 24 kHz outputs.
 
     Output 3n + p (phase p of input n) is sum over t of x[n - 22 + t] * 3 * h[3 * (44 - t) + p];
     the gain of 3 makes up for the two zeros stuffed between 8 kHz samples.
     """
     padded = np.zeros(_RATIO * _UP_TAPS)
-    padded[:_TAPS] = _lowpass()
+    padded[:_TAPS] = lowpass
     phases = _RATIO * padded.reshape(_UP_TAPS, _RATIO)[::-1]
     matrix = np.zeros((_BLOCK + _UP_TAPS - 1, _RATIO * _BLOCK))
     for q in range(_BLOCK):
@@ -122,8 +122,9 @@ def _ulaw_codes() -> np.ndarray:
     return _frozen(np.frombuffer(audioop.lin2ulaw(values, 2), np.uint8).copy())
 
 
-_DOWN_TAPS = _down_taps()
-_UP_MATRIX = _up_block_matrix()
+_LOWPASS = _frozen(_lowpass())  # designed once: the solve is most of this module's import time
+_DOWN_TAPS = _down_taps(_LOWPASS)
+_UP_MATRIX = _up_block_matrix(_LOWPASS)
 _ULAW_OF_14BIT = _ulaw_codes()
 _14BIT_OFFSET = _frozen(np.array(8192.5, np.float32))  # table offset plus a half: truncation then rounds
 _INT16_MIN = _frozen(np.array(-32768.0, np.float32))
