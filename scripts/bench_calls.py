@@ -28,13 +28,13 @@ What is measured, over a window that starts after all calls are up and warmed:
   of its own, which is why CPU per call-second is higher at 10 calls than at 100.
 * **Memory**: VmRSS at the end of the window minus VmRSS after a two-call warm-up, per call.
 * **Latency, caller -> model**: a caller frame is matched by cumulative audio position: frame i
-  (160 i mu-law bytes sent) has arrived when the stand-in has received ``960 i - 102`` bytes of
-  PCM16 (the converter holds back 17 input samples of look-ahead, 2.1 ms).
+  (160 i mu-law bytes sent) has arrived when the stand-in has received ``960 i - 132`` bytes of
+  PCM16 (the converter holds back 22 input samples of look-ahead, 2.75 ms).
 * **Latency, model -> caller**: a delta is out when the caller has received
-  ``(S - 51) // 3`` mu-law bytes of the answer, S being the answer's 24 kHz samples sent so far
-  (51 samples of look-ahead), plus everything of earlier answers.
+  ``(S - 66) // 3`` mu-law bytes of the answer, S being the answer's 24 kHz samples sent so far
+  (66 samples of look-ahead), plus everything of earlier answers.
 * **Audio lost**: after the window, audio stops both ways and drains; each call must then have
-  received exactly ``6 U - 102`` PCM bytes for U mu-law bytes sent, and ``sum(S // 3)`` mu-law
+  received exactly ``6 U - 132`` PCM bytes for U mu-law bytes sent, and ``sum(S // 3)`` mu-law
   bytes for its answers (the tail of each answer is flushed at its end).
 
 Latency is from the generator's send to the generator's receive: two loopback hops and the

@@ -139,6 +139,41 @@ def test_mulaw_silence_decodes_to_pcm_zeros() -> None:
     assert ulaw8k_to_pcm24k(b"\xff" * 160) == bytes(2 * 480)
 
 
+def alias_of(freq: float) -> float:
+    """Where a 24 kHz tone lands after decimation to 8 kHz."""
+    return abs((freq + 4000) % 8000 - 4000)
+
+
+def component(signal: np.ndarray, freq: float, rate: int) -> float:
+    """Amplitude of ``freq`` as :func:`amplitude` reads it, with DC read as its mean, not twice it."""
+    return amplitude(signal, freq, rate) / (2 if freq == 0 else 1)
+
+
+def gain_db(level_out: float, level_in: float) -> float:
+    return float(20 * np.log10(level_out / level_in))
+
+
+@pytest.mark.parametrize("freq", [4050, 4200, 4400, 5000, 6000, 8000, 11000])
+def test_a_full_scale_tone_beyond_4khz_folds_into_the_band_at_least_60db_down(freq: int) -> None:
+    """Anything the model says above 4 kHz would fold back into the caller's band (4.05 kHz to 3.95 kHz)."""
+    level = 32000
+    ulaw = pcm24k_to_ulaw8k(tone_pcm(freq, 24000, 1.0, level))
+    alias = component(as_int(audioop.ulaw2lin(ulaw, 2)), alias_of(freq), 8000)
+    assert alias <= level * 10 ** (-60 / 20)
+
+
+@pytest.mark.parametrize("freq", [3400, 3600, 3800, 3900])
+def test_images_of_a_caller_tone_land_beyond_4khz_at_least_60db_below_it(freq: int) -> None:
+    """Upsampling leaves copies of 8 kHz audio at 8k-f and 8k+f (3.9 kHz at 4.1 kHz): 60 dB below the caller's tone.
+
+    Read at 16 bits, in the PCM16 output, where mu-law cannot hide the filter's leak.
+    """
+    ulaw = audioop.lin2ulaw(tone_pcm(freq, 8000, 1.0, 32000), 2)
+    level = amplitude(as_int(audioop.ulaw2lin(ulaw, 2)), freq, 8000)
+    pcm = as_int(ulaw8k_to_pcm24k(ulaw))
+    assert max(amplitude(pcm, image, 24000) for image in (8000 - freq, 8000 + freq)) <= level * 10 ** (-60 / 20)
+
+
 def test_a_full_scale_6khz_tone_is_80db_down_at_its_2khz_alias() -> None:
     level = 32000
     ulaw = pcm24k_to_ulaw8k(tone_pcm(6000, 24000, 1.0, level))
@@ -151,6 +186,47 @@ def test_images_of_a_2khz_tone_are_80db_down() -> None:
     pcm = as_int(ulaw8k_to_pcm24k(ulaw))
     level = amplitude(pcm, 2000, 24000)
     assert max(amplitude(pcm, image, 24000) for image in (6000, 10000)) <= level * 10 ** (-80 / 20)
+
+
+TELEPHONE_BAND_HZ = range(300, 3401, 50)
+
+
+def test_pcm24k_to_ulaw8k_is_flat_within_0_1db_over_the_telephone_band() -> None:
+    level = 8000
+    gains = []
+    for freq in TELEPHONE_BAND_HZ:
+        ulaw = pcm24k_to_ulaw8k(tone_pcm(freq, 24000, 1.0, level))
+        gains.append(gain_db(amplitude(as_int(audioop.ulaw2lin(ulaw, 2)), freq, 8000), level))
+    assert max(map(abs, gains)) <= 0.1
+
+
+def test_ulaw8k_to_pcm24k_is_flat_within_0_1db_over_the_telephone_band() -> None:
+    gains = []
+    for freq in TELEPHONE_BAND_HZ:
+        ulaw = audioop.lin2ulaw(tone_pcm(freq, 8000, 1.0, 8000), 2)
+        level = amplitude(as_int(audioop.ulaw2lin(ulaw, 2)), freq, 8000)
+        gains.append(gain_db(amplitude(as_int(ulaw8k_to_pcm24k(ulaw)), freq, 24000), level))
+    assert max(map(abs, gains)) <= 0.1
+
+
+def test_lookahead_held_back_is_at_most_6ms() -> None:
+    converter = Pcm24kToUlaw8k()
+    held_back = 8 * FRAME_MS - len(converter.convert(noise_pcm(4, 24 * FRAME_MS)))
+    assert held_back == HELD_BACK_8K <= 6 * 8
+
+
+def test_pcm24k_to_ulaw8k_keeps_a_click_at_its_time() -> None:
+    pcm = np.zeros(4800, "<i2")
+    pcm[1200] = 30000
+    out = ulaw_steps(pcm24k_to_ulaw8k(pcm.tobytes()))
+    assert int(np.argmax(out)) == 400
+
+
+def test_ulaw8k_to_pcm24k_keeps_a_click_at_its_time() -> None:
+    pcm = np.zeros(1600, "<i2")
+    pcm[400] = 30000
+    out = as_int(ulaw8k_to_pcm24k(audioop.lin2ulaw(pcm.tobytes(), 2)))
+    assert int(np.argmax(out)) == 1200
 
 
 def test_pcm24k_to_ulaw8k_passes_1khz_at_its_level() -> None:

@@ -2,8 +2,8 @@
 
 The benchmark (``scripts/bench_calls.py``) matches each caller frame and each model delta to the
 message that carries its audio out of the bridge by running totals, so its arithmetic must match
-the converters' to the sample: both hold back ``DELAY_MS`` of look-ahead (17 samples at 8 kHz,
-51 at 24 kHz). Off by one frame, every latency it reports would be off by 20 ms.
+the converters' to the sample: both hold back ``DELAY_MS`` of look-ahead (22 samples at 8 kHz,
+66 at 24 kHz). Off by one frame, every latency it reports would be off by 20 ms.
 """
 
 from __future__ import annotations
