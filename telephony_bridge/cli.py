@@ -95,8 +95,13 @@ def _check(args: argparse.Namespace) -> int:
     return code
 
 
-def _admin_request(args: argparse.Namespace, method: str, path: str) -> httpx.Response | None:
-    """A request to a running bridge's admin API; `None` (and a line on stderr) when it cannot be made or is refused."""
+def _admin_request(
+    args: argparse.Namespace, method: str, path: str, body: dict[str, str] | None = None
+) -> httpx.Response | None:
+    """A request to a running bridge's admin API; `None` (and a line on stderr) when it cannot be made or is refused.
+
+    A 404 of a route that names a call (`no live call ...`) is the route's answer, returned; a bare 404 means the API is off.
+    """
     import httpx
 
     from .config import environment
@@ -107,15 +112,40 @@ def _admin_request(args: argparse.Namespace, method: str, path: str) -> httpx.Re
         return None
     try:
         response = httpx.request(method, args.url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=30)
+                                 json=body, timeout=30)
     except httpx.HTTPError as error:
         print(f"telephony-bridge: cannot reach {args.url}: {type(error).__name__}", file=sys.stderr)
         return None
-    if response.status_code in (401, 404):
+    if response.status_code == 401 or response.status_code == 404 and _detail(response) == "Not Found":
         reason = "the admin API is off (BRIDGE_ADMIN_TOKEN is not set there)" if response.status_code == 404 else "wrong token"
         print(f"telephony-bridge: {args.url} refused: {reason}", file=sys.stderr)
         return None
     return response
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return ""
+    return detail if isinstance(detail, str) else ""
+
+
+def _end_call(args: argparse.Namespace) -> int:
+    """End a live call through the admin API: the caller hears the goodbye, then Twilio hangs up."""
+    response = _admin_request(args, "POST", f"/admin/calls/{args.call_sid}/end",
+                              {"goodbye": args.goodbye} if args.goodbye else None)
+    if response is None:
+        return 1
+    if response.status_code == 202:
+        print(f"asked Twilio to end call {args.call_sid}; it has not ended yet: `calls --live` shows when it has")
+        return 0
+    if response.status_code != 200:
+        print(f"telephony-bridge: {_detail(response) or f'HTTP {response.status_code}'}", file=sys.stderr)
+        return 1
+    body = response.json()
+    print(f"ended call {body['call_sid']} after {body['duration_s']:.0f} s: {body['outcome']} ({body['end_reason']})")
+    return 0
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -211,6 +241,8 @@ def _calls(args: argparse.Namespace) -> int:
     from .call_log import call_details, calls_table, find_call, recent_calls
     from .config import environment, load_config, settings_from_env
 
+    if args.calls_command == "end":
+        return _end_call(args)
     if args.live:
         return _live_calls(args)
     config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
@@ -328,6 +360,12 @@ def main(argv: list[str] | None = None) -> None:
     calls_commands = calls.add_subparsers(dest="calls_command")
     show = calls_commands.add_parser("show", help="one call with its transcript")
     show.add_argument("call_sid", metavar="SID")
+    end = calls_commands.add_parser(
+        "end", help="end a live call on a running bridge: the caller hears a goodbye, then Twilio hangs up"
+    )
+    end.add_argument("call_sid", metavar="SID")
+    end.add_argument("--goodbye", metavar="TEXT", help="what the caller hears (default: the bridge's own goodbye sentence)")
+    end.add_argument("--url", default=argparse.SUPPRESS, help=f"the bridge's admin API (default: {DEFAULT_ADMIN_URL})")
 
     check = commands.add_parser(
         "check", parents=[_common_options(), _config_option()],

@@ -439,6 +439,8 @@ class CallController:
         transfer = self.control.transfer
         name = transfer.target_name if transfer else "?"
         self.control.dial_ended(event.connected, event.dial_status)
+        if self._operator_ending:
+            return self._end("operator_ended", "ended by the operator", CloseRealtime("ended by the operator"))
         if event.connected:
             return self._end("transferred", f"transferred to {name} (connected)", CloseRealtime("transferred"))
         if self.session.state is SessionState.FAILED:

@@ -255,3 +255,15 @@ def test_a_failed_operator_goodbye_still_ends_the_call_by_closing_the_stream() -
     gone.handle(OperatorEnded("Goodbye."))
     assert types(gone.handle(HangUpFailed("20404", gone=True))) == [CloseRealtime]
     assert gone.outcome == "operator_ended"
+
+
+def test_an_operator_ending_a_call_that_is_being_transferred_ends_it_when_the_dial_ends() -> None:
+    controller, _ = live()
+    marks = speak(controller, "r1")
+    call(controller, "r1", "transfer_call", {"target": "front_desk", "summary": "Wants the front desk."})
+    controller.handle(ResponseDone("r1", "completed"))
+    controller.handle(MarkEchoed(marks[-1]))
+    assert controller.handle(StreamStopped()) == [ParkRealtime()]
+    assert types(controller.handle(OperatorEnded("Goodbye."))) == [HangUp]
+    controller.handle(TransferEnded("canceled"))
+    assert controller.outcome == "operator_ended"
