@@ -1,5 +1,5 @@
 """The `telephony-bridge` command: serve calls, run the demo and the Realtime simulator, export and replay call recordings,
-and write out the example configuration."""
+point Twilio numbers at the bridge, and write out the example configuration."""
 
 from __future__ import annotations
 
@@ -199,6 +199,51 @@ def _live_calls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _twilio(args: argparse.Namespace) -> int:
+    """The account's numbers through Twilio's REST API: list them, or point one at this bridge."""
+    from .config import environment, load_config, settings_from_env
+    from .errors import TwilioRestError
+    from .numbers import configure, list_numbers, points_here
+
+    settings = settings_from_env(environment(args.env_file), config_path=args.config)
+    try:
+        if args.twilio_command == "numbers":
+            numbers = asyncio.run(list_numbers(settings))
+            if not numbers:
+                print("the account has no phone numbers")
+                return 0
+            rows = [("NUMBER", "SID", "POINTS HERE", "VOICE URL")] + [
+                (str(n.get("phone_number")), str(n.get("sid")), "yes" if points_here(n, settings) else "no",
+                 str(n.get("voice_url") or "-"))
+                for n in numbers
+            ]
+            widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+            for row in rows:
+                print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+            return 0
+        config = load_config(settings.config_path)
+        done = asyncio.run(configure(settings, config, args.number, fallback_url=args.fallback_url, dry_run=args.dry_run))
+    except TwilioRestError as error:
+        print(f"telephony-bridge: {error}", file=sys.stderr)
+        return 1
+    if args.number not in config.numbers:
+        print(f"note: {args.number} is not in [numbers] of {config.source}: its calls get the [defaults]")
+    if not done.changes:
+        print(f"{done.phone_number} ({done.sid}) points at this bridge already; nothing changed")
+    else:
+        print(f"{done.phone_number} ({done.sid}): {'would change' if args.dry_run else 'changed'}:")
+        for change in done.changes:
+            print(change)
+    print(f"  StatusCallback: left as it is ({done.status_callback or 'empty'}): the bridge has no call status route")
+    if args.fallback_url is None:
+        print("the fallback URL is Twilio's echo Twimlet with this TwiML; to host it yourself (a TwiML Bin), "
+              "pass --fallback-url:")
+    else:
+        print(f"{args.fallback_url} must answer a GET with this TwiML:")
+    print(f"  {done.fallback_twiml}")
+    return 0
+
+
 def _simulate_realtime(args: argparse.Namespace) -> int:
     from .testing.realtime_simulator import serve_forever
 
@@ -381,6 +426,21 @@ def main(argv: list[str] | None = None) -> None:
     reload.add_argument("--url", default=DEFAULT_ADMIN_URL, help=f"the bridge's admin API (default: {DEFAULT_ADMIN_URL})")
     reload.add_argument("--pid", type=int, help="send SIGHUP to this process instead of using the admin API")
     reload.set_defaults(run=_reload)
+
+    twilio = commands.add_parser(
+        "twilio", parents=[_common_options(), _config_option()],
+        help="the account's phone numbers through Twilio's REST API: list them, point one at this bridge",
+    )
+    twilio_commands = twilio.add_subparsers(dest="twilio_command", required=True)
+    twilio_commands.add_parser("numbers", help="list the account's numbers and whether each points at this bridge")
+    configure = twilio_commands.add_parser(
+        "configure", help="point a number's Voice URL at PUBLIC_URL and set its fallback; prints what it changed"
+    )
+    configure.add_argument("number", metavar="NUMBER", help="the number, E.164 (+15550001111)")
+    configure.add_argument("--fallback-url", metavar="URL",
+                           help="a TwiML Bin (or any URL) for when the bridge is down (default: Twilio's echo Twimlet)")
+    configure.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    twilio.set_defaults(run=_twilio, log_level="warning")
 
     init_config = commands.add_parser(
         "init-config", parents=[_common_options()], help="write the commented example configuration to PATH"
