@@ -36,6 +36,7 @@ from .events import (
     HangUp,
     HangUpFailed,
     OpenRealtime,
+    OperatorEnded,
     Outcome,
     ParkRealtime,
     RealtimeConnected,
@@ -293,6 +294,10 @@ class Call:
     def end(self, reason: str, outcome: Outcome) -> None:
         """End the call from outside (shutdown, an unclaimed session): both sockets close."""
         self._feed(EndCall(reason, outcome), None)
+
+    def end_by_operator(self, goodbye: str) -> None:
+        """An operator ends the call: Twilio says `goodbye` and hangs up (through the REST API), and the call ends."""
+        self._feed(OperatorEnded(goodbye), None)
 
     def _feed(self, event: Event, arrived_at: float | None) -> None:
         self._perform(self.controller.handle(event), arrived_at)

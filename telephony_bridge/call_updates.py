@@ -1,6 +1,7 @@
 """The controller's hang-ups and transfers, carried to Twilio's REST API; what went wrong comes back as an event.
 
-A hang-up is `Status=completed` on the call; a transfer replaces the call's TwiML with a `<Dial>`
+A hang-up is `Status=completed` on the call, or, with a goodbye (an operator's), TwiML that says it and
+hangs up; a transfer replaces the call's TwiML with a `<Dial>`
 whose whisper and `action` are our routes, named by a single-use transfer id. Twilio ends the
 media stream either way. A request that fails is retried only where that is safe (see
 `twilio_rest`); a failure reaches the controller as `HangUpFailed` or `TransferFailed`, so the
@@ -17,7 +18,7 @@ from .errors import ConfigError, TwilioCallGone, TwilioRestError
 from .events import CallUpdate, Event, HangUp, HangUpFailed, Transfer, TransferFailed
 from .transfers import Transfers
 from .twilio_rest import Observer, TwilioRest
-from .webhook import DIAL_ENDED_PATH, WHISPER_PATH, transfer_twiml
+from .webhook import DIAL_ENDED_PATH, WHISPER_PATH, refusal_twiml, transfer_twiml
 
 if TYPE_CHECKING:
     from .call import Call
@@ -36,7 +37,9 @@ class CallUpdates:
         try:
             async with TwilioRest.from_settings(self._settings, call.account_sid or None, observe=observe) as rest:
                 account_sid = self._settings.twilio_account_sid or call.account_sid
-                if isinstance(update, HangUp):
+                if isinstance(update, HangUp) and update.goodbye:
+                    await rest.update_call(account_sid, call.call_sid, twiml=refusal_twiml(update.goodbye))
+                elif isinstance(update, HangUp):
                     await rest.update_call(account_sid, call.call_sid, status="completed")
                 elif isinstance(update, Transfer):
                     transfer_id = self.transfers.issue(call, update.target_name, update.summary, fallback=update.fallback)

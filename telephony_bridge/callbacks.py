@@ -21,7 +21,7 @@ from .switchboard import Switchboard
 from .webhook import hangup_twiml, say_twiml, stream_twiml
 
 CALLER_GONE: frozenset[Outcome | None] = frozenset(
-    {"caller_hung_up", "stream_dropped", "media_timeout", "agent_ended", "transferred", None}
+    {"caller_hung_up", "stream_dropped", "media_timeout", "agent_ended", "transferred", "operator_ended", None}
 )
 """Outcomes after which there is nobody to speak to, or nothing left to say."""
 

@@ -1,5 +1,5 @@
 """The `telephony-bridge` command: serve calls, run the demo and the Realtime simulator, export and replay call recordings,
-and write out the example configuration."""
+point Twilio numbers at the bridge, and write out the example configuration."""
 
 from __future__ import annotations
 
@@ -95,8 +95,13 @@ def _check(args: argparse.Namespace) -> int:
     return code
 
 
-def _admin_request(args: argparse.Namespace, method: str, path: str) -> httpx.Response | None:
-    """A request to a running bridge's admin API; `None` (and a line on stderr) when it cannot be made or is refused."""
+def _admin_request(
+    args: argparse.Namespace, method: str, path: str, body: dict[str, str] | None = None
+) -> httpx.Response | None:
+    """A request to a running bridge's admin API; `None` (and a line on stderr) when it cannot be made or is refused.
+
+    A 404 of a route that names a call (`no live call ...`) is the route's answer, returned; a bare 404 means the API is off.
+    """
     import httpx
 
     from .config import environment
@@ -107,15 +112,40 @@ def _admin_request(args: argparse.Namespace, method: str, path: str) -> httpx.Re
         return None
     try:
         response = httpx.request(method, args.url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=30)
+                                 json=body, timeout=30)
     except httpx.HTTPError as error:
         print(f"telephony-bridge: cannot reach {args.url}: {type(error).__name__}", file=sys.stderr)
         return None
-    if response.status_code in (401, 404):
+    if response.status_code == 401 or response.status_code == 404 and _detail(response) == "Not Found":
         reason = "the admin API is off (BRIDGE_ADMIN_TOKEN is not set there)" if response.status_code == 404 else "wrong token"
         print(f"telephony-bridge: {args.url} refused: {reason}", file=sys.stderr)
         return None
     return response
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return ""
+    return detail if isinstance(detail, str) else ""
+
+
+def _end_call(args: argparse.Namespace) -> int:
+    """End a live call through the admin API: the caller hears the goodbye, then Twilio hangs up."""
+    response = _admin_request(args, "POST", f"/admin/calls/{args.call_sid}/end",
+                              {"goodbye": args.goodbye} if args.goodbye else None)
+    if response is None:
+        return 1
+    if response.status_code == 202:
+        print(f"asked Twilio to end call {args.call_sid}; it has not ended yet: `calls --live` shows when it has")
+        return 0
+    if response.status_code != 200:
+        print(f"telephony-bridge: {_detail(response) or f'HTTP {response.status_code}'}", file=sys.stderr)
+        return 1
+    body = response.json()
+    print(f"ended call {body['call_sid']} after {body['duration_s']:.0f} s: {body['outcome']} ({body['end_reason']})")
+    return 0
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -169,6 +199,51 @@ def _live_calls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _twilio(args: argparse.Namespace) -> int:
+    """The account's numbers through Twilio's REST API: list them, or point one at this bridge."""
+    from .config import environment, load_config, settings_from_env
+    from .errors import TwilioRestError
+    from .numbers import configure, list_numbers, points_here
+
+    settings = settings_from_env(environment(args.env_file), config_path=args.config)
+    try:
+        if args.twilio_command == "numbers":
+            numbers = asyncio.run(list_numbers(settings))
+            if not numbers:
+                print("the account has no phone numbers")
+                return 0
+            rows = [("NUMBER", "SID", "POINTS HERE", "VOICE URL")] + [
+                (str(n.get("phone_number")), str(n.get("sid")), "yes" if points_here(n, settings) else "no",
+                 str(n.get("voice_url") or "-"))
+                for n in numbers
+            ]
+            widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+            for row in rows:
+                print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+            return 0
+        config = load_config(settings.config_path)
+        done = asyncio.run(configure(settings, config, args.number, fallback_url=args.fallback_url, dry_run=args.dry_run))
+    except TwilioRestError as error:
+        print(f"telephony-bridge: {error}", file=sys.stderr)
+        return 1
+    if args.number not in config.numbers:
+        print(f"note: {args.number} is not in [numbers] of {config.source}: its calls get the [defaults]")
+    if not done.changes:
+        print(f"{done.phone_number} ({done.sid}) points at this bridge already; nothing changed")
+    else:
+        print(f"{done.phone_number} ({done.sid}): {'would change' if args.dry_run else 'changed'}:")
+        for change in done.changes:
+            print(change)
+    print(f"  StatusCallback: left as it is ({done.status_callback or 'empty'}): the bridge has no call status route")
+    if args.fallback_url is None:
+        print("the fallback URL is Twilio's echo Twimlet with this TwiML; to host it yourself (a TwiML Bin), "
+              "pass --fallback-url:")
+    else:
+        print(f"{args.fallback_url} must answer a GET with this TwiML:")
+    print(f"  {done.fallback_twiml}")
+    return 0
+
+
 def _simulate_realtime(args: argparse.Namespace) -> int:
     from .testing.realtime_simulator import serve_forever
 
@@ -211,6 +286,8 @@ def _calls(args: argparse.Namespace) -> int:
     from .call_log import call_details, calls_table, find_call, recent_calls
     from .config import environment, load_config, settings_from_env
 
+    if args.calls_command == "end":
+        return _end_call(args)
     if args.live:
         return _live_calls(args)
     config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
@@ -328,6 +405,12 @@ def main(argv: list[str] | None = None) -> None:
     calls_commands = calls.add_subparsers(dest="calls_command")
     show = calls_commands.add_parser("show", help="one call with its transcript")
     show.add_argument("call_sid", metavar="SID")
+    end = calls_commands.add_parser(
+        "end", help="end a live call on a running bridge: the caller hears a goodbye, then Twilio hangs up"
+    )
+    end.add_argument("call_sid", metavar="SID")
+    end.add_argument("--goodbye", metavar="TEXT", help="what the caller hears (default: the bridge's own goodbye sentence)")
+    end.add_argument("--url", default=argparse.SUPPRESS, help=f"the bridge's admin API (default: {DEFAULT_ADMIN_URL})")
 
     check = commands.add_parser(
         "check", parents=[_common_options(), _config_option()],
@@ -343,6 +426,21 @@ def main(argv: list[str] | None = None) -> None:
     reload.add_argument("--url", default=DEFAULT_ADMIN_URL, help=f"the bridge's admin API (default: {DEFAULT_ADMIN_URL})")
     reload.add_argument("--pid", type=int, help="send SIGHUP to this process instead of using the admin API")
     reload.set_defaults(run=_reload)
+
+    twilio = commands.add_parser(
+        "twilio", parents=[_common_options(), _config_option()],
+        help="the account's phone numbers through Twilio's REST API: list them, point one at this bridge",
+    )
+    twilio_commands = twilio.add_subparsers(dest="twilio_command", required=True)
+    twilio_commands.add_parser("numbers", help="list the account's numbers and whether each points at this bridge")
+    configure = twilio_commands.add_parser(
+        "configure", help="point a number's Voice URL at PUBLIC_URL and set its fallback; prints what it changed"
+    )
+    configure.add_argument("number", metavar="NUMBER", help="the number, E.164 (+15550001111)")
+    configure.add_argument("--fallback-url", metavar="URL",
+                           help="a TwiML Bin (or any URL) for when the bridge is down (default: Twilio's echo Twimlet)")
+    configure.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    twilio.set_defaults(run=_twilio, log_level="warning")
 
     init_config = commands.add_parser(
         "init-config", parents=[_common_options()], help="write the commented example configuration to PATH"

@@ -44,11 +44,13 @@ from .events import (
     EndCall,
     Event,
     FunctionCallRequested,
+    HangUp,
     HangUpFailed,
     MarkEchoed,
     ModelAudio,
     ModelAudioDone,
     OpenRealtime,
+    OperatorEnded,
     Outcome,
     ParkRealtime,
     RealtimeConnected,
@@ -113,6 +115,8 @@ class CallController:
         self._held = HeldActions()
         self._omitted_settings: frozenset[str] = frozenset()
         self._fatal_error = False
+        self._operator_ending = False
+        """An operator asked Twilio to end the call: the stream's end that follows is theirs, not the caller's."""
         self._outbound_item: str | None = None
         self._muted_items: set[str] = set()
         self._session_items: set[str] = set()
@@ -219,6 +223,8 @@ class CallController:
         return [AddCallerText(text), *self.conversation.when_idle([CreateResponse()])]
 
     def _on_stream_stopped(self, event: StreamStopped) -> list[Action]:
+        if self._operator_ending:
+            return self._end("operator_ended", "ended by the operator", CloseRealtime("ended by the operator"))
         if self.control.caller_away:
             return self._caller_went_away()
         if self.control.step is Step.HANGING_UP:
@@ -226,6 +232,8 @@ class CallController:
         return self._end("caller_hung_up", "caller hung up", CloseRealtime("caller hung up"))
 
     def _on_twilio_disconnected(self, event: TwilioDisconnected) -> list[Action]:
+        if self._operator_ending:
+            return self._end("operator_ended", "ended by the operator", CloseRealtime("ended by the operator"))
         if self.control.caller_away:
             return self._caller_went_away()
         return self._end("stream_dropped", "media stream dropped", CloseRealtime("media stream dropped"))
@@ -245,6 +253,13 @@ class CallController:
 
     def _on_end_call(self, event: EndCall) -> list[Action]:
         return self._end(event.outcome, event.reason, CloseRealtime(event.reason))
+
+    def _on_operator_ended(self, event: OperatorEnded) -> list[Action]:
+        """Twilio replaces the call's TwiML with the goodbye, ends the stream and hangs up; asked once."""
+        if self._operator_ending:
+            return []
+        self._operator_ending = True
+        return [HangUp("ended by the operator", goodbye=event.goodbye)]
 
     def _on_twilio_message_rejected(self, event: TwilioMessageRejected) -> list[Action]:
         self._counts["malformed_twilio"] += 1
@@ -404,6 +419,12 @@ class CallController:
 
     # Twilio's REST API and callbacks.
     def _on_hang_up_failed(self, event: HangUpFailed) -> list[Action]:
+        if self._operator_ending:
+            # Closing the stream still ends the call; its <Connect action> then hangs up without the fallback message.
+            if event.gone:
+                return self._end("operator_ended", "ended by the operator", CloseRealtime("call already gone"))
+            reason = f"ended by the operator; the REST goodbye failed: {event.reason}"
+            return self._end("operator_ended", reason, CloseTwilio(event.reason))
         if event.gone:
             return self._end("agent_ended", "the model ended the call", CloseRealtime("call already gone"))
         reason = f"the model ended the call; the REST hang-up failed: {event.reason}"
@@ -418,6 +439,8 @@ class CallController:
         transfer = self.control.transfer
         name = transfer.target_name if transfer else "?"
         self.control.dial_ended(event.connected, event.dial_status)
+        if self._operator_ending:
+            return self._end("operator_ended", "ended by the operator", CloseRealtime("ended by the operator"))
         if event.connected:
             return self._end("transferred", f"transferred to {name} (connected)", CloseRealtime("transferred"))
         if self.session.state is SessionState.FAILED:

@@ -15,7 +15,7 @@ from .config import CallProfile
 
 Outcome = Literal[
     "caller_hung_up", "stream_dropped", "media_timeout", "realtime_unavailable", "shut_down", "no_media_stream",
-    "bridge_error", "agent_ended", "transferred",
+    "bridge_error", "agent_ended", "transferred", "operator_ended",
 ]
 """How a call ended, as operators count it (metrics, logs, the call log); the end reason gives the detail."""
 
@@ -55,6 +55,13 @@ class StreamStopped:
 @dataclass(frozen=True, slots=True)
 class TwilioDisconnected:
     """The media socket closed without a `stop`."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorEnded:
+    """An operator ended the call (the admin API): Twilio says `goodbye` and hangs up, so the stream's stop is theirs."""
+
+    goodbye: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +215,7 @@ Event = (
     | TwilioDisconnected
     | TwilioMessageRejected
     | EndCall
+    | OperatorEnded
     | RealtimeConnected
     | SessionConfigured
     | ConfigurationRefused
@@ -344,7 +352,10 @@ class AddHistoryItem(SessionSetup):
 # Changes to the phone call (Twilio's REST API).
 @dataclass(frozen=True, slots=True)
 class HangUp(CallUpdate):
+    """End the phone call; with `goodbye`, Twilio says it first (`<Say>` then `<Hangup/>` replace the stream)."""
+
     reason: str
+    goodbye: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ one round instead of one start per mistake. It checks what start-up refuses (the
 whatever `config.py` validates, so new rules there are checked here too) and what start-up used to
 let through only for calls to fail later: a public URL Twilio cannot reach, no key for the Realtime
 service, a recording folder or call log the bridge cannot write (each call's record was dropped, with
-a warning per call). `check_online` also opens one Realtime session with the configured key.
+a warning per call). `check_online` also opens one Realtime session with the configured key and makes one
+authenticated request to Twilio's REST API with the configured credentials.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed
 
 from .config import DEFAULT_CONFIG_PATH, BridgeConfig, CallLogSettings, Recording, Settings, load_config, settings_from_env
-from .errors import ConfigError, ConfigErrors, RealtimeConnectError
+from .errors import ConfigError, ConfigErrors, RealtimeConnectError, TwilioRestError
 from .realtime import PREVIEW_VOICES, open_realtime
+from .twilio_rest import TwilioRest
 
 ENVIRONMENT = "environment"
 ONLINE_TIMEOUT_S = 10.0
@@ -237,10 +239,27 @@ async def realtime_reachable(settings: Settings, timeout_s: float = ONLINE_TIMEO
     return OnlineResult("Realtime API", True, f"{where}: opened a session ({kind}) and closed it")
 
 
-def twilio_credentials() -> OnlineResult:
-    """The place for the Twilio REST check (the account's credentials); the REST client is not part of the bridge yet."""
-    return OnlineResult("Twilio credentials", None, "the Twilio REST client is not part of this bridge yet")
+async def twilio_credentials(settings: Settings) -> OnlineResult:
+    """One authenticated GET with the REST credentials (the account's first number): hang-ups, transfers and
+    `twilio configure` use the same ones. Twilio answers 401 (code 20003) to a wrong SID, token, key or secret."""
+    name = "Twilio credentials"
+    account_sid = settings.twilio_account_sid
+    if not account_sid:
+        return OnlineResult(name, None, "TWILIO_ACCOUNT_SID is not set (each call's REST requests use the call's AccountSid)")
+    try:
+        rest = TwilioRest.from_settings(settings, account_sid)
+    except ConfigError as error:
+        return OnlineResult(name, None, f"{error.key}: {error.reason}")
+    who = "API key" if settings.twilio_api_key else "auth token"
+    where = f"{urlsplit(settings.twilio_api_url).netloc} (account {account_sid}, {who})"
+    try:
+        async with rest:
+            numbers = await rest.list_numbers(account_sid, max_pages=1, page_size=1)
+    except TwilioRestError as error:
+        refused = " (the credentials were refused)" if error.code == 20003 or error.status == 401 else ""
+        return OnlineResult(name, False, f"{where}: {error}{refused}")
+    return OnlineResult(name, True, f"{where}: authenticated ({'has' if numbers else 'no'} phone numbers)")
 
 
 async def check_online(settings: Settings, timeout_s: float = ONLINE_TIMEOUT_S) -> list[OnlineResult]:
-    return [await realtime_reachable(settings, timeout_s), twilio_credentials()]
+    return list(await asyncio.gather(realtime_reachable(settings, timeout_s), twilio_credentials(settings)))

@@ -121,11 +121,11 @@ class TwilioRest:
         """
         return await self._request("POST", self._account_path(account_sid, "Calls"), params, idempotent=False)
 
-    async def list_numbers(self, account_sid: str, *, max_pages: int = 20) -> list[dict[str, Any]]:
-        """The account's incoming phone numbers, every page of them (up to ``max_pages`` of 50)."""
+    async def list_numbers(self, account_sid: str, *, max_pages: int = 20, page_size: int = 50) -> list[dict[str, Any]]:
+        """The account's incoming phone numbers, every page of them (up to ``max_pages`` of ``page_size``)."""
         numbers: list[dict[str, Any]] = []
         path: str | None = self._account_path(account_sid, "IncomingPhoneNumbers")
-        params: dict[str, str] = {"PageSize": "50"}
+        params: dict[str, str] = {"PageSize": str(page_size)}
         for _ in range(max_pages):
             if path is None:
                 break

@@ -22,7 +22,7 @@ from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 
 ADMIN_TOKEN = "admin-token-for-tests"
 RECORDING = Path(__file__).parent / "recordings" / "conversation.jsonl"
-ROUTES = [("GET", "/admin/calls/live"), ("GET", "/admin/calls"), ("GET", "/admin/calls/CA0"),
+ROUTES = [("GET", "/admin/calls/live"), ("GET", "/admin/calls"), ("GET", "/admin/calls/CA0"), ("POST", "/admin/calls/CA0/end"),
           ("GET", "/admin/calls/CA0/recording.wav"), ("GET", "/admin/numbers"), ("POST", "/admin/reload")]
 T0 = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 

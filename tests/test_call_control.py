@@ -23,6 +23,7 @@ from telephony_bridge.events import (
     ModelAudio,
     ModelAudioDone,
     OpenRealtime,
+    OperatorEnded,
     ParkRealtime,
     RealtimeConnected,
     RealtimeDisconnected,
@@ -37,6 +38,7 @@ from telephony_bridge.events import (
     Transfer,
     TransferEnded,
     TransferFailed,
+    TwilioDisconnected,
 )
 
 PCM_100MS = b"\x10\x00" * 2400
@@ -225,3 +227,43 @@ def test_end_call_is_no_function_of_a_number_that_does_not_allow_it() -> None:
     call(controller, "r1", "end_call")
     done = controller.handle(ResponseDone("r1", "completed"))
     assert types(done) == [AnswerFunctionCall, CreateResponse] and "error" in done[0].output
+
+
+def test_an_operator_ending_asks_twilio_for_the_goodbye_once_and_the_stop_that_follows_is_theirs() -> None:
+    controller, _ = live()
+    actions = controller.handle(OperatorEnded("We have to end this call now. Goodbye."))
+    assert actions == [HangUp("ended by the operator", goodbye="We have to end this call now. Goodbye.")]
+    assert controller.handle(OperatorEnded("Goodbye again.")) == []
+    assert not controller.ended
+    assert types(controller.handle(StreamStopped())) == [CloseRealtime]
+    assert (controller.outcome, controller.end_reason) == ("operator_ended", "ended by the operator")
+
+
+def test_a_stream_that_drops_after_the_operator_ended_the_call_is_still_theirs() -> None:
+    controller, _ = live()
+    controller.handle(OperatorEnded("Goodbye."))
+    controller.handle(TwilioDisconnected())
+    assert controller.outcome == "operator_ended"
+
+
+def test_a_failed_operator_goodbye_still_ends_the_call_by_closing_the_stream() -> None:
+    controller, _ = live()
+    controller.handle(OperatorEnded("Goodbye."))
+    assert types(controller.handle(HangUpFailed("Twilio REST POST …: HTTP 503"))) == [CloseTwilio]
+    assert controller.outcome == "operator_ended" and "the REST goodbye failed" in controller.end_reason
+    gone, _ = live()
+    gone.handle(OperatorEnded("Goodbye."))
+    assert types(gone.handle(HangUpFailed("20404", gone=True))) == [CloseRealtime]
+    assert gone.outcome == "operator_ended"
+
+
+def test_an_operator_ending_a_call_that_is_being_transferred_ends_it_when_the_dial_ends() -> None:
+    controller, _ = live()
+    marks = speak(controller, "r1")
+    call(controller, "r1", "transfer_call", {"target": "front_desk", "summary": "Wants the front desk."})
+    controller.handle(ResponseDone("r1", "completed"))
+    controller.handle(MarkEchoed(marks[-1]))
+    assert controller.handle(StreamStopped()) == [ParkRealtime()]
+    assert types(controller.handle(OperatorEnded("Goodbye."))) == [HangUp]
+    controller.handle(TransferEnded("canceled"))
+    assert controller.outcome == "operator_ended"

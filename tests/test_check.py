@@ -13,10 +13,12 @@ from support import API_KEY, AUTH_TOKEN, PUBLIC_URL, TEST_CONFIG
 from telephony_bridge.config import environment, parse_env_file
 from telephony_bridge.errors import ConfigError
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
+from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 
 GOOD_ENV = {"PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": API_KEY}
 SETTINGS = ("PUBLIC_URL", "TWILIO_AUTH_TOKEN", "OPENAI_API_KEY", "BRIDGE_CONFIG", "REALTIME_URL", "REALTIME_API",
-            "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_DEPLOYMENT", "BRIDGE_ADMIN_TOKEN")
+            "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_DEPLOYMENT", "BRIDGE_ADMIN_TOKEN",
+            "TWILIO_API_URL", "TWILIO_ACCOUNT_SID", "TWILIO_API_KEY", "TWILIO_API_SECRET")
 
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
@@ -166,3 +168,33 @@ async def test_check_online_reports_a_refused_key_without_printing_it(tmp_path: 
     assert code == 2
     assert "online: Realtime API: FAILED: " in out and "HTTP 401" in out
     assert "sk-wrong-key" not in out
+
+
+async def test_check_online_verifies_the_twilio_credentials_with_one_authenticated_request(
+    tmp_path: Path, realtime: RealtimeSimulator
+) -> None:
+    async with TwilioApiSimulator(auth_token=AUTH_TOKEN) as api:
+        env = {**GOOD_ENV, "REALTIME_URL": realtime.url, "BRIDGE_CONFIG": str(config_file(tmp_path)),
+               "TWILIO_API_URL": api.url, "TWILIO_ACCOUNT_SID": api.account_sid}
+        code, out, _ = await run_cli("check", "--online", env=env, cwd=tmp_path)
+    assert code == 0, out
+    assert f"online: Twilio credentials: ok: 127.0.0.1:{api.port} (account {api.account_sid}, auth token): authenticated" in out
+    [request] = api.requests
+    assert (request.method, request.params, request.username) == ("GET", {"PageSize": "1"}, api.account_sid)
+
+
+@pytest.mark.parametrize("credentials", [
+    {"TWILIO_AUTH_TOKEN": "a-wrong-twilio-token"},
+    {"TWILIO_API_KEY": "SK" + "0" * 32, "TWILIO_API_SECRET": "a-wrong-api-secret"},
+])
+async def test_check_online_reports_refused_twilio_credentials_without_printing_them(
+    tmp_path: Path, realtime: RealtimeSimulator, credentials: dict[str, str]
+) -> None:
+    async with TwilioApiSimulator(auth_token=AUTH_TOKEN, api_key="SK" + "0" * 32, api_secret="the-right-secret") as api:
+        env = {**GOOD_ENV, "REALTIME_URL": realtime.url, "BRIDGE_CONFIG": str(config_file(tmp_path)),
+               "TWILIO_API_URL": api.url, "TWILIO_ACCOUNT_SID": api.account_sid, **credentials}
+        code, out, err = await run_cli("check", "--online", env=env, cwd=tmp_path)
+    assert code == 2
+    assert "online: Twilio credentials: FAILED: " in out and "HTTP 401, Twilio error 20003" in out
+    assert "the credentials were refused" in out
+    assert all(secret not in out + err for secret in ("a-wrong-twilio-token", "a-wrong-api-secret"))

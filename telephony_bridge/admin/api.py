@@ -1,4 +1,4 @@
-"""The admin API's routes: live calls, the call history, a call's detail and audio, the numbers, reload.
+"""The admin API's routes: live calls, the call history, a call's detail and audio, the numbers, reload, ending a call.
 
 Every route needs `Authorization: Bearer <BRIDGE_ADMIN_TOKEN>`, compared in constant time; with no token
 configured every route answers 404, as if the API were not there. The token travels only in that header,
@@ -24,7 +24,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from ..call import Call
 from ..call_log import CallQuery, CallRecord, find_call, search_calls
+from ..config import MAX_SPOKEN_CHARS
 from ..errors import CallLogError, RecordingError
 from ..logs import mask_number
 from ..recording import export_wav, read_recording
@@ -39,6 +41,10 @@ CALL_SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """A CallSid as a path segment; anything else (a `..`, a glob) names no call and no file."""
 CACHED_WAVS = 4
 """Recent WAVs kept in memory: an audio element asks for one recording in many ranges, each a request."""
+OPERATOR_GOODBYE = "This call is being ended now. Thank you for calling, goodbye."
+"""What the caller hears when an operator ends the call and the request names no goodbye of its own."""
+END_WAIT_S = 10.0
+"""How long ending a call waits for it to end: Twilio's answer (its retries take at most about 3 s) and the stream's stop."""
 
 
 def admin_router(token: str | None) -> APIRouter:
@@ -140,6 +146,21 @@ def admin_router(token: str | None) -> APIRouter:
             headers={**headers, "Content-Range": wanted.content_range(len(wav))},
         )
 
+    @router.post("/calls/{call_sid}/end")
+    async def end_call(request: Request, call_sid: str) -> JSONResponse:
+        """Twilio says the goodbye and hangs up (REST: the call's TwiML is replaced), so the caller never hears the fallback."""
+        goodbye = await _goodbye(request)
+        switchboard: Switchboard = request.app.state.switchboard
+        call = next((live for live in switchboard.calls_in_progress() if live.call_sid == call_sid), None)
+        if call is None:
+            raise HTTPException(404, f"no live call {call_sid} on this bridge")
+        call.end_by_operator(goodbye)
+        try:
+            await asyncio.wait_for(call.ended.wait(), END_WAIT_S)
+        except TimeoutError:
+            return JSONResponse({"call_sid": call_sid, "ended": False}, status_code=202)
+        return JSONResponse(_ended_json(call))
+
     @router.get("/numbers")
     async def numbers(request: Request) -> JSONResponse:
         config = request.app.state.switchboard.config
@@ -159,6 +180,26 @@ def admin_router(token: str | None) -> APIRouter:
         return JSONResponse({"ok": True, "config_hash": outcome.digest, "restart_needed": list(outcome.restart_needed)})
 
     return router
+
+
+async def _goodbye(request: Request) -> str:
+    """The request's own `goodbye` (JSON `{"goodbye": "..."}`, for a line in another language), else `OPERATOR_GOODBYE`."""
+    body = await request.body()
+    if not body.strip():
+        return OPERATOR_GOODBYE
+    try:
+        goodbye = json.loads(body).get("goodbye", OPERATOR_GOODBYE)
+    except (ValueError, AttributeError):
+        raise HTTPException(422, 'the body must be JSON such as {"goodbye": "Goodbye."}, or empty') from None
+    if not isinstance(goodbye, str) or not goodbye.strip() or len(goodbye) > MAX_SPOKEN_CHARS:
+        raise HTTPException(422, f"goodbye: a sentence of 1 to {MAX_SPOKEN_CHARS} characters")
+    return goodbye.strip()
+
+
+def _ended_json(call: Call) -> dict[str, Any]:
+    summary = call.summary()
+    return {"call_sid": call.call_sid, "ended": True, "outcome": summary.outcome, "end_reason": summary.end_reason,
+            "duration_s": round(summary.duration_s, 1)}
 
 
 def _call_log(request: Request) -> Path:
