@@ -57,7 +57,7 @@ from .media_stream import TwilioInbound, encode_for_twilio
 from .realtime import RealtimeEventParser, encode_for_realtime, open_realtime
 from .summary import CallSummary
 from .supervision import CallTimings
-from .tool_requests import CallParties, after_call_body, call_tool, post_after_call, request_body
+from .tool_requests import CallParties, after_call_body, call_tool, new_client, post_after_call, request_body
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +366,11 @@ class Call:
         A call that ends cancels this task, which abandons the request; nothing is fed back then.
         """
         if self._http is None:
-            self._http = httpx.AsyncClient(follow_redirects=False)
+            client = await new_client()
+            if self._http is None:
+                self._http = client
+            else:
+                await client.aclose()
         parties = CallParties(self.call_sid, self.caller_number, self.called_number)
         body = request_body(run.tool, run.arguments, parties)
         self._tools.received(json.dumps({"kind": "request", "call_id": run.call_id, "tool": run.tool.name,
@@ -386,7 +390,7 @@ class Call:
         after = self.profile.after_call
         if after is None:
             return None
-        async with httpx.AsyncClient(follow_redirects=False) as client:
+        async with await new_client() as client:
             status = await post_after_call(client, after, after_call_body(summary, time.time()))
         if status is None:
             log.warning("call %s: the after-call summary could not be delivered", self.call_sid)
