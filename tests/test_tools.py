@@ -248,3 +248,30 @@ def test_a_tampered_body_or_a_stale_time_does_not_verify() -> None:
     assert not verify(SECRET.encode(), body.replace(b"12-01", b"12-02"), header, 1_800_000_010)
     assert not verify(b"another secret", body, header, 1_800_000_010)
     assert not verify(SECRET.encode(), body, header, 1_800_000_000 + 3600)
+
+
+async def test_a_recording_holds_each_tool_request_and_answer_and_replay_serves_them_again(tmp_path: Any) -> None:
+    from telephony_bridge.recording import read_recording
+    from telephony_bridge.replay import replay
+
+    realtime = simulator(checks(), SAYS_SLOTS)
+    extra = f'\n[recording]\nfolder = "{tmp_path.as_posix()}"\n'
+    async with ToolServer(lambda path, body: ToolReply(body=SLOT)) as server:
+        text = TEST_CONFIG + extra + tools_config(server).replace('greeting =', 'record = true\ngreeting =')
+        config = parse_config(text, "test.toml", {"CLINIC_TOOL_SECRET": SECRET})
+        async with realtime, bridge_for(realtime, config=config) as bridge:
+            call, session = await place_call(bridge, realtime, CLINIC_LINE)
+            await session.wait_for_function_output("check_availability")
+            await session.wait_for(lambda e: e["type"] == "response.create" and not e.get("response"))
+            await asyncio.sleep(0.5)
+            await call.hang_up()
+            await session.wait_closed()
+    await asyncio.sleep(0.3)
+    (path,) = tmp_path.glob("*.jsonl")
+    assert SECRET not in path.read_text()
+    recording = read_recording(path)
+    lines = [frame.message for frame in recording.frames if frame.direction == "tools"]
+    assert [(m["kind"], m["tool"]) for m in lines] == [("request", "check_availability"), ("answer", "check_availability")]
+    assert lines[0]["arguments"] == {"day": "2026-12-01"} and json.loads(lines[1]["output"]) == SLOT
+    result = await replay(recording)
+    assert not [d for d in result.differences if "tool" in d], result.report()
