@@ -14,9 +14,11 @@ import asyncio
 import json
 import logging
 import statistics
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, Protocol
 
+import httpx
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -42,8 +44,10 @@ from .events import (
     RealtimeConnected,
     RealtimeDisconnected,
     RealtimeMessage,
+    RunTool,
     StreamStarted,
     Tick,
+    ToolAnswered,
     TransferEnded,
     TransferFailed,
     TwilioDisconnected,
@@ -54,11 +58,13 @@ from .media_stream import TwilioInbound, encode_for_twilio
 from .realtime import RealtimeEventParser, encode_for_realtime, open_realtime
 from .summary import CallSummary
 from .supervision import CallTimings
+from .tool_requests import CallParties, after_call_body, call_tool, new_client, post_after_call, request_body
 
 log = logging.getLogger(__name__)
 
-Direction = Literal["twilio>bridge", "bridge>twilio", "realtime>bridge", "bridge>realtime", "twilio-rest"]
-"""`twilio-rest` carries the call's REST requests to Twilio and their answers, as JSON."""
+Direction = Literal["twilio>bridge", "bridge>twilio", "realtime>bridge", "bridge>realtime", "twilio-rest", "tools"]
+"""`twilio-rest` carries the call's REST requests to Twilio and their answers, as JSON; `tools` the operator's
+tool requests (name and arguments) and their answers, never a signature."""
 
 
 class CallTap(Protocol):
@@ -207,6 +213,10 @@ class Call:
         self._twilio = Leg("twilio>bridge", "bridge>twilio", clock, tap, _observer(on_latency, "model>caller"))
         self._model = Leg("realtime>bridge", "bridge>realtime", clock, tap, _observer(on_latency, "caller>model"))
         self._twilio_rest = Leg("twilio-rest", "twilio-rest", clock, tap, None)
+        self._tools = Leg("tools", "tools", clock, tap, None)
+        self._http: httpx.AsyncClient | None = None
+        self.after_call: asyncio.Task[int | None] | None = None
+        """The after-call POST, once the call has ended and its number names an `after_call` URL."""
         self._call_updates = call_updates
         self._twilio_writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -314,6 +324,8 @@ class Call:
                 self._spawn(self._open_realtime(action))
             elif isinstance(action, CallUpdate):
                 self._spawn(self._update_call(action))
+            elif isinstance(action, RunTool):
+                self._spawn(self._run_tool(action))
             elif isinstance(action, ParkRealtime):
                 self._park_realtime()
             elif isinstance(action, (CloseRealtime, CloseTwilio)) and not self._closing:
@@ -352,6 +364,42 @@ class Call:
         failed = await self._call_updates.carry_out(self, update, self._observe_rest)
         if failed is not None:
             self._feed(failed, None)
+
+    async def _run_tool(self, run: RunTool) -> None:
+        """One tool call in a task of its own: a slow tool server delays nothing but its own answer.
+
+        A call that ends cancels this task, which abandons the request; nothing is fed back then.
+        """
+        if self._http is None:
+            client = await new_client()
+            if self._http is None:
+                self._http = client
+            else:
+                await client.aclose()
+        parties = CallParties(self.call_sid, self.caller_number, self.called_number)
+        body = request_body(run.tool, run.arguments, parties)
+        self._tools.received(json.dumps({"kind": "request", "call_id": run.call_id, "tool": run.tool.name,
+                                         "arguments": json.loads(run.arguments or "{}")}))
+        started = self._clock()
+        result = await call_tool(self._http, run.tool, body)
+        latency_ms = (self._clock() - started) * 1000.0
+        self._tools.received(json.dumps({"kind": "answer", "call_id": run.call_id, "tool": run.tool.name,
+                                         "outcome": result.outcome, "status": result.status, "output": result.output}))
+        log.info("call %s: tool %s: %s in %.0f ms", self.call_sid, run.tool.name, result.outcome, latency_ms,
+                 extra={"event": "tool_call", "tool": run.tool.name, "outcome": result.outcome,
+                        "latency_ms": round(latency_ms, 1)})
+        self._feed(ToolAnswered(run.call_id, result.output, result.outcome, latency_ms), None)
+
+    async def _post_after_call(self, summary: CallSummary) -> int | None:
+        """The ended call's summary to the number's `after_call` URL, retried with backoff; never on the audio path."""
+        after = self.profile.after_call
+        if after is None:
+            return None
+        async with await new_client() as client:
+            status = await post_after_call(client, after, after_call_body(summary, time.time()))
+        if status is None:
+            log.warning("call %s: the after-call summary could not be delivered", self.call_sid)
+        return status
 
     def _observe_rest(self, kind: str, details: dict[str, Any]) -> None:
         """Each REST request and answer of the call, for its recording (never the credentials)."""
@@ -428,6 +476,10 @@ class Call:
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
+        if self._http is not None:
+            await self._http.aclose()
+        if self.profile.after_call is not None:
+            self.after_call = asyncio.get_running_loop().create_task(self._post_after_call(summary))
         self._on_end(self)
 
 

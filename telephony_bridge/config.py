@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError, ConfigErrors
 
@@ -59,6 +68,150 @@ class TurnDetection(_Strict):
     eagerness: Literal["low", "medium", "high", "auto"] | None = None
 
 
+TOOL_NAME = r"^[a-zA-Z][a-zA-Z0-9_-]{0,63}$"
+"""A function name the Realtime API accepts: letters, digits, `_` and `-`, at most 64."""
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RESERVED_TOOL_NAMES = frozenset({"end_call", "transfer_call"})
+"""The built-in functions (`call_control`): an operator's tool may not take their names."""
+JSON_SCHEMA_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object", "null"})
+
+
+def _resolve_env(info: ValidationInfo, name: str | None) -> SecretStr | None:
+    """The value of the environment variable `name`, when the profile is validated with an environment (at start-up).
+
+    Validated without one (a profile read back from a recording), nothing is resolved and nothing is signed.
+    """
+    env = info.context.get("env") if isinstance(info.context, dict) else None
+    if name is None or env is None:
+        return None
+    value = env.get(name)
+    if not value:
+        raise ValueError(f"the environment variable {name} is not set")
+    return SecretStr(value)
+
+
+def _with_secret(data: Any, info: ValidationInfo) -> Any:
+    """A tool's or after-call's table with its `secret` resolved from `secret_env`; a secret in the file is refused."""
+    if not isinstance(data, dict):
+        return data
+    if "secret" in data:
+        if isinstance(data["secret"], SecretStr):
+            return data
+        raise ValueError("a secret does not go in the file: put it in the environment and name it with secret_env")
+    secret = _resolve_env(info, data.get("secret_env"))
+    return {**data, "secret": secret} if secret is not None else data
+
+
+def _loopback(host: str | None) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1") or (host or "").startswith("127.")
+
+
+def _tool_url(url: str) -> str:
+    """https, or http to this machine only: a tool's request carries the caller's words and the call's numbers."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname or parts.scheme == "http" and _loopback(parts.hostname):
+        return url
+    raise ValueError(f"{url!r} is not an https URL (http is allowed only for localhost)")
+
+
+def _check_schema(schema: Any, where: str) -> None:
+    """The JSON Schema subset function parameters use: typed properties, `required` naming them.
+
+    Checked by hand rather than with the `jsonschema` package: what the Realtime API and the model
+    need is this shape, and a typo in it (`"type": "str"`, a required key never declared) should
+    stop start-up with the key named, which a meta-schema error does less plainly.
+    """
+    if not isinstance(schema, dict):
+        raise ValueError(f"{where} is not a JSON Schema object")
+    kind = schema.get("type")
+    if kind is not None and kind not in JSON_SCHEMA_TYPES:
+        raise ValueError(f"{where}: type {kind!r} is not a JSON Schema type")
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict):
+        raise ValueError(f"{where}: properties is not a table")
+    for name, inner in properties.items():
+        _check_schema(inner, f"{where}.properties.{name}")
+    required = schema.get("required", [])
+    if not isinstance(required, list) or any(not isinstance(key, str) or key not in properties for key in required):
+        raise ValueError(f"{where}: required must list names of its properties")
+    if "items" in schema:
+        _check_schema(schema["items"], f"{where}.items")
+
+
+class HttpTool(_Strict):
+    """An operator's function: the model calls it, the bridge POSTs the call to `url` and hands the answer back."""
+
+    name: str = Field(pattern=TOOL_NAME)
+    description: str = Field(min_length=1, max_length=1024)
+    url: str
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    secret_env: str | None = Field(default=None, pattern=ENV_NAME)
+    """The environment variable that holds the signing secret; unset, requests go unsigned."""
+    secret: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    """Resolved from `secret_env` at start-up; never dumped, logged or recorded."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _tool_url(url)
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, parameters: dict[str, Any]) -> dict[str, Any]:
+        if parameters.get("type") != "object":
+            raise ValueError('parameters must be a JSON Schema of type "object"')
+        _check_schema(parameters, "parameters")
+        return parameters
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_from_env(cls, data: Any, info: ValidationInfo) -> Any:
+        return _with_secret(data, info)
+
+
+class McpServer(_Strict):
+    """An MCP server the Realtime service calls itself (GA only); header values come from the environment."""
+
+    server_label: str = Field(pattern=TOOL_NAME)
+    server_url: str
+    allowed_tools: list[str] | None = None
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    """Header name -> the environment variable holding its value (`Authorization = "MCP_TOKEN"`)."""
+    headers: dict[str, SecretStr] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @field_validator("server_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _tool_url(url)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _headers_from_env(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and "headers" not in data and isinstance(data.get("headers_env"), dict):
+            headers = {header: _resolve_env(info, name) for header, name in data["headers_env"].items()}
+            data = {**data, "headers": {header: value for header, value in headers.items() if value is not None}}
+        return data
+
+
+class AfterCall(_Strict):
+    """Where the summary of each ended call is POSTed, signed like a tool request."""
+
+    url: str
+    secret_env: str | None = Field(default=None, pattern=ENV_NAME)
+    secret: SecretStr | None = Field(default=None, exclude=True, repr=False)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _tool_url(url)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_from_env(cls, data: Any, info: ValidationInfo) -> Any:
+        return _with_secret(data, info)
+
+
 class CallProfile(_Strict):
     """What a caller of one number gets: the effective settings after the number's table overrides the defaults."""
 
@@ -80,6 +233,33 @@ class CallProfile(_Strict):
     """People or queues the model may hand the call to (`transfer_call`): name -> E.164 number or sip: URI."""
     fallback_transfer: str | None = None
     """Where the caller goes when the model cannot be reached: a `transfer` name, a number or a sip: URI."""
+    tools: list[HttpTool] = Field(default_factory=list)
+    """The operator's functions (see `tools`): a number's replace the defaults' unless it says `inherit_tools`."""
+    mcp: list[McpServer] = Field(default_factory=list)
+    after_call: AfterCall | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, tools: list[HttpTool]) -> list[HttpTool]:
+        seen: set[str] = set()
+        for tool in tools:
+            if tool.name in RESERVED_TOOL_NAMES:
+                raise ValueError(f"{tool.name!r} is a built-in function's name")
+            if tool.name in seen:
+                raise ValueError(f"two tools are named {tool.name!r}")
+            seen.add(tool.name)
+        return tools
+
+    @field_validator("mcp")
+    @classmethod
+    def _mcp_labels(cls, servers: list[McpServer]) -> list[McpServer]:
+        labels = [server.server_label for server in servers]
+        if len(set(labels)) != len(labels):
+            raise ValueError("two MCP servers have the same server_label")
+        return servers
+
+    def tool(self, name: str) -> HttpTool | None:
+        return next((tool for tool in self.tools if tool.name == name), None)
 
     @field_validator("transfer")
     @classmethod
@@ -117,6 +297,11 @@ class _NumberTable(_Strict):
     end_call: bool | None = None
     transfer: dict[str, str] | None = None
     fallback_transfer: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    mcp: list[dict[str, Any]] | None = None
+    inherit_tools: bool | None = None
+    """A number's `tools` and `mcp` add to the defaults' instead of replacing them."""
+    after_call: dict[str, Any] | None = None
 
 
 class Limits(_Strict):
@@ -210,8 +395,14 @@ class BridgeConfig:
 
 def _merge(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(defaults)
+    inherit = overrides.get("inherit_tools") is True
+    merged.pop("inherit_tools", None)
     for key, value in overrides.items():
-        if key == "turn_detection" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if key == "inherit_tools":
+            continue
+        if key in ("tools", "mcp") and inherit and isinstance(value, list) and isinstance(merged.get(key), list):
+            merged[key] = [*merged[key], *value]
+        elif key == "turn_detection" and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
@@ -233,8 +424,11 @@ def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def parse_config(text: str, source: str) -> BridgeConfig:
+def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -> BridgeConfig:
     """Validate a TOML configuration; raise `ConfigError` naming the key and the reason of each problem.
+
+    `env` (default: the process environment) holds the secrets the tools name (`secret_env`, `headers_env`):
+    each must be set.
 
     Every problem is found before raising (`ConfigErrors` when there are several), so an operator fixes a
     file in one round rather than one error per start.
@@ -263,7 +457,7 @@ def parse_config(text: str, source: str) -> BridgeConfig:
     }
     for key, (table, own) in tables.items():
         try:
-            profiles[key] = CallProfile.model_validate(table)
+            profiles[key] = CallProfile.model_validate(table, context={"env": os.environ if env is None else env})
         except ValidationError as error:
             # A wrong default is reported once, under [defaults], not again under every number inheriting it.
             note([problem for problem in _problems(source, key, error)
@@ -290,7 +484,7 @@ def config_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_config(path: Path) -> BridgeConfig:
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> BridgeConfig:
     """Read and validate the configuration file at `path`."""
     try:
         data = path.read_bytes()
@@ -302,7 +496,7 @@ def load_config(path: Path) -> BridgeConfig:
         raise ConfigError(str(path), "<file>", f"cannot be read: {error.strerror}") from None
     except UnicodeDecodeError as error:
         raise ConfigError(str(path), "<file>", f"not UTF-8 text (byte {error.start} cannot be decoded)") from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), env)
 
 
 def example_config() -> str:

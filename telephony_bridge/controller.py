@@ -70,6 +70,7 @@ from .events import (
     StreamStarted,
     StreamStopped,
     Tick,
+    ToolAnswered,
     TranscriptDone,
     TransferEnded,
     TransferFailed,
@@ -83,6 +84,7 @@ from .held_actions import HeldActions
 from .playback import Playback
 from .summary import CallCounters, CallSummary
 from .supervision import CallTimings, Reopen, SessionState, SessionSupervisor
+from .tools import HOLDING_INSTRUCTIONS, ToolCalls
 from .wire import pcm24k_ms, ulaw_ms
 
 FATAL_ERROR_CODES = frozenset({"insufficient_quota", "invalid_api_key", "model_not_found"})
@@ -105,6 +107,7 @@ class CallController:
         self.conversation = Conversation(clock)
         self.functions = FunctionCalls()
         self.control = CallControl(profile)
+        self.tools = ToolCalls()
         self._clock = clock
         self._counts: Counter[str] = Counter()
         self._realtime_errors: Counter[str] = Counter()
@@ -162,6 +165,8 @@ class CallController:
             realtime_failures=tuple(self.session.failures),
             response_latencies_ms=tuple(self.conversation.response_latencies_ms), truncates=tuple(self._truncates),
             dropped_model_audio_ms=self._dropped_model_audio_ms, transcript=tuple(self.conversation.transcript),
+            tool_calls=tuple(self.tools.records),
+            transfer=self.control.transfer.target_name if self.control.transfer else None,
         )
 
     def _route(self, actions: list[Action]) -> list[Action]:
@@ -273,8 +278,12 @@ class CallController:
         if self.session.configuration_overdue():
             return self._session_lost("the service did not confirm the session's configuration in time", retryable=True)
         quiet = not self.playback.playing and self.conversation.idle and self._outbound_item is None
-        renewal = self.session.renewal_due(quiet)
-        return [_open(renewal)] if renewal is not None else self.conversation.released() + self._call_update_due()
+        renewal = self.session.renewal_due(quiet and not self.functions.outstanding)
+        if renewal is not None:
+            return [_open(renewal)]
+        holding = self.conversation.idle and self.tools.holding_phrase_due(now)
+        return (self.conversation.released() + self._call_update_due()
+                + (self.conversation.when_idle([CreateResponse(HOLDING_INSTRUCTIONS)]) if holding else []))
 
     # The Realtime session.
     def _on_realtime_connected(self, event: RealtimeConnected) -> list[Action]:
@@ -397,11 +406,15 @@ class CallController:
         return []
 
     def _run_function(self, call: FunctionCallRequested, spoke: bool) -> list[Action]:
-        """A built-in function's output now; any other name is no function of this call."""
+        """A built-in function's output now; an operator's tool is run off the audio path; any other name is no function."""
+        tool = self.profile.tool(call.name)
         if call.name == END_CALL:
             output, respond = self.control.end_call(spoke)
         elif call.name == TRANSFER_CALL:
             output, respond = self.control.transfer_to(call.arguments, spoke)
+        elif tool is not None:
+            run = self.tools.start(call, tool, self._clock())
+            return [run] if not isinstance(run, ToolAnswered) else self._tool_answer(run)
         else:
             output, respond = json.dumps({"error": f"there is no function {call.name!r}"}), True
         return self.functions.answer(call.call_id, output, respond=respond)
@@ -447,6 +460,18 @@ class CallController:
             reason = f"fallback transfer to {name}: {event.dial_status}"
             return self._end("realtime_unavailable", reason, CloseRealtime("fallback"))
         return []
+
+    # Work off the audio path.
+    def _on_tool_answered(self, event: ToolAnswered) -> list[Action]:
+        """A tool's answer (or failure) is the call's output; with its batch's last, one `response.create`."""
+        return self._respond_when_idle(self._tool_answer(event))
+
+    def _tool_answer(self, event: ToolAnswered) -> list[Action]:
+        record = self.tools.answered(event)
+        if record is None:
+            return []
+        self.conversation.transcript.append(TranscriptDone("tool", event.call_id, record.transcript_line()))
+        return self.functions.answer(event.call_id, event.output)
 
     def _on_transcript_done(self, event: TranscriptDone) -> list[Action]:
         self.conversation.transcript.append(event)

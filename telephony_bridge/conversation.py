@@ -105,5 +105,5 @@ class Conversation:
         return [
             AddHistoryItem("user" if turn.speaker == "caller" else "assistant", turn.text)
             for turn in self.transcript[-MAX_HISTORY_ITEMS:]
-            if turn.text
+            if turn.text and turn.speaker != "tool"
         ]

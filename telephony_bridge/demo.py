@@ -25,7 +25,8 @@ import numpy as np
 from .config import parse_config, settings_from_env
 from .recording import RecordedCall, read_recording, write_stereo_wav8k
 from .testing.bridge_server import serve_bridge
-from .testing.realtime_simulator import RealtimeSimulator
+from .testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall
+from .testing.tool_server import ToolReply, ToolServer
 from .testing.twilio_simulator import SimulatedCall, load_wav_ulaw
 from .wire import MODEL_AUDIO_DELTAS, PCM24K_RATE_HZ, ULAW_RATE_HZ, ulaw_ms
 
@@ -41,6 +42,8 @@ ANSWERS = [
     ("model_answer_2.wav", "Great, you are booked for half past ten. Goodbye!"),
 ]
 CALLER_TURNS = ["caller_turn_1.wav", "caller_turn_2.wav"]
+BOOKING = {"day": "Tuesday", "time": "10:30"}
+"""What the simulated model books, through the clinic's `book_appointment` tool, before it confirms."""
 
 DEMO_CONFIG = """
 [defaults]
@@ -50,6 +53,15 @@ record = true
 
 [defaults.turn_detection]
 silence_duration_ms = 500
+
+[[defaults.tools]]
+name = "book_appointment"
+description = "Book an appointment; answers whether it is booked."
+url = "{tool_url}"
+[defaults.tools.parameters]
+type = "object"
+properties = {{ day = {{ type = "string" }}, time = {{ type = "string" }} }}
+required = ["day", "time"]
 
 [recording]
 folder = "{folder}"
@@ -74,6 +86,8 @@ class DemoSummary:
     barge_in_reaction_ms: float | None
     truncate_ms: int | None
     heard_ms: float | None
+    tool_calls: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    """(tool, ms from its request to its answer), from the recording."""
 
     def lines(self) -> list[str]:
         def median(values: list[float]) -> str:
@@ -96,6 +110,8 @@ class DemoSummary:
                 f"truncate point              {self.truncate_ms} ms; the caller heard {self.heard_ms:.0f} ms "
                 f"(off by {self.truncate_ms - self.heard_ms:+.0f} ms)"
             )
+        for name, ms in self.tool_calls:
+            lines.append(f"tool call {name:<17} {ms:.1f} ms (request to answer, a local stub)")
         return lines
 
 
@@ -214,6 +230,20 @@ def _latencies(recording: RecordedCall) -> tuple[list[float], list[float]]:
     return caller_to_model, model_to_caller
 
 
+def _tool_calls(recording: RecordedCall) -> list[tuple[str, float]]:
+    """Each tool call's time from its request to its answer, as the recording's `tools` lines show them."""
+    asked: dict[str, float] = {}
+    calls: list[tuple[str, float]] = []
+    for frame in recording.frames:
+        if frame.direction != "tools" or not isinstance(frame.message, dict):
+            continue
+        if frame.message.get("kind") == "request":
+            asked[frame.message["call_id"]] = frame.t_ms
+        elif frame.message.get("call_id") in asked:
+            calls.append((str(frame.message.get("tool")), frame.t_ms - asked.pop(frame.message["call_id"])))
+    return calls
+
+
 def _barge_in(recording: RecordedCall) -> tuple[float | None, int | None]:
     """Reaction time (speech_started in -> clear out) and the truncate point, from the recording."""
     clear = next((f for f in recording.frames if f.direction == "bridge>twilio" and f.kind == "clear"), None)
@@ -297,7 +327,16 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
     """Place one simulated call through the real bridge; write call.wav, timeline.svg and the recording to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     recordings = out_dir / "recording"
-    config = parse_config(DEMO_CONFIG.format(folder=recordings.as_posix()), "demo configuration")
+    timeline: Timeline | None = None
+
+    def book(path: str, body: object) -> ToolReply:
+        if timeline is not None:
+            timeline.mark("tool", f"book_appointment {body.get('arguments') if isinstance(body, dict) else body}")
+        return ToolReply(body={"booked": True, **BOOKING})
+
+    clinic = ToolServer(book)
+    await clinic.__aenter__()
+    config = parse_config(DEMO_CONFIG.format(folder=recordings.as_posix(), tool_url=clinic.url("/book")), "demo configuration")
     simulator = None
     if live:
         settings = settings_from_env()
@@ -305,7 +344,12 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
             raise SystemExit("telephony-bridge demo --live: set OPENAI_API_KEY (or the AZURE_OPENAI_* variables) first")
         echo(f"model: the real Realtime API at {settings.realtime.url.split('?')[0]} ({settings.realtime.dialect} dialect)")
     else:
-        answers = [(_read_pcm24k(_fixture(name)), text) for name, text in ANSWERS]
+        (offer, offered), (confirm, confirmed) = ((_read_pcm24k(_fixture(name)), text) for name, text in ANSWERS)
+        answers = [
+            ScriptedAnswer(offer, offered),
+            ScriptedAnswer(None, calls=(ScriptedCall("book_appointment", BOOKING),)),
+            ScriptedAnswer(confirm, confirmed),
+        ]
         simulator = RealtimeSimulator(answers=answers, require_key=DEMO_KEY)
         await simulator.start()
         settings = settings_from_env({"OPENAI_API_KEY": DEMO_KEY, "REALTIME_URL": simulator.url})
@@ -332,12 +376,13 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
     finally:
         if simulator is not None:
             await simulator.stop()
+        await clinic.__aexit__(None, None, None)
     recording_path = next(recordings.glob(f"*{call.call_sid}.jsonl"))
     recording = read_recording(recording_path)
     caller_to_model, model_to_caller = _latencies(recording)
     reaction, truncate_ms = _barge_in(recording)
     heard = call.played_ms_at(call.clears[0][0]) if call.clears else None
-    summary = DemoSummary(length_s, caller_to_model, model_to_caller, reaction, truncate_ms, heard)
+    summary = DemoSummary(length_s, caller_to_model, model_to_caller, reaction, truncate_ms, heard, _tool_calls(recording))
     stereo = _stereo(call, t0, length_s)
     write_stereo_wav8k(out_dir / "call.wav", stereo[:, 0], stereo[:, 1])
     (out_dir / "timeline.svg").write_text(_svg(timeline, call, t0, length_s, summary), encoding="utf-8")

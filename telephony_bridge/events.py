@@ -11,13 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import CallProfile
+from .config import CallProfile, HttpTool
 
 Outcome = Literal[
     "caller_hung_up", "stream_dropped", "media_timeout", "realtime_unavailable", "shut_down", "no_media_stream",
     "bridge_error", "agent_ended", "transferred", "operator_ended",
 ]
 """How a call ended, as operators count it (metrics, logs, the call log); the end reason gives the detail."""
+
+ToolOutcome = Literal["ok", "timeout", "http_error", "not_json", "too_large", "unreachable", "bad_arguments"]
+"""How an operator's tool call went, as metrics count it; all but `ok` give the model `{"error": ...}`."""
 
 
 # Events from Twilio's Media Stream.
@@ -201,6 +204,18 @@ class TransferEnded:
         return self.dial_status in ("completed", "answered")
 
 
+# Events from work done off the audio path.
+@dataclass(frozen=True, slots=True)
+class ToolAnswered:
+    """An operator's tool answered, or failed: `output` is the call's `function_call_output` either way."""
+
+    call_id: str
+    output: str
+    outcome: ToolOutcome
+    latency_ms: float
+    """From the request's start to its answer (or its failure)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: the controller checks its deadlines (a quiet media stream, an old session)."""
@@ -233,6 +248,7 @@ Event = (
     | HangUpFailed
     | TransferFailed
     | TransferEnded
+    | ToolAnswered
     | Tick
 )
 
@@ -271,6 +287,12 @@ class CallUpdate(Action):
 
 class SocketChange(Action):
     """Open or close a socket of the call."""
+
+    __slots__ = ()
+
+
+class Work(Action):
+    """Work off the audio path (an HTTP request): done in a task of its own; its result comes back as an event."""
 
     __slots__ = ()
 
@@ -367,6 +389,17 @@ class Transfer(CallUpdate):
     summary: str
     fallback: bool = False
     """Made because the model could not be reached: if nobody answers, the caller hears the fallback message."""
+
+
+# Work off the audio path.
+@dataclass(frozen=True, slots=True)
+class RunTool(Work):
+    """POST one of the model's calls to an operator's tool; the answer comes back as `ToolAnswered`."""
+
+    call_id: str
+    tool: HttpTool
+    arguments: str
+    """JSON text, as the model wrote it."""
 
 
 # Changes to the call's sockets.

@@ -41,6 +41,7 @@ WebhookRefusal = Literal["replayed"]
 ADDED_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 RESPONSE_LATENCY_BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 TRUNCATE_POINT_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+TOOL_LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 
 
 class Buckets:
@@ -83,13 +84,16 @@ class _Totals:
 
     counters: CallCounters = field(default_factory=CallCounters)
     realtime_errors: Tally[str] = field(default_factory=Tally)
+    tool_calls: Tally[tuple[str, str]] = field(default_factory=Tally)
+    """(tool name, outcome): names come from the configuration, outcomes from a fixed list, so the series are bounded."""
 
     def add(self, summary: CallSummary) -> None:
         self.counters += summary.counters
         self.realtime_errors.update(summary.realtime_errors)
+        self.tool_calls.update((record.name, record.outcome) for record in summary.tool_calls)
 
     def plus(self, live: Iterable[CallSummary]) -> _Totals:
-        summed = _Totals(self.counters, Tally(self.realtime_errors))
+        summed = _Totals(self.counters, Tally(self.realtime_errors), Tally(self.tool_calls))
         for summary in live:
             summed.add(summary)
         return summed
@@ -135,6 +139,7 @@ class BridgeMetrics:
         self._ended = _Totals()
         self._response_latency = Buckets(RESPONSE_LATENCY_BUCKETS_S)
         self._truncate_points = Buckets(TRUNCATE_POINT_BUCKETS_S)
+        self._tool_latency = Buckets(TOOL_LATENCY_BUCKETS_S)
         self._added_latency = {
             "caller>model": Buckets(ADDED_LATENCY_BUCKETS_S),
             "model>caller": Buckets(ADDED_LATENCY_BUCKETS_S),
@@ -158,6 +163,8 @@ class BridgeMetrics:
             self._response_latency.observe(seconds)
         for seconds in _truncate_points_s(summary):
             self._truncate_points.observe(seconds)
+        for seconds in _tool_latencies_s(summary):
+            self._tool_latency.observe(seconds)
 
     def call_refused(self, called_number: str, refusal: Refusal) -> None:
         self._calls.labels(called_number, refusal).inc()
@@ -212,6 +219,16 @@ class BridgeMetrics:
                                   value=counters.frames_dropped)
         yield _counter("telephony_bridge_realtime_errors", "Error events from the Realtime service, by error code.", "code",
                        dict(totals.realtime_errors))
+        tools = CounterMetricFamily("telephony_bridge_tool_calls", "Operator tool calls, by tool and outcome.",
+                                    labels=["tool", "outcome"])
+        for (name, outcome), count in sorted(totals.tool_calls.items()):
+            tools.add_metric([name, outcome], count)
+        yield tools
+        yield _histogram(
+            "telephony_bridge_tool_latency_seconds",
+            "From a tool request's start to its answer (or its failure).",
+            self._tool_latency.with_values(s for summary in live_summaries for s in _tool_latencies_s(summary)),
+        )
         yield _histogram(
             "telephony_bridge_truncate_point_seconds",
             "How far into an answer the caller was when they interrupted it (the truncate's audio_end_ms).",
@@ -234,6 +251,10 @@ class BridgeMetrics:
 
 def _response_latencies_s(summary: CallSummary) -> Iterator[float]:
     return (ms / 1000.0 for ms in summary.response_latencies_ms)
+
+
+def _tool_latencies_s(summary: CallSummary) -> Iterator[float]:
+    return (record.latency_ms / 1000.0 for record in summary.tool_calls)
 
 
 def _truncate_points_s(summary: CallSummary) -> Iterator[float]:

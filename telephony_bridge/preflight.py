@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from .config import DEFAULT_CONFIG_PATH, BridgeConfig, CallLogSettings, Recording, Settings, load_config, settings_from_env
 from .errors import ConfigError, ConfigErrors, RealtimeConnectError, TwilioRestError
 from .realtime import PREVIEW_VOICES, open_realtime
+from .tools import dialect_problems
 from .twilio_rest import TwilioRest
 
 ENVIRONMENT = "environment"
@@ -178,6 +179,14 @@ def voice_problems(config: BridgeConfig, settings: Settings | None) -> list[Prob
     return problems
 
 
+def mcp_problems(config: BridgeConfig, settings: Settings | None) -> list[Problem]:
+    """MCP servers on the preview dialect, which has no `mcp` tool: an error, not a warning."""
+    if settings is None:
+        return []
+    profiles = {"defaults": config.defaults, **{f'numbers."{number}"': profile for number, profile in config.numbers.items()}}
+    return [_problem(key, reason, source=config.source) for key, reason in dialect_problems(profiles, settings.realtime.dialect)]
+
+
 def check(env: Mapping[str, str], config_path: Path | None = None, *, insecure: bool = False) -> Report:
     """Every problem of the environment and the configuration file, without serving."""
     problems = environment_problems(env, insecure=insecure)
@@ -190,14 +199,14 @@ def check(env: Mapping[str, str], config_path: Path | None = None, *, insecure: 
     path = config_path or Path(env.get("BRIDGE_CONFIG") or DEFAULT_CONFIG_PATH)
     config: BridgeConfig | None = None
     try:
-        config = load_config(path)
+        config = load_config(path, env)
     except ConfigError as error:
         problems += [Problem(found) for found in (error.problems if isinstance(error, ConfigErrors) else (error,))]
         paths = _paths_of_invalid(path)
         if paths is not None:
             problems += path_problems(paths)
     if config is not None:
-        problems += path_problems(_paths_of(config)) + voice_problems(config, settings)
+        problems += path_problems(_paths_of(config)) + voice_problems(config, settings) + mcp_problems(config, settings)
     return Report(tuple(problems), settings, config)
 
 

@@ -47,6 +47,7 @@ from .events import (
     TruncateItem,
 )
 from .logs import LogThrottle
+from .tools import function_definitions, mcp_definitions
 from .wire import PCM24K_RATE_HZ, SERVER_EVENTS, loads
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] 
             session["input_audio_transcription"] = {"model": profile.transcription}
     else:
         session = _ga_session(profile, turn_detection, omit)
-    tools = function_tools(profile)
+    tools = function_tools(profile) + function_definitions(profile) + mcp_definitions(profile, dialect)
     if tools:
         session.update(tools=tools, tool_choice="auto")
     return {"type": "session.update", "event_id": CONFIGURE_EVENT_ID, "session": session}

@@ -102,6 +102,8 @@ def _scrub(direction: Direction, message: Any, redact: bool) -> Any:
         parameters = start.get("customParameters") if isinstance(start, dict) else None
         if isinstance(parameters, dict) and STREAM_TOKEN_PARAMETER in parameters:
             parameters[STREAM_TOKEN_PARAMETER] = REDACTED
+    if direction in ("bridge>realtime", "realtime>bridge") and isinstance(message, dict) and "session" in message:
+        _scrub_mcp_headers(message)
     if redact:
         field = _audio_field(direction, message)
         if field is not None:
@@ -113,6 +115,17 @@ def _scrub(direction: Direction, message: Any, redact: bool) -> Any:
             else:
                 holder[key] = _silence_base64(fill, length)
     return message
+
+
+def _scrub_mcp_headers(message: dict[str, Any]) -> None:
+    """An MCP server's header values (its token) travel in `session.update` (and the service's echo of the session):
+    the recording keeps only their names."""
+    session = message.get("session")
+    tools = session.get("tools") if isinstance(session, dict) else None
+    for tool in tools if isinstance(tools, list) else []:
+        headers = tool.get("headers") if isinstance(tool, dict) else None
+        if isinstance(headers, dict):
+            tool["headers"] = dict.fromkeys(headers, REDACTED)
 
 
 def frame_line(t_ms: float, direction: Direction, frame: str | bytes, *, redact: bool) -> str:

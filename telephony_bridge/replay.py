@@ -52,6 +52,7 @@ from .call import Direction
 from .config import BridgeConfig, CallLogSettings, settings_from_env
 from .recording import RealtimeSocketChange, RecordedCall, RecordedFrame
 from .testing.bridge_server import serve_bridge
+from .testing.tool_server import ToolReply, ToolServer
 from .testing.twilio_playback import TwilioPlayback
 from .testing.twilio_simulator import SimulatedCall
 from .wire import PCM24K_BYTES_PER_MS, pcm24k_ms, ulaw_ms
@@ -117,9 +118,14 @@ class ReplayResult:
 
 async def replay(call: RecordedCall, *, gate_timeout_s: float = GATE_TIMEOUT_S) -> ReplayResult:
     """Run the current bridge against `call` and compare what it sends with what it sent then."""
-    profile = call.profile().model_copy(update={"record": False})
+    profile = call.profile().model_copy(update={"record": False, "after_call": None})
     auth_token = secrets.token_urlsafe(24)
     script = _Script(call, gate_timeout_s)
+    tools = ToolServer(script.tool_reply)
+    await tools.__aenter__()
+    profile = profile.model_copy(update={"tools": [
+        tool.model_copy(update={"url": tools.url(f"/{tool.name}")}) for tool in profile.tools
+    ]})
     service = _ScriptedRealtime(script)
     await service.start()
     settings = settings_from_env(
@@ -155,8 +161,12 @@ async def replay(call: RecordedCall, *, gate_timeout_s: float = GATE_TIMEOUT_S) 
         wall_s = loop.time() - started
     finally:
         await service.stop()
+        await tools.__aexit__(None, None, None)
     result = ReplayResult(call, script.observed, script.problems, wall_s)
     result.differences += compare(call.frames, script.observed)
+    made = [(request.path.strip("/"), request.json.get("arguments")) for request in tools.requests]
+    if made != script.tool_requests:
+        result.differences.append(f"tool requests: recorded {script.tool_requests}, replayed {made}")
     return result
 
 
@@ -176,8 +186,14 @@ class _Script:
         """Names of the marks the bridge sent in the recording: an echo of any other is replayed as is."""
         self._steps: list[tuple[RecordedFrame | RealtimeSocketChange, float, dict[tuple[str, str], int]]] = []
         before = Counter[tuple[str, str]]()
+        self.tool_requests: list[tuple[str, Any]] = []
+        """The recorded tool requests, (name, arguments) in order: the replay must make the same."""
+        self.tool_answers: dict[str, deque[dict[str, Any]]] = {}
+        """The recorded answers per tool, served again in order."""
         for frame in call.timeline():
-            if isinstance(frame, RealtimeSocketChange):
+            if isinstance(frame, RecordedFrame) and frame.direction == "tools":
+                self._tool_line(frame.message)
+            elif isinstance(frame, RealtimeSocketChange):
                 self._steps.append((frame, self._replay_ms(frame.t_ms), dict(before)))
             elif frame.direction.startswith("bridge>"):
                 if frame.direction == "bridge>twilio" and frame.kind == "mark":
@@ -186,6 +202,24 @@ class _Script:
             else:
                 self._steps.append((frame, self._replay_ms(frame.t_ms), dict(before)))
         self._totals = dict(before)
+
+    def _tool_line(self, message: Any) -> None:
+        if not isinstance(message, dict):
+            return
+        if message.get("kind") == "request":
+            self.tool_requests.append((str(message.get("tool")), message.get("arguments")))
+        elif message.get("kind") == "answer":
+            self.tool_answers.setdefault(str(message.get("tool")), deque()).append(message)
+
+    def tool_reply(self, path: str, body: Any) -> ToolReply:
+        """The recorded answer to the replayed bridge's next request to a tool (a 404 past the recording's)."""
+        answers = self.tool_answers.get(path.strip("/"))
+        if not answers:
+            return ToolReply(status=404, body={"error": "the recording has no more answers for this tool"})
+        answer = answers.popleft()
+        if answer.get("outcome") == "ok":
+            return ToolReply(body=str(answer.get("output", "{}")).encode("utf-8"))
+        return ToolReply(status=int(answer.get("status") or 502), body=str(answer.get("output", "")).encode("utf-8"))
 
     def begin(self, started: float) -> None:
         self._started = started

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
 
 from .events import Outcome, TranscriptDone
+from .tools import ToolCallRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +59,7 @@ class CallSummary:
     """Each barge-in's truncate: (item id, audio_end_ms)."""
     dropped_model_audio_ms: float
     transcript: tuple[TranscriptDone, ...]
+    """Both sides' words, with a `tool` line for each tool call, in the order they happened."""
+    tool_calls: tuple[ToolCallRecord, ...] = ()
+    transfer: str | None = None
+    """The transfer target's name, when the call was handed over (or a hand-over was under way at the end)."""
