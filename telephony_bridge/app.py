@@ -85,7 +85,9 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         )
         metrics.watch(switchboard)
         metrics.config_loaded(config.digest)
-        app.state.reloader = ConfigReloader(settings.config_path, config, switchboard.reconfigure, metrics.config_reloaded)
+        app.state.reloader = ConfigReloader(
+            settings.config_path, config, switchboard.reconfigure, metrics.config_reloaded, settings.realtime.dialect
+        )
         app.state.call_log_path = Path(config.call_log.path) if config.call_log.path else None
         app.state.recordings_folder = recordings.folder
         app.state.switchboard = switchboard
@@ -94,6 +96,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         await asyncio.to_thread(recordings.close)
         if call_log is not None:
             await asyncio.to_thread(call_log.close)
+        if settings.realtime.token is not None:
+            await settings.realtime.token.close()
 
     app = FastAPI(title="telephony-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(admin_router(settings.admin_token))
