@@ -350,15 +350,15 @@ class CallController:
     def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
         self.conversation.caller_barged_in()
         notes = self.control.caller_spoke()
+        cut, dropped = self.playback.cut()  # before the streaming item is stopped: a cut needs to know it was unfinished
         self._stop_outbound_item()
         self._model_to_caller.reset()
-        cut, dropped = self.playback.cut()
         if cut is None:
             return notes
         self._muted_items |= dropped
         self._counts["barge_ins"] += 1
         actions: list[Action] = [ClearTwilio()]
-        if cut.item_id in self._session_items:
+        if cut.item_id in self._session_items and not cut.played_through:
             self._truncates.append(cut)
             actions.append(TruncateItem(cut.item_id, cut.audio_end_ms))
         return actions + notes
