@@ -359,7 +359,7 @@ class CallController:
         self._counts["barge_ins"] += 1
         actions: list[Action] = [ClearTwilio()]
         if cut.item_id in self._session_items and not cut.played_through:
-            self._truncates.append(cut)
+            self._truncates.append((cut.item_id, cut.audio_end_ms))
             actions.append(TruncateItem(cut.item_id, cut.audio_end_ms))
         return actions + notes
 
