@@ -278,6 +278,17 @@ def test_no_truncate_when_the_caller_heard_the_whole_answer(clock: Clock) -> Non
     assert not any(isinstance(a, (TruncateItem, ClearTwilio)) for a in actions)
 
 
+def test_the_greeting_response_keeps_the_numbers_instructions_and_adds_the_line_to_say(clock: Clock) -> None:
+    profile = CallProfile(instructions="You are the receptionist of Bright Smile Dental.", greeting="Bright Smile, hello!")
+    controller = CallController(profile, clock)
+    controller.start()
+    controller.handle(RealtimeConnected())
+    greeting = [a for a in controller.handle(SessionConfigured()) if isinstance(a, CreateResponse)]
+    assert greeting == [CreateResponse(
+        "You are the receptionist of Bright Smile Dental.\n\nNow greet the caller by saying exactly this: Bright Smile, hello!"
+    )]
+
+
 def test_speech_just_after_the_whole_answer_played_clears_twilio_but_truncates_nothing(clock: Clock) -> None:
     controller = live_controller(clock)
     names = play_answer(controller, chunks=6)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from support import AUTH_TOKEN, CLINIC, PUBLIC_URL, bridge_for
+from support import AUTH_TOKEN, CLINIC, PUBLIC_URL, SHOP, bridge_for
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 
@@ -69,3 +69,19 @@ async def test_a_key_pressed_between_speech_stopped_and_response_created_waits_f
     pressed = [e for e in session.events("conversation.item.create") if "pressed 5" in json.dumps(e)]
     assert len(pressed) == 1 and len(session.events("response.create")) == 1
     assert [response.trigger for response in session.responses] == ["server_vad", "response.create"]
+
+
+async def test_the_greeting_is_said_in_the_numbers_persona() -> None:
+    async with RealtimeSimulator() as realtime, bridge_for(realtime) as bridge:
+        call = SimulatedCall(bridge_url=bridge, public_url=PUBLIC_URL, auth_token=AUTH_TOKEN, to_number=SHOP)
+        await call.dial()
+        await call.connect()
+        session = await realtime.wait_for_session(0)
+        create = await session.wait_for("response.create")
+        await session.wait_for("response.done", sent=True, timeout=10)
+        await call.hang_up()
+    instructions = create["response"]["instructions"]
+    assert instructions.startswith("You are the support line of Corner Hardware.")
+    assert instructions.endswith("by saying exactly this: Corner Hardware, how can I help?")
+    assert session.instructions == "You are the support line of Corner Hardware."
+    assert not session.events("error", sent=True)
