@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
+import httpx
 import pytest
+from twilio.request_validator import RequestValidator
 
-from support import AUTH_TOKEN, CLINIC, PUBLIC_URL, SHOP, bridge_for
+from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, SHOP, TEST_CONFIG, bridge_for, place_call
+from telephony_bridge.call_log import call_details, find_call
+from telephony_bridge.config import parse_config
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
+from telephony_bridge.webhook import STREAM_STATUS_PATH
 
 ECHO_DELAY_MS = 40
 
@@ -85,3 +91,38 @@ async def test_the_greeting_is_said_in_the_numbers_persona() -> None:
     assert instructions.endswith("by saying exactly this: Corner Hardware, how can I help?")
     assert session.instructions == "You are the support line of Corner Hardware."
     assert not session.events("error", sent=True)
+
+
+def signed_post_args(path: str, params: dict[str, str]) -> dict[str, object]:
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL + path, params)
+    return {"data": params, "headers": {"X-Twilio-Signature": signature}}
+
+
+async def test_a_stream_error_twilio_reports_is_counted_by_code_and_kept_in_the_call_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "calls.sqlite3"
+    config = parse_config(TEST_CONFIG.replace('path = ""', f'path = "{log_path.as_posix()}"'), "test.toml")
+    async with RealtimeSimulator(require_key=API_KEY) as realtime, bridge_for(realtime, config=config) as bridge:
+        call, _ = await place_call(bridge, realtime)
+        assert call.stream_attributes["statusCallback"] == f"{PUBLIC_URL}{STREAM_STATUS_PATH}"
+        assert call.stream_attributes["statusCallbackMethod"] == "POST"
+        base = {"AccountSid": call.account_sid, "CallSid": call.call_sid, "StreamSid": call.stream_sid}
+        async with httpx.AsyncClient(base_url=bridge) as http:
+            started = await http.post(STREAM_STATUS_PATH, **signed_post_args(STREAM_STATUS_PATH, {
+                **base, "StreamEvent": "stream-started"}))
+            failed = await http.post(STREAM_STATUS_PATH, **signed_post_args(STREAM_STATUS_PATH, {
+                **base, "StreamEvent": "stream-error", "StreamError": "31921 Stream - WebSocket - Close Error"}))
+            odd = await http.post(STREAM_STATUS_PATH, **signed_post_args(STREAM_STATUS_PATH, {
+                **base, "StreamEvent": "stream-error", "StreamError": "code 39999 never seen"}))
+            forged = await http.post(STREAM_STATUS_PATH, data={**base, "StreamEvent": "stream-error", "StreamError": "31920"})
+            metrics = (await http.get("/metrics")).text
+        await call.hang_up()
+    assert [started.status_code, failed.status_code, odd.status_code, forged.status_code] == [204, 204, 204, 403]
+    assert 'telephony_bridge_stream_errors_total{code="31921"} 1.0' in metrics
+    assert 'telephony_bridge_stream_errors_total{code="other"} 1.0' in metrics
+    assert "39999" not in metrics and "31920" not in metrics
+    record = find_call(log_path, call.call_sid)
+    assert record is not None
+    assert [(error.code, error.detail) for error in record.stream_errors] == [
+        ("31921", "31921 Stream - WebSocket - Close Error"), ("other", "code 39999 never seen"),
+    ]
+    assert "31921: 31921 Stream - WebSocket - Close Error" in call_details(record)
