@@ -12,7 +12,8 @@ from twilio.request_validator import RequestValidator
 
 from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, SHOP, TEST_CONFIG, bridge_for, place_call
 from telephony_bridge.call_log import call_details, find_call
-from telephony_bridge.config import parse_config
+from telephony_bridge.config import CallProfile, TurnDetection, parse_config
+from telephony_bridge.realtime import session_update
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 from telephony_bridge.webhook import STREAM_STATUS_PATH
@@ -126,3 +127,11 @@ async def test_a_stream_error_twilio_reports_is_counted_by_code_and_kept_in_the_
         ("31921", "31921 Stream - WebSocket - Close Error"), ("other", "code 39999 never seen"),
     ]
     assert "31921: 31921 Stream - WebSocket - Close Error" in call_details(record)
+
+
+def test_noise_reduction_and_the_idle_timeout_go_into_the_ga_session_update() -> None:
+    profile = CallProfile(noise_reduction="far_field", turn_detection=TurnDetection(idle_timeout_ms=8000))
+    audio_input = session_update(profile, "ga")["session"]["audio"]["input"]
+    assert audio_input["noise_reduction"] == {"type": "far_field"}
+    assert audio_input["turn_detection"]["idle_timeout_ms"] == 8000
+    assert "noise_reduction" not in session_update(CallProfile(), "ga")["session"]["audio"]["input"]
