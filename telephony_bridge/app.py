@@ -30,6 +30,7 @@ from .metrics import BridgeMetrics
 from .recording import CallRecordings
 from .reload import ConfigReloader
 from .security import issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
+from .stream_errors import StreamError, stream_error_of
 from .summary import CallSummary
 from .switchboard import Switchboard
 from .transfers import Transfers
@@ -37,6 +38,7 @@ from .webhook import (
     CALLED_NUMBER_PARAMETER,
     DIAL_ENDED_PATH,
     STREAM_ENDED_PATH,
+    STREAM_STATUS_PATH,
     STREAM_TOKEN_PARAMETER,
     WHISPER_PATH,
     hangup_twiml,
@@ -85,15 +87,26 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         )
         metrics.watch(switchboard)
         metrics.config_loaded(config.digest)
-        app.state.reloader = ConfigReloader(settings.config_path, config, switchboard.reconfigure, metrics.config_reloaded)
+        app.state.reloader = ConfigReloader(
+            settings.config_path, config, switchboard.reconfigure, metrics.config_reloaded, settings.realtime.dialect
+        )
         app.state.call_log_path = Path(config.call_log.path) if config.call_log.path else None
         app.state.recordings_folder = recordings.folder
         app.state.switchboard = switchboard
+
+        def stream_failed(error: StreamError) -> None:
+            metrics.stream_error(error.code)
+            if call_log is not None:
+                call_log.stream_error(error)
+
+        app.state.stream_failed = stream_failed
         yield
         await switchboard.end_all("bridge shutting down")
         await asyncio.to_thread(recordings.close)
         if call_log is not None:
             await asyncio.to_thread(call_log.close)
+        if settings.realtime.token is not None:
+            await settings.realtime.token.close()
 
     app = FastAPI(title="telephony-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(admin_router(settings.admin_token))
@@ -131,6 +144,19 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
 
     def twiml(text: str) -> Response:
         return Response(text, media_type="text/xml")
+
+    @app.post(STREAM_STATUS_PATH)
+    async def stream_status(request: Request) -> Response:
+        """`<Stream statusCallback>`: a stream error is logged, counted and kept in the call log; other events are not."""
+        params = await signed_form(request)
+        if isinstance(params, Response):
+            return params
+        error = stream_error_of(params)
+        if error is not None:
+            log.warning("call %s: Twilio reports a media stream error %s: %s", error.call_sid, error.code, error.detail,
+                        extra={"call_sid": error.call_sid})
+            request.app.state.stream_failed(error)
+        return Response(status_code=204)
 
     @app.post(STREAM_ENDED_PATH)
     async def stream_ended(request: Request) -> Response:
@@ -232,7 +258,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         log.debug("call %s to %s: answered", call_sid, called_number)
         stream_url = public_url(request.headers, websocket=True)
         stream_ended_url = public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH)
-        twiml = stream_twiml(stream_url, called_number, token, stream_ended_url)
+        status_url = public_url(request.headers, websocket=False, path=STREAM_STATUS_PATH)
+        twiml = stream_twiml(stream_url, called_number, token, stream_ended_url, status_url)
         switchboard.remember_answer(call_sid, twiml, idempotency_token, stream_id_of(token))
         return Response(twiml, media_type="text/xml")
 

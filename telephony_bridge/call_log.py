@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import CallLogError
+from .stream_errors import StreamError
 from .summary import CallSummary
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'inbound';
     CREATE INDEX calls_by_number ON calls (to_number, started_at);
     """,
+    """
+    CREATE TABLE stream_errors (
+        call_sid TEXT NOT NULL,
+        at TEXT NOT NULL,
+        stream_sid TEXT NOT NULL,
+        code TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX stream_errors_by_call ON stream_errors (call_sid, at);
+    """,
 )
 """Version N of the schema is the first N scripts; append, never edit one a bridge has shipped."""
 
@@ -80,6 +91,15 @@ class TranscriptLine:
     speaker: str
     """"caller" or "model"."""
     text: str
+
+
+@dataclass(frozen=True)
+class StreamErrorLine:
+    """A stream error Twilio reported for a call (its `<Stream statusCallback>`); `at` is UTC."""
+
+    at: datetime
+    code: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -101,6 +121,8 @@ class CallRecord:
     transcript: tuple[TranscriptLine, ...] = ()
     direction: str = "inbound"
     """"inbound" for every call today; outbound calls will say how they were placed (Twilio's `Direction`)."""
+    stream_errors: tuple[StreamErrorLine, ...] = ()
+    """Read back by `find_call`; written apart, when Twilio reports them (before or after the call's end)."""
 
 
 def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
@@ -192,8 +214,19 @@ def _write(connection: sqlite3.Connection, record: CallRecord) -> None:
         )
 
 
+def _write_stream_error(connection: sqlite3.Connection, at: datetime, error: StreamError) -> None:
+    with connection:
+        connection.execute(
+            "INSERT INTO stream_errors VALUES (?, ?, ?, ?, ?)",
+            (error.call_sid, at.isoformat(), error.stream_sid, error.code, error.detail),
+        )
+
+
+_Entry = CallRecord | tuple[datetime, StreamError]
+
+
 class CallLog:
-    """Writes ended calls to the database at `path` from its own thread; `start()` creates the schema."""
+    """Writes ended calls (and stream errors) to the database at `path` from its own thread; `start()` creates the schema."""
 
     def __init__(
         self,
@@ -206,7 +239,7 @@ class CallLog:
         self.path = path
         self._on_failure = on_failure
         self._busy_timeout_s = busy_timeout_s
-        self._queue: queue.Queue[CallRecord | None] = queue.Queue(maxsize=max_queued)
+        self._queue: queue.Queue[_Entry | None] = queue.Queue(maxsize=max_queued)
         self._thread = threading.Thread(target=self._run, name="call-log", daemon=True)
 
     def start(self) -> None:
@@ -216,12 +249,17 @@ class CallLog:
         """Queue an ended call for writing (part of the switchboard's `on_call_end` hook); never blocks."""
         self.add(record_of(summary, datetime.now(UTC)))
 
-    def add(self, record: CallRecord) -> None:
+    def stream_error(self, error: StreamError) -> None:
+        """Queue a stream error Twilio reported; never blocks."""
+        self.add((datetime.now(UTC), error))
+
+    def add(self, record: _Entry) -> None:
         try:
             self._queue.put_nowait(record)
         except queue.Full:
+            call_sid = _call_sid(record)
             log.warning("call %s: not written to the call log: %d calls already wait for %s",
-                        record.call_sid, self._queue.maxsize, self.path, extra={"call_sid": record.call_sid})
+                        call_sid, self._queue.maxsize, self.path, extra={"call_sid": call_sid})
             self._on_failure("queue_full")
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -241,13 +279,21 @@ class CallLog:
         while (record := self._queue.get()) is not None:
             try:
                 connection = connection or open_for_writing(self.path, self._busy_timeout_s)
-                _write(connection, record)
+                if isinstance(record, CallRecord):
+                    _write(connection, record)
+                else:
+                    _write_stream_error(connection, *record)
             except (sqlite3.Error, CallLogError) as error:
-                log.warning("call %s: not written to the call log %s: %s", record.call_sid, self.path, error,
-                            extra={"call_sid": record.call_sid})
+                call_sid = _call_sid(record)
+                log.warning("call %s: not written to the call log %s: %s", call_sid, self.path, error,
+                            extra={"call_sid": call_sid})
                 self._on_failure("database")
         if connection is not None:
             connection.close()
+
+
+def _call_sid(entry: _Entry) -> str:
+    return entry.call_sid if isinstance(entry, CallRecord) else entry[1].call_sid
 
 
 def _open_for_reading(path: Path) -> sqlite3.Connection:
@@ -264,13 +310,16 @@ def _open_for_reading(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def _record(row: sqlite3.Row, transcript: tuple[TranscriptLine, ...] = ()) -> CallRecord:
+def _record(
+    row: sqlite3.Row, transcript: tuple[TranscriptLine, ...] = (), stream_errors: tuple[StreamErrorLine, ...] = ()
+) -> CallRecord:
     return CallRecord(
         call_sid=row["call_sid"], from_number=row["from_number"], to_number=row["to_number"],
         started_at=datetime.fromisoformat(row["started_at"]), ended_at=datetime.fromisoformat(row["ended_at"]),
         duration_s=row["duration_s"], outcome=row["outcome"], end_reason=row["end_reason"],
         barge_ins=row["barge_ins"], reconnects=row["reconnects"], model=row["model"], dialect=row["dialect"],
         transcript=transcript, direction=row["direction"] if "direction" in row.keys() else "inbound",
+        stream_errors=stream_errors,
     )
 
 
@@ -294,13 +343,19 @@ def find_call(path: Path, call_sid: str) -> CallRecord | None:
         lines = connection.execute(
             "SELECT speaker, text FROM transcript WHERE call_sid = ? ORDER BY position", (call_sid,)
         ).fetchall()
+        errors = connection.execute(
+            "SELECT at, code, detail FROM stream_errors WHERE call_sid = ? ORDER BY at", (call_sid,)
+        ).fetchall() if _schema_version(connection, str(path)) >= 3 else []
     except sqlite3.Error as error:
         raise CallLogError(str(path), f"cannot be read: {error}") from None
     finally:
         connection.close()
     if row is None:
         return None
-    return _record(row, tuple(TranscriptLine(line["speaker"], line["text"]) for line in lines))
+    return _record(
+        row, tuple(TranscriptLine(line["speaker"], line["text"]) for line in lines),
+        tuple(StreamErrorLine(datetime.fromisoformat(e["at"]), e["code"], e["detail"]) for e in errors),
+    )
 
 
 @dataclass(frozen=True)
@@ -404,4 +459,7 @@ def call_details(record: CallRecord) -> str:
         lines.append("  (none: nothing was said, or the call ended first)")
     speaker_width = max((len(line.speaker) for line in record.transcript), default=0) + 1
     lines += [f"  {line.speaker + ':':<{speaker_width}} {line.text}" for line in record.transcript]
+    if record.stream_errors:
+        lines += ["", "Stream errors (reported by Twilio)"]
+        lines += [f"  {error.at:%H:%M:%S} {error.code}: {error.detail}" for error in record.stream_errors]
     return "\n".join(lines)

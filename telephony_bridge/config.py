@@ -29,7 +29,11 @@ from pydantic import (
     model_validator,
 )
 
+from .entra import CredentialFactory, EntraToken, default_credential_factory
 from .errors import ConfigError, ConfigErrors
+
+Dialect = Literal["ga", "preview"]
+"""The Realtime API's two shapes: GA, and Azure's `api-version=2024-10-01-preview` (and later previews)."""
 
 DEFAULT_CONFIG_PATH = Path("config/bridge.toml")
 DEFAULT_TWILIO_API_URL = "https://api.twilio.com"
@@ -48,10 +52,21 @@ mistaken paste (a whole manual, 18 MB) from being accepted at start-up and refus
 MAX_SPOKEN_CHARS = 4096
 """A greeting or a message said with TwiML `<Say>`: Twilio says at most 4,096 characters per `<Say>`."""
 VOICE_NAME = r"^[a-z0-9_-]{1,32}$"
+"""Voice names are short lower-case tokens (`marin`, `cedar`, `alloy`); anything else is a typo."""
 TRANSFER_NAME = r"^[a-z][a-z0-9_]{0,39}$"
 TRANSFER_TARGET = r"^(\+[1-9][0-9]{6,14}|sip:[^\s<>\"]{3,200})$"
 """An E.164 number Twilio dials, or a SIP URI (sip:user@host)."""
-"""Voice names are short lower-case tokens (`marin`, `cedar`, `alloy`); anything else is a typo."""
+
+DEFAULT_MODEL = "gpt-realtime-1.5"
+"""OpenAI's model when `REALTIME_MODEL` does not name one. `gpt-realtime` and `gpt-realtime-mini` have an announced
+shutdown (2027-01-20); of the models without one, the `gpt-realtime-2` family reasons before it speaks, which adds
+to the time to first audio a caller waits after every turn, so the non-reasoning `gpt-realtime-1.5` answers a phone
+line best. Pin another with `REALTIME_MODEL`."""
+
+PREVIEW_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"})
+"""The voices the 2024-10-01 preview accepts: any other fails the whole `session.update`."""
+GA_VOICES = PREVIEW_VOICES | {"marin", "cedar"}
+"""The GA API's built-in voices: the preview's and the two it added."""
 
 
 class _Strict(BaseModel):
@@ -66,7 +81,23 @@ class TurnDetection(_Strict):
     prefix_padding_ms: int | None = Field(default=None, ge=0, le=5000)
     silence_duration_ms: int | None = Field(default=None, ge=0, le=10000)
     eagerness: Literal["low", "medium", "high", "auto"] | None = None
+    idle_timeout_ms: int | None = Field(default=None, gt=0)
+    """GA server VAD only: after this long of silence once the model's audio has played, the model prompts the caller."""
 
+    @model_validator(mode="after")
+    def _fields_of_the_type(self) -> TurnDetection:
+        """A field the chosen VAD does not take is an error: the service would silently ignore or refuse it."""
+        given = self.model_dump(exclude_none=True, exclude={"type"})
+        own = SEMANTIC_VAD_FIELDS if self.type == "semantic_vad" else SERVER_VAD_FIELDS
+        stray = sorted(set(given) - own)
+        if stray:
+            other = "server_vad" if self.type == "semantic_vad" else "semantic_vad"
+            raise ValueError(f"{', '.join(stray)}: a {other} setting, not taken by type = {self.type!r}")
+        return self
+
+
+SERVER_VAD_FIELDS = frozenset({"threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"})
+SEMANTIC_VAD_FIELDS = frozenset({"eagerness"})
 
 TOOL_NAME = r"^[a-zA-Z][a-zA-Z0-9_-]{0,63}$"
 """A function name the Realtime API accepts: letters, digits, `_` and `-`, at most 64."""
@@ -221,6 +252,8 @@ class CallProfile(_Strict):
     voice: str = Field(default="marin", pattern=VOICE_NAME)
     greeting: str | None = Field(default=None, max_length=MAX_SPOKEN_CHARS)
     turn_detection: TurnDetection = TurnDetection()
+    noise_reduction: Literal["near_field", "far_field"] | None = None
+    """GA only: the service's input noise reduction; `far_field` for speakerphones and hands-free cars."""
     transcription: str | None = Field(default=None, max_length=64)
     fallback_message: str = Field(default=DEFAULT_FALLBACK, min_length=1, max_length=MAX_SPOKEN_CHARS)
     record: bool = False
@@ -290,6 +323,7 @@ class _NumberTable(_Strict):
     voice: str | None = None
     greeting: str | None = None
     turn_detection: dict[str, Any] | None = None
+    noise_reduction: str | None = None
     transcription: str | None = None
     fallback_message: str | None = None
     record: bool | None = None
@@ -394,16 +428,20 @@ class BridgeConfig:
 
 
 def _merge(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A number's table over the defaults; its `turn_detection` is merged key by key, unless it names another
+    VAD type: then it is taken whole, as the defaults' fields of the other type would not apply."""
     merged = dict(defaults)
     inherit = overrides.get("inherit_tools") is True
     merged.pop("inherit_tools", None)
     for key, value in overrides.items():
         if key == "inherit_tools":
             continue
-        if key in ("tools", "mcp") and inherit and isinstance(value, list) and isinstance(merged.get(key), list):
-            merged[key] = [*merged[key], *value]
-        elif key == "turn_detection" and isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
+        inherited = merged.get(key)
+        if key in ("tools", "mcp") and inherit and isinstance(value, list) and isinstance(inherited, list):
+            merged[key] = [*inherited, *value]
+        elif (key == "turn_detection" and isinstance(value, dict) and isinstance(inherited, dict)
+                and value.get("type", inherited.get("type", "server_vad")) == inherited.get("type", "server_vad")):
+            merged[key] = {**inherited, **value}
         else:
             merged[key] = value
     return merged
@@ -424,14 +462,40 @@ def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -> BridgeConfig:
+def _dialect_problems(
+    source: str, key: str, profile: CallProfile, own: dict[str, Any] | None, dialect: Dialect
+) -> list[ConfigError]:
+    """What a profile asks that the dialect cannot do; for a number, only what it sets itself (not what it inherits)."""
+    def set_here(name: str, table: Mapping[str, Any] | None = own) -> bool:
+        return own is None or isinstance(table, dict) and name in table
+
+    problems = []
+    voices = PREVIEW_VOICES if dialect == "preview" else GA_VOICES
+    if profile.voice not in voices and set_here("voice"):
+        name = "the 2024-10-01 preview" if dialect == "preview" else "the GA Realtime API"
+        reason = f"{profile.voice!r} is not a voice of {name}: one of {', '.join(sorted(voices))}"
+        problems.append(ConfigError(source, f"{key}.voice", reason))
+    if dialect == "preview":
+        if profile.noise_reduction is not None and set_here("noise_reduction"):
+            problems.append(ConfigError(source, f"{key}.noise_reduction", "GA only: the preview dialect has no noise reduction"))
+        vad = own.get("turn_detection") if own is not None else None
+        if profile.turn_detection.idle_timeout_ms is not None and set_here("idle_timeout_ms", vad):
+            reason = "GA only: the preview dialect has no idle timeout"
+            problems.append(ConfigError(source, f"{key}.turn_detection.idle_timeout_ms", reason))
+    return problems
+
+
+def parse_config(
+    text: str, source: str, env: Mapping[str, str] | None = None, *, dialect: Dialect | None = None
+) -> BridgeConfig:
     """Validate a TOML configuration; raise `ConfigError` naming the key and the reason of each problem.
 
     `env` (default: the process environment) holds the secrets the tools name (`secret_env`, `headers_env`):
     each must be set.
 
     Every problem is found before raising (`ConfigErrors` when there are several), so an operator fixes a
-    file in one round rather than one error per start.
+    file in one round rather than one error per start. With the environment's `dialect`, what that dialect
+    cannot do is an error too: a voice it does not know, GA-only settings on the preview.
     """
     try:
         raw = tomllib.loads(text)
@@ -462,6 +526,9 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
             # A wrong default is reported once, under [defaults], not again under every number inheriting it.
             note([problem for problem in _problems(source, key, error)
                   if own is None or problem.key.removeprefix(f"{key}.").split(".")[0] in own])
+        else:
+            if dialect is not None:
+                note(_dialect_problems(source, key, profiles[key], own, dialect))
     for number in _table(raw, "numbers"):
         if not E164.match(number):
             note([ConfigError(source, f'numbers."{number}"', "not an E.164 number such as +14155550100")])
@@ -484,8 +551,8 @@ def config_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> BridgeConfig:
-    """Read and validate the configuration file at `path`."""
+def load_config(path: Path, env: Mapping[str, str] | None = None, *, dialect: Dialect | None = None) -> BridgeConfig:
+    """Read and validate the configuration file at `path` (for `dialect`, when given: see `parse_config`)."""
     try:
         data = path.read_bytes()
         text = data.decode("utf-8")
@@ -496,7 +563,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> BridgeConfi
         raise ConfigError(str(path), "<file>", f"cannot be read: {error.strerror}") from None
     except UnicodeDecodeError as error:
         raise ConfigError(str(path), "<file>", f"not UTF-8 text (byte {error.start} cannot be decoded)") from None
-    return parse_config(text, str(path), env)
+    return parse_config(text, str(path), env, dialect=dialect)
 
 
 def example_config() -> str:
@@ -507,16 +574,17 @@ def example_config() -> str:
     return resources.files("telephony_bridge").joinpath("bridge.example.toml").read_text(encoding="utf-8")
 
 
-Dialect = Literal["ga", "preview"]
-
-
 @dataclass(frozen=True)
 class RealtimeEndpoint:
-    """Where and how to open a Realtime session. `headers` hold the key: never log them."""
+    """Where and how to open a Realtime session. `headers` hold the key: never log them.
+
+    `token`, for Azure with Microsoft Entra ID, gives the `Authorization` header at each open instead.
+    """
 
     url: str
     headers: Mapping[str, str] = field(repr=False)
     dialect: Dialect
+    token: EntraToken | None = field(default=None, repr=False, compare=False)
 
     @property
     def model(self) -> str:
@@ -557,17 +625,18 @@ class Settings:
         return f"{self.public_url.rstrip('/')}/twilio/voice"
 
 
-def _realtime_endpoint(env: Mapping[str, str]) -> RealtimeEndpoint:
+def _realtime_endpoint(env: Mapping[str, str], credential_factory: CredentialFactory | None) -> RealtimeEndpoint:
     forced = env.get("REALTIME_API")
     if forced not in (None, "", "ga", "preview"):
         raise ConfigError("environment", "REALTIME_API", f"must be 'ga' or 'preview', not {forced!r}")
-    model = env.get("REALTIME_MODEL") or "gpt-realtime"
+    model = env.get("REALTIME_MODEL") or DEFAULT_MODEL
     azure_endpoint = env.get("AZURE_OPENAI_ENDPOINT")
+    token: EntraToken | None = None
     if azure_endpoint:
         key = env.get("AZURE_OPENAI_API_KEY")
         deployment = env.get("AZURE_OPENAI_DEPLOYMENT")
         if not key:
-            raise ConfigError("environment", "AZURE_OPENAI_API_KEY", "required with AZURE_OPENAI_ENDPOINT")
+            token = EntraToken(credential_factory or default_credential_factory())
         if not deployment:
             raise ConfigError("environment", "AZURE_OPENAI_DEPLOYMENT", "required with AZURE_OPENAI_ENDPOINT")
         host = urlsplit(azure_endpoint if "://" in azure_endpoint else f"https://{azure_endpoint}").netloc
@@ -580,20 +649,23 @@ def _realtime_endpoint(env: Mapping[str, str]) -> RealtimeEndpoint:
         else:
             url = f"wss://{host}/openai/v1/realtime?model={quote(deployment)}"
             dialect = "ga"
-        headers = {"api-key": key}
+        headers = {"api-key": key} if key else {}
     else:
         url = f"wss://api.openai.com/v1/realtime?model={quote(model)}"
         dialect = "ga"
         key = env.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
     url = env.get("REALTIME_URL") or url
-    return RealtimeEndpoint(url=url, headers=headers, dialect=forced or dialect)  # type: ignore[arg-type]
+    return RealtimeEndpoint(url=url, headers=headers, dialect=forced or dialect, token=token)  # type: ignore[arg-type]
 
 
-def settings_from_env(env: Mapping[str, str] | None = None, config_path: Path | None = None) -> Settings:
+def settings_from_env(
+    env: Mapping[str, str] | None = None, config_path: Path | None = None, *, credential_factory: CredentialFactory | None = None
+) -> Settings:
     """Read the bridge's environment variables (see README) into `Settings`.
 
-    `config_path` is the command line's ``--config``: it wins over ``BRIDGE_CONFIG``.
+    `config_path` is the command line's ``--config``: it wins over ``BRIDGE_CONFIG``. `credential_factory`
+    makes the Microsoft Entra ID credential used when Azure is given no key (default: `DefaultAzureCredential`).
     """
     env = os.environ if env is None else env
     public_url = env.get("PUBLIC_URL") or "http://127.0.0.1:8080"
@@ -613,7 +685,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, config_path: Path | 
         raise ConfigError("environment", missing, "TWILIO_API_KEY and TWILIO_API_SECRET go together")
     return Settings(
         public_url=public_url.rstrip("/"),
-        realtime=_realtime_endpoint(env),
+        realtime=_realtime_endpoint(env, credential_factory),
         config_path=config_path or Path(env.get("BRIDGE_CONFIG") or DEFAULT_CONFIG_PATH),
         twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
         admin_token=env.get("BRIDGE_ADMIN_TOKEN") or None,

@@ -130,10 +130,15 @@ class CallController:
         return self.outcome is not None
 
     def start(self) -> list[Action]:
-        """The first actions of a call: open the session and, with a greeting, let the model speak first once configured."""
+        """The first actions of a call: open the session and, with a greeting, let the model speak first once configured.
+
+        A response's own `instructions` replace the session's for that response, so the greeting's carry the
+        number's instructions and then the greeting line: the persona speaks the greeting. (A system item with
+        the line would do it too, but would stay in the conversation, telling the model to greet at every turn.)
+        """
         actions: list[Action] = []
         if self.profile.greeting:
-            actions.append(CreateResponse(f"Greet the caller by saying exactly this: {self.profile.greeting}"))
+            actions.append(CreateResponse(greeting_instructions(self.profile)))
         return [_open(self.session.first_open()), *self._route(actions)]
 
     def handle(self, event: Event) -> list[Action]:
@@ -374,16 +379,16 @@ class CallController:
     def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
         self.conversation.caller_barged_in()
         notes = self.control.caller_spoke()
+        cut, dropped = self.playback.cut()  # before the streaming item is stopped: a cut needs to know it was unfinished
         self._stop_outbound_item()
         self._model_to_caller.reset()
-        cut, dropped = self.playback.cut()
         if cut is None:
             return notes
         self._muted_items |= dropped
         self._counts["barge_ins"] += 1
         actions: list[Action] = [ClearTwilio()]
-        if cut.item_id in self._session_items:
-            self._truncates.append(cut)
+        if cut.item_id in self._session_items and not cut.played_through:
+            self._truncates.append((cut.item_id, cut.audio_end_ms))
             actions.append(TruncateItem(cut.item_id, cut.audio_end_ms))
         return actions + notes
 
@@ -486,6 +491,11 @@ class CallController:
     def _on_realtime_message_rejected(self, event: RealtimeMessageRejected) -> list[Action]:
         self._counts["malformed_realtime"] += 1
         return []
+
+
+def greeting_instructions(profile: CallProfile) -> str:
+    """The instructions of the greeting's response: the number's own, then the line to say."""
+    return f"{profile.instructions.strip()}\n\nNow greet the caller by saying exactly this: {profile.greeting}"
 
 
 def _open(reopen: Reopen) -> OpenRealtime:

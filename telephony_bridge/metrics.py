@@ -135,6 +135,12 @@ class BridgeMetrics:
         )
         for outcome in ("ok", "refused"):
             self._config_reloads.labels(outcome)
+        self._stream_errors = Counter(
+            "telephony_bridge_stream_errors",
+            "Errors Twilio reported for media streams (its statusCallback), by Twilio error code; unknown codes as other.",
+            ["code"],
+            registry=self.registry,
+        )
         self._config_digest = ""
         self._ended = _Totals()
         self._response_latency = Buckets(RESPONSE_LATENCY_BUCKETS_S)
@@ -179,6 +185,10 @@ class BridgeMetrics:
     def call_log_failed(self, reason: Literal["database", "queue_full"]) -> None:
         """Counted from the call log's writer thread; prometheus_client's counters are thread-safe."""
         self._call_log_failures.labels(reason).inc()
+
+    def stream_error(self, code: str) -> None:
+        """A stream error Twilio reported; `code` is one of `STREAM_ERROR_CODES` or `other` (see `stream_errors.py`)."""
+        self._stream_errors.labels(code).inc()
 
     def config_loaded(self, digest: str) -> None:
         """The configuration now in force for new calls (at start, and after each reload that took)."""

@@ -12,6 +12,14 @@ length: half that round trip (smoothed) is added to the time since an echo and t
 since a first send. Without it the truncate point lags what the caller heard by the one-way delay,
 20-100 ms on real lines.
 
+A cut that finds the caller has heard the whole of a finished item, within the estimate's error, cut
+nothing: the playhead is interpolated between echoes at frame granularity, so it is uncertain by
+about a frame (`PLAYHEAD_ERROR_MS`), and the last mark's echo is still on its way when the caller
+starts speaking right after the answer (a 40 ms echo delay and speech 30 ms after the end put the
+estimate at 599 of 600 ms). The service refuses a truncate past the end of its own item, which can
+be shorter than the audio it streamed (by 85 ms in a field report), and sessions were seen going
+silent after such errors: so the `Cut` says `played_through` and no truncate is sent.
+
 Marks echoed after a `clear` mean "discarded", not "played": `cut` forgets the pending marks, so
 those echoes are recognised as stale. Per-item accounting lives only while the item can still be
 cut (audio of it is playing or still to come), so a long call keeps no history here.
@@ -25,6 +33,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 ONE_WAY_DELAY_SMOOTHING = 0.5
+PLAYHEAD_ERROR_MS = 20.0
+"""How far the heard estimate may be from the truth: one 20 ms frame, Twilio's playback unit."""
 
 
 class PendingMark(NamedTuple):
@@ -45,10 +55,14 @@ class Playhead(NamedTuple):
 
 
 class Cut(NamedTuple):
-    """Where a barge-in stopped the caller's playback: `item_id` was heard up to `audio_end_ms`."""
+    """Where a barge-in stopped the caller's playback: `item_id` was heard up to `audio_end_ms`.
+
+    `played_through`: the item was complete and heard to its end within `PLAYHEAD_ERROR_MS`; nothing was cut.
+    """
 
     item_id: str
     audio_end_ms: int
+    played_through: bool = False
 
 
 @dataclass
@@ -164,7 +178,10 @@ class Playback:
         """
         if not self._pending:
             return None, set()
-        cut = Cut(self._pending[0].item_id, int(self.heard_ms()))
+        item_id = self._pending[0].item_id
+        item = self._items[item_id]
+        heard = self.heard_ms()
+        cut = Cut(item_id, int(heard), item.complete and heard >= item.generated_ms - PLAYHEAD_ERROR_MS)
         dropped = {mark.item_id for mark in self._pending}
         self._pending.clear()
         self._playhead = None

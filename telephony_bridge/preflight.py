@@ -5,8 +5,9 @@ one round instead of one start per mistake. It checks what start-up refuses (the
 whatever `config.py` validates, so new rules there are checked here too) and what start-up used to
 let through only for calls to fail later: a public URL Twilio cannot reach, no key for the Realtime
 service, a recording folder or call log the bridge cannot write (each call's record was dropped, with
-a warning per call). `check_online` also opens one Realtime session with the configured key and makes one
-authenticated request to Twilio's REST API with the configured credentials.
+a warning per call), a voice or setting the environment's Realtime dialect does not take (the session
+would be refused on every call). `check_online` also opens one Realtime session with the configured key
+and makes one authenticated request to Twilio's REST API with the configured credentials.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed
 
 from .config import DEFAULT_CONFIG_PATH, BridgeConfig, CallLogSettings, Recording, Settings, load_config, settings_from_env
+from .entra import MISSING_EXTRA, azure_identity_installed
 from .errors import ConfigError, ConfigErrors, RealtimeConnectError, TwilioRestError
-from .realtime import PREVIEW_VOICES, open_realtime
+from .realtime import open_realtime
 from .tools import dialect_problems
 from .twilio_rest import TwilioRest
 
@@ -36,7 +38,7 @@ ONLINE_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class Problem:
-    """One finding; a warning does not stop start-up (a loopback URL for a trial, a voice the preview may ignore)."""
+    """One finding; a warning does not stop start-up (a loopback URL for a trial)."""
 
     error: ConfigError
     warning: bool = False
@@ -92,9 +94,10 @@ def environment_problems(env: Mapping[str, str], *, insecure: bool = False) -> l
     if forced not in (None, "", "ga", "preview"):
         problems.append(_problem("REALTIME_API", f"must be 'ga' or 'preview', not {forced!r}"))
     if env.get("AZURE_OPENAI_ENDPOINT"):
-        for key in ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_DEPLOYMENT"):
-            if not env.get(key):
-                problems.append(_problem(key, "required with AZURE_OPENAI_ENDPOINT"))
+        if not env.get("AZURE_OPENAI_API_KEY") and not azure_identity_installed():
+            problems.append(_problem("AZURE_OPENAI_API_KEY", MISSING_EXTRA))
+        if not env.get("AZURE_OPENAI_DEPLOYMENT"):
+            problems.append(_problem("AZURE_OPENAI_DEPLOYMENT", "required with AZURE_OPENAI_ENDPOINT"))
     elif not env.get("OPENAI_API_KEY"):
         problems.append(_problem(
             "OPENAI_API_KEY", "not set: no key for the Realtime API (or set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_API_KEY)"
@@ -168,17 +171,6 @@ def path_problems(paths: _Paths) -> list[Problem]:
     return problems
 
 
-def voice_problems(config: BridgeConfig, settings: Settings | None) -> list[Problem]:
-    problems: list[Problem] = []
-    profiles = {"defaults": config.defaults, **{f'numbers."{number}"': profile for number, profile in config.numbers.items()}}
-    if settings is not None and settings.realtime.dialect == "preview":
-        for key, profile in profiles.items():
-            if profile.voice not in PREVIEW_VOICES:
-                problems.append(_problem(f"{key}.voice", f"{profile.voice!r} is not a voice the 2024-10-01 preview knows; "
-                                         "its sessions may keep their default voice", warning=True, source=config.source))
-    return problems
-
-
 def mcp_problems(config: BridgeConfig, settings: Settings | None) -> list[Problem]:
     """MCP servers on the preview dialect, which has no `mcp` tool: an error, not a warning."""
     if settings is None:
@@ -199,14 +191,14 @@ def check(env: Mapping[str, str], config_path: Path | None = None, *, insecure: 
     path = config_path or Path(env.get("BRIDGE_CONFIG") or DEFAULT_CONFIG_PATH)
     config: BridgeConfig | None = None
     try:
-        config = load_config(path, env)
+        config = load_config(path, env, dialect=settings.realtime.dialect if settings is not None else None)
     except ConfigError as error:
         problems += [Problem(found) for found in (error.problems if isinstance(error, ConfigErrors) else (error,))]
         paths = _paths_of_invalid(path)
         if paths is not None:
             problems += path_problems(paths)
     if config is not None:
-        problems += path_problems(_paths_of(config)) + voice_problems(config, settings) + mcp_problems(config, settings)
+        problems += path_problems(_paths_of(config)) + mcp_problems(config, settings)
     return Report(tuple(problems), settings, config)
 
 

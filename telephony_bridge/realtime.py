@@ -9,6 +9,7 @@ is spelled the same in both. See docs/protocols.md sections 4 and 5.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -63,22 +64,14 @@ MAX_EVENT_BYTES = 1024 * 1024
 closes the session (1009) and a new one takes over: six 10 MiB deltas stalled the loop 391 ms each and
 took 145 MB, at every other call's expense."""
 
-PREVIEW_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse"})
-"""The voices the 2024-10-01 preview accepts; GA added others (marin, cedar). An unknown one fails the whole session.update."""
-
-
 def _turn_detection(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
     """The turn detection settings; the 2024-10-01 preview knows only type, threshold, padding and silence.
 
     It answers and interrupts on its own there, and may reject fields it does not know; GA is told
-    both explicitly, since the bridge's barge-in depends on them.
+    both explicitly, since the bridge's barge-in depends on them. The configuration holds only the
+    fields of its VAD type, and refuses GA-only ones for the preview at start-up.
     """
     settings = profile.turn_detection.model_dump(exclude_none=True)
-    if settings["type"] == "server_vad":
-        settings.pop("eagerness", None)
-    else:
-        for key in ("threshold", "prefix_padding_ms", "silence_duration_ms"):
-            settings.pop(key, None)
     if dialect == "ga":
         settings.update(create_response=True, interrupt_response=True)
     return settings
@@ -87,7 +80,7 @@ def _turn_detection(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
 CONFIGURE_EVENT_ID = "bridge-session-update"
 """The `event_id` of every `session.update` the bridge sends: the service names it in the error that refuses one."""
 
-OPTIONAL_SETTINGS = ("voice", "transcription", "turn_detection")
+OPTIONAL_SETTINGS = ("voice", "transcription", "turn_detection", "noise_reduction")
 """Settings a session can do without, in the bridge's own names: refused, the service's default is used instead."""
 
 
@@ -133,6 +126,8 @@ def _ga_session(profile: CallProfile, turn_detection: dict[str, Any], omit: froz
     audio_input: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ}, "turn_detection": turn_detection}
     if profile.transcription and "transcription" not in omit:
         audio_input["transcription"] = {"model": profile.transcription}
+    if profile.noise_reduction and "noise_reduction" not in omit:
+        audio_input["noise_reduction"] = {"type": profile.noise_reduction}
     audio_output: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ}}
     if "voice" not in omit:
         audio_output["voice"] = profile.voice
@@ -316,11 +311,21 @@ def _error(event: dict[str, Any]) -> RealtimeErrorReported | ConfigurationRefuse
 
 
 async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientConnection:
-    """Open the websocket; the error names the cause but never the key."""
+    """Open the websocket; the error names the cause but never the key.
+
+    The headers are built per open: with Microsoft Entra ID each open carries a token valid for minutes
+    more at least, so a renewal or reconnect an hour into a call still authenticates.
+    """
+    headers = dict(endpoint.headers)
+    if endpoint.token is not None:
+        try:
+            headers["Authorization"] = await asyncio.wait_for(endpoint.token.authorization(), timeout_s)
+        except TimeoutError:
+            raise RealtimeConnectError(f"no Microsoft Entra ID token within {timeout_s:g} s") from None
     try:
         return await connect(
             endpoint.url,
-            additional_headers=dict(endpoint.headers),
+            additional_headers=headers,
             open_timeout=timeout_s,
             max_size=MAX_EVENT_BYTES,
             compression=None,

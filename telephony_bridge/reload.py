@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .config import BridgeConfig, load_config
+from .config import BridgeConfig, Dialect, load_config
 from .errors import ConfigError, ConfigErrors
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,11 @@ class ConfigReloader:
         config: BridgeConfig,
         apply: Callable[[BridgeConfig], None],
         on_outcome: Callable[[Literal["ok", "refused"], str], None] = lambda outcome, digest: None,
+        dialect: Dialect | None = None,
     ) -> None:
         self.path = path
+        self.dialect = dialect
+        """The Realtime dialect a reloaded file is checked against, as at start-up."""
         self.config = config
         """The configuration in force for new calls."""
         self._started_with = config
@@ -58,7 +61,7 @@ class ConfigReloader:
         """Read the file off the event loop, then swap it in; two reloads at once run one after the other."""
         async with self._lock:
             try:
-                config = await asyncio.to_thread(load_config, self.path)
+                config = await asyncio.to_thread(load_config, self.path, dialect=self.dialect)
             except ConfigError as error:
                 problems = error.problems if isinstance(error, ConfigErrors) else (error,)
                 lines = tuple(str(problem) for problem in problems)

@@ -16,7 +16,8 @@ from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 STREAM_ENDED_PATH = "/twilio/stream-ended"
 WHISPER_PATH = "/twilio/whisper"
 DIAL_ENDED_PATH = "/twilio/dial-ended"
-"""Our routes Twilio calls back about a call: after its stream, and for a transfer (by its id)."""
+STREAM_STATUS_PATH = "/twilio/stream-status"
+"""Our routes Twilio calls back about a call: after its stream, its stream's events, and for a transfer (by its id)."""
 
 CALLED_NUMBER_PARAMETER = "to"
 STREAM_TOKEN_PARAMETER = "token"
@@ -26,11 +27,20 @@ DIAL_TIMEOUT_S = 25
 """Seconds a transfer rings before it counts as unanswered: about five rings."""
 
 
-def stream_twiml(stream_url: str, called_number: str, stream_token: str, stream_ended_url: str) -> str:
-    """Connect the call to our Media Stream; when it ends, Twilio asks `stream_ended_url` what comes next."""
+def stream_twiml(
+    stream_url: str, called_number: str, stream_token: str, stream_ended_url: str, status_url: str | None = None
+) -> str:
+    """Connect the call to our Media Stream; when it ends, Twilio asks `stream_ended_url` what comes next.
+
+    With `status_url`, Twilio posts the stream's events there (`statusCallback`), its errors among them: a
+    stream that failed to connect or broke (31920, 31921) is otherwise seen only in Twilio's console.
+    """
     response = VoiceResponse()
     connect = Connect(action=stream_ended_url)
-    stream = connect.stream(url=stream_url)
+    if status_url is None:
+        stream = connect.stream(url=stream_url)
+    else:
+        stream = connect.stream(url=stream_url, status_callback=status_url, status_callback_method="POST")
     stream.parameter(name=CALLED_NUMBER_PARAMETER, value=called_number)
     stream.parameter(name=STREAM_TOKEN_PARAMETER, value=stream_token)
     response.append(connect)

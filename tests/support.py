@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from telephony_bridge.config import BridgeConfig, parse_config, settings_from_env
+from telephony_bridge.entra import CredentialFactory
 from telephony_bridge.testing.bridge_server import serve_bridge
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, SimulatedSession
 from telephony_bridge.testing.twilio_simulator import SimulatedCall
@@ -51,8 +52,12 @@ async def bridge_for(
     config: BridgeConfig | None = None,
     extra_config: str = "",
     env: dict[str, str] | None = None,
+    credential_factory: CredentialFactory | None = None,
 ) -> AsyncIterator[str]:
-    """The real bridge on loopback, talking to `realtime` (or to `url`), with the test configuration."""
+    """The real bridge on loopback, talking to `realtime` (or to `url`), with the test configuration.
+
+    `credential_factory` stands in for Azure's `DefaultAzureCredential` when `env` names Azure without a key.
+    """
     settings = settings_from_env(
         {
             "PUBLIC_URL": PUBLIC_URL,
@@ -61,7 +66,8 @@ async def bridge_for(
             "REALTIME_URL": url or realtime.url,
             "REALTIME_API": dialect,
             **(env or {}),
-        }
+        },
+        credential_factory=credential_factory,
     )
     config = config or parse_config(TEST_CONFIG + extra_config, "test.toml")
     async with serve_bridge(settings, config) as base_url:

@@ -11,6 +11,7 @@ import pytest
 
 from support import API_KEY, AUTH_TOKEN, PUBLIC_URL, TEST_CONFIG
 from telephony_bridge.config import environment, parse_env_file
+from telephony_bridge.entra import azure_identity_installed
 from telephony_bridge.errors import ConfigError
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
@@ -101,15 +102,44 @@ async def test_an_http_public_url_on_loopback_is_only_a_warning(tmp_path: Path) 
     assert out.splitlines()[0].startswith("environment: PUBLIC_URL: warning: http on loopback")
 
 
-async def test_azure_without_its_key_and_deployment_names_both(tmp_path: Path) -> None:
+@pytest.mark.skipif(azure_identity_installed(), reason="azure-identity is installed: Entra ID needs no key")
+async def test_azure_without_a_key_or_the_azure_extra_names_the_extra_and_the_missing_deployment(tmp_path: Path) -> None:
     config = config_file(tmp_path)
     env = {**GOOD_ENV, "AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com", "BRIDGE_CONFIG": str(config)}
     code, out, _ = await run_cli("check", env=env, cwd=tmp_path)
     assert code == 2
     assert out.splitlines() == [
-        "environment: AZURE_OPENAI_API_KEY: required with AZURE_OPENAI_ENDPOINT",
+        "environment: AZURE_OPENAI_API_KEY: not set, and Microsoft Entra ID needs azure-identity: "
+        "pip install 'telephony-bridge[azure]'",
         "environment: AZURE_OPENAI_DEPLOYMENT: required with AZURE_OPENAI_ENDPOINT",
     ]
+
+
+@pytest.mark.skipif(not azure_identity_installed(), reason="needs the azure extra")
+async def test_azure_without_a_key_uses_entra_id_when_the_azure_extra_is_installed(tmp_path: Path) -> None:
+    config = config_file(tmp_path)
+    env = {**GOOD_ENV, "AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com", "AZURE_OPENAI_DEPLOYMENT": "rt",
+           "BRIDGE_CONFIG": str(config)}
+    code, out, _ = await run_cli("check", env=env, cwd=tmp_path)
+    assert code == 0, out
+    assert "AZURE_OPENAI_API_KEY" not in out
+
+
+async def test_a_voice_the_preview_dialect_does_not_know_stops_check_and_serve_with_one_line(tmp_path: Path) -> None:
+    config = config_file(tmp_path, TEST_CONFIG.replace('voice = "sage"', 'voice = "sage"\nnoise_reduction = "far_field"'))
+    env = {**GOOD_ENV, "REALTIME_API": "preview", "BRIDGE_CONFIG": str(config)}
+    code, out, _ = await run_cli("check", env=env, cwd=tmp_path)
+    assert code == 2
+    assert out.splitlines() == [
+        f"{config}: defaults.voice: 'marin' is not a voice of the 2024-10-01 preview: "
+        "one of alloy, ash, ballad, coral, echo, sage, shimmer, verse",
+        f'{config}: numbers."+14155550100".noise_reduction: GA only: the preview dialect has no noise reduction',
+        f"{config}: numbers.\"+442071838750\".voice: 'cedar' is not a voice of the 2024-10-01 preview: "
+        "one of alloy, ash, ballad, coral, echo, sage, shimmer, verse",
+    ]
+    code, _, err = await run_cli("serve", "--port", "0", env=env, cwd=tmp_path)
+    assert code != 0
+    assert "defaults.voice: 'marin' is not a voice of the 2024-10-01 preview" in err
 
 
 async def test_check_reads_a_dot_env_file_in_the_working_directory_and_the_environment_wins(tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ def test_http_deadlines_default_to_10_s_and_the_connection_cap_follows_max_calls
 
 def test_openai_is_the_default_endpoint_with_the_ga_dialect() -> None:
     settings = settings_from_env({"OPENAI_API_KEY": "sk-test"})
-    assert settings.realtime.url == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    assert settings.realtime.url == "wss://api.openai.com/v1/realtime?model=gpt-realtime-1.5"
     assert settings.realtime.headers == {"Authorization": "Bearer sk-test"}
     assert settings.realtime.dialect == "ga"
 
@@ -238,3 +238,80 @@ def test_an_invalid_logging_or_call_log_setting_names_the_file_the_key_and_the_r
         parse_config(text, "config/bad.toml")
     assert str(raised.value).startswith(f"config/bad.toml: {key}: ")
     assert reason in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "reason"),
+    [
+        ('type = "server_vad"\neagerness = "low"', "turn_detection",
+         "eagerness: a semantic_vad setting, not taken by type = 'server_vad'"),
+        ('type = "semantic_vad"\nsilence_duration_ms = 300', "turn_detection",
+         "silence_duration_ms: a server_vad setting, not taken by type = 'semantic_vad'"),
+        ('type = "semantic_vad"\nidle_timeout_ms = 8000', "turn_detection", "idle_timeout_ms: a server_vad setting"),
+        ("idle_timeout_ms = 0", "turn_detection.idle_timeout_ms", "greater than 0"),
+    ],
+)
+def test_a_vad_field_of_the_other_vad_type_is_an_error(table: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(f'[numbers."+14155550100".turn_detection]\n{table}\n', "bridge.toml")
+    assert str(raised.value).startswith(f'bridge.toml: numbers."+14155550100".{key}: ')
+    assert reason in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_number_naming_another_vad_type_does_not_inherit_the_defaults_fields_of_the_first() -> None:
+    config = parse_config(
+        '[defaults.turn_detection]\nsilence_duration_ms = 300\n'
+        '[numbers."+14155550100".turn_detection]\ntype = "semantic_vad"\neagerness = "low"\n', "bridge.toml"
+    )
+    assert config.profile_for("+14155550100").turn_detection.model_dump(exclude_none=True) == {
+        "type": "semantic_vad", "eagerness": "low"
+    }
+    assert config.defaults.turn_detection.silence_duration_ms == 300
+
+
+def test_noise_reduction_and_idle_timeout_are_set_per_number() -> None:
+    config = parse_config(
+        '[numbers."+14155550100"]\nnoise_reduction = "far_field"\n'
+        '[numbers."+14155550100".turn_detection]\nidle_timeout_ms = 8000\n',
+        "bridge.toml", "ga",
+    )
+    profile = config.profile_for("+14155550100")
+    assert (profile.noise_reduction, profile.turn_detection.idle_timeout_ms) == ("far_field", 8000)
+    assert config.defaults.noise_reduction is None
+    with pytest.raises(ConfigError, match=r"noise_reduction: Input should be 'near_field' or 'far_field'"):
+        parse_config('[defaults]\nnoise_reduction = "loud"\n', "bridge.toml")
+
+
+def test_ga_only_settings_are_errors_for_the_preview_dialect_each_named_once() -> None:
+    text = ('[defaults]\nvoice = "alloy"\nnoise_reduction = "near_field"\n[defaults.turn_detection]\nidle_timeout_ms = 8000\n'
+            '[numbers."+14155550100"]\nvoice = "sage"\n')
+    parse_config(text, "bridge.toml", dialect="ga")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "bridge.toml", dialect="preview")
+    assert str(raised.value).splitlines() == [
+        "bridge.toml: defaults.noise_reduction: GA only: the preview dialect has no noise reduction",
+        "bridge.toml: defaults.turn_detection.idle_timeout_ms: GA only: the preview dialect has no idle timeout",
+    ]
+
+
+@pytest.mark.parametrize(("dialect", "voice", "ok"), [
+    ("ga", "marin", True), ("ga", "cedar", True), ("ga", "alloy", True), ("ga", "nova", False),
+    ("preview", "alloy", True), ("preview", "verse", True), ("preview", "marin", False), ("preview", "cedar", False),
+])
+def test_a_voice_is_checked_against_the_dialect_as_a_start_up_error(dialect: str, voice: str, ok: bool) -> None:
+    text = f'[defaults]\nvoice = "alloy"\n[numbers."+14155550100"]\nvoice = "{voice}"\n'
+    if ok:
+        assert parse_config(text, "bridge.toml", dialect=dialect).profile_for("+14155550100").voice == voice  # type: ignore[arg-type]
+        return
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "bridge.toml", dialect=dialect)  # type: ignore[arg-type]
+    assert str(raised.value).startswith(f"bridge.toml: numbers.\"+14155550100\".voice: '{voice}' is not a voice of ")
+
+
+def test_the_dialect_is_checked_on_reload_as_at_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text('[defaults]\nvoice = "marin"\n')
+    assert load_config(path, dialect="ga").defaults.voice == "marin"
+    with pytest.raises(ConfigError, match="defaults.voice: 'marin' is not a voice of the 2024-10-01 preview"):
+        load_config(path, dialect="preview")

@@ -278,6 +278,45 @@ def test_no_truncate_when_the_caller_heard_the_whole_answer(clock: Clock) -> Non
     assert not any(isinstance(a, (TruncateItem, ClearTwilio)) for a in actions)
 
 
+def test_the_greeting_response_keeps_the_numbers_instructions_and_adds_the_line_to_say(clock: Clock) -> None:
+    profile = CallProfile(instructions="You are the receptionist of Bright Smile Dental.", greeting="Bright Smile, hello!")
+    controller = CallController(profile, clock)
+    controller.start()
+    controller.handle(RealtimeConnected())
+    greeting = [a for a in controller.handle(SessionConfigured()) if isinstance(a, CreateResponse)]
+    assert greeting == [CreateResponse(
+        "You are the receptionist of Bright Smile Dental.\n\nNow greet the caller by saying exactly this: Bright Smile, hello!"
+    )]
+
+
+def test_speech_just_after_the_whole_answer_played_clears_twilio_but_truncates_nothing(clock: Clock) -> None:
+    controller = live_controller(clock)
+    names = play_answer(controller, chunks=6)
+    names += marks(controller.handle(ModelAudioDone("item1")))
+    start = clock.now
+    for index, name in enumerate(names[:5]):  # the echoes arrive 40 ms after their audio played
+        clock.now = start + ((index + 1) * 100 + 40) / 1000
+        controller.handle(MarkEchoed(name))
+    clock.now = start + 0.630  # 30 ms after the last audio played, 10 ms before its echo
+    actions = controller.handle(SpeechStarted())
+    assert [type(a) for a in actions] == [ClearTwilio]
+    assert summary_of(controller).truncates == ()
+
+
+def test_speech_300_ms_before_the_end_of_a_finished_answer_truncates_it_there(clock: Clock) -> None:
+    controller = live_controller(clock)
+    names = play_answer(controller, chunks=6)
+    names += marks(controller.handle(ModelAudioDone("item1")))
+    start = clock.now
+    for index, name in enumerate(names[:2]):
+        clock.now = start + ((index + 1) * 100 + 40) / 1000
+        controller.handle(MarkEchoed(name))
+    clock.now = start + 0.300
+    clear, truncate = controller.handle(SpeechStarted())
+    assert isinstance(clear, ClearTwilio) and isinstance(truncate, TruncateItem)
+    assert abs(truncate.audio_end_ms - 300) <= 40
+
+
 def test_marks_echoed_after_a_clear_are_ignored_as_stale(clock: Clock) -> None:
     controller = live_controller(clock)
     names = play_answer(controller, chunks=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from telephony_bridge.playback import Playback
+from telephony_bridge.playback import PLAYHEAD_ERROR_MS, Playback
 
 
 class Clock:
@@ -128,3 +128,45 @@ def test_audio_queued_before_the_stream_starts_plays_from_the_start(clock: Clock
     playback.stream_started()
     clock.advance_ms(120)
     assert playback.heard_ms() == pytest.approx(120)
+
+
+def echo_delayed(playback: Playback, clock: Clock, names: list[str], until_ms: float, delay_ms: float = 40.0) -> None:
+    """Twilio plays 100 ms chunks from now on; each echo reaches us `delay_ms` after its audio played, up to `until_ms`."""
+    start = clock.now
+    for index, name in enumerate(names):
+        due_ms = (index + 1) * 100.0 + delay_ms
+        if due_ms > until_ms:
+            break
+        clock.now = start + due_ms / 1000.0
+        playback.echoed(name)
+    clock.now = start + until_ms / 1000.0
+
+
+def test_a_caller_speaking_just_after_a_finished_answer_played_cut_nothing(clock: Clock) -> None:
+    playback = Playback(clock)
+    names = send(playback, "i1", 6)  # queued before the stream started: no round trip measured, the estimate runs short
+    playback.stream_started()
+    playback.complete("i1")
+    echo_delayed(playback, clock, names, until_ms=630)  # the last audio played at 600 ms; its echo is due at 640
+    cut, dropped = playback.cut()
+    assert cut is not None and cut.item_id == "i1" and dropped == {"i1"}
+    assert cut.played_through
+    assert 600 - PLAYHEAD_ERROR_MS <= cut.audio_end_ms < 600
+
+
+def test_a_caller_speaking_300_ms_before_the_end_cuts_the_answer_where_they_were(clock: Clock) -> None:
+    playback = streaming(clock)
+    names = send(playback, "i1", 6)
+    playback.complete("i1")
+    echo_delayed(playback, clock, names, until_ms=300)
+    cut, _ = playback.cut()
+    assert cut is not None and not cut.played_through
+    assert abs(cut.audio_end_ms - 300) <= 40
+
+
+def test_an_answer_still_streaming_is_cut_even_when_all_its_audio_so_far_has_played(clock: Clock) -> None:
+    playback = streaming(clock)
+    names = send(playback, "i1", 3)
+    echo_delayed(playback, clock, names, until_ms=330)
+    cut, _ = playback.cut()
+    assert cut is not None and not cut.played_through and abs(cut.audio_end_ms - 300) <= 1

@@ -449,6 +449,10 @@ class SimulatedSession:
                          item_id=item_id)
         await self._commit(item_id)
         if vad["create_response"] and self._active is None:
+            if self._simulator.vad_response_delay_ms:
+                # The service's own answer starts a moment after speech_stopped; what the client sends meanwhile
+                # is read only afterwards, so a response.create sent in that gap collides, as it does there.
+                await asyncio.sleep(self._simulator.vad_response_delay_ms / 1000)
             await self._start_response("server_vad")
 
     async def _commit(self, item_id: str) -> None:

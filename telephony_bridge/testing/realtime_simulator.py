@@ -84,6 +84,8 @@ class RealtimeSimulator:
     scripts a conversation instead: a session's n-th response does the n-th answer, a
     ``(pcm, transcript)`` or a ``ScriptedAnswer`` that may also call functions (the last one again
     when they run out). A response the client asks for after answering a call does the next one.
+    ``vad_response_delay_ms`` puts a gap between ``speech_stopped`` and the response server VAD
+    starts, as on the real service; client events sent in the gap are read after it.
 
     Use ``async with RealtimeSimulator() as sim:`` or ``await sim.start()`` / ``await
     sim.stop()``.
@@ -100,6 +102,7 @@ class RealtimeSimulator:
         transcript: str = DEFAULT_TRANSCRIPT,
         vary_deltas: bool = True,
         answers: Sequence[tuple[bytes, str] | ScriptedAnswer] = (),
+        vad_response_delay_ms: float = 0.0,
     ) -> None:
         if dialect not in (None, "ga", "preview"):
             raise ValueError(f"dialect must be 'ga', 'preview' or None, not {dialect!r}")
@@ -115,6 +118,7 @@ class RealtimeSimulator:
         self.transcript = transcript
         self.answers = [a if isinstance(a, ScriptedAnswer) else ScriptedAnswer(*a) for a in answers]
         self.vary_deltas = vary_deltas
+        self.vad_response_delay_ms = vad_response_delay_ms
         self.sessions: list[SimulatedSession] = []
         self.rejected: list[dict[str, Any]] = []
         self.host = "127.0.0.1"

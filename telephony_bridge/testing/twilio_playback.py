@@ -98,6 +98,11 @@ class TwilioPlayback:
             echoes.append(self._echo(name, played=True, at=due))
         return echoes
 
+    @property
+    def queued_until(self) -> float:
+        """When the audio queued so far will have played (minus infinity before any)."""
+        return self._end
+
     def next_mark_at(self) -> float | None:
         """When the oldest pending mark's audio will have played, if one is pending."""
         return self._pending[0][0] if self._pending else None

@@ -204,8 +204,11 @@ class SimulatedCall:
         from_number: str = "+15005550006",
         to_number: str = "+15005550001",
         clock: Callable[[], float] | None = None,
+        echo_delay_ms: float = 0.0,
     ) -> None:
         self.bridge_url = bridge_url.rstrip("/")
+        self.echo_delay_ms = echo_delay_ms
+        """How long each mark's echo takes to reach the bridge after its audio played (a real line's network)."""
         self.public_url = public_url.rstrip("/")
         self.auth_token = auth_token
         self.call_sid = call_sid or _random_sid("CA")
@@ -535,6 +538,17 @@ class SimulatedCall:
             self._played_something.clear()
 
     async def _echo_marks(self, echoes: list[MarkEcho]) -> None:
+        if echoes and self.echo_delay_ms:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._echo_later(echoes)))
+            return
+        for echo in echoes:
+            await self._send({
+                "event": "mark", "sequenceNumber": self._next_sequence(),
+                "streamSid": self.stream_sid, "mark": {"name": echo.name},
+            })
+
+    async def _echo_later(self, echoes: list[MarkEcho]) -> None:
+        await asyncio.sleep(self.echo_delay_ms / 1000)
         for echo in echoes:
             await self._send({
                 "event": "mark", "sequenceNumber": self._next_sequence(),
@@ -882,6 +896,11 @@ class SimulatedCall:
 
     def heard_ms(self) -> float:
         return self._playback.heard_ms(self._now())
+
+    @property
+    def audio_ends_at(self) -> float:
+        """When the bridge audio queued so far will have played (on the call's clock)."""
+        return self._playback.queued_until
 
     def played_ms_at(self, t: float) -> float:
         """How much bridge audio had actually played by ``t`` (on the call's clock)."""
