@@ -79,7 +79,7 @@ from .events import (
 from .functions import FunctionCalls
 from .held_actions import HeldActions
 from .playback import Playback
-from .summary import CallCounters, CallSummary
+from .summary import CallCounters, CallSummary, TransferAttempt
 from .supervision import CallTimings, Reopen, SessionState, SessionSupervisor
 from .wire import pcm24k_ms, ulaw_ms
 
@@ -107,6 +107,7 @@ class CallController:
         self._counts: Counter[str] = Counter()
         self._realtime_errors: Counter[str] = Counter()
         self._truncates: list[tuple[str, int]] = []
+        self._transfers: list[TransferAttempt] = []
         self._dropped_model_audio_ms = 0.0
         self._caller_to_model = Ulaw8kToPcm24k()
         self._model_to_caller = Pcm24kToUlaw8k()
@@ -158,6 +159,7 @@ class CallController:
             realtime_failures=tuple(self.session.failures),
             response_latencies_ms=tuple(self.conversation.response_latencies_ms), truncates=tuple(self._truncates),
             dropped_model_audio_ms=self._dropped_model_audio_ms, transcript=tuple(self.conversation.transcript),
+            transfers=tuple(self._transfers),
         )
 
     def _route(self, actions: list[Action]) -> list[Action]:
@@ -410,6 +412,8 @@ class CallController:
         return self._end("agent_ended", reason, CloseTwilio(event.reason))
 
     def _on_transfer_failed(self, event: TransferFailed) -> list[Action]:
+        if self.control.transfer is not None:
+            self._transfers.append(TransferAttempt(self.control.transfer.target_name, False, f"not started: {event.reason}"))
         if self.session.state is SessionState.FAILED:
             return self._end("realtime_unavailable", f"fallback transfer failed: {event.reason}", CloseTwilio(event.reason))
         return self.control.transfer_failed(event.reason) + self.conversation.when_idle([CreateResponse()])
@@ -418,6 +422,7 @@ class CallController:
         transfer = self.control.transfer
         name = transfer.target_name if transfer else "?"
         self.control.dial_ended(event.connected, event.dial_status)
+        self._transfers.append(TransferAttempt(name, event.connected, event.dial_status))
         if event.connected:
             return self._end("transferred", f"transferred to {name} (connected)", CloseRealtime("transferred"))
         if self.session.state is SessionState.FAILED:
