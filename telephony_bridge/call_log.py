@@ -75,6 +75,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX stream_errors_by_call ON stream_errors (call_sid, at);
     """,
+    """
+    ALTER TABLE calls ADD COLUMN transfer_target TEXT;
+    ALTER TABLE calls ADD COLUMN transfer_connected INTEGER;
+    """,
 )
 """Version N of the schema is the first N scripts; append, never edit one a bridge has shipped."""
 
@@ -123,6 +127,10 @@ class CallRecord:
     """"inbound" for every call today; outbound calls will say how they were placed (Twilio's `Direction`)."""
     stream_errors: tuple[StreamErrorLine, ...] = ()
     """Read back by `find_call`; written apart, when Twilio reports them (before or after the call's end)."""
+    transfer_target: str | None = None
+    """The configured name the call was last transferred to; `None` if it never was."""
+    transfer_connected: bool | None = None
+    """Whether that transfer connected (busy or unanswered brought the caller back); `None` if there was none."""
 
 
 def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
@@ -141,6 +149,8 @@ def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
         model=summary.model,
         dialect=summary.dialect,
         transcript=tuple(TranscriptLine(turn.speaker, turn.text) for turn in summary.transcript),
+        transfer_target=summary.transfer_target,
+        transfer_connected=summary.transfer_connected,
     )
 
 
@@ -192,7 +202,7 @@ def _schema_version(connection: sqlite3.Connection, source: str) -> int:
 
 _CALL_COLUMNS = (
     "call_sid", "from_number", "to_number", "started_at", "ended_at", "duration_s", "outcome", "end_reason",
-    "barge_ins", "reconnects", "model", "dialect", "direction",
+    "barge_ins", "reconnects", "model", "dialect", "direction", "transfer_target", "transfer_connected",
 )
 
 
@@ -205,6 +215,7 @@ def _write(connection: sqlite3.Connection, record: CallRecord) -> None:
                 record.call_sid, record.from_number, record.to_number, record.started_at.isoformat(),
                 record.ended_at.isoformat(), record.duration_s, record.outcome, record.end_reason,
                 record.barge_ins, record.reconnects, record.model, record.dialect, record.direction,
+                record.transfer_target, record.transfer_connected,
             ),
         )
         connection.execute("DELETE FROM transcript WHERE call_sid = ?", (record.call_sid,))
@@ -313,13 +324,17 @@ def _open_for_reading(path: Path) -> sqlite3.Connection:
 def _record(
     row: sqlite3.Row, transcript: tuple[TranscriptLine, ...] = (), stream_errors: tuple[StreamErrorLine, ...] = ()
 ) -> CallRecord:
+    columns = row.keys()
+    connected = row["transfer_connected"] if "transfer_connected" in columns else None
     return CallRecord(
         call_sid=row["call_sid"], from_number=row["from_number"], to_number=row["to_number"],
         started_at=datetime.fromisoformat(row["started_at"]), ended_at=datetime.fromisoformat(row["ended_at"]),
         duration_s=row["duration_s"], outcome=row["outcome"], end_reason=row["end_reason"],
         barge_ins=row["barge_ins"], reconnects=row["reconnects"], model=row["model"], dialect=row["dialect"],
-        transcript=transcript, direction=row["direction"] if "direction" in row.keys() else "inbound",
+        transcript=transcript, direction=row["direction"] if "direction" in columns else "inbound",
         stream_errors=stream_errors,
+        transfer_target=row["transfer_target"] if "transfer_target" in columns else None,
+        transfer_connected=None if connected is None else bool(connected),
     )
 
 
@@ -441,6 +456,12 @@ def calls_table(records: list[CallRecord]) -> str:
     return "\n".join(lines)
 
 
+def _transfer(record: CallRecord) -> str:
+    if record.transfer_target is None:
+        return "-"
+    return f"{record.transfer_target} ({'connected' if record.transfer_connected else 'did not connect'})"
+
+
 def call_details(record: CallRecord) -> str:
     """`telephony-bridge calls show SID`: the call's row, then what each side said."""
     fields = [
@@ -452,6 +473,7 @@ def call_details(record: CallRecord) -> str:
         ("outcome", f"{record.outcome} ({record.end_reason})" if record.end_reason else record.outcome),
         ("barge-ins", str(record.barge_ins)),
         ("reconnects", str(record.reconnects)),
+        ("transfer", _transfer(record)),
         ("model", f"{record.model or '-'} ({record.dialect} dialect)"),
     ]
     lines = [f"Call {record.call_sid}"] + [f"  {name:<11}{value}" for name, value in fields] + ["", "Transcript"]

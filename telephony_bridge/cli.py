@@ -314,7 +314,9 @@ def _calls(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main as run_demo
 
-    return run_demo(Path(args.out), live=args.live)
+    if args.transfer and args.live:
+        raise SystemExit("telephony-bridge demo: --transfer runs with the simulators only (the model is scripted to transfer)")
+    return run_demo(Path(args.out), live=args.live, transfer=args.transfer)
 
 
 def _init_config(args: argparse.Namespace) -> int:
@@ -375,6 +377,9 @@ def main(argv: list[str] | None = None) -> None:
     demo = commands.add_parser("demo", parents=[_common_options()], help="place a whole simulated call through the real bridge")
     demo.add_argument("--out", default="demo-out", help="folder for call.wav, timeline.svg and the recording")
     demo.add_argument("--live", action="store_true", help="talk to the real OpenAI or Azure Realtime API (needs a key)")
+    demo.add_argument(
+        "--transfer", action="store_true", help="a call the model transfers to a person (Twilio's REST API simulated)"
+    )
     demo.set_defaults(run=_demo, log_level="warning", log_format="text")
 
     simulate = commands.add_parser("simulate-realtime", parents=[_common_options()], help="run the local Realtime API simulator")

@@ -82,7 +82,7 @@ from .events import (
 from .functions import FunctionCalls
 from .held_actions import HeldActions
 from .playback import Playback
-from .summary import CallCounters, CallSummary
+from .summary import CallCounters, CallSummary, TransferAttempt
 from .supervision import CallTimings, Reopen, SessionState, SessionSupervisor
 from .tools import HOLDING_INSTRUCTIONS, ToolCalls
 from .wire import pcm24k_ms, ulaw_ms
@@ -112,6 +112,7 @@ class CallController:
         self._counts: Counter[str] = Counter()
         self._realtime_errors: Counter[str] = Counter()
         self._truncates: list[tuple[str, int]] = []
+        self._transfers: list[TransferAttempt] = []
         self._dropped_model_audio_ms = 0.0
         self._caller_to_model = Ulaw8kToPcm24k()
         self._model_to_caller = Pcm24kToUlaw8k()
@@ -171,7 +172,7 @@ class CallController:
             response_latencies_ms=tuple(self.conversation.response_latencies_ms), truncates=tuple(self._truncates),
             dropped_model_audio_ms=self._dropped_model_audio_ms, transcript=tuple(self.conversation.transcript),
             tool_calls=tuple(self.tools.records),
-            transfer=self.control.transfer.target_name if self.control.transfer else None,
+            transfers=tuple(self._transfers),
         )
 
     def _route(self, actions: list[Action]) -> list[Action]:
@@ -449,6 +450,8 @@ class CallController:
         return self._end("agent_ended", reason, CloseTwilio(event.reason))
 
     def _on_transfer_failed(self, event: TransferFailed) -> list[Action]:
+        if self.control.transfer is not None:
+            self._transfers.append(TransferAttempt(self.control.transfer.target_name, False, f"not started: {event.reason}"))
         if self.session.state is SessionState.FAILED:
             return self._end("realtime_unavailable", f"fallback transfer failed: {event.reason}", CloseTwilio(event.reason))
         return self.control.transfer_failed(event.reason) + self.conversation.when_idle([CreateResponse()])
@@ -457,6 +460,7 @@ class CallController:
         transfer = self.control.transfer
         name = transfer.target_name if transfer else "?"
         self.control.dial_ended(event.connected, event.dial_status)
+        self._transfers.append(TransferAttempt(name, event.connected, event.dial_status))
         if self._operator_ending:
             return self._end("operator_ended", "ended by the operator", CloseRealtime("ended by the operator"))
         if event.connected:

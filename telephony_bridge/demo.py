@@ -395,9 +395,17 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
     return summary
 
 
-def main(out_dir: Path, live: bool) -> int:
+def main(out_dir: Path, live: bool, transfer: bool = False) -> int:
+    def echo(line: str) -> None:
+        print(line, flush=True)
+
     try:
-        asyncio.run(run_demo(out_dir, live=live, echo=lambda line: print(line, flush=True)))
+        if transfer:
+            from .demo_transfer import run_transfer_demo
+
+            asyncio.run(run_transfer_demo(out_dir, echo=echo))
+        else:
+            asyncio.run(run_demo(out_dir, live=live, echo=echo))
     except KeyboardInterrupt:
         return 130
     return 0

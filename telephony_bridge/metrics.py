@@ -110,6 +110,12 @@ class BridgeMetrics:
             ["number", "outcome"],
             registry=self.registry,
         )
+        self._transfers = Counter(
+            "telephony_bridge_transfers",
+            "Transfers Twilio was asked to dial, by configured target name and whether the person answered.",
+            ["target", "connected"],
+            registry=self.registry,
+        )
         self._call_log_failures = Counter(
             "telephony_bridge_call_log_failures",
             "Calls the call log could not store: the database failed (locked, disk full) or its queue was full.",
@@ -164,6 +170,8 @@ class BridgeMetrics:
     def call_ended(self, summary: CallSummary) -> None:
         """Fold an ended call's figures into the totals (part of the switchboard's `on_call_end` hook)."""
         self._calls.labels(summary.called_number, summary.outcome or "unknown").inc()
+        for transfer in summary.transfers:
+            self._transfers.labels(transfer.target_name, str(transfer.connected).lower()).inc()
         self._ended.add(summary)
         for seconds in _response_latencies_s(summary):
             self._response_latency.observe(seconds)

@@ -446,9 +446,10 @@ class RecordedFrame:
 
     @property
     def kind(self) -> str:
-        """The Twilio `event` or Realtime `type`; "raw" for a frame that is not a JSON object with one."""
+        """The Twilio `event`, Realtime `type` or REST `kind`; "raw" for a frame that is not a JSON object with one."""
         if isinstance(self.message, dict):
-            kind = self.message.get("event") if self.direction in ("twilio>bridge", "bridge>twilio") else self.message.get("type")
+            key = {"twilio>bridge": "event", "bridge>twilio": "event", "twilio-rest": "kind"}.get(self.direction, "type")
+            kind = self.message.get(key)
             if isinstance(kind, str):
                 return kind
         return "raw"

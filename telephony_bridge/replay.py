@@ -3,7 +3,9 @@
 The real app runs under uvicorn on loopback. The replay answers for both services the bridge
 talks to: it POSTs the signed webhook the recording's header describes, then plays Twilio from
 the recorded `twilio>bridge` frames and a scripted Realtime service from the recorded
-`realtime>bridge` frames, and records what the bridge sends on both sockets. Where the recording
+`realtime>bridge` frames, and records what the bridge sends on both sockets. Twilio's REST API is a
+scripted stand-in too (`TWILIO_API_URL`): each request the bridge makes gets the next answer the
+recording holds, in order, and the requests themselves are compared. Where the recording
 shows the service closing or dropping the session (version 2), the scripted service does so too, with
 the recorded close code; the frames after the bridge's next session opens go to that session.
 
@@ -20,7 +22,8 @@ across gaps over `LONG_GAP_MS` (a silent stream is something the bridge reacts t
 (the caller talking, the model generating) the recording runs `FAST_FORWARD` times faster.
 
 What is compared (docs/recording-format.md): on each socket, the bridge's messages in order, with
-ids, event ids, mark names and stream ids normalised; audio lengths exactly and audio content
+ids, event ids, mark names and stream ids normalised; its REST requests (method, path, parameters,
+with account and call SIDs and transfer ids normalised); audio lengths exactly and audio content
 within `AUDIO_TOLERANCE`; truncate points within `TRUNCATE_TOLERANCE_MS`. The caller's audio
 forwarded to the service is compared as one stream, apart from the other events, because where
 an append falls between two events depends on packet timing, not on the bridge.
@@ -33,15 +36,22 @@ import audioop
 import bisect
 import difflib
 import json
+import re
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import pairwise
-from typing import Any
+from typing import Any, Final
+from urllib.parse import parse_qsl
 
 import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -81,6 +91,14 @@ _DROPPED_KEYS = frozenset({"event_id", "streamSid"})
 _AUDIO_KEYS = {"bridge>twilio": ("media", "payload"), "bridge>realtime": (None, "audio")}
 _TOLERANT_KEYS = frozenset({"audio_end_ms"})
 _TWILIO_SIDE = ("twilio>bridge", "bridge>twilio")
+_REST: Final = "twilio-rest"
+_REST_IDS = (
+    (re.compile(r"/Accounts/AC[0-9a-fA-F]{32}"), "/Accounts/<account>"),
+    (re.compile(r"/Calls/CA[0-9a-fA-F]{32}"), "/Calls/<call>"),
+    (re.compile(r"transfer=[A-Za-z0-9_-]+"), "transfer=<transfer id>"),
+)
+"""What differs between two runs of one REST request: the account (a replay's caller is a new one), and the
+single-use transfer id in a `<Dial>`'s URLs. The call SID is the recording's, normalised all the same."""
 _UNSENDABLE_CLOSE_CODES = frozenset({1005, 1006, 1015})
 """Codes that only describe a close (no code sent, no close frame, TLS failure); replayed as a dropped connection."""
 
@@ -107,9 +125,10 @@ class ReplayResult:
             head += f"\nthe recording was cut at {cut.t_ms / 1000:.1f} s ({cut.reason}): the call went on unrecorded"
         if self.same:
             sent = Counter(frame.direction for frame in self.replayed)
+            rest = f", and {sent[_REST]} REST request(s) to Twilio" if sent[_REST] else ""
             return (
                 f"{head}\nthe bridge behaves as recorded: {sent['bridge>twilio']} messages to Twilio and "
-                f"{sent['bridge>realtime']} to the Realtime service match."
+                f"{sent['bridge>realtime']} to the Realtime service{rest} match."
             )
         count = len(self.differences)
         verdict = f"{count} difference{'s' * (count != 1)}: the call does not replay as recorded."
@@ -128,10 +147,13 @@ async def replay(call: RecordedCall, *, gate_timeout_s: float = GATE_TIMEOUT_S) 
     ]})
     service = _ScriptedRealtime(script)
     await service.start()
+    rest = _ScriptedRest(script)
+    await rest.start()
     settings = settings_from_env(
         {
             "PUBLIC_URL": PUBLIC_URL,
             "TWILIO_AUTH_TOKEN": auth_token,
+            "TWILIO_API_URL": rest.url,
             "OPENAI_API_KEY": "sk-replay-" + secrets.token_urlsafe(12),
             "REALTIME_URL": service.url,
             "REALTIME_API": call.dialect,
@@ -162,6 +184,7 @@ async def replay(call: RecordedCall, *, gate_timeout_s: float = GATE_TIMEOUT_S) 
     finally:
         await service.stop()
         await tools.__aexit__(None, None, None)
+        await rest.stop()
     result = ReplayResult(call, script.observed, script.problems, wall_s)
     result.differences += compare(call.frames, script.observed)
     made = [(request.path.strip("/"), request.json.get("arguments")) for request in tools.requests]
@@ -190,11 +213,18 @@ class _Script:
         """The recorded tool requests, (name, arguments) in order: the replay must make the same."""
         self.tool_answers: dict[str, deque[dict[str, Any]]] = {}
         """The recorded answers per tool, served again in order."""
+        self.rest_answers: deque[RecordedFrame] = deque()
+        """What Twilio answered the bridge's REST requests, in order: the stand-in gives them out again."""
         for frame in call.timeline():
             if isinstance(frame, RecordedFrame) and frame.direction == "tools":
                 self._tool_line(frame.message)
             elif isinstance(frame, RealtimeSocketChange):
                 self._steps.append((frame, self._replay_ms(frame.t_ms), dict(before)))
+            elif frame.direction == _REST:
+                if frame.kind == "request":
+                    before[(_REST, frame.kind)] += 1
+                else:
+                    self.rest_answers.append(frame)
             elif frame.direction.startswith("bridge>"):
                 if frame.direction == "bridge>twilio" and frame.kind == "mark":
                     self.recorded_marks.add(_mark_name(frame.message))
@@ -405,6 +435,49 @@ class _ScriptedTwilio:
         self.closed = True
 
 
+class _ScriptedRest:
+    """Twilio's REST API as the recording shows it: any request gets the next recorded answer.
+
+    A request past the recorded answers (the bridge asks more than it did) gets 404 code 20404, "the call
+    is gone", which ends the bridge's part in it; the request itself shows up as a difference.
+    """
+
+    def __init__(self, script: _Script) -> None:
+        self._script = script
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = Starlette(routes=[Route("/{path:path}", self._answer, methods=["GET", "POST"])])
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning"))
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(), name="replay-twilio-rest")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self._server.servers[0].sockets[0].getsockname()[1]}"
+
+    async def _answer(self, request: Request) -> Response:
+        body = (await request.body()).decode("utf-8", "replace") if request.method == "POST" else ""
+        params = dict(parse_qsl(body, keep_blank_values=True)) | dict(request.query_params)
+        seen = {"kind": "request", "method": request.method, "path": request.url.path, "params": params}
+        self._script.saw(_REST, json.dumps(seen))
+        answers = self._script.rest_answers
+        while answers and answers[0].kind != "response":
+            answers.popleft()  # a try that got no answer: the retry that followed gets the next one
+        if not answers:
+            return JSONResponse({"code": 20404, "message": "not in the recording", "status": 404}, status_code=404)
+        recorded = answers.popleft().message
+        return JSONResponse(recorded.get("body"), status_code=int(recorded.get("status", 200)))
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+            self._server = None
+
+
 class _ScriptedRealtime:
     """A Realtime service that says only what the recording shows it said, on the bridge's latest session."""
 
@@ -559,15 +632,36 @@ class _Sent:
 def compare(recorded: list[RecordedFrame], replayed: list[RecordedFrame]) -> list[str]:
     """The behavioural differences between two runs of a call, readable, one entry per difference."""
     differences: list[str] = []
-    for direction in ("bridge>twilio", "bridge>realtime"):
-        before = _normalised(frame for frame in recorded if frame.direction == direction)
-        now = _normalised(frame for frame in replayed if frame.direction == direction)
+    for direction in ("bridge>twilio", "bridge>realtime", _REST):
+        before = _normalised(frame for frame in recorded if _sent_by_bridge(frame, direction))
+        now = _normalised(frame for frame in replayed if _sent_by_bridge(frame, direction))
         differences += _compare_messages(
             direction, [s for s in before if not _is_append(s)], [s for s in now if not _is_append(s)]
         )
         if direction == "bridge>realtime":
             differences += _compare_caller_audio([s for s in before if _is_append(s)], [s for s in now if _is_append(s)])
     return differences
+
+
+def _sent_by_bridge(frame: RecordedFrame, direction: str) -> bool:
+    """A frame the bridge sent that way; on `twilio-rest`, its requests (Twilio's answers are the recording's own)."""
+    return frame.direction == direction and (direction != _REST or frame.kind == "request")
+
+
+def _rest_request(message: dict[str, Any]) -> dict[str, Any]:
+    """A REST request with what differs from run to run (see `_REST_IDS`) replaced by placeholders."""
+
+    def normal(text: str) -> str:
+        for pattern, placeholder in _REST_IDS:
+            text = pattern.sub(placeholder, text)
+        return text
+
+    params = message.get("params")
+    return {
+        **message,
+        "path": normal(str(message.get("path", ""))),
+        "params": {key: normal(str(value)) for key, value in params.items()} if isinstance(params, dict) else params,
+    }
 
 
 def _is_append(sent: _Sent) -> bool:
@@ -585,7 +679,8 @@ def _normalised(frames: Iterable[RecordedFrame]) -> list[_Sent]:
             continue
         audio = frame.audio()
         numbers: dict[str, float] = {}
-        body = _normalise(frame.message, ids, numbers)
+        message = _rest_request(frame.message) if frame.direction == _REST and isinstance(frame.message, dict) else frame.message
+        body = _normalise(message, ids, numbers)
         if frame.kind == "mark" and frame.direction == "bridge>twilio":
             body["mark"]["name"] = marks.setdefault(_mark_name(frame.message), f"<mark {len(marks) + 1}>")
         if audio is not None:

@@ -39,6 +39,17 @@ class CallCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferAttempt:
+    """One transfer Twilio was asked to dial: to which configured target, and how the dialled leg ended."""
+
+    target_name: str
+    """The name in the number's `[transfer]` table (bounded: a metric label)."""
+    connected: bool
+    status: str
+    """Twilio's `DialCallStatus` (busy, no-answer, completed, ...), or why the REST request was refused."""
+
+
+@dataclass(frozen=True, slots=True)
 class CallSummary:
     call_sid: str
     called_number: str
@@ -61,5 +72,15 @@ class CallSummary:
     transcript: tuple[TranscriptDone, ...]
     """Both sides' words, with a `tool` line for each tool call, in the order they happened."""
     tool_calls: tuple[ToolCallRecord, ...] = ()
-    transfer: str | None = None
-    """The transfer target's name, when the call was handed over (or a hand-over was under way at the end)."""
+    transfers: tuple[TransferAttempt, ...] = ()
+    """Every transfer the call attempted, in order: a busy one that brought the caller back, then perhaps another."""
+
+    @property
+    def transfer_target(self) -> str | None:
+        """The target of the call's last transfer; `None` for a call never transferred."""
+        return self.transfers[-1].target_name if self.transfers else None
+
+    @property
+    def transfer_connected(self) -> bool | None:
+        """Whether the call's last transfer connected; `None` for a call never transferred."""
+        return self.transfers[-1].connected if self.transfers else None

@@ -141,7 +141,7 @@ def after_call_body(summary: CallSummary, ended_at: float) -> bytes:
         "duration_s": round(summary.duration_s, 3),
         "outcome": summary.outcome,
         "end_reason": summary.end_reason,
-        "transfer": summary.transfer,
+        "transfer": summary.transfer_target,
         "tool_calls": [
             {"tool": record.name, "arguments": record.arguments, "outcome": record.outcome,
              "latency_ms": round(record.latency_ms, 1)}

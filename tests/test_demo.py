@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -59,3 +60,34 @@ async def test_live_mode_talks_to_the_realtime_service_the_environment_names(tmp
     assert process.returncode == 0, stderr.decode()
     assert "the real Realtime API at ws://127.0.0.1" in printed and "caller  hangs up" in printed
     assert len(service.sessions) == 1 and service.sessions[0].events("conversation.item.truncate")
+
+
+def test_the_transfer_demo_dials_the_front_desk_once_the_hand_over_was_heard_and_whispers_the_summary(tmp_path: Path) -> None:
+    out = tmp_path / "transfer-out"
+    result = subprocess.run(
+        [sys.executable, "-m", "telephony_bridge", "demo", "--transfer", "--out", str(out), "--log-level", "warning"],
+        capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")},
+    )
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout
+    order = ["caller  speaking", "REST POST Calls/{CallSid}.json: <Dial> front desk (HTTP 200)", "desk    answers and hears",
+             "caller and front desk joined", "DialCallStatus=completed", "call over"]
+    positions = [printed.find(line) for line in order]
+    assert -1 not in positions and positions == sorted(positions), printed
+    assert "Ada Lovelace wants to move her Tuesday cleaning to Friday." in printed.split("desk    answers")[1]
+    delay = float(re.search(r"hand-over heard -> <Dial>\s+(\d+) ms", printed).group(1))
+    assert 0 <= delay < 500, "the <Dial> follows the hand-over's last mark echo within 500 ms"
+
+    svg = (out / "timeline.svg").read_text()
+    assert svg.startswith("<svg") and "REST POST" in svg and "whisper to the front desk" in svg and "with the front desk" in svg
+    (recording,) = (out / "recording").glob("*.jsonl")
+    rest = [json.loads(line) for line in recording.read_text().splitlines() if '"dir":"twilio-rest"' in line]
+    assert [entry["msg"]["kind"] for entry in rest] == ["request", "response"]
+    assert "<Dial" in rest[0]["msg"]["params"]["Twiml"] and "+14155550199" in rest[0]["msg"]["params"]["Twiml"]
+
+
+def test_the_transfer_demo_runs_only_with_the_simulators() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "telephony_bridge", "demo", "--transfer", "--live"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0 and "--transfer runs with the simulators only" in result.stderr

@@ -21,6 +21,7 @@ from telephony_bridge.testing.recorded_calls import SCENARIOS
 RECORDINGS = Path(__file__).parent / "recordings"
 BARGE_IN = RECORDINGS / "barge-in-mid-answer.jsonl"
 DROPPED = RECORDINGS / "realtime-drop-mid-call.jsonl"
+GOODBYE = RECORDINGS / "goodbye-end-call.jsonl"
 HISTORY_ITEM = '{"item":{"content":[{"text":"Hello! This is the simulated assistant.'
 
 
@@ -101,3 +102,41 @@ async def test_a_bridge_that_forgets_the_conversation_on_a_new_session_is_a_diff
     result = await replay(read_recording(DROPPED))
     assert not result.same
     assert any("- t=" in difference and HISTORY_ITEM in difference for difference in result.differences), result.report()
+
+
+def is_rest_request(entry: dict) -> bool:
+    return entry.get("dir") == "twilio-rest" and entry["msg"].get("kind") == "request"
+
+
+def test_a_call_the_model_ended_records_its_rest_hang_up_and_twilios_answer_after_the_goodbye_played() -> None:
+    recording = read_recording(GOODBYE)
+    rest = [frame for frame in recording.frames if frame.direction == "twilio-rest"]
+    assert [frame.kind for frame in rest] == ["request", "response"]
+    request, answer = (frame.message for frame in rest)
+    assert (request["method"], request["params"]) == ("POST", {"Status": "completed"})
+    assert request["path"].endswith(f"/Calls/{recording.call_sid}.json") and answer["status"] == 200
+    last_echo = max(f.t_ms for f in recording.frames if f.direction == "twilio>bridge" and f.kind == "mark")
+    assert 0 <= rest[0].t_ms - last_echo < 500, "the hang-up follows the goodbye's last mark echo within 500 ms"
+    sent = [frame for frame in recording.frames if frame.direction == "bridge>realtime"]
+    created = [frame.message["item"] for frame in sent if frame.kind == "conversation.item.create"]
+    assert [item["type"] for item in created] == ["function_call_output"]
+
+
+async def test_a_bridge_that_no_longer_hangs_up_after_the_goodbye_is_a_difference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller, "END_CALL", "no_such_function")
+    result = await replay(read_recording(GOODBYE))
+    assert not result.same
+    rest = [d for d in result.differences if d.startswith("twilio-rest:")]
+    assert rest and '- t=' in rest[0] and '"Status":"completed"' in rest[0], result.report()
+    assert any("the line drops once your goodbye has played" in d and "no function" in d for d in result.differences), (
+        result.report()
+    )
+
+
+async def test_a_rest_request_the_recording_does_not_hold_is_a_difference(tmp_path: Path) -> None:
+    recording = altered(GOODBYE, tmp_path / "no-hang-up.jsonl", lambda entry: None if is_rest_request(entry) else entry)
+    result = await replay(read_recording(recording))
+    assert not result.same
+    assert any(d.startswith("twilio-rest:") and "+ t=" in d and "/Calls/<call>.json" in d for d in result.differences), (
+        result.report()
+    )

@@ -112,6 +112,10 @@ def admin_router(token: str | None) -> APIRouter:
         if record is None:
             raise HTTPException(404, f"no call {call_sid} in the call log")
         detail = _call_json(record)
+        detail["transfer"] = (
+            {"target": record.transfer_target, "connected": record.transfer_connected}
+            if record.transfer_target is not None else None
+        )
         detail["transcript"] = [asdict(line) for line in record.transcript]
         detail["recording"] = (
             f"/admin/calls/{call_sid}/recording.wav" if _recording_of(request, call_sid) is not None else None

@@ -7,7 +7,8 @@ on purpose, re-record them all and review the diff of the replays:
     scripts/record_fixtures            # or: python -m telephony_bridge.testing.recorded_calls DIR
 
 The model's answer is 1 s of speech-like audio and each call lasts 1-3 s, so every file stays
-around 100-250 KB and every replay takes a few seconds.
+around 100-250 KB and every replay takes a few seconds. Twilio's REST API is `TwilioApiSimulator`,
+so a call the model ends records its REST hang-up and Twilio's answer.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from pathlib import Path
 
 from ..config import parse_config, settings_from_env
 from .bridge_server import serve_bridge
-from .realtime_simulator import RealtimeSimulator, SimulatedSession, speech_like_pcm16
+from .realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, SimulatedSession, speech_like_pcm16
+from .twilio_api import TwilioApiSimulator
 from .twilio_simulator import SimulatedCall, speech_like_ulaw
 
 AUTH_TOKEN = "twilio-auth-token-for-recordings"
 API_KEY = "sk-key-for-recordings"
 PUBLIC_URL = "https://bridge.example.com"
+ACCOUNT_SID = "AC" + "0" * 32
 NUMBER = "+15005550100"
 GREETED_NUMBER = "+15005550101"
 ANSWER_MS = 1000
@@ -60,6 +63,8 @@ class RecordedScenario:
     run: Scenario
     number: str = NUMBER
     dialect: str = "ga"
+    answers: tuple[ScriptedAnswer, ...] = ()
+    """What the model does, response by response; empty: every response is the 1 s answer."""
 
 
 async def _session(realtime: RealtimeSimulator) -> SimulatedSession:
@@ -146,6 +151,16 @@ async def _realtime_drop_mid_call(call: SimulatedCall, realtime: RealtimeSimulat
     await call.hang_up()
 
 
+async def _goodbye(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    """The caller says goodbye; the model says it back and calls `end_call`; the bridge hangs up once it has played."""
+    await _session(realtime)
+    call.say(speech_like_ulaw(SPEECH_MS))
+    await call.wait_for_step("hung-up", timeout=10)
+    await asyncio.sleep(0.1)
+
+
+GOODBYE = ScriptedAnswer(speech_like_pcm16(ANSWER_MS), "Goodbye!", calls=(ScriptedCall("end_call"),))
+
 SCENARIOS = (
     RecordedScenario("conversation", _one_answer),
     RecordedScenario("greeting", _greeting, number=GREETED_NUMBER),
@@ -156,6 +171,7 @@ SCENARIOS = (
     RecordedScenario("junk-frame", _junk_frame),
     RecordedScenario("preview-dialect", _one_answer, dialect="preview"),
     RecordedScenario("realtime-drop-mid-call", _realtime_drop_mid_call),
+    RecordedScenario("goodbye-end-call", _goodbye, answers=(GOODBYE,)),
 )
 
 
@@ -163,12 +179,18 @@ async def record(scenario: RecordedScenario, folder: Path) -> Path:
     """Run one scenario through the real bridge with recording on; the recording lands at `folder/<name>.jsonl`."""
     with tempfile.TemporaryDirectory() as scratch:
         config = parse_config(CONFIG + f'\n[recording]\nfolder = "{Path(scratch).as_posix()}"\n', "recorded_calls.CONFIG")
-        async with RealtimeSimulator(answer_audio=speech_like_pcm16(ANSWER_MS), require_key=API_KEY) as realtime:
+        async with (
+            RealtimeSimulator(
+                answer_audio=speech_like_pcm16(ANSWER_MS), answers=scenario.answers, require_key=API_KEY
+            ) as realtime,
+            TwilioApiSimulator(auth_token=AUTH_TOKEN, account_sid=ACCOUNT_SID) as api,
+        ):
             url = realtime.preview_url if scenario.dialect == "preview" else realtime.url
             settings = settings_from_env(
                 {
                     "PUBLIC_URL": PUBLIC_URL,
                     "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                    "TWILIO_API_URL": api.url,
                     "OPENAI_API_KEY": API_KEY,
                     "REALTIME_URL": url,
                     "REALTIME_API": scenario.dialect,
@@ -182,6 +204,7 @@ async def record(scenario: RecordedScenario, folder: Path) -> Path:
                     call_sid="CA" + hashlib.sha256(scenario.name.encode()).hexdigest()[:32],
                     to_number=scenario.number,
                 )
+                api.register(call)
                 await call.dial()
                 await call.connect()
                 try:
