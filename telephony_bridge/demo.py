@@ -258,7 +258,7 @@ def _barge_in(recording: RecordedCall) -> tuple[float | None, int | None]:
     return reaction, truncate.message["audio_end_ms"] if truncate else None
 
 
-def _stereo(call: SimulatedCall, t0: float, length_s: float) -> np.ndarray:
+def stereo_of_call(call: SimulatedCall, t0: float, length_s: float) -> np.ndarray:
     """Left: what the caller said; right: what the caller heard, each placed at the time it happened."""
     samples = int((length_s + 1) * ULAW_RATE_HZ)
     stereo = np.zeros((samples, 2), dtype=np.int16)
@@ -276,7 +276,7 @@ def _stereo(call: SimulatedCall, t0: float, length_s: float) -> np.ndarray:
     return stereo
 
 
-def _playing_spans(playback: list[tuple[float, int]]) -> list[tuple[float, float]]:
+def playing_spans(playback: list[tuple[float, int]]) -> list[tuple[float, float]]:
     """Runs of playback less than 25 ms apart joined into (start, seconds) spans."""
     spans: list[tuple[float, float]] = []
     for at, n_bytes in playback:
@@ -298,7 +298,7 @@ def _svg(timeline: Timeline, call: SimulatedCall, t0: float, length_s: float, su
     for at, ulaw in call.said:
         said_width = len(ulaw) / ULAW_RATE_HZ * scale
         bars.append(f'<rect x="{x(at - t0):.1f}" y="30" width="{said_width:.1f}" height="26" fill="#2b7bb9"/>')
-    for start, seconds in _playing_spans(call.playback):
+    for start, seconds in playing_spans(call.playback):
         bars.append(f'<rect x="{x(start - t0):.1f}" y="80" width="{seconds * scale:.1f}" height="26" fill="#e07b39"/>')
     marks = []
     for moment in timeline.moments:
@@ -383,8 +383,8 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
     reaction, truncate_ms = _barge_in(recording)
     heard = call.played_ms_at(call.clears[0][0]) if call.clears else None
     summary = DemoSummary(length_s, caller_to_model, model_to_caller, reaction, truncate_ms, heard, _tool_calls(recording))
-    stereo = _stereo(call, t0, length_s)
-    write_stereo_wav8k(out_dir / "call.wav", stereo[:, 0], stereo[:, 1])
+    both = stereo_of_call(call, t0, length_s)
+    write_stereo_wav8k(out_dir / "call.wav", both[:, 0], both[:, 1])
     (out_dir / "timeline.svg").write_text(_svg(timeline, call, t0, length_s, summary), encoding="utf-8")
     echo("\nsummary")
     for line in summary.lines():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import parse_config, settings_from_env
-from .demo import DEMO_CONFIG, DEMO_KEY, DEMO_NUMBER, DEMO_TOKEN, PUBLIC_URL, Timeline, _playing_spans, _stereo
+from .demo import DEMO_CONFIG, DEMO_KEY, DEMO_NUMBER, DEMO_TOKEN, PUBLIC_URL, Timeline, playing_spans, stereo_of_call
 from .recording import RecordedCall, read_recording, write_stereo_wav8k
 from .testing.bridge_server import serve_bridge
 from .testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
@@ -34,6 +34,9 @@ HAND_OVER = ScriptedAnswer(
 RING_S = 1.5
 TALK_S = 2.0
 """The person at the front desk answers after this many seconds of ringing, and talks this long."""
+
+UNUSED_TOOL_URL = "http://127.0.0.1:9/book"
+"""The appointment call's tool is configured for this number too; this call never calls it."""
 
 TRANSFER_CONFIG = DEMO_CONFIG + f"""
 [numbers."{DEMO_NUMBER}".transfer]
@@ -104,7 +107,7 @@ def _svg(timeline: Timeline, call: SimulatedCall, t0: float, length_s: float) ->
     shapes = [f'<rect x="{x(at - t0):.1f}" y="30" width="{len(ulaw) / 8000 * scale:.1f}" height="26" fill="#2b7bb9"/>'
               for at, ulaw in call.said]
     shapes += [f'<rect x="{x(start - t0):.1f}" y="80" width="{seconds * scale:.1f}" height="26" fill="#e07b39"/>'
-               for start, seconds in _playing_spans(call.playback)]
+               for start, seconds in playing_spans(call.playback)]
     labelled = [m for m in timeline.moments if m.what.startswith("REST") or m.who == "desk" or "joined" in m.what]
     for row, moment in enumerate(labelled):
         at = x(moment.at_s)
@@ -132,7 +135,7 @@ async def run_transfer_demo(out_dir: Path, *, echo: Callable[[str], None] = prin
     """Place one simulated call that the model transfers; write call.wav, timeline.svg and the recording to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     recordings = out_dir / "recording"
-    config = parse_config(TRANSFER_CONFIG.format(folder=recordings.as_posix()), "demo configuration")
+    config = parse_config(TRANSFER_CONFIG.format(folder=recordings.as_posix(), tool_url=UNUSED_TOOL_URL), "demo configuration")
     loop = asyncio.get_running_loop()
     async with (
         RealtimeSimulator(answers=[HAND_OVER], require_key=DEMO_KEY) as model,
@@ -172,8 +175,8 @@ async def run_transfer_demo(out_dir: Path, *, echo: Callable[[str], None] = prin
     whispered = call.whispers[0][1] if call.whispers else None
     bridged = next((detail for event, detail in call.steps("bridged")), None)
     summary = TransferSummary(length_s, heard_to_rest_ms(recording), whispered, bridged)
-    stereo = _stereo(call, timeline.start, length_s)
-    write_stereo_wav8k(out_dir / "call.wav", stereo[:, 0], stereo[:, 1])
+    both = stereo_of_call(call, timeline.start, length_s)
+    write_stereo_wav8k(out_dir / "call.wav", both[:, 0], both[:, 1])
     (out_dir / "timeline.svg").write_text(_svg(timeline, call, timeline.start, length_s), encoding="utf-8")
     echo("\nsummary")
     for line in summary.lines():
