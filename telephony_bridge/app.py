@@ -124,7 +124,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         return f"{proto}://{host.split(',')[0].strip()}{path or '/twilio/voice'}"
 
     async def signed_form(request: Request) -> dict[str, str] | Response:
-        """A callback's form fields, once Twilio's signature over its public URL and fields checks out."""
+        """A webhook's or callback's form fields, once Twilio's signature over its public URL and fields checks out;
+        else the answer to send (413 too big, 400 cut off, 403 not signed by Twilio)."""
         body = bytearray()
         try:
             async for chunk in request.stream():
@@ -132,13 +133,15 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 if len(body) > MAX_WEBHOOK_BODY_BYTES:
                     return Response("request body too large", status_code=413)
         except ClientDisconnect:
-            log.info("callback from %s: the client left before sending its whole body", request.client)
+            # Gone mid-body (or cut off at the body deadline): nobody is left to answer.
+            log.info("request to %s from %s: the client left before sending its whole body", request.url.path, request.client)
             return Response(status_code=400)
         params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
         query = f"?{request.url.query}" if request.url.query else ""
         url = public_url(request.headers, websocket=False, path=request.url.path) + query
         if not signed_by_twilio(url, params, request.headers.get("x-twilio-signature")):
-            log.warning("callback to %s with a missing or wrong Twilio signature from %s", request.url.path, request.client)
+            log.warning("request to %s with a missing or wrong Twilio signature from %s; checked against %s: %s",
+                        request.url.path, request.client, _without_query(url), SIGNED_URL_HINT)
             return Response("invalid Twilio signature", status_code=403)
         return params
 
@@ -210,22 +213,9 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
 
     @app.post("/twilio/voice")
     async def voice(request: Request) -> Response:
-        body = bytearray()
-        try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_WEBHOOK_BODY_BYTES:
-                    return Response("request body too large", status_code=413)
-        except ClientDisconnect:
-            # Gone mid-body (or cut off at the body deadline): nobody is left to answer.
-            log.info("webhook from %s: the client left before sending its whole body", request.client)
-            return Response(status_code=400)
-        params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
-        url = public_url(request.headers, websocket=False) + (f"?{request.url.query}" if request.url.query else "")
-        if not signed_by_twilio(url, params, request.headers.get("x-twilio-signature")):
-            log.warning("webhook with a missing or wrong Twilio signature from %s; checked against %s: %s",
-                        request.client, _without_query(url), SIGNED_URL_HINT)
-            return Response("invalid Twilio signature", status_code=403)
+        params = await signed_form(request)
+        if isinstance(params, Response):
+            return params
         call_sid, called_number = params.get("CallSid"), params.get("To")
         if not call_sid or not called_number:
             return Response("CallSid and To are required", status_code=400)
