@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .config import Settings
 from .errors import ConfigError, TwilioCallGone, TwilioRestError
 from .events import CallUpdate, Event, HangUp, HangUpFailed, Transfer, TransferFailed
+from .tls import tls_context
 from .transfers import Transfers
 from .twilio_rest import Observer, TwilioRest
 from .webhook import DIAL_ENDED_PATH, WHISPER_PATH, refusal_twiml, transfer_twiml
@@ -35,7 +36,8 @@ class CallUpdates:
         """Send `update` for `call`; `None` when Twilio took it, else the event that tells the controller why not."""
         transfer_id = None
         try:
-            async with TwilioRest.from_settings(self._settings, call.account_sid or None, observe=observe) as rest:
+            tls = await tls_context()
+            async with TwilioRest.from_settings(self._settings, call.account_sid or None, observe=observe, tls=tls) as rest:
                 account_sid = self._settings.twilio_account_sid or call.account_sid
                 if isinstance(update, HangUp) and update.goodbye:
                     await rest.update_call(account_sid, call.call_sid, twiml=refusal_twiml(update.goodbye))

@@ -11,9 +11,7 @@ megabytes costs 64 KiB.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from .config import AfterCall, HttpTool
 from .events import ToolOutcome
 from .signatures import SIGNATURE_HEADER, signature
 from .summary import CallSummary
+from .tls import tls_context
 from .tools import error_output
 
 MAX_ANSWER_BYTES = 64 * 1024
@@ -32,20 +31,9 @@ MAX_ANSWER_BYTES = 64 * 1024
 phone answer needs; more is an operator's mistake (a whole table dumped) that would slow every turn."""
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    return ssl.create_default_context()
-
-
 async def new_client() -> httpx.AsyncClient:
-    """An HTTP client for a call's requests to operators' servers.
-
-    Loading the system's CA certificates takes about 40 ms of CPU, and `httpx.AsyncClient()` does it
-    for each client (63 ms measured): on the event loop, that would stall every call's audio. So
-    it is done once per process, in a worker thread, and every client shares the context.
-    """
-    context = await asyncio.to_thread(_tls_context)
-    return httpx.AsyncClient(verify=context, follow_redirects=False)
+    """An HTTP client for a call's requests to operators' servers, with the process's one TLS context (`tls`)."""
+    return httpx.AsyncClient(verify=await tls_context(), follow_redirects=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -64,17 +65,19 @@ class TwilioRest:
         base_url: str = "https://api.twilio.com",
         observe: Observer | None = None,
         timeout_s: float = TIMEOUT_S,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._observe = observe
         self._http = httpx.AsyncClient(
             base_url=self.base_url, auth=httpx.BasicAuth(username, password), timeout=timeout_s,
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json"}, verify=tls if tls is not None else True,
         )
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, account_sid_from_call: str | None, *, observe: Observer | None = None
+        cls, settings: Settings, account_sid_from_call: str | None, *, observe: Observer | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> TwilioRest:
         """A client with the configured credentials: the API key and secret if set, else the account SID
         (``TWILIO_ACCOUNT_SID``, else the one Twilio sent with the call) and ``TWILIO_AUTH_TOKEN``."""
@@ -88,7 +91,7 @@ class TwilioRest:
             if not account_sid:
                 raise ConfigError("environment", "TWILIO_ACCOUNT_SID", "required when the call did not bring its AccountSid")
             username, password = account_sid, settings.twilio_auth_token
-        return cls(username=username, password=password, base_url=settings.twilio_api_url, observe=observe)
+        return cls(username=username, password=password, base_url=settings.twilio_api_url, observe=observe, tls=tls)
 
     async def aclose(self) -> None:
         await self._http.aclose()
