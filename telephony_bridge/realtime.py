@@ -48,6 +48,7 @@ from .events import (
     TruncateItem,
 )
 from .logs import LogThrottle
+from .tls import tls_context
 from .tools import function_definitions, mcp_definitions
 from .wire import PCM24K_RATE_HZ, SERVER_EVENTS, loads
 
@@ -314,7 +315,9 @@ async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientC
     """Open the websocket; the error names the cause but never the key.
 
     The headers are built per open: with Microsoft Entra ID each open carries a token valid for minutes
-    more at least, so a renewal or reconnect an hour into a call still authenticates.
+    more at least, so a renewal or reconnect an hour into a call still authenticates. A `wss:` session
+    takes the process's one TLS context: left to itself, each open would load the CA certificates on
+    the event loop, stalling every call (see `tls`).
     """
     headers = dict(endpoint.headers)
     if endpoint.token is not None:
@@ -322,9 +325,11 @@ async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientC
             headers["Authorization"] = await asyncio.wait_for(endpoint.token.authorization(), timeout_s)
         except TimeoutError:
             raise RealtimeConnectError(f"no Microsoft Entra ID token within {timeout_s:g} s") from None
+    tls: dict[str, Any] = {"ssl": await tls_context()} if endpoint.url.startswith("wss:") else {}
     try:
         return await connect(
             endpoint.url,
+            **tls,
             additional_headers=headers,
             open_timeout=timeout_s,
             max_size=MAX_EVENT_BYTES,
