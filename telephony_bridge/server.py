@@ -37,6 +37,10 @@ from .media_stream import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
+CALLBACK_GRACE_S = 2.0
+"""How long the server keeps answering after the drain ended calls: Twilio requests their `<Connect action>`
+within moments, and a caller whose conversation was cut short hears `shutdown_message`, not an application error."""
+
 
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: FastAPI, drain_seconds: float) -> None:
@@ -74,7 +78,9 @@ class DrainingServer(uvicorn.Server):
         self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit())
 
     async def _drain_then_exit(self) -> None:
-        await self._app.state.switchboard.drain(self._drain_seconds)
+        if await self._app.state.switchboard.drain(self._drain_seconds):
+            # The calls just ended ask their <Connect action> what comes next: answer them, then stop listening.
+            await asyncio.sleep(CALLBACK_GRACE_S)
         self.should_exit = True
 
 

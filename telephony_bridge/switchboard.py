@@ -169,21 +169,25 @@ class Switchboard:
             call = self._open(call_sid, called_number)
         return call
 
-    async def drain(self, timeout_s: float) -> None:
-        """Stop taking calls; wait up to `timeout_s` for live ones to end by themselves, then end the rest."""
+    async def drain(self, timeout_s: float) -> int:
+        """Stop taking calls; wait up to `timeout_s` for live ones to end by themselves, then end the rest.
+
+        Returns how many calls the bridge had to end: Twilio asks each one's `<Connect action>` what comes next.
+        """
         self.draining = True
         live = [call for call in self._calls.values() if not call.ended.is_set()]
         log.info("draining: %d live calls, waiting up to %g s", len(live), timeout_s)
         if live:
             await asyncio.wait([asyncio.ensure_future(call.ended.wait()) for call in live], timeout=timeout_s)
-        await self.end_all("bridge shutting down")
+        return await self.end_all("bridge shutting down")
 
-    async def end_all(self, reason: str) -> None:
-        """End every call (at shutdown) and wait until each has closed its sockets."""
-        calls = list(self._calls.values())
+    async def end_all(self, reason: str) -> int:
+        """End every live call (at shutdown) and wait until each has closed its sockets; how many there were."""
+        calls = [call for call in self._calls.values() if not call.ended.is_set()]
         for call in calls:
             call.end(reason, "shut_down")
         await asyncio.gather(*(call.ended.wait() for call in calls))
+        return len(calls)
 
     def _open(self, call_sid: str, called_number: str, caller_number: str = "", account_sid: str = "") -> Call:
         profile = self.config.profile_for(called_number)

@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, TEST_CONFIG, bridge_for, new_call, place_call
+from telephony_bridge.config import DEFAULT_SHUTDOWN
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import speech_like_ulaw
 
@@ -310,10 +311,11 @@ async def test_sigterm_refuses_new_calls_and_lets_live_ones_finish(tmp_path: Pat
 async def test_after_the_drain_time_the_remaining_calls_are_ended_cleanly(tmp_path: Path, realtime: RealtimeSimulator) -> None:
     process, bridge = await start_serve_process(tmp_path, realtime, drain_seconds=1)
     live = new_call(bridge)
-    await live.dial()
-    await live.connect()
+    await live.run()
     session = await realtime.wait_for_session(0)
     process.send_signal(signal.SIGTERM)
     assert await live.wait_closed_by_bridge(timeout=4) is not None
     await session.wait_closed(timeout=1)
+    await live.wait_over(timeout=5)
+    assert live.spoken == [DEFAULT_SHUTDOWN], "a caller cut off by the drain hears why, not the fallback or an error"
     assert await wait_exit(process, timeout_s=5) == 0
