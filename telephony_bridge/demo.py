@@ -363,7 +363,7 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
             timeline = Timeline(loop.time, echo)
             timeline.mark("phone", f"dials {DEMO_NUMBER}")
             await call.dial()
-            timeline.mark("bridge", "answers with TwiML <Connect><Stream> and a fallback <Say>")
+            timeline.mark("bridge", "answers with TwiML <Connect action><Stream>: it says what follows the stream")
             await call.connect()
             timeline.mark("phone", "media stream open")
             stop_watching = asyncio.Event()
