@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import sys
+from urllib.parse import parse_qs
 from xml.sax.saxutils import quoteattr
 
 import uvicorn
@@ -33,11 +34,11 @@ async def healthz() -> PlainTextResponse:
 
 @app.post("/twilio/voice")
 async def incoming_call(request: Request) -> Response:
-    form = await request.form()
+    to = parse_qs((await request.body()).decode()).get("To", [""])[0]
     stream_url = os.environ["PUBLIC_URL"].replace("http", "ws", 1) + "/twilio/media"
     twiml = (
         f'<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url={quoteattr(stream_url)}>'
-        f'<Parameter name="to" value={quoteattr(str(form.get("To", "")))}/></Stream></Connect></Response>'
+        f'<Parameter name="to" value={quoteattr(to)}/></Stream></Connect></Response>'
     )
     return Response(twiml, media_type="application/xml")
 
