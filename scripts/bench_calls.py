@@ -55,7 +55,8 @@ from it, so the table shows before and after side by side; ``--baseline DIR`` ru
 in DIR/telephony_bridge instead (say, a copy of the tree with one change undone).
 ``--bridge-command`` benchmarks any other launcher of the bridge. ``--baseline-relay`` also runs
 ``scripts/baseline_relay.py`` (Twilio's sample relay, mu-law passthrough) before the bridge for
-each N and workload, so the bridge's CPU reads against the cost of the simplest relay::
+each N and workload, so the bridge's CPU reads against the cost of the simplest relay; ``--pcmu``
+runs this tree a second time with ``audio_format = "pcmu"`` for every number::
 
     .venv/bin/python scripts/bench_calls.py --calls 10,100 --baseline-relay   # both workloads
 """
@@ -730,8 +731,10 @@ def tcp_nodelay_census(pid: int) -> tuple[int, int] | None:
     return on, total
 
 
-def _write_config(path: Path, calls: int) -> None:
-    lines = ['[defaults]\ninstructions = "bench call 0"\n', f"[limits]\nmax_calls = {calls + 10}\n"]
+def _write_config(path: Path, calls: int, audio_format: str = "pcm16") -> None:
+    lines = [
+        f'[defaults]\ninstructions = "bench call 0"\naudio_format = "{audio_format}"\n', f"[limits]\nmax_calls = {calls + 10}\n"
+    ]
     for tag in range(calls):
         lines.append(f'[numbers."{NUMBER_BASE}{tag:04d}"]\ninstructions = "bench call {tag}"\n')
     path.write_text("\n".join(lines))
@@ -745,7 +748,9 @@ class Flavour:
     command: list[str]
     pythonpath: str | None = None
     model_ulaw: bool = False
-    """The flavour asks the model for mu-law (a passthrough relay): caller audio is due byte for byte."""
+    """The flavour asks the model for mu-law (a passthrough relay, or pcmu numbers): caller audio is due byte for byte."""
+    config: Path | None = None
+    """The flavour's own configuration file, instead of the run's."""
 
 
 def working_tree_flavour() -> Flavour:
@@ -932,7 +937,7 @@ def measure(
 ) -> Result:
     port = _free_port()
     notes: list[str] = []
-    with running_bridge(flavour, port, standin_port, config, bridge_cpu) as bridge:
+    with running_bridge(flavour, port, standin_port, flavour.config or config, bridge_cpu) as bridge:
         generators.open_calls(port, 2)  # warm-up: lazy imports and first-use allocations are not per call
         time.sleep(1.0)
         generators.stop(0.3)
@@ -1115,6 +1120,9 @@ def main() -> None:
         help="also run scripts/baseline_relay.py (Twilio's sample relay, mu-law passthrough), before the bridge",
     )
     parser.add_argument(
+        "--pcmu", action="store_true", help='also run this tree with audio_format = "pcmu" (mu-law to the model, no conversion)'
+    )
+    parser.add_argument(
         "--deltas-ms", default="mixed,20", type=_workloads,
         help="comma-separated workloads: 'mixed' (model deltas of 20-100 ms) and/or '20' (20 ms deltas at real-time pace)",
     )
@@ -1147,6 +1155,11 @@ def main() -> None:
             flavours = [Flavour(command[-1].rpartition("/")[2], command, os.environ.get("PYTHONPATH"))]
         if args.baseline:
             flavours.insert(0, baseline_flavour(args.baseline, workdir))
+        if args.pcmu:
+            pcmu_config = workdir / "bridge-pcmu.toml"
+            _write_config(pcmu_config, max(counts), "pcmu")
+            tree = working_tree_flavour()
+            flavours.append(Flavour("this tree, pcmu", tree.command, tree.pythonpath, model_ulaw=True, config=pcmu_config))
         if args.baseline_relay:
             flavours.insert(0, baseline_relay_flavour())
         standin_port = _free_port()
