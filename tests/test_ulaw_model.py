@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,8 +12,16 @@ import pytest
 from support import bridge_for, place_call
 from telephony_bridge.config import CallProfile, ConfigError, ConfigErrors, parse_config
 from telephony_bridge.controller import CallController
-from telephony_bridge.events import AppendAudio, CallerAudio, RealtimeConnected, SessionConfigured, StreamStarted
-from telephony_bridge.realtime import session_update
+from telephony_bridge.events import (
+    AppendAudio,
+    CallerAudio,
+    ModelAudio,
+    RealtimeConnected,
+    RealtimeMessageRejected,
+    SessionConfigured,
+    StreamStarted,
+)
+from telephony_bridge.realtime import RealtimeEventParser, session_update
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.session_config import ULAW
 from telephony_bridge.testing.twilio_simulator import speech_like_ulaw
@@ -102,3 +111,10 @@ def test_caller_audio_held_before_the_session_opens_is_bounded_in_mulaw_millisec
     released = controller.handle(SessionConfigured())
     held = [a.pcm for a in released if isinstance(a, AppendAudio)]
     assert held == [b"\xff" * 160] * 250  # 5 s, counted at mu-law's 8 bytes per ms, passed through untouched
+
+
+def test_a_mulaw_delta_of_any_length_is_whole_samples_where_pcm16_needs_an_even_count() -> None:
+    delta = json.dumps({"type": "response.output_audio.delta", "response_id": "resp_1", "item_id": "item_1",
+                        "output_index": 0, "content_index": 0, "delta": base64.b64encode(b"\x01\x02\x03").decode()})
+    assert RealtimeEventParser("ga", audio_format="pcmu").parse(delta) == ModelAudio("resp_1", "item_1", b"\x01\x02\x03")
+    assert isinstance(RealtimeEventParser("ga").parse(delta), RealtimeMessageRejected)
