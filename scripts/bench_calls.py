@@ -11,7 +11,9 @@ generator, pinned to the other core, plays both far ends over loopback with the 
   before it has played, as Twilio does.
 * **Realtime stand-in**: a websocket server that answers ``session.update`` and, for ``--talk`` of
   every ``--period`` seconds, streams an answer in real time: ``response.created``, audio deltas
-  of 20-100 ms, a transcript delta every 200 ms of audio, then the ``done`` events.
+  of 20-100 ms (``--deltas-ms mixed``) or all of one length (``--deltas-ms 20``, the worst case:
+  the most messages per second of audio), a transcript delta every 200 ms of audio, then the
+  ``done`` events. It answers in the format the session asked for: PCM16 24 kHz, or ``audio/pcmu``.
 
 Both sides are plain asyncio protocols over websockets' sans-I/O core, so the generator spends
 a fraction of what the bridge spends per message, and every timestamp is taken the moment the
@@ -29,7 +31,8 @@ What is measured, over a window that starts after all calls are up and warmed:
 * **Memory**: VmRSS at the end of the window minus VmRSS after a two-call warm-up, per call.
 * **Latency, caller -> model**: a caller frame is matched by cumulative audio position: frame i
   (160 i mu-law bytes sent) has arrived when the stand-in has received ``960 i - 132`` bytes of
-  PCM16 (the converter holds back 22 input samples of look-ahead, 2.75 ms).
+  PCM16 (the converter holds back 22 input samples of look-ahead, 2.75 ms), or ``160 i`` bytes of
+  mu-law from a passthrough relay.
 * **Latency, model -> caller**: a delta is out when the caller has received
   ``(S - 66) // 3`` mu-law bytes of the answer, S being the answer's 24 kHz samples sent so far
   (66 samples of look-ahead), plus everything of earlier answers.
@@ -50,7 +53,12 @@ Usage (about 30 s per N and configuration)::
 before the working tree's for each N, with the speed-up packages REV does not depend on hidden
 from it, so the table shows before and after side by side; ``--baseline DIR`` runs the package
 in DIR/telephony_bridge instead (say, a copy of the tree with one change undone).
-``--bridge-command`` benchmarks any other launcher of the bridge.
+``--bridge-command`` benchmarks any other launcher of the bridge. ``--baseline-relay`` also runs
+``scripts/baseline_relay.py`` (Twilio's sample relay, mu-law passthrough) before the bridge for
+each N and workload, so the bridge's CPU reads against the cost of the simplest relay; ``--pcmu``
+runs this tree a second time with ``audio_format = "pcmu"`` for every number::
+
+    .venv/bin/python scripts/bench_calls.py --calls 10,100 --baseline-relay   # both workloads
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import itertools
 import json
 import multiprocessing
 import os
@@ -99,6 +108,7 @@ from telephony_bridge.testing.bench_accounting import (
     match_latencies,
     pcm_bytes_due_array,
     ulaw_bytes_due,
+    ulaw_bytes_due_array,
 )
 from telephony_bridge.testing.twilio_playback import MarkEcho, TwilioPlayback
 from telephony_bridge.testing.vad import speech_like_pcm16
@@ -106,13 +116,15 @@ from telephony_bridge.wire import (
     FRAME_MS,
     PCM24K_RATE_HZ,
     SERVER_EVENTS,
+    ULAW_BYTES_PER_MS,
     ULAW_FRAME_BYTES,
     ULAW_RATE_HZ,
 )
 
 REPO = Path(__file__).resolve().parent.parent
 GA = SERVER_EVENTS["ga"]
-DELTA_MS_CYCLE = (40, 20, 60, 100, 80)  # 20-100 ms, 60 ms on average
+WORKLOADS = {"mixed": (40, 20, 60, 100, 80), "20": (20,)}
+"""Model delta lengths in ms, cycled: today's 20-100 ms (60 on average), and 20 ms only (the most messages)."""
 TRANSCRIPT_EVERY_MS = 200
 SPEEDUP_MODULES = ("uvloop", "httptools", "orjson")
 AUTH_TOKEN = "bench-twilio-auth-token"
@@ -353,8 +365,15 @@ class TwilioLeg(_Socket):
 # ----------------------------------------------------------------------------- generator: Realtime stand-in
 
 
-def _delta_payloads() -> dict[int, str]:
-    return {ms: base64.b64encode(speech_like_pcm16(ms, rate=PCM24K_RATE_HZ)).decode() for ms in set(DELTA_MS_CYCLE)}
+def _delta_payloads() -> dict[tuple[bool, int], str]:
+    """Model audio per (mu-law?, ms): PCM16 24 kHz for the bridge, mu-law 8 kHz for a pcmu session."""
+    payloads = {}
+    for ms in {ms for cycle in WORKLOADS.values() for ms in cycle}:
+        pcm = speech_like_pcm16(ms, rate=PCM24K_RATE_HZ)
+        ulaw = audioop.lin2ulaw(audioop.ratecv(pcm, 2, 1, PCM24K_RATE_HZ, ULAW_RATE_HZ, None)[0], 2)
+        payloads[False, ms] = base64.b64encode(pcm).decode()
+        payloads[True, ms] = base64.b64encode(ulaw[: ULAW_BYTES_PER_MS * ms].ljust(ULAW_BYTES_PER_MS * ms, b"\xff")).decode()
+    return payloads
 
 
 @dataclass
@@ -395,6 +414,7 @@ class RealtimeLeg(_Socket):
         self._answering = False
         self._response_id = ""
         self._earlier_items_ulaw = 0
+        self.ulaw = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -413,8 +433,10 @@ class RealtimeLeg(_Socket):
             self.record.appends_at.append(now)
             self.record.append_total.append(self._appended)
         elif kind == b"session.update":
-            instructions = json.loads(message)["session"]["instructions"]
-            self.tag = int(instructions.split()[-1])
+            session = json.loads(message)["session"]
+            self.ulaw = session.get("audio", {}).get("output", {}).get("format", {}).get("type") == "audio/pcmu"
+            # The bridge's instructions end in the tag; the baseline relay's in the called number.
+            self.tag = int(session["instructions"].split()[-1].removeprefix(NUMBER_BASE))
             self.generator.sessions[self.tag] = self
             self.send('{"type":"session.updated","session":{"type":"realtime"}}')
             if self.generator.talking:
@@ -452,16 +474,18 @@ class RealtimeLeg(_Socket):
         if not self.talking or self._item_ms >= self._talk_ms:
             self._end_answer()
             return
-        ms = min(DELTA_MS_CYCLE[self._deltas % len(DELTA_MS_CYCLE)], self._talk_ms - self._item_ms)
-        if ms not in self.generator.delta_payloads:
+        cycle = self.generator.deltas_ms
+        ms = min(cycle[self._deltas % len(cycle)], self._talk_ms - self._item_ms)
+        if (self.ulaw, ms) not in self.generator.delta_payloads:
             ms = 20
         self._deltas += 1
         before = self._item_ms
         self._item_ms += ms
         self._item_samples += PCM24K_RATE_HZ // 1000 * ms
         self.record.deltas_at.append(time.monotonic())
-        self.record.deltas_due.append(self._earlier_items_ulaw + ulaw_bytes_due(self._item_samples))
-        self.send(self._prefix + self.generator.delta_payloads[ms] + '"}')
+        item_due = ULAW_BYTES_PER_MS * self._item_ms if self.ulaw else ulaw_bytes_due(self._item_samples)
+        self.record.deltas_due.append(self._earlier_items_ulaw + item_due)
+        self.send(self._prefix + self.generator.delta_payloads[self.ulaw, ms] + '"}')
         if before // TRANSCRIPT_EVERY_MS != self._item_ms // TRANSCRIPT_EVERY_MS:
             self.send('{"type":"' + GA.transcript_delta + '",' + self._ids + ',"delta":"word "}')
         self._timer = self.loop.call_at(self._answer_at + self._item_ms / 1000.0, self._send_delta)
@@ -498,6 +522,7 @@ class LoadGenerator:
         self.talk = talk
         self.period_s = period_s
         self.talking = False
+        self.deltas_ms = WORKLOADS["mixed"]
         self.calls: dict[int, TwilioLeg] = {}
         self.sessions: dict[int, RealtimeLeg] = {}
         self.payloads = _caller_payloads()
@@ -530,8 +555,9 @@ class LoadGenerator:
         elif command == "quit":
             self.done.set_result(None)
 
-    async def _open_calls(self, bridge_port: int, tags: list[int]) -> None:
+    async def _open_calls(self, bridge_port: int, tags: list[int], deltas_ms: tuple[int, ...]) -> None:
         self.talking = True
+        self.deltas_ms = deltas_ms
         limit = asyncio.Semaphore(16)
 
         async def open_one(tag: int) -> None:
@@ -705,8 +731,10 @@ def tcp_nodelay_census(pid: int) -> tuple[int, int] | None:
     return on, total
 
 
-def _write_config(path: Path, calls: int) -> None:
-    lines = ['[defaults]\ninstructions = "bench call 0"\n', f"[limits]\nmax_calls = {calls + 10}\n"]
+def _write_config(path: Path, calls: int, audio_format: str = "pcm16") -> None:
+    lines = [
+        f'[defaults]\ninstructions = "bench call 0"\naudio_format = "{audio_format}"\n', f"[limits]\nmax_calls = {calls + 10}\n"
+    ]
     for tag in range(calls):
         lines.append(f'[numbers."{NUMBER_BASE}{tag:04d}"]\ninstructions = "bench call {tag}"\n')
     path.write_text("\n".join(lines))
@@ -719,10 +747,19 @@ class Flavour:
     name: str
     command: list[str]
     pythonpath: str | None = None
+    model_ulaw: bool = False
+    """The flavour asks the model for mu-law (a passthrough relay, or pcmu numbers): caller audio is due byte for byte."""
+    config: Path | None = None
+    """The flavour's own configuration file, instead of the run's."""
 
 
 def working_tree_flavour() -> Flavour:
-    return Flavour("this tree", [str(REPO / ".venv/bin/telephony-bridge")])
+    # The shared virtualenv may have another worktree installed: this tree's package goes first.
+    return Flavour("this tree", [str(REPO / ".venv/bin/telephony-bridge")], str(REPO))
+
+
+def baseline_relay_flavour() -> Flavour:
+    return Flavour("baseline relay", [sys.executable, str(REPO / "scripts/baseline_relay.py")], model_ulaw=True)
 
 
 def baseline_flavour(revision: str, workdir: Path) -> Flavour:
@@ -816,6 +853,7 @@ def running_bridge(flavour: Flavour, port: int, standin_port: int, config: Path,
 @dataclass
 class Result:
     flavour: str
+    workload: str
     calls: int
     cpu_ms_per_call_s: float
     cpu_core_pct: float
@@ -863,9 +901,9 @@ class Generators:
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(process.pid) for process in self.processes)
 
-    def open_calls(self, bridge_port: int, calls: int) -> float:
+    def open_calls(self, bridge_port: int, calls: int, deltas_ms: tuple[int, ...] = WORKLOADS["mixed"]) -> float:
         for index, pipe in enumerate(self.pipes):
-            pipe.send(("run", bridge_port, list(range(index, calls, len(self.pipes)))))
+            pipe.send(("run", bridge_port, list(range(index, calls, len(self.pipes))), deltas_ms))
         return max(self._expect(pipe, "ready", 60 + calls * 0.2)[1] for pipe in self.pipes)
 
     def stop(self, drain_s: float) -> tuple[dict[int, CallerRecord], dict[int, ModelRecord]]:
@@ -895,23 +933,23 @@ def _percentile(values: np.ndarray, q: float) -> float:
 
 def measure(
     flavour: Flavour, calls: int, seconds: float, generators: Generators, standin_port: int, config: Path,
-    bridge_cpu: int | None, profile_dir: Path | None, native: bool = False,
+    bridge_cpu: int | None, profile_dir: Path | None, native: bool = False, workload: str = "mixed",
 ) -> Result:
     port = _free_port()
     notes: list[str] = []
-    with running_bridge(flavour, port, standin_port, config, bridge_cpu) as bridge:
+    with running_bridge(flavour, port, standin_port, flavour.config or config, bridge_cpu) as bridge:
         generators.open_calls(port, 2)  # warm-up: lazy imports and first-use allocations are not per call
         time.sleep(1.0)
         generators.stop(0.3)
         time.sleep(0.5)
         rss_idle = rss_bytes(bridge.pid)
 
-        generators.open_calls(port, calls)
+        generators.open_calls(port, calls, WORKLOADS[workload])
         time.sleep(2.0)  # every call streaming both ways, answers under way
         profiler = None
         if profile_dir is not None:
             profile_dir.mkdir(parents=True, exist_ok=True)
-            raw = profile_dir / f"{flavour.name.split()[0].replace('/', '_')}-{calls}.txt"
+            raw = profile_dir / f"{flavour.name.split()[0].replace('/', '_')}-{calls}-{workload}.txt"
             py_spy = shutil.which("py-spy") or str(REPO / ".venv/bin/py-spy")
             # Non-blocking sampling: blocking mode stops the bridge at its system calls and so
             # over-counts them (getpid showed 13 % of samples for 0.4 % of the time). Stacks may come
@@ -948,7 +986,7 @@ def measure(
             lossy += 1
             continue
         frames_at = np.frombuffer(caller.frames_at, np.float64)
-        frames_due = pcm_bytes_due_array(len(frames_at))
+        frames_due = (ulaw_bytes_due_array if flavour.model_ulaw else pcm_bytes_due_array)(len(frames_at))
         appends_at = np.frombuffer(model.appends_at, np.float64)
         append_total = np.frombuffer(model.append_total, np.int64)
         window = (frames_at >= t0) & (frames_at < t1)
@@ -976,6 +1014,7 @@ def measure(
     cpu = sum(bridge1) - sum(bridge0)
     return Result(
         flavour=flavour.name,
+        workload=workload,
         calls=calls,
         cpu_ms_per_call_s=1000.0 * cpu / (calls * window_s),
         cpu_core_pct=100.0 * cpu / window_s,
@@ -996,15 +1035,16 @@ def measure(
 
 
 HEADER = (
-    "| bridge | calls | CPU ms per call-s | bridge core (kernel share) | RSS MB per call | wakeups per call-s "
+    "| bridge | deltas ms | calls | CPU ms per call-s | bridge core (kernel share) | RSS MB per call | wakeups per call-s "
     "| caller->model p50 / p99 ms | model->caller p50 / p99 ms | audio lost (bytes up / down) | generator core | TCP_NODELAY |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def row(result: Result) -> str:
     return (
-        f"| {result.flavour} | {result.calls} | {result.cpu_ms_per_call_s:.2f} "
+        f"| {result.flavour} | {'20-100' if result.workload == 'mixed' else result.workload} | {result.calls} "
+        f"| {result.cpu_ms_per_call_s:.2f} "
         f"| {result.cpu_core_pct:.0f} % ({result.kernel_pct:.0f} %) "
         f"| {result.rss_mb_per_call:.3f} | {result.wakeups_per_call_s:.0f} | {result.up_p50:.1f} / {result.up_p99:.1f} "
         f"| {result.down_p50:.1f} / {result.down_p99:.1f} | {result.up_lost} / {result.down_lost} "
@@ -1049,6 +1089,14 @@ def summarise_profile(path: Path, top: int = 15) -> str:
     return "\n".join(lines)
 
 
+def _workloads(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in WORKLOADS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown workload {', '.join(unknown)}: choose from {', '.join(WORKLOADS)}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", default="10,50,100,200", help="comma-separated concurrent call counts")
@@ -1067,6 +1115,17 @@ def main() -> None:
         "--bridge-command", metavar="CMD",
         help="run this command (split on spaces; 'serve --host H --port P' is appended) instead of the tree's telephony-bridge",
     )
+    parser.add_argument(
+        "--baseline-relay", action="store_true",
+        help="also run scripts/baseline_relay.py (Twilio's sample relay, mu-law passthrough), before the bridge",
+    )
+    parser.add_argument(
+        "--pcmu", action="store_true", help='also run this tree with audio_format = "pcmu" (mu-law to the model, no conversion)'
+    )
+    parser.add_argument(
+        "--deltas-ms", default="mixed,20", type=_workloads,
+        help="comma-separated workloads: 'mixed' (model deltas of 20-100 ms) and/or '20' (20 ms deltas at real-time pace)",
+    )
     parser.add_argument("--bridge-cpu", type=int, default=0)
     parser.add_argument("--generator-cpu", type=int, default=1)
     args = parser.parse_args()
@@ -1082,7 +1141,7 @@ def main() -> None:
         pinning = "NOT pinned (fewer than two usable CPUs): bridge and generators share cores"
     print(
         f"{len(counts)} counts x {args.seconds:g} s; model talking {100 * args.talk:.0f} % of the time in "
-        f"answers of {args.talk * args.period:g} s, deltas of {min(DELTA_MS_CYCLE)}-{max(DELTA_MS_CYCLE)} ms; {pinning}; "
+        f"answers of {args.talk * args.period:g} s, workloads {', '.join(args.deltas_ms)}; {pinning}; "
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -1096,29 +1155,37 @@ def main() -> None:
             flavours = [Flavour(command[-1].rpartition("/")[2], command, os.environ.get("PYTHONPATH"))]
         if args.baseline:
             flavours.insert(0, baseline_flavour(args.baseline, workdir))
+        if args.pcmu:
+            pcmu_config = workdir / "bridge-pcmu.toml"
+            _write_config(pcmu_config, max(counts), "pcmu")
+            tree = working_tree_flavour()
+            flavours.append(Flavour("this tree, pcmu", tree.command, tree.pythonpath, model_ulaw=True, config=pcmu_config))
+        if args.baseline_relay:
+            flavours.insert(0, baseline_relay_flavour())
         standin_port = _free_port()
         generators = Generators(args.generators, generator_cpu, standin_port, args.talk, args.period)
         results: list[Result] = []
         try:
-            for calls in counts:
-                for flavour in flavours:
-                    try:
-                        result = measure(
-                            flavour, calls, args.seconds, generators, standin_port, config, bridge_cpu, args.profile, args.native
-                        )
-                    except RuntimeError as error:  # one failed ramp costs one row, not the run
-                        print(f"  {flavour.name}, {calls} calls: FAILED: {error}", flush=True)
-                        generators.close()
-                        generators = Generators(args.generators, generator_cpu, standin_port, args.talk, args.period)
-                        continue
-                    results.append(result)
-                    print(
-                        f"  {flavour.name}, {calls} calls: {result.cpu_ms_per_call_s:.2f} ms CPU per call-s, "
-                        f"p99 {result.up_p99:.1f} / {result.down_p99:.1f} ms, matched {result.matched[0]} frames "
-                        f"/ {result.matched[1]} deltas, {result.calls_lossy} calls with a gap"
-                        + "".join(f"\n    {note}" for note in result.notes[:5]),
-                        flush=True,
+            for calls, workload, flavour in itertools.product(counts, args.deltas_ms, flavours):
+                label = f"{flavour.name}, {calls} calls, deltas {workload}"
+                try:
+                    result = measure(
+                        flavour, calls, args.seconds, generators, standin_port, config, bridge_cpu, args.profile,
+                        args.native, workload,
                     )
+                except RuntimeError as error:  # one failed ramp costs one row, not the run
+                    print(f"  {label}: FAILED: {error}", flush=True)
+                    generators.close()
+                    generators = Generators(args.generators, generator_cpu, standin_port, args.talk, args.period)
+                    continue
+                results.append(result)
+                print(
+                    f"  {label}: {result.cpu_ms_per_call_s:.2f} ms CPU per call-s, "
+                    f"p99 {result.up_p99:.1f} / {result.down_p99:.1f} ms, matched {result.matched[0]} frames "
+                    f"/ {result.matched[1]} deltas, {result.calls_lossy} calls with a gap"
+                    + "".join(f"\n    {note}" for note in result.notes[:5]),
+                    flush=True,
+                )
         finally:
             generators.close()
     print()

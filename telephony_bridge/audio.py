@@ -288,3 +288,20 @@ def pcm24k_to_ulaw8k(pcm: bytes) -> bytes:
     """Convert a whole 24 kHz PCM16 recording to 8 kHz mu-law, one byte per three samples."""
     converter = Pcm24kToUlaw8k()
     return converter.convert(pcm) + converter.flush()
+
+
+class UlawPassthrough:
+    """Either direction with `audio_format = "pcmu"`: the model hears and speaks 8 kHz mu-law, so nothing is converted.
+
+    It has the converters' interface so the controller's path is one; it holds nothing back, so
+    `flush` has nothing to return and `reset` nothing to drop.
+    """
+
+    def convert(self, ulaw: bytes) -> bytes:
+        return ulaw
+
+    def flush(self) -> bytes:
+        return b""
+
+    def reset(self) -> None:
+        return None

@@ -207,7 +207,7 @@ class Call:
         self.ended = asyncio.Event()
         self._clock = clock
         self._endpoint = endpoint
-        self._parser = RealtimeEventParser(endpoint.dialect, call_sid)
+        self._parser = RealtimeEventParser(endpoint.dialect, call_sid, profile.audio_format)
         self._realtime: ClientConnection | None = None
         self._media_socket: WebSocket | None = None
         self._twilio = Leg("twilio>bridge", "bridge>twilio", clock, tap, _observer(on_latency, "model>caller"))

@@ -33,6 +33,8 @@ from .entra import CredentialFactory, EntraToken, default_credential_factory
 from .errors import ConfigError, ConfigErrors
 
 Dialect = Literal["ga", "preview"]
+AudioFormat = Literal["pcm16", "pcmu"]
+"""What the model hears and speaks: PCM16 at 24 kHz (converted from and to the caller's mu-law), or the mu-law itself."""
 """The Realtime API's two shapes: GA, and Azure's `api-version=2024-10-01-preview` (and later previews)."""
 
 DEFAULT_CONFIG_PATH = Path("config/bridge.toml")
@@ -254,6 +256,8 @@ class CallProfile(_Strict):
     turn_detection: TurnDetection = TurnDetection()
     noise_reduction: Literal["near_field", "far_field"] | None = None
     """GA only: the service's input noise reduction; `far_field` for speakerphones and hands-free cars."""
+    audio_format: AudioFormat = "pcm16"
+    """GA only: `pcmu` gives the model the caller's mu-law as it is, both ways, and skips the conversion."""
     transcription: str | None = Field(default=None, max_length=64)
     fallback_message: str = Field(default=DEFAULT_FALLBACK, min_length=1, max_length=MAX_SPOKEN_CHARS)
     record: bool = False
@@ -324,6 +328,7 @@ class _NumberTable(_Strict):
     greeting: str | None = None
     turn_detection: dict[str, Any] | None = None
     noise_reduction: str | None = None
+    audio_format: str | None = None
     transcription: str | None = None
     fallback_message: str | None = None
     record: bool | None = None
@@ -482,6 +487,9 @@ def _dialect_problems(
         if profile.turn_detection.idle_timeout_ms is not None and set_here("idle_timeout_ms", vad):
             reason = "GA only: the preview dialect has no idle timeout"
             problems.append(ConfigError(source, f"{key}.turn_detection.idle_timeout_ms", reason))
+        if profile.audio_format == "pcmu" and set_here("audio_format"):
+            reason = "GA only: the bridge speaks mu-law to the model on the GA API only; use 'pcm16'"
+            problems.append(ConfigError(source, f"{key}.audio_format", reason))
     return problems
 
 

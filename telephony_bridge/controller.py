@@ -1,6 +1,7 @@
 """The call controller: one phone call's coordinator, with no I/O.
 
-Events in (`handle`), actions out. It converts audio both ways and hands the two hard questions to
+Events in (`handle`), actions out. It converts audio both ways (or, with `audio_format = "pcmu"`,
+passes the caller's mu-law through) and hands the two hard questions to
 machines of their own: `Playback` knows what the caller has heard of each answer, and
 `SessionSupervisor` when the Realtime session opens, is replaced or is given up. This class
 decides barge-in and routes actions: those for a socket that is not ready yet are held and released
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, get_args
 
-from .audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k
+from .audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k, UlawPassthrough
 from .call_control import END_CALL, TRANSFER_CALL, CallControl, Step
 from .config import CallProfile
 from .conversation import Conversation
@@ -114,9 +115,12 @@ class CallController:
         self._truncates: list[tuple[str, int]] = []
         self._transfers: list[TransferAttempt] = []
         self._dropped_model_audio_ms = 0.0
-        self._caller_to_model = Ulaw8kToPcm24k()
-        self._model_to_caller = Pcm24kToUlaw8k()
-        self._held = HeldActions()
+        ulaw_model = profile.audio_format == "pcmu"
+        self._caller_to_model: Ulaw8kToPcm24k | UlawPassthrough = UlawPassthrough() if ulaw_model else Ulaw8kToPcm24k()
+        self._model_to_caller: Pcm24kToUlaw8k | UlawPassthrough = UlawPassthrough() if ulaw_model else Pcm24kToUlaw8k()
+        self._model_audio_ms = ulaw_ms if ulaw_model else pcm24k_ms
+        """Milliseconds in n bytes of the model's audio format, the playhead's and the held audio's unit."""
+        self._held = HeldActions(self._model_audio_ms)
         self._omitted_settings: frozenset[str] = frozenset()
         self._fatal_error = False
         self._operator_ending = False
@@ -338,7 +342,7 @@ class CallController:
         return []
 
     def _on_model_audio(self, event: ModelAudio) -> list[Action]:
-        ms = pcm24k_ms(len(event.pcm))
+        ms = self._model_audio_ms(len(event.pcm))
         if event.item_id in self._muted_items or event.response_id == self.conversation.cut_response:
             self._muted_items.add(event.item_id)
             self._dropped_model_audio_ms += ms

@@ -118,7 +118,7 @@ class ResponseStarted:
 
 @dataclass(frozen=True, slots=True)
 class ModelAudio:
-    """A chunk of the model's answer: 24 kHz PCM16 for one conversation item."""
+    """A chunk of the model's answer for one conversation item: 24 kHz PCM16, or mu-law with `audio_format = "pcmu"`."""
 
     response_id: str
     item_id: str
@@ -329,6 +329,8 @@ class ConfigureSession(SessionSetup):
 
 @dataclass(frozen=True, slots=True)
 class AppendAudio(RealtimeMessage, CarriesAudio):
+    """Caller audio for the service in the session's format: 24 kHz PCM16, or mu-law with `audio_format = "pcmu"`."""
+
     pcm: bytes
 
 

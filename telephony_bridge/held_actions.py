@@ -8,6 +8,7 @@ it was decided. Caller audio held for the service is bounded; the oldest goes fi
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from .events import Action, AppendAudio, TruncateItem
 from .wire import pcm24k_ms
@@ -17,7 +18,9 @@ MAX_HELD_CALLER_AUDIO_MS = 5000
 
 
 class HeldActions:
-    def __init__(self) -> None:
+    def __init__(self, audio_ms: Callable[[int], float] = pcm24k_ms) -> None:
+        """`audio_ms`: milliseconds in n bytes of the audio sent to the service (PCM16 24 kHz, or mu-law)."""
+        self._audio_ms = audio_ms
         self._for_twilio: list[Action] = []
         self._for_realtime: deque[Action] = deque()
         self._caller_ms = 0.0
@@ -28,11 +31,11 @@ class HeldActions:
     def hold_for_realtime(self, action: Action) -> None:
         self._for_realtime.append(action)
         if isinstance(action, AppendAudio):
-            self._caller_ms += pcm24k_ms(len(action.pcm))
+            self._caller_ms += self._audio_ms(len(action.pcm))
             while self._caller_ms > MAX_HELD_CALLER_AUDIO_MS:
                 oldest = next(a for a in self._for_realtime if isinstance(a, AppendAudio))
                 self._for_realtime.remove(oldest)
-                self._caller_ms -= pcm24k_ms(len(oldest.pcm))
+                self._caller_ms -= self._audio_ms(len(oldest.pcm))
 
     def release_for_twilio(self) -> list[Action]:
         released, self._for_twilio = self._for_twilio, []

@@ -21,7 +21,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from .call_control import function_tools
-from .config import CallProfile, Dialect, RealtimeEndpoint
+from .config import AudioFormat, CallProfile, Dialect, RealtimeEndpoint
 from .errors import RealtimeConnectError
 from .events import (
     AddCallerText,
@@ -93,7 +93,10 @@ def refused_setting(param: object) -> str | None:
 
 
 def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """`session.update` configuring voice, instructions, turn detection, 24 kHz PCM16 both ways and the functions.
+    """`session.update` configuring voice, instructions, turn detection, the audio format both ways and the functions.
+
+    The format is 24 kHz PCM16, or with the profile's `audio_format = "pcmu"` (GA only) the caller's
+    own 8 kHz mu-law, which the service takes and gives as `audio/pcmu` with no rate.
 
     `omit` leaves out optional settings the service refused; the instructions are never left out.
     Left without its extra fields, turn detection keeps only its type (and, on GA, the automatic
@@ -124,12 +127,12 @@ def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] 
 
 
 def _ga_session(profile: CallProfile, turn_detection: dict[str, Any], omit: frozenset[str]) -> dict[str, Any]:
-    audio_input: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ}, "turn_detection": turn_detection}
+    audio_input: dict[str, Any] = {"format": _ga_format(profile), "turn_detection": turn_detection}
     if profile.transcription and "transcription" not in omit:
         audio_input["transcription"] = {"model": profile.transcription}
     if profile.noise_reduction and "noise_reduction" not in omit:
         audio_input["noise_reduction"] = {"type": profile.noise_reduction}
-    audio_output: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": PCM24K_RATE_HZ}}
+    audio_output: dict[str, Any] = {"format": _ga_format(profile)}
     if "voice" not in omit:
         audio_output["voice"] = profile.voice
     return {
@@ -138,6 +141,12 @@ def _ga_session(profile: CallProfile, turn_detection: dict[str, Any], omit: froz
         "output_modalities": ["audio"],
         "audio": {"input": audio_input, "output": audio_output},
     }
+
+
+def _ga_format(profile: CallProfile) -> dict[str, Any]:
+    if profile.audio_format == "pcmu":
+        return {"type": "audio/pcmu"}
+    return {"type": "audio/pcm", "rate": PCM24K_RATE_HZ}
 
 
 def encode_for_realtime(action: RealtimeMessage, dialect: Dialect) -> str:
@@ -189,13 +198,13 @@ def encode_for_realtime(action: RealtimeMessage, dialect: Dialect) -> str:
 class RealtimeEventParser:
     """Turns one dialect's server events into controller events; types the bridge does not act on give `None`."""
 
-    def __init__(self, dialect: Dialect, call_sid: str = "") -> None:
+    def __init__(self, dialect: Dialect, call_sid: str = "", audio_format: AudioFormat = "pcm16") -> None:
         self.dialect = dialect
         self.call_sid = call_sid
         self._logged_errors = LogThrottle()
         names = SERVER_EVENTS[dialect]
         self._handlers: dict[str, Callable[[dict[str, Any]], Event | None]] = {
-            names.audio_delta: _audio_delta,
+            names.audio_delta: _ulaw_delta if audio_format == "pcmu" else _audio_delta,
             names.audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
             names.transcript_done: lambda e: TranscriptDone("model", _str(e, "item_id"), _str(e, "transcript")),
             "session.updated": lambda e: SessionConfigured(),
@@ -267,6 +276,12 @@ def _function_call_item(event: dict[str, Any]) -> FunctionCallRequested | None:
     if not isinstance(item, dict) or item.get("type") != "function_call":
         return None
     return FunctionCallRequested(_str(event, "response_id"), _str(item, "call_id"), _str(item, "name"), _str(item, "arguments"))
+
+
+def _ulaw_delta(event: dict[str, Any]) -> ModelAudio:
+    """A mu-law delta: any number of bytes is whole samples."""
+    ulaw = binascii.a2b_base64(_str(event, "delta"), strict_mode=True)
+    return ModelAudio(response_id=_str(event, "response_id"), item_id=_str(event, "item_id"), pcm=ulaw)
 
 
 def _audio_delta(event: dict[str, Any]) -> ModelAudio:

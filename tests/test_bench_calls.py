@@ -52,3 +52,8 @@ def test_latency_is_the_time_until_the_running_total_reaches_what_was_due() -> N
         received_total=np.array([10, 15, 25]),
     )
     assert list(latencies) == [0.5, 0.5]  # the third was never received: lost, not late
+
+
+def test_a_passthrough_relay_owes_every_caller_byte_at_once() -> None:
+    assert list(bench.ulaw_bytes_due_array(3)) == [ULAW_FRAME_BYTES, 2 * ULAW_FRAME_BYTES, 3 * ULAW_FRAME_BYTES]
+    assert bench.ulaw_bytes_due_array(3)[-1] > bench.pcm_bytes_due_array(3)[-1] // 6  # no look-ahead held back

@@ -3,7 +3,8 @@
 The benchmark (``scripts/bench_calls.py``) matches each caller frame and each model delta to the
 message that carries its audio out of the bridge by running totals, so its arithmetic must match
 the converters' to the sample: both hold back ``DELAY_MS`` of look-ahead (22 samples at 8 kHz,
-66 at 24 kHz). Off by one frame, every latency it reports would be off by 20 ms.
+66 at 24 kHz). Off by one frame, every latency it reports would be off by 20 ms. A passthrough
+relay (mu-law 8 kHz both ways) holds nothing back: its audio is due byte for byte.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "match_latencies",
     "pcm_bytes_due",
     "pcm_bytes_due_array",
+    "ulaw_bytes_due_array",
     "ulaw_bytes_due",
 ]
 
@@ -40,6 +42,11 @@ def pcm_bytes_due_array(frames: int) -> np.ndarray:
     """`pcm_bytes_due` after each of `frames` 20 ms caller frames."""
     sent = ULAW_FRAME_BYTES * np.arange(1, frames + 1, dtype=np.int64)
     return np.maximum(0, _PCM_BYTES_PER_ULAW_BYTE * (sent - ULAW_LOOKAHEAD))
+
+
+def ulaw_bytes_due_array(frames: int) -> np.ndarray:
+    """Mu-law bytes a passthrough relay has forwarded after each of `frames` 20 ms caller frames: all of them."""
+    return ULAW_FRAME_BYTES * np.arange(1, frames + 1, dtype=np.int64)
 
 
 def ulaw_bytes_due(samples_sent: int) -> int:
