@@ -79,6 +79,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN transfer_target TEXT;
     ALTER TABLE calls ADD COLUMN transfer_connected INTEGER;
     """,
+    """
+    ALTER TABLE transcript ADD COLUMN at_s REAL;
+    """,
 )
 """Version N of the schema is the first N scripts; append, never edit one a bridge has shipped."""
 
@@ -93,8 +96,10 @@ FailureReason = Literal["database", "queue_full"]
 @dataclass(frozen=True)
 class TranscriptLine:
     speaker: str
-    """"caller" or "model"."""
+    """"caller", "model" or "tool"."""
     text: str
+    at_s: float | None = None
+    """Seconds from the call's answer to the line being complete; `None` in calls logged before schema 5."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
         reconnects=summary.counters.reconnects,
         model=summary.model,
         dialect=summary.dialect,
-        transcript=tuple(TranscriptLine(turn.speaker, turn.text) for turn in summary.transcript),
+        transcript=tuple(TranscriptLine(turn.speaker, turn.text, at_s) for turn, at_s in summary.timed_transcript()),
         transfer_target=summary.transfer_target,
         transfer_connected=summary.transfer_connected,
     )
@@ -220,8 +225,8 @@ def _write(connection: sqlite3.Connection, record: CallRecord) -> None:
         )
         connection.execute("DELETE FROM transcript WHERE call_sid = ?", (record.call_sid,))
         connection.executemany(
-            "INSERT INTO transcript VALUES (?, ?, ?, ?)",
-            [(record.call_sid, position, line.speaker, line.text) for position, line in enumerate(record.transcript)],
+            "INSERT INTO transcript (call_sid, position, speaker, text, at_s) VALUES (?, ?, ?, ?, ?)",
+            [(record.call_sid, position, line.speaker, line.text, line.at_s) for position, line in enumerate(record.transcript)],
         )
 
 
@@ -356,7 +361,7 @@ def find_call(path: Path, call_sid: str) -> CallRecord | None:
     try:
         row = connection.execute("SELECT * FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
         lines = connection.execute(
-            "SELECT speaker, text FROM transcript WHERE call_sid = ? ORDER BY position", (call_sid,)
+            "SELECT * FROM transcript WHERE call_sid = ? ORDER BY position", (call_sid,)
         ).fetchall()
         errors = connection.execute(
             "SELECT at, code, detail FROM stream_errors WHERE call_sid = ? ORDER BY at", (call_sid,)
@@ -368,7 +373,7 @@ def find_call(path: Path, call_sid: str) -> CallRecord | None:
     if row is None:
         return None
     return _record(
-        row, tuple(TranscriptLine(line["speaker"], line["text"]) for line in lines),
+        row, tuple(TranscriptLine(line["speaker"], line["text"], _at_s(line)) for line in lines),
         tuple(StreamErrorLine(datetime.fromisoformat(e["at"]), e["code"], e["detail"]) for e in errors),
     )
 
@@ -480,8 +485,18 @@ def call_details(record: CallRecord) -> str:
     if not record.transcript:
         lines.append("  (none: nothing was said, or the call ended first)")
     speaker_width = max((len(line.speaker) for line in record.transcript), default=0) + 1
-    lines += [f"  {line.speaker + ':':<{speaker_width}} {line.text}" for line in record.transcript]
+    lines += [
+        f"  {_said_at(line.at_s)}{line.speaker + ':':<{speaker_width}} {line.text}" for line in record.transcript
+    ]
     if record.stream_errors:
         lines += ["", "Stream errors (reported by Twilio)"]
         lines += [f"  {error.at:%H:%M:%S} {error.code}: {error.detail}" for error in record.stream_errors]
     return "\n".join(lines)
+
+
+def _said_at(at_s: float | None) -> str:
+    return "" if at_s is None else f"{at_s:6.1f} s  "
+
+
+def _at_s(line: sqlite3.Row) -> float | None:
+    return line["at_s"] if "at_s" in line.keys() else None

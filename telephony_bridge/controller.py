@@ -175,6 +175,7 @@ class CallController:
             realtime_failures=tuple(self.session.failures),
             response_latencies_ms=tuple(self.conversation.response_latencies_ms), truncates=tuple(self._truncates),
             dropped_model_audio_ms=self._dropped_model_audio_ms, transcript=tuple(self.conversation.transcript),
+            transcript_at_s=tuple(self.conversation.said_at_s),
             tool_calls=tuple(self.tools.records),
             transfers=tuple(self._transfers),
         )
@@ -483,11 +484,11 @@ class CallController:
         record = self.tools.answered(event)
         if record is None:
             return []
-        self.conversation.transcript.append(TranscriptDone("tool", event.call_id, record.transcript_line()))
+        self.conversation.said(TranscriptDone("tool", event.call_id, record.transcript_line()))
         return self.functions.answer(event.call_id, event.output)
 
     def _on_transcript_done(self, event: TranscriptDone) -> list[Action]:
-        self.conversation.transcript.append(event)
+        self.conversation.said(event)
         return []
 
     def _on_realtime_error_reported(self, event: RealtimeErrorReported) -> list[Action]:

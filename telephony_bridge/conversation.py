@@ -25,12 +25,15 @@ EXPECTED_RESPONSE_S = 1.5
 class Conversation:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.transcript: list[TranscriptDone] = []
+        self.said_at_s: list[float] = []
+        """For each transcript line: seconds from the start of the call to the line being complete."""
         self.response_latencies_ms: list[float] = []
         """For each answer: from the caller stopping speaking to the model's first audio."""
         self.active_response: str | None = None
         self.cut_response: str | None = None
         """The response the caller spoke over: whatever else it says is dropped."""
         self._clock = clock
+        self._started = clock()
         self._caller_stopped_at: float | None = None
         self._response_expected_until: float | None = None
         self._spoken: set[str] = set()
@@ -41,6 +44,11 @@ class Conversation:
         """No response is active, and none is about to start on the service's own account."""
         expected = self._response_expected_until
         return self.active_response is None and (expected is None or self._clock() > expected)
+
+    def said(self, turn: TranscriptDone) -> None:
+        """A line of the transcript is complete: what was said, and when."""
+        self.transcript.append(turn)
+        self.said_at_s.append(self._clock() - self._started)
 
     def caller_stopped(self) -> None:
         now = self._clock()

@@ -71,6 +71,8 @@ class CallSummary:
     dropped_model_audio_ms: float
     transcript: tuple[TranscriptDone, ...]
     """Both sides' words, with a `tool` line for each tool call, in the order they happened."""
+    transcript_at_s: tuple[float, ...] = ()
+    """When each transcript line was complete, in seconds from the call's answer."""
     tool_calls: tuple[ToolCallRecord, ...] = ()
     transfers: tuple[TransferAttempt, ...] = ()
     """Every transfer the call attempted, in order: a busy one that brought the caller back, then perhaps another."""
@@ -84,3 +86,8 @@ class CallSummary:
     def transfer_connected(self) -> bool | None:
         """Whether the call's last transfer connected; `None` for a call never transferred."""
         return self.transfers[-1].connected if self.transfers else None
+
+    def timed_transcript(self) -> list[tuple[TranscriptDone, float | None]]:
+        """Each transcript line with when it was complete (`None` where a summary was made without times)."""
+        times: tuple[float | None, ...] = self.transcript_at_s or (None,) * len(self.transcript)
+        return list(zip(self.transcript, times, strict=True))

@@ -135,5 +135,8 @@ def after_call_body(summary: CallSummary, ended_at: float) -> bytes:
              "latency_ms": round(record.latency_ms, 1)}
             for record in summary.tool_calls
         ],
-        "transcript": [{"speaker": turn.speaker, "text": turn.text} for turn in summary.transcript],
+        "transcript": [
+            {"speaker": turn.speaker, "text": turn.text, "at_s": None if at_s is None else round(at_s, 3)}
+            for turn, at_s in summary.timed_transcript()
+        ],
     }).encode("utf-8")

@@ -29,8 +29,9 @@ T0 = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 
 def a_record(index: int, to: str, outcome: str, said: str) -> CallRecord:
     started = T0 + timedelta(days=index)
+    transcript = (TranscriptLine("caller", said, 1.5), TranscriptLine("model", "Sure.", 3.25))
     return CallRecord(f"CA{index}", "+15005550006", to, started, started + timedelta(seconds=30), 30.0, outcome, "",
-                      index % 3, 0, "gpt-realtime", "ga", (TranscriptLine("caller", said), TranscriptLine("model", "Sure.")))
+                      index % 3, 0, "gpt-realtime", "ga", transcript)
 
 
 async def bridge_with(tmp_path: Path, realtime: RealtimeSimulator, admin_token: str | None) -> AsyncIterator[str]:
@@ -146,8 +147,8 @@ async def test_history_filters_by_number_dates_outcome_direction_and_transcript_
 
 async def test_a_calls_detail_has_its_transcript_barge_ins_and_recording(admin: httpx.AsyncClient) -> None:
     detail = (await admin.get("/admin/calls/CA2")).json()
-    assert detail["transcript"] == [{"speaker": "caller", "text": "I need a cleaning appointment"},
-                                    {"speaker": "model", "text": "Sure."}]
+    assert detail["transcript"] == [{"speaker": "caller", "text": "I need a cleaning appointment", "at_s": 1.5},
+                                    {"speaker": "model", "text": "Sure.", "at_s": 3.25}]
     assert (detail["barge_ins"], detail["outcome"], detail["to"]) == (2, "caller_hung_up", CLINIC)
     assert detail["recording"] == "/admin/calls/CA2/recording.wav"
     assert (await admin.get("/admin/calls/CA1")).json()["recording"] is None

@@ -104,7 +104,7 @@ def test_a_connected_transfer_is_the_outcome_with_its_target() -> None:
 def test_a_call_log_of_the_previous_schema_gains_the_transfer_columns_and_keeps_its_rows(tmp_path: Path) -> None:
     database = tmp_path / "calls.sqlite3"
     old = sqlite3.connect(database)
-    for number, script in enumerate(MIGRATIONS[:-1], start=1):
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
         old.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
     old.execute(
         "INSERT INTO calls VALUES ('CA-old', '', ?, '2025-01-01T00:00:00+00:00', '2025-01-01T00:01:00+00:00', 60, "

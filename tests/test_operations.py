@@ -228,6 +228,8 @@ async def test_the_call_log_keeps_the_call_and_both_sides_of_its_transcript_for_
     assert [(line.speaker, line.text) for line in record.transcript] == [
         ("caller", "(simulated caller speech)"), ("model", realtime.transcript)
     ]
+    said_at = [line.at_s for line in record.transcript]
+    assert all(at is not None for at in said_at) and 0 < said_at[0] <= said_at[1] <= record.duration_s, said_at
     listing = await run_cli(config, "calls")
     assert listing.splitlines()[0].split()[:4] == ["STARTED", "(UTC)", "CALL", "SID"]
     assert call.call_sid in listing and "caller_hung_up" in listing
