@@ -212,8 +212,6 @@ class Call:
         self._media_socket: WebSocket | None = None
         self._twilio = Leg("twilio>bridge", "bridge>twilio", clock, tap, _observer(on_latency, "model>caller"))
         self._model = Leg("realtime>bridge", "bridge>realtime", clock, tap, _observer(on_latency, "caller>model"))
-        self._twilio_rest = Leg("twilio-rest", "twilio-rest", clock, tap, None)
-        self._tools = Leg("tools", "tools", clock, tap, None)
         self._http: httpx.AsyncClient | None = None
         self.after_call: asyncio.Task[int | None] | None = None
         """The after-call POST, once the call has ended and its number names an `after_call` URL."""
@@ -378,12 +376,12 @@ class Call:
                 await client.aclose()
         parties = CallParties(self.call_sid, self.caller_number, self.called_number)
         body = request_body(run.tool, run.arguments, parties)
-        self._tools.received(json.dumps({"kind": "request", "call_id": run.call_id, "tool": run.tool.name,
+        self._record("tools", json.dumps({"kind": "request", "call_id": run.call_id, "tool": run.tool.name,
                                          "arguments": json.loads(run.arguments or "{}")}))
         started = self._clock()
         result = await call_tool(self._http, run.tool, body)
         latency_ms = (self._clock() - started) * 1000.0
-        self._tools.received(json.dumps({"kind": "answer", "call_id": run.call_id, "tool": run.tool.name,
+        self._record("tools", json.dumps({"kind": "answer", "call_id": run.call_id, "tool": run.tool.name,
                                          "outcome": result.outcome, "status": result.status, "output": result.output}))
         log.info("call %s: tool %s: %s in %.0f ms", self.call_sid, run.tool.name, result.outcome, latency_ms,
                  extra={"event": "tool_call", "tool": run.tool.name, "outcome": result.outcome,
@@ -401,9 +399,14 @@ class Call:
             log.warning("call %s: the after-call summary could not be delivered", self.call_sid)
         return status
 
+    def _record(self, direction: Direction, frame: str) -> None:
+        """Work off the call's sockets (REST requests, tool calls), for its recording: it has no leg of its own."""
+        if self._tap is not None:
+            self._tap(direction, frame)
+
     def _observe_rest(self, kind: str, details: dict[str, Any]) -> None:
         """Each REST request and answer of the call, for its recording (never the credentials)."""
-        self._twilio_rest.received(json.dumps({"kind": kind, **details}, default=str))
+        self._record("twilio-rest", json.dumps({"kind": kind, **details}, default=str))
 
     def _park_realtime(self) -> None:
         """Close the session but keep the call: the caller is away being transferred."""

@@ -171,14 +171,10 @@ def _check_schema(schema: Any, where: str) -> None:
         _check_schema(schema["items"], f"{where}.items")
 
 
-class HttpTool(_Strict):
-    """An operator's function: the model calls it, the bridge POSTs the call to `url` and hands the answer back."""
+class _SignedEndpoint(_Strict):
+    """An operator's URL the bridge POSTs to, signed with the secret `secret_env` names (tools, the after-call report)."""
 
-    name: str = Field(pattern=TOOL_NAME)
-    description: str = Field(min_length=1, max_length=1024)
     url: str
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     secret_env: str | None = Field(default=None, pattern=ENV_NAME)
     """The environment variable that holds the signing secret; unset, requests go unsigned."""
     secret: SecretStr | None = Field(default=None, exclude=True, repr=False)
@@ -189,6 +185,20 @@ class HttpTool(_Strict):
     def _url(cls, url: str) -> str:
         return _tool_url(url)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_from_env(cls, data: Any, info: ValidationInfo) -> Any:
+        return _with_secret(data, info)
+
+
+class HttpTool(_SignedEndpoint):
+    """An operator's function: the model calls it, the bridge POSTs the call to `url` and hands the answer back."""
+
+    name: str = Field(pattern=TOOL_NAME)
+    description: str = Field(min_length=1, max_length=1024)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
     @field_validator("parameters")
     @classmethod
     def _parameters(cls, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -196,11 +206,6 @@ class HttpTool(_Strict):
             raise ValueError('parameters must be a JSON Schema of type "object"')
         _check_schema(parameters, "parameters")
         return parameters
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_from_env(cls, data: Any, info: ValidationInfo) -> Any:
-        return _with_secret(data, info)
 
 
 class McpServer(_Strict):
@@ -227,22 +232,8 @@ class McpServer(_Strict):
         return data
 
 
-class AfterCall(_Strict):
+class AfterCall(_SignedEndpoint):
     """Where the summary of each ended call is POSTed, signed like a tool request."""
-
-    url: str
-    secret_env: str | None = Field(default=None, pattern=ENV_NAME)
-    secret: SecretStr | None = Field(default=None, exclude=True, repr=False)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str) -> str:
-        return _tool_url(url)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_from_env(cls, data: Any, info: ValidationInfo) -> Any:
-        return _with_secret(data, info)
 
 
 class CallProfile(_Strict):

@@ -86,3 +86,16 @@ async def place_call(
     await call.dial()
     await call.connect()
     return call, await realtime.wait_for_session(session_index)
+
+
+class ManualClock:
+    """The injected clock of the sans-I/O tests: time moves only when a test moves it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_ms(self, ms: float) -> None:
+        self.now += ms / 1000.0

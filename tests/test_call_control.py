@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from support import ManualClock
 from telephony_bridge.config import CallProfile
 from telephony_bridge.controller import CallController
 from telephony_bridge.events import (
@@ -44,17 +45,8 @@ from telephony_bridge.events import (
 PCM_100MS = b"\x10\x00" * 2400
 DESK = CallProfile(transfer={"front_desk": "+15550009999", "billing": "sip:billing@pbx.example.com"})
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def live(profile: CallProfile = DESK) -> tuple[CallController, Clock]:
-    clock = Clock()
+def live(profile: CallProfile = DESK) -> tuple[CallController, ManualClock]:
+    clock = ManualClock()
     controller = CallController(profile, clock)
     controller.start()
     controller.handle(RealtimeConnected())
@@ -185,7 +177,7 @@ def test_a_transfer_the_rest_api_refuses_leaves_the_caller_with_the_model_who_is
 
 def test_without_a_model_the_caller_is_transferred_to_the_fallback_target() -> None:
     profile = CallProfile(transfer={"front_desk": "+15550009999"}, fallback_transfer="front_desk")
-    clock = Clock()
+    clock = ManualClock()
     controller = CallController(profile, clock)
     controller.start()
     actions = controller.handle(RealtimeDisconnected("HTTP 401", retryable=False))

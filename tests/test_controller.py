@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support import ManualClock
 from telephony_bridge.config import CallProfile
 from telephony_bridge.controller import CallController
 from telephony_bridge.events import (
@@ -54,24 +55,12 @@ from telephony_bridge.supervision import CallTimings, SessionStateError
 
 PCM_100MS = b"\x10\x00" * 2400
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance_ms(self, ms: float) -> None:
-        self.now += ms / 1000.0
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
-def live_controller(clock: Clock, profile: CallProfile = CallProfile()) -> CallController:
+def live_controller(clock: ManualClock, profile: CallProfile = CallProfile()) -> CallController:
     controller = CallController(profile, clock)
     controller.start()
     controller.handle(RealtimeConnected())
@@ -97,7 +86,7 @@ def play_answer(controller: CallController, item_id: str = "item1", chunks: int 
     return names
 
 
-def test_start_opens_the_session_then_configures_it_and_greets_first_when_a_greeting_is_set(clock: Clock) -> None:
+def test_start_opens_the_session_then_configures_it_and_greets_first_when_a_greeting_is_set(clock: ManualClock) -> None:
     controller = CallController(CallProfile(greeting="Hello, Bright Smile Dental."), clock)
     assert [type(a) for a in controller.start()] == [OpenRealtime]
     assert [type(a) for a in controller.handle(RealtimeConnected())] == [ConfigureSession]
@@ -105,7 +94,7 @@ def test_start_opens_the_session_then_configures_it_and_greets_first_when_a_gree
     assert isinstance(released[0], CreateResponse) and "Bright Smile Dental" in released[0].instructions
 
 
-def test_nothing_of_the_caller_reaches_the_model_before_it_confirms_its_configuration(clock: Clock) -> None:
+def test_nothing_of_the_caller_reaches_the_model_before_it_confirms_its_configuration(clock: ManualClock) -> None:
     controller = CallController(CallProfile(), clock)
     controller.start()
     controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
@@ -116,7 +105,7 @@ def test_nothing_of_the_caller_reaches_the_model_before_it_confirms_its_configur
     assert [type(a) for a in released] == [AppendAudio, AddCallerText, CreateResponse]
 
 
-def test_a_refused_setting_is_left_out_once_and_the_call_goes_on(clock: Clock) -> None:
+def test_a_refused_setting_is_left_out_once_and_the_call_goes_on(clock: ManualClock) -> None:
     controller = CallController(CallProfile(voice="nova"), clock)
     controller.start()
     controller.handle(RealtimeConnected())
@@ -126,7 +115,7 @@ def test_a_refused_setting_is_left_out_once_and_the_call_goes_on(clock: Clock) -
     assert controller.session.ready
 
 
-def test_a_configuration_the_service_refuses_twice_gives_the_caller_the_fallback(clock: Clock) -> None:
+def test_a_configuration_the_service_refuses_twice_gives_the_caller_the_fallback(clock: ManualClock) -> None:
     controller = CallController(CallProfile(voice="nova", transcription="whisper-1"), clock)
     controller.start()
     controller.handle(RealtimeConnected())
@@ -136,14 +125,14 @@ def test_a_configuration_the_service_refuses_twice_gives_the_caller_the_fallback
     assert controller.outcome == "realtime_unavailable"
 
 
-def test_a_refusal_of_a_setting_the_session_cannot_do_without_gives_the_fallback(clock: Clock) -> None:
+def test_a_refusal_of_a_setting_the_session_cannot_do_without_gives_the_fallback(clock: ManualClock) -> None:
     controller = CallController(CallProfile(), clock)
     controller.start()
     controller.handle(RealtimeConnected())
     assert [type(a) for a in controller.handle(ConfigurationRefused(None, "Invalid instructions"))] == [CloseTwilio]
 
 
-def test_a_session_that_never_confirms_its_configuration_is_a_failed_try(clock: Clock) -> None:
+def test_a_session_that_never_confirms_its_configuration_is_a_failed_try(clock: ManualClock) -> None:
     controller = CallController(CallProfile(), clock)
     controller.start()
     controller.handle(RealtimeConnected())
@@ -153,7 +142,7 @@ def test_a_session_that_never_confirms_its_configuration_is_a_failed_try(clock: 
     assert summary_of(controller).realtime_failures == ("the service did not confirm the session's configuration in time",)
 
 
-def test_a_service_that_drops_every_session_at_once_gets_the_fallback_within_the_budget(clock: Clock) -> None:
+def test_a_service_that_drops_every_session_at_once_gets_the_fallback_within_the_budget(clock: ManualClock) -> None:
     controller = CallController(CallProfile(), clock)
     actions = controller.start()
     opens = 0
@@ -167,7 +156,7 @@ def test_a_service_that_drops_every_session_at_once_gets_the_fallback_within_the
     assert clock.now - 1000.0 < 2.6
 
 
-def test_a_session_that_keeps_dying_soon_after_it_is_ready_is_given_up(clock: Clock) -> None:
+def test_a_session_that_keeps_dying_soon_after_it_is_ready_is_given_up(clock: ManualClock) -> None:
     controller = live_controller(clock)
     opens = 1
     while True:
@@ -183,13 +172,13 @@ def test_a_session_that_keeps_dying_soon_after_it_is_ready_is_given_up(clock: Cl
     assert opens <= 5, "the backoff goes on growing while sessions die young"
 
 
-def test_quota_exhausted_is_not_retried(clock: Clock) -> None:
+def test_quota_exhausted_is_not_retried(clock: ManualClock) -> None:
     controller = live_controller(clock)
     controller.handle(RealtimeErrorReported("insufficient_quota", "You exceeded your current quota"))
     assert [type(a) for a in controller.handle(RealtimeDisconnected("connection lost (1000)"))] == [CloseTwilio]
 
 
-def test_model_audio_before_the_stream_starts_is_held_then_released_in_order(clock: Clock) -> None:
+def test_model_audio_before_the_stream_starts_is_held_then_released_in_order(clock: ManualClock) -> None:
     controller = CallController(CallProfile(), clock)
     controller.handle(RealtimeConnected())
     assert controller.handle(ModelAudio("r", "i", PCM_100MS)) == []
@@ -197,7 +186,7 @@ def test_model_audio_before_the_stream_starts_is_held_then_released_in_order(clo
     assert [type(a) for a in released] == [SendTwilioMedia, SendTwilioMark]
 
 
-def test_caller_audio_becomes_24k_pcm_of_the_same_length_over_a_call(clock: Clock) -> None:
+def test_caller_audio_becomes_24k_pcm_of_the_same_length_over_a_call(clock: ManualClock) -> None:
     controller = live_controller(clock)
     sent = b"".join(
         a.pcm for _ in range(50) for a in controller.handle(CallerAudio(b"\xff" * 160)) if isinstance(a, AppendAudio)
@@ -206,13 +195,13 @@ def test_caller_audio_becomes_24k_pcm_of_the_same_length_over_a_call(clock: Cloc
     assert 0 <= held_back_ms <= 3
 
 
-def test_each_chunk_of_model_audio_is_followed_by_a_mark(clock: Clock) -> None:
+def test_each_chunk_of_model_audio_is_followed_by_a_mark(clock: ManualClock) -> None:
     controller = live_controller(clock)
     actions = controller.handle(ModelAudio("r", "i", PCM_100MS))
     assert [type(a) for a in actions] == [SendTwilioMedia, SendTwilioMark]
 
 
-def test_the_filter_tail_reaches_the_caller_when_the_item_is_done(clock: Clock) -> None:
+def test_the_filter_tail_reaches_the_caller_when_the_item_is_done(clock: ManualClock) -> None:
     controller = live_controller(clock)
     sent = b""
     for _ in range(3):
@@ -221,7 +210,7 @@ def test_the_filter_tail_reaches_the_caller_when_the_item_is_done(clock: Clock) 
     assert len(sent) == 300 * 8
 
 
-def test_barge_in_clears_twilio_and_truncates_at_the_last_echoed_mark_plus_elapsed_time(clock: Clock) -> None:
+def test_barge_in_clears_twilio_and_truncates_at_the_last_echoed_mark_plus_elapsed_time(clock: ManualClock) -> None:
     controller = live_controller(clock)
     names = play_answer(controller)
     clock.advance_ms(300)
@@ -234,7 +223,7 @@ def test_barge_in_clears_twilio_and_truncates_at_the_last_echoed_mark_plus_elaps
     assert abs(truncate.audio_end_ms - 340) <= 20
 
 
-def test_the_playhead_waits_at_the_end_of_the_audio_sent_when_the_model_falls_behind(clock: Clock) -> None:
+def test_the_playhead_waits_at_the_end_of_the_audio_sent_when_the_model_falls_behind(clock: ManualClock) -> None:
     controller = live_controller(clock)
     names = play_answer(controller, chunks=3)
     controller.handle(MarkEchoed(names[1]))
@@ -243,7 +232,7 @@ def test_the_playhead_waits_at_the_end_of_the_audio_sent_when_the_model_falls_be
     assert 295 <= truncate.audio_end_ms <= 300
 
 
-def test_truncate_point_never_exceeds_the_audio_generated(clock: Clock) -> None:
+def test_truncate_point_never_exceeds_the_audio_generated(clock: ManualClock) -> None:
     controller = live_controller(clock)
     play_answer(controller, chunks=2)
     clock.advance_ms(10_000)
@@ -251,7 +240,7 @@ def test_truncate_point_never_exceeds_the_audio_generated(clock: Clock) -> None:
     assert truncate.audio_end_ms <= 200
 
 
-def test_barge_in_before_any_mark_echo_counts_from_when_the_audio_was_sent(clock: Clock) -> None:
+def test_barge_in_before_any_mark_echo_counts_from_when_the_audio_was_sent(clock: ManualClock) -> None:
     controller = live_controller(clock)
     play_answer(controller)
     clock.advance_ms(60)
@@ -259,7 +248,7 @@ def test_barge_in_before_any_mark_echo_counts_from_when_the_audio_was_sent(clock
     assert abs(truncate.audio_end_ms - 60) <= 20
 
 
-def test_after_barge_in_the_rest_of_that_answer_is_not_forwarded(clock: Clock) -> None:
+def test_after_barge_in_the_rest_of_that_answer_is_not_forwarded(clock: ManualClock) -> None:
     controller = live_controller(clock)
     play_answer(controller, chunks=3)
     controller.handle(SpeechStarted())
@@ -267,7 +256,7 @@ def test_after_barge_in_the_rest_of_that_answer_is_not_forwarded(clock: Clock) -
     assert controller.handle(ModelAudioDone("item1")) == []
 
 
-def test_no_truncate_when_the_caller_heard_the_whole_answer(clock: Clock) -> None:
+def test_no_truncate_when_the_caller_heard_the_whole_answer(clock: ManualClock) -> None:
     controller = live_controller(clock)
     names = play_answer(controller, chunks=2)
     names += marks(controller.handle(ModelAudioDone("item1")))
@@ -278,7 +267,7 @@ def test_no_truncate_when_the_caller_heard_the_whole_answer(clock: Clock) -> Non
     assert not any(isinstance(a, (TruncateItem, ClearTwilio)) for a in actions)
 
 
-def test_the_greeting_response_keeps_the_numbers_instructions_and_adds_the_line_to_say(clock: Clock) -> None:
+def test_the_greeting_response_keeps_the_numbers_instructions_and_adds_the_line_to_say(clock: ManualClock) -> None:
     profile = CallProfile(instructions="You are the receptionist of Bright Smile Dental.", greeting="Bright Smile, hello!")
     controller = CallController(profile, clock)
     controller.start()
@@ -289,7 +278,7 @@ def test_the_greeting_response_keeps_the_numbers_instructions_and_adds_the_line_
     )]
 
 
-def test_speech_just_after_the_whole_answer_played_clears_twilio_but_truncates_nothing(clock: Clock) -> None:
+def test_speech_just_after_the_whole_answer_played_clears_twilio_but_truncates_nothing(clock: ManualClock) -> None:
     controller = live_controller(clock)
     names = play_answer(controller, chunks=6)
     names += marks(controller.handle(ModelAudioDone("item1")))
@@ -303,7 +292,7 @@ def test_speech_just_after_the_whole_answer_played_clears_twilio_but_truncates_n
     assert summary_of(controller).truncates == ()
 
 
-def test_speech_300_ms_before_the_end_of_a_finished_answer_truncates_it_there(clock: Clock) -> None:
+def test_speech_300_ms_before_the_end_of_a_finished_answer_truncates_it_there(clock: ManualClock) -> None:
     controller = live_controller(clock)
     names = play_answer(controller, chunks=6)
     names += marks(controller.handle(ModelAudioDone("item1")))
@@ -317,7 +306,7 @@ def test_speech_300_ms_before_the_end_of_a_finished_answer_truncates_it_there(cl
     assert abs(truncate.audio_end_ms - 300) <= 40
 
 
-def test_marks_echoed_after_a_clear_are_ignored_as_stale(clock: Clock) -> None:
+def test_marks_echoed_after_a_clear_are_ignored_as_stale(clock: ManualClock) -> None:
     controller = live_controller(clock)
     names = play_answer(controller, chunks=3)
     controller.handle(SpeechStarted())
@@ -327,7 +316,7 @@ def test_marks_echoed_after_a_clear_are_ignored_as_stale(clock: Clock) -> None:
     assert controller.playback.heard_ms() == 0
 
 
-def test_the_next_answer_after_barge_in_plays_normally(clock: Clock) -> None:
+def test_the_next_answer_after_barge_in_plays_normally(clock: ManualClock) -> None:
     controller = live_controller(clock)
     play_answer(controller, chunks=3)
     controller.handle(SpeechStarted())
@@ -336,18 +325,18 @@ def test_the_next_answer_after_barge_in_plays_normally(clock: Clock) -> None:
     assert [type(a) for a in actions] == [SendTwilioMedia, SendTwilioMark]
 
 
-def test_stop_closes_the_realtime_session_and_ends_the_call(clock: Clock) -> None:
+def test_stop_closes_the_realtime_session_and_ends_the_call(clock: ManualClock) -> None:
     controller = live_controller(clock)
     assert controller.handle(StreamStopped()) == [CloseRealtime("caller hung up")]
     assert controller.handle(CallerAudio(b"\xff" * 160)) == []
 
 
-def test_a_dropped_media_socket_closes_the_realtime_session(clock: Clock) -> None:
+def test_a_dropped_media_socket_closes_the_realtime_session(clock: ManualClock) -> None:
     controller = live_controller(clock)
     assert isinstance(controller.handle(TwilioDisconnected())[0], CloseRealtime)
 
 
-def test_a_lost_session_is_reopened_at_once_then_with_backoff(clock: Clock) -> None:
+def test_a_lost_session_is_reopened_at_once_then_with_backoff(clock: ManualClock) -> None:
     controller = live_controller(clock)
     first = controller.handle(RealtimeDisconnected("gone"))
     assert [type(a) for a in first] == [OpenRealtime] and first[0].delay_s == 0
@@ -355,7 +344,7 @@ def test_a_lost_session_is_reopened_at_once_then_with_backoff(clock: Clock) -> N
     assert second[0].delay_s > 0 and second[0].timeout_s <= CallTimings().connect_budget_s - second[0].delay_s
 
 
-def test_the_caller_falls_back_when_no_session_can_be_had_within_the_budget(clock: Clock) -> None:
+def test_the_caller_falls_back_when_no_session_can_be_had_within_the_budget(clock: ManualClock) -> None:
     controller = live_controller(clock)
     actions = controller.handle(RealtimeDisconnected("gone"))
     while isinstance(actions[0], OpenRealtime):
@@ -365,13 +354,13 @@ def test_the_caller_falls_back_when_no_session_can_be_had_within_the_budget(cloc
     assert controller.end_reason.startswith("realtime session unavailable")
 
 
-def test_a_refusal_that_retrying_cannot_fix_falls_back_at_once(clock: Clock) -> None:
+def test_a_refusal_that_retrying_cannot_fix_falls_back_at_once(clock: ManualClock) -> None:
     controller = CallController(CallProfile(), clock)
     controller.start()
     assert isinstance(controller.handle(RealtimeDisconnected("HTTP 401", retryable=False))[0], CloseTwilio)
 
 
-def test_a_new_session_gets_the_same_configuration_and_the_conversation_so_far(clock: Clock) -> None:
+def test_a_new_session_gets_the_same_configuration_and_the_conversation_so_far(clock: ManualClock) -> None:
     controller = live_controller(clock)
     controller.handle(TranscriptDone("caller", "u1", "Do you open on Saturdays?"))
     controller.handle(TranscriptDone("model", "i1", "Yes, from nine to noon."))
@@ -385,7 +374,7 @@ def test_a_new_session_gets_the_same_configuration_and_the_conversation_so_far(c
     assert isinstance(controller.handle(SessionConfigured())[0], AppendAudio)
 
 
-def test_after_a_new_session_a_barge_in_on_old_audio_clears_without_truncating(clock: Clock) -> None:
+def test_after_a_new_session_a_barge_in_on_old_audio_clears_without_truncating(clock: ManualClock) -> None:
     controller = live_controller(clock)
     play_answer(controller, chunks=3)
     controller.handle(RealtimeDisconnected("gone"))
@@ -395,7 +384,7 @@ def test_after_a_new_session_a_barge_in_on_old_audio_clears_without_truncating(c
     assert ClearTwilio() in actions and not any(isinstance(a, TruncateItem) for a in actions)
 
 
-def test_a_quiet_media_stream_ends_the_call(clock: Clock) -> None:
+def test_a_quiet_media_stream_ends_the_call(clock: ManualClock) -> None:
     controller = live_controller(clock)
     clock.advance_ms(9000)
     assert controller.handle(Tick()) == []
@@ -404,7 +393,7 @@ def test_a_quiet_media_stream_ends_the_call(clock: Clock) -> None:
     assert controller.handle(Tick()) == [CloseRealtime("media stream went quiet")]
 
 
-def test_an_old_session_is_renewed_only_when_nobody_is_speaking(clock: Clock) -> None:
+def test_an_old_session_is_renewed_only_when_nobody_is_speaking(clock: ManualClock) -> None:
     controller = CallController(CallProfile(), clock, CallTimings(renew_session_after_s=60, media_timeout_s=1e9))
     controller.start()
     controller.handle(RealtimeConnected())
@@ -420,7 +409,7 @@ def test_an_old_session_is_renewed_only_when_nobody_is_speaking(clock: Clock) ->
     assert isinstance(controller.handle(RealtimeConnected())[0], ConfigureSession)
 
 
-def test_the_model_response_latency_runs_from_the_caller_stopping_to_the_first_audio(clock: Clock) -> None:
+def test_the_model_response_latency_runs_from_the_caller_stopping_to_the_first_audio(clock: ManualClock) -> None:
     controller = live_controller(clock)
     controller.handle(SpeechStopped())
     clock.advance_ms(420)
@@ -429,35 +418,35 @@ def test_the_model_response_latency_runs_from_the_caller_stopping_to_the_first_a
     assert summary_of(controller).response_latencies_ms == (pytest.approx(420),)
 
 
-def test_a_realtime_error_is_counted_and_the_call_goes_on(clock: Clock) -> None:
+def test_a_realtime_error_is_counted_and_the_call_goes_on(clock: ManualClock) -> None:
     controller = live_controller(clock)
     assert controller.handle(RealtimeErrorReported("invalid_value", "bad truncate")) == []
     assert summary_of(controller).realtime_errors == {"invalid_value": 1}
     assert controller.handle(CallerAudio(b"\xff" * 160))
 
 
-def test_a_malformed_twilio_message_is_counted_and_the_call_goes_on(clock: Clock) -> None:
+def test_a_malformed_twilio_message_is_counted_and_the_call_goes_on(clock: ManualClock) -> None:
     controller = live_controller(clock)
     controller.handle(TwilioMessageRejected("not JSON"))
     assert controller.counters().malformed_twilio == 1
     assert controller.handle(CallerAudio(b"\xff" * 160))
 
 
-def test_a_key_press_becomes_a_caller_message_and_a_response(clock: Clock) -> None:
+def test_a_key_press_becomes_a_caller_message_and_a_response(clock: ManualClock) -> None:
     controller = live_controller(clock)
     actions = controller.handle(DigitPressed("5"))
     assert isinstance(actions[0], AddCallerText) and "pressed 5" in actions[0].text
     assert isinstance(actions[1], CreateResponse)
 
 
-def test_a_key_press_during_an_answer_waits_for_it_to_finish_before_asking_for_a_response(clock: Clock) -> None:
+def test_a_key_press_during_an_answer_waits_for_it_to_finish_before_asking_for_a_response(clock: ManualClock) -> None:
     controller = live_controller(clock)
     controller.handle(ResponseStarted("resp1"))
     assert [type(a) for a in controller.handle(DigitPressed("#"))] == [AddCallerText]
     assert controller.handle(ResponseDone("resp1", "completed")) == [CreateResponse()]
 
 
-def test_a_key_press_just_after_the_caller_stops_speaking_waits_for_the_response_the_service_starts(clock: Clock) -> None:
+def test_a_key_press_just_after_the_caller_stops_speaking_waits_for_the_response_the_service_starts(clock: ManualClock) -> None:
     controller = live_controller(clock)
     controller.handle(SpeechStopped())
     clock.advance_ms(100)
@@ -466,7 +455,7 @@ def test_a_key_press_just_after_the_caller_stops_speaking_waits_for_the_response
     assert controller.handle(ResponseDone("resp1", "completed")) == [CreateResponse()]
 
 
-def test_a_key_press_waits_no_longer_than_the_expected_response_takes_to_come(clock: Clock) -> None:
+def test_a_key_press_waits_no_longer_than_the_expected_response_takes_to_come(clock: ManualClock) -> None:
     controller = live_controller(clock)
     controller.handle(SpeechStopped())
     controller.handle(DigitPressed("1"))
@@ -474,7 +463,7 @@ def test_a_key_press_waits_no_longer_than_the_expected_response_takes_to_come(cl
     assert controller.handle(Tick()) == [CreateResponse()]
 
 
-def test_caller_audio_before_the_realtime_socket_opens_is_held_and_bounded(clock: Clock) -> None:
+def test_caller_audio_before_the_realtime_socket_opens_is_held_and_bounded(clock: ManualClock) -> None:
     controller = CallController(CallProfile(), clock)
     controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
     for _ in range(400):
@@ -485,7 +474,7 @@ def test_caller_audio_before_the_realtime_socket_opens_is_held_and_bounded(clock
     assert 4900 <= held_ms <= 5000
 
 
-def test_a_session_event_the_state_cannot_follow_is_an_error_naming_the_state(clock: Clock) -> None:
+def test_a_session_event_the_state_cannot_follow_is_an_error_naming_the_state(clock: ManualClock) -> None:
     controller = live_controller(clock)
     with pytest.raises(SessionStateError, match="cannot take 'connected' while ready"):
         controller.handle(RealtimeConnected())
@@ -526,7 +515,7 @@ EVENTS = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(EVENTS, st.integers(min_value=0, max_value=3000)), max_size=40))
 def test_no_sequence_of_events_makes_the_controller_raise_or_overstate_what_was_heard(steps: list) -> None:
-    clock = Clock()
+    clock = ManualClock()
     profile = CallProfile(greeting="Hi", transfer={"desk": "+15550009999"}, fallback_transfer="desk")
     controller = CallController(profile, clock)
     opens_pending = sum(isinstance(a, OpenRealtime) for a in controller.start())

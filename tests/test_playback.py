@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from support import ManualClock
 from telephony_bridge.playback import PLAYHEAD_ERROR_MS, Playback
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance_ms(self, ms: float) -> None:
-        self.now += ms / 1000.0
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
-def streaming(clock: Clock) -> Playback:
+def streaming(clock: ManualClock) -> Playback:
     playback = Playback(clock)
     playback.stream_started()
     return playback
@@ -37,7 +27,7 @@ def send(playback: Playback, item_id: str, chunks: int, chunk_ms: float = 100.0)
     return names
 
 
-def test_the_playhead_runs_on_from_the_last_echo_in_real_time(clock: Clock) -> None:
+def test_the_playhead_runs_on_from_the_last_echo_in_real_time(clock: ManualClock) -> None:
     playback = streaming(clock)
     names = send(playback, "i1", 10)
     clock.advance_ms(300)
@@ -46,7 +36,7 @@ def test_the_playhead_runs_on_from_the_last_echo_in_real_time(clock: Clock) -> N
     assert playback.heard_ms() == pytest.approx(340)
 
 
-def test_the_playhead_waits_at_the_audio_sent_when_the_model_falls_behind(clock: Clock) -> None:
+def test_the_playhead_waits_at_the_audio_sent_when_the_model_falls_behind(clock: ManualClock) -> None:
     playback = streaming(clock)
     names = send(playback, "i1", 2)
     clock.advance_ms(150)
@@ -55,7 +45,7 @@ def test_the_playhead_waits_at_the_audio_sent_when_the_model_falls_behind(clock:
     assert playback.heard_ms() == 200
 
 
-def test_the_round_trip_of_the_first_chunk_corrects_the_playhead(clock: Clock) -> None:
+def test_the_round_trip_of_the_first_chunk_corrects_the_playhead(clock: ManualClock) -> None:
     playback = streaming(clock)
     names = send(playback, "i1", 5)
     clock.advance_ms(100 + 60)  # the chunk's own 100 ms plus a 60 ms round trip
@@ -66,7 +56,7 @@ def test_the_round_trip_of_the_first_chunk_corrects_the_playhead(clock: Clock) -
     )
 
 
-def test_an_echo_that_is_not_pending_is_stale_and_moves_nothing(clock: Clock) -> None:
+def test_an_echo_that_is_not_pending_is_stale_and_moves_nothing(clock: ManualClock) -> None:
     playback = streaming(clock)
     send(playback, "i1", 3)
     clock.advance_ms(120)
@@ -76,7 +66,7 @@ def test_an_echo_that_is_not_pending_is_stale_and_moves_nothing(clock: Clock) ->
     assert playback.heard_ms() == before
 
 
-def test_a_cut_names_the_playing_item_and_every_item_still_queued(clock: Clock) -> None:
+def test_a_cut_names_the_playing_item_and_every_item_still_queued(clock: ManualClock) -> None:
     playback = streaming(clock)
     first = send(playback, "i1", 3)
     send(playback, "i2", 3)
@@ -90,7 +80,7 @@ def test_a_cut_names_the_playing_item_and_every_item_still_queued(clock: Clock) 
     assert playback.cut() == (None, set())
 
 
-def test_marks_echoed_after_a_cut_are_stale(clock: Clock) -> None:
+def test_marks_echoed_after_a_cut_are_stale(clock: ManualClock) -> None:
     playback = streaming(clock)
     names = send(playback, "i1", 3)
     playback.cut()
@@ -99,7 +89,7 @@ def test_marks_echoed_after_a_cut_are_stale(clock: Clock) -> None:
     assert playback.stale_marks == 3
 
 
-def test_an_item_is_forgotten_once_it_is_complete_and_has_played(clock: Clock) -> None:
+def test_an_item_is_forgotten_once_it_is_complete_and_has_played(clock: ManualClock) -> None:
     playback = streaming(clock)
     for answer in range(200):
         names = send(playback, f"i{answer}", 3)
@@ -109,7 +99,7 @@ def test_an_item_is_forgotten_once_it_is_complete_and_has_played(clock: Clock) -
     assert playback.tracked_items == 0
 
 
-def test_an_item_still_streaming_is_kept_after_its_audio_has_played(clock: Clock) -> None:
+def test_an_item_still_streaming_is_kept_after_its_audio_has_played(clock: ManualClock) -> None:
     playback = streaming(clock)
     names = send(playback, "i1", 2)
     clock.advance_ms(200)
@@ -121,7 +111,7 @@ def test_an_item_still_streaming_is_kept_after_its_audio_has_played(clock: Clock
     assert later == ["a3"]
 
 
-def test_audio_queued_before_the_stream_starts_plays_from_the_start(clock: Clock) -> None:
+def test_audio_queued_before_the_stream_starts_plays_from_the_start(clock: ManualClock) -> None:
     playback = Playback(clock)
     send(playback, "i1", 5)
     clock.advance_ms(2000)
@@ -130,7 +120,7 @@ def test_audio_queued_before_the_stream_starts_plays_from_the_start(clock: Clock
     assert playback.heard_ms() == pytest.approx(120)
 
 
-def echo_delayed(playback: Playback, clock: Clock, names: list[str], until_ms: float, delay_ms: float = 40.0) -> None:
+def echo_delayed(playback: Playback, clock: ManualClock, names: list[str], until_ms: float, delay_ms: float = 40.0) -> None:
     """Twilio plays 100 ms chunks from now on; each echo reaches us `delay_ms` after its audio played, up to `until_ms`."""
     start = clock.now
     for index, name in enumerate(names):
@@ -142,7 +132,7 @@ def echo_delayed(playback: Playback, clock: Clock, names: list[str], until_ms: f
     clock.now = start + until_ms / 1000.0
 
 
-def test_a_caller_speaking_just_after_a_finished_answer_played_cut_nothing(clock: Clock) -> None:
+def test_a_caller_speaking_just_after_a_finished_answer_played_cut_nothing(clock: ManualClock) -> None:
     playback = Playback(clock)
     names = send(playback, "i1", 6)  # queued before the stream started: no round trip measured, the estimate runs short
     playback.stream_started()
@@ -154,7 +144,7 @@ def test_a_caller_speaking_just_after_a_finished_answer_played_cut_nothing(clock
     assert 600 - PLAYHEAD_ERROR_MS <= cut.audio_end_ms < 600
 
 
-def test_a_caller_speaking_300_ms_before_the_end_cuts_the_answer_where_they_were(clock: Clock) -> None:
+def test_a_caller_speaking_300_ms_before_the_end_cuts_the_answer_where_they_were(clock: ManualClock) -> None:
     playback = streaming(clock)
     names = send(playback, "i1", 6)
     playback.complete("i1")
@@ -164,7 +154,7 @@ def test_a_caller_speaking_300_ms_before_the_end_cuts_the_answer_where_they_were
     assert abs(cut.audio_end_ms - 300) <= 40
 
 
-def test_an_answer_still_streaming_is_cut_even_when_all_its_audio_so_far_has_played(clock: Clock) -> None:
+def test_an_answer_still_streaming_is_cut_even_when_all_its_audio_so_far_has_played(clock: ManualClock) -> None:
     playback = streaming(clock)
     names = send(playback, "i1", 3)
     echo_delayed(playback, clock, names, until_ms=330)

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from support import ManualClock
 from telephony_bridge.supervision import CallTimings, Reopen, SessionState, SessionStateError, SessionSupervisor
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 10.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_call_opens_its_first_session_and_is_ready_once_connected() -> None:
-    supervisor = SessionSupervisor(CallTimings(), Clock())
+    supervisor = SessionSupervisor(CallTimings(), ManualClock())
     assert supervisor.state is SessionState.OPENING and not supervisor.ready
     assert supervisor.first_open() == Reopen(0.0, 2.5, "call answered")
     assert supervisor.connected() is False, "the first session replaces nothing"
@@ -26,7 +19,7 @@ def test_a_call_opens_its_first_session_and_is_ready_once_connected() -> None:
 
 
 def test_a_session_is_a_failed_try_when_its_configuration_is_not_confirmed_in_time() -> None:
-    clock = Clock()
+    clock = ManualClock()
     supervisor = SessionSupervisor(CallTimings(configure_timeout_s=2.0), clock)
     supervisor.connected()
     clock.now += 1.9
@@ -36,13 +29,13 @@ def test_a_session_is_a_failed_try_when_its_configuration_is_not_confirmed_in_ti
 
 
 def test_a_refused_configuration_may_be_retried_once_per_call() -> None:
-    supervisor = SessionSupervisor(CallTimings(), Clock())
+    supervisor = SessionSupervisor(CallTimings(), ManualClock())
     assert supervisor.may_reconfigure()
     assert not supervisor.may_reconfigure()
 
 
 def test_no_call_opens_more_sessions_a_minute_than_its_cap() -> None:
-    clock = Clock()
+    clock = ManualClock()
     timings = CallTimings(stable_after_s=5, max_opens_per_minute=3)
     supervisor = SessionSupervisor(timings, clock)
     opened = 0
@@ -59,7 +52,7 @@ def test_no_call_opens_more_sessions_a_minute_than_its_cap() -> None:
 
 
 def test_a_lost_session_is_retried_with_backoff_within_the_budget_then_given_up() -> None:
-    clock = Clock()
+    clock = ManualClock()
     supervisor = SessionSupervisor(CallTimings(connect_budget_s=2.5, retry_delays_s=(0.0, 0.25, 0.5, 1.0)), clock)
     supervisor.connected()
     tries = []
@@ -73,13 +66,13 @@ def test_a_lost_session_is_retried_with_backoff_within_the_budget_then_given_up(
 
 
 def test_a_refusal_that_retrying_cannot_help_fails_at_once() -> None:
-    supervisor = SessionSupervisor(CallTimings(), Clock())
+    supervisor = SessionSupervisor(CallTimings(), ManualClock())
     assert supervisor.lost("HTTP 401", retryable=False) is None
     assert supervisor.state is SessionState.FAILED
 
 
 def test_a_reconnected_session_needs_the_conversation_so_far() -> None:
-    supervisor = SessionSupervisor(CallTimings(), Clock())
+    supervisor = SessionSupervisor(CallTimings(), ManualClock())
     supervisor.connected()
     supervisor.configured()
     supervisor.lost("gone", retryable=True)
@@ -87,7 +80,7 @@ def test_a_reconnected_session_needs_the_conversation_so_far() -> None:
 
 
 def test_an_old_session_is_renewed_only_at_a_quiet_moment() -> None:
-    clock = Clock()
+    clock = ManualClock()
     supervisor = SessionSupervisor(CallTimings(renew_session_after_s=60), clock)
     supervisor.connected()
     supervisor.configured()
@@ -104,7 +97,7 @@ def test_an_old_session_is_renewed_only_at_a_quiet_moment() -> None:
 
 
 def test_a_transition_the_table_lacks_raises_naming_the_state() -> None:
-    supervisor = SessionSupervisor(CallTimings(), Clock())
+    supervisor = SessionSupervisor(CallTimings(), ManualClock())
     supervisor.close()
     assert supervisor.state is SessionState.CLOSED
     with pytest.raises(SessionStateError, match="cannot take 'connected' while closed"):
