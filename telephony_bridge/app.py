@@ -187,6 +187,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             request.app.state.switchboard, request.query_params.get("transfer", ""), params.get("DialCallStatus", ""),
             secret=settings.stream_token_secret, stream_url=public_url(request.headers, websocket=True),
             stream_ended_url=public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH),
+            status_url=public_url(request.headers, websocket=False, path=STREAM_STATUS_PATH),
         ))
 
     def signed_by_twilio(url: str, params: dict[str, str], signature: str | None) -> bool:

@@ -44,7 +44,14 @@ def whisper(switchboard: Switchboard, transfer_id: str) -> str:
 
 
 def dial_ended(
-    switchboard: Switchboard, transfer_id: str, dial_status: str, *, secret: bytes, stream_url: str, stream_ended_url: str
+    switchboard: Switchboard,
+    transfer_id: str,
+    dial_status: str,
+    *,
+    secret: bytes,
+    stream_url: str,
+    stream_ended_url: str,
+    status_url: str,
 ) -> str:
     pending = switchboard.transfers.redeem(transfer_id)
     if pending is None:
@@ -56,4 +63,4 @@ def dial_ended(
     if pending.fallback or call.ended.is_set():
         return say_twiml(call.profile.fallback_message)
     token = issue_stream_token(secret, call.call_sid, call.called_number, time.time())
-    return stream_twiml(stream_url, call.called_number, token, stream_ended_url)
+    return stream_twiml(stream_url, call.called_number, token, stream_ended_url, status_url)

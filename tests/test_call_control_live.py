@@ -16,6 +16,7 @@ from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, bridge_for, new_cal
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import Callee, SimulatedCall, speech_like_ulaw
+from telephony_bridge.webhook import STREAM_STATUS_PATH
 
 DESK = "+15550009999"
 TRANSFERS = f'\n[numbers."{CLINIC}".transfer]\nfront_desk = "{DESK}"\nbilling = "sip:billing@pbx.example.com"\n'
@@ -143,6 +144,7 @@ async def test_a_transfer_nobody_takes_brings_the_caller_back_and_the_model_hear
         assert history, "the new session has the conversation so far"
         await back.wait_for("response.done", sent=True, timeout=10)
         assert len(w.call.steps("stream-opened")) == 2 and not w.call.over
+        assert w.call.stream_attributes["statusCallback"].endswith(STREAM_STATUS_PATH), "a returned stream reports errors"
         await w.call.hang_up()
 
 

@@ -750,6 +750,7 @@ class SimulatedCall:
         if stream is None or not stream.get("url"):
             self._record("skipped", "Connect without a Stream")
             return None
+        self.stream_attributes = dict(stream.attrib)
         callback = stream.get("statusCallback")
         try:
             parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
