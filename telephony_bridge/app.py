@@ -249,7 +249,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         stream_url = public_url(request.headers, websocket=True)
         stream_ended_url = public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH)
         status_url = public_url(request.headers, websocket=False, path=STREAM_STATUS_PATH)
-        twiml = stream_twiml(stream_url, called_number, token, stream_ended_url, status_url)
+        notice = call.profile.recording_notice if call.profile.record else None
+        twiml = stream_twiml(stream_url, called_number, token, stream_ended_url, status_url, notice)
         switchboard.remember_answer(call_sid, twiml, idempotency_token, stream_id_of(token))
         return Response(twiml, media_type="text/xml")
 
