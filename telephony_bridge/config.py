@@ -327,8 +327,8 @@ class ModelPrices(_Strict):
     """Input tokens the service served from its cache; unset, they cost what other input tokens do."""
 
 
-POLICY_KEYS = frozenset({"hours", "after_hours"})
-"""A number's keys an `after_hours` table may not set: the profile it gives is in force outside hours."""
+POLICY_KEYS = frozenset({"hours", "after_hours", "retention_days"})
+"""A number's keys an `after_hours` table may not set: they are the number's, whichever profile a call keeps."""
 
 
 class CallProfile(_Strict):
@@ -382,8 +382,9 @@ class CallProfile(_Strict):
     def _after_hours(cls, after_hours: CallProfile | None, info: ValidationInfo) -> CallProfile | None:
         if after_hours is not None and info.data.get("hours") is None:
             raise ValueError("needs hours: without them the number is always open")
-        if after_hours is not None and (after_hours.hours is not None or after_hours.after_hours is not None):
-            raise ValueError("may not set hours or after_hours of its own")
+        if after_hours is not None and (after_hours.hours is not None or after_hours.after_hours is not None
+                                        or after_hours.retention_days != Retention()):
+            raise ValueError("may not set hours, after_hours or retention_days: they are the number's")
         return after_hours
 
     @field_validator("recording_notice_required")
