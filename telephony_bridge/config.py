@@ -460,14 +460,15 @@ class _NumberTable(_Strict):
     inherit_tools: bool | None = None
     """A number's `tools` and `mcp` add to the defaults' instead of replacing them."""
     after_call: dict[str, Any] | None = None
-    hours: dict[str, Any] | None = None
-    after_hours: dict[str, Any] | None = None
-    max_call_minutes: float | None = None
-    silence_hangup_seconds: float | None = None
-    max_cost_per_call: float | None = None
-    recording_notice: str | None = None
-    recording_notice_required: bool | None = None
-    retention_days: dict[str, Any] | None = None
+    hours: Any = None
+    """The policy keys are checked once, by `CallProfile` (here they would be reported twice, under another key)."""
+    after_hours: Any = None
+    max_call_minutes: Any = None
+    silence_hangup_seconds: Any = None
+    max_cost_per_call: Any = None
+    recording_notice: Any = None
+    recording_notice_required: Any = None
+    retention_days: Any = None
 
 
 class Limits(_Strict):

@@ -454,10 +454,11 @@ class CallController:
     def _on_response_done(self, event: ResponseDone) -> list[Action]:
         if event.usage is not None:
             self.usage += event.usage
+        cut = event.response_id == self.conversation.cut_response
         spoke = self.conversation.response_done(event.response_id)
         if self.conversation.active_response is None:
             self._muted_items.clear()
-        self.control.response_done(spoke)
+        self.control.response_done(spoke and not cut)
         actions: list[Action] = []
         for call in self.functions.response_done(event.response_id, event.status):
             actions += self._run_function(call, spoke)
