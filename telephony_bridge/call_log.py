@@ -90,6 +90,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN cached_in_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE calls ADD COLUMN audio_out_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE calls ADD COLUMN text_out_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN cached_audio_in_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE calls ADD COLUMN cost REAL;
     ALTER TABLE calls ADD COLUMN transcript_purged INTEGER NOT NULL DEFAULT 0;
     """,
@@ -229,7 +230,8 @@ def _schema_version(connection: sqlite3.Connection, source: str) -> int:
 _CALL_COLUMNS = (
     "call_sid", "from_number", "to_number", "started_at", "ended_at", "duration_s", "outcome", "end_reason",
     "barge_ins", "reconnects", "model", "dialect", "direction", "transfer_target", "transfer_connected",
-    "profile_in_force", "audio_in_tokens", "text_in_tokens", "cached_in_tokens", "audio_out_tokens", "text_out_tokens", "cost",
+    "profile_in_force", "audio_in_tokens", "text_in_tokens", "cached_in_tokens", "audio_out_tokens", "text_out_tokens",
+    "cached_audio_in_tokens", "cost",
 )
 
 
@@ -244,7 +246,7 @@ def _write(connection: sqlite3.Connection, record: CallRecord) -> None:
                 record.barge_ins, record.reconnects, record.model, record.dialect, record.direction,
                 record.transfer_target, record.transfer_connected, record.profile_in_force,
                 record.usage.audio_in, record.usage.text_in, record.usage.cached_in, record.usage.audio_out,
-                record.usage.text_out, record.cost,
+                record.usage.text_out, record.usage.cached_audio_in, record.cost,
             ),
         )
         connection.execute("DELETE FROM transcript WHERE call_sid = ?", (record.call_sid,))
@@ -372,7 +374,7 @@ def _policy_fields(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "profile_in_force": row["profile_in_force"], "cost": row["cost"], "transcript_purged": bool(row["transcript_purged"]),
         "usage": TokenUsage(row["audio_in_tokens"], row["text_in_tokens"], row["cached_in_tokens"], row["audio_out_tokens"],
-                            row["text_out_tokens"]),
+                            row["text_out_tokens"], row["cached_audio_in_tokens"]),
     }
 
 
@@ -602,11 +604,11 @@ def usage_totals(path: Path) -> list[UsageTotal]:
             return []
         rows = connection.execute(
             "SELECT to_number, model, COUNT(*), SUM(duration_s), SUM(audio_in_tokens), SUM(text_in_tokens), "
-            "SUM(cached_in_tokens), SUM(audio_out_tokens), SUM(text_out_tokens), SUM(cost) "
+            "SUM(cached_in_tokens), SUM(audio_out_tokens), SUM(text_out_tokens), SUM(cached_audio_in_tokens), SUM(cost) "
             "FROM calls GROUP BY to_number, model ORDER BY to_number, model"
         ).fetchall()
     except sqlite3.Error as error:
         raise CallLogError(str(path), f"cannot be read: {error}") from None
     finally:
         connection.close()
-    return [UsageTotal(row[0], row[1], row[2], row[3], TokenUsage(*row[4:9]), row[9]) for row in rows]
+    return [UsageTotal(row[0], row[1], row[2], row[3], TokenUsage(*row[4:10]), row[10]) for row in rows]

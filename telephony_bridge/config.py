@@ -324,7 +324,7 @@ class ModelPrices(_Strict):
     text_in: float = Field(ge=0)
     text_out: float = Field(ge=0)
     cached_in: float | None = Field(default=None, ge=0)
-    """Input tokens the service served from its cache; unset, they cost what other input tokens do."""
+    """Input tokens (audio or text) the service served from its cache; unset, they cost what other input tokens do."""
 
 
 POLICY_KEYS = frozenset({"hours", "after_hours", "retention_days"})

@@ -135,7 +135,8 @@ class TokenUsage:
     """Tokens a response used, as `response.done`'s `usage` reports them; summed over a call by `+`.
 
     `text_in` and `audio_in` count the whole conversation the model read for the response (its input grows
-    turn by turn); `cached_in` is the part of the input the service served from its cache.
+    turn by turn); `cached_in` is the part of that input the service served from its cache (a subset, not
+    more), `cached_audio_in` the audio among it.
     """
 
     audio_in: int = 0
@@ -143,10 +144,12 @@ class TokenUsage:
     cached_in: int = 0
     audio_out: int = 0
     text_out: int = 0
+    cached_audio_in: int = 0
 
     def __add__(self, other: TokenUsage) -> TokenUsage:
         return TokenUsage(self.audio_in + other.audio_in, self.text_in + other.text_in, self.cached_in + other.cached_in,
-                          self.audio_out + other.audio_out, self.text_out + other.text_out)
+                          self.audio_out + other.audio_out, self.text_out + other.text_out,
+                          self.cached_audio_in + other.cached_audio_in)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ ADDED_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 RESPONSE_LATENCY_BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 TRUNCATE_POINT_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 TOOL_LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
-TOKEN_KINDS = ("audio_in", "text_in", "cached_in", "audio_out", "text_out")
+TOKEN_KINDS = ("audio_in", "text_in", "cached_in", "cached_audio_in", "audio_out", "text_out")
 
 
 class Buckets:

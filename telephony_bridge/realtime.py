@@ -277,13 +277,20 @@ def token_usage(usage: Any) -> TokenUsage | None:
     inputs = given_in if isinstance(given_in, dict) else {}
     outputs = given_out if isinstance(given_out, dict) else {}
 
+    given_cached = inputs.get("cached_tokens_details")
+    cached = given_cached if isinstance(given_cached, dict) else {}
+
     def count(table: dict[str, Any], key: str) -> int:
         value = table.get(key)
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
+    audio_in, text_in = count(inputs, "audio_tokens"), count(inputs, "text_tokens")
+    cached_in = min(count(inputs, "cached_tokens"), audio_in + text_in)
+    # Without the breakdown, the cached prefix is taken as text first (instructions lead every input).
+    cached_audio = count(cached, "audio_tokens") if "audio_tokens" in cached else cached_in - min(cached_in, text_in)
     return TokenUsage(
-        audio_in=count(inputs, "audio_tokens"), text_in=count(inputs, "text_tokens"), cached_in=count(inputs, "cached_tokens"),
-        audio_out=count(outputs, "audio_tokens"), text_out=count(outputs, "text_tokens"),
+        audio_in=audio_in, text_in=text_in, cached_in=cached_in, audio_out=count(outputs, "audio_tokens"),
+        text_out=count(outputs, "text_tokens"), cached_audio_in=min(cached_audio, cached_in, audio_in),
     )
 
 

@@ -171,6 +171,9 @@ def test_usage_is_read_from_response_done_and_bad_counts_count_nothing() -> None
              "output_token_details": {"text_tokens": 9, "audio_tokens": "many"}}
     assert token_usage(usage) == TokenUsage(audio_in=40, text_in=120, cached_in=64, audio_out=0, text_out=9)
     assert token_usage(None) is None
+    detailed = {"input_token_details": {"text_tokens": 100, "audio_tokens": 900, "cached_tokens": 512,
+                                        "cached_tokens_details": {"text_tokens": 100, "audio_tokens": 412}}}
+    assert token_usage(detailed) == TokenUsage(audio_in=900, text_in=100, cached_in=512, cached_audio_in=412)
     frame = '{"type":"response.done","response":{"id":"r1","status":"completed","usage":' + \
         '{"input_token_details":{"audio_tokens":5},"output_token_details":{"audio_tokens":7}}}}'
     assert RealtimeEventParser("ga").parse(frame) == ResponseDone("r1", "completed", TokenUsage(audio_in=5, audio_out=7))
@@ -183,6 +186,9 @@ def test_cost_is_per_million_tokens_with_cached_input_at_its_own_price() -> None
     assert cost_of(usage, None) is None
     no_cache_price = ModelPrices(audio_in=0, audio_out=0, text_in=4, text_out=0)
     assert cost_of(usage, no_cache_price) == pytest.approx(2.0), "without cached_in, cached tokens cost as text_in"
+    cached_audio = TokenUsage(audio_in=1_000_000, cached_in=500_000, cached_audio_in=500_000)
+    assert cost_of(cached_audio, prices) == pytest.approx(16 + 0.2), "cached audio at cached_in, the rest at audio_in"
+    assert cost_of(cached_audio, ModelPrices(audio_in=32, audio_out=0, text_in=4, text_out=0)) == pytest.approx(32)
 
 
 # The limits' decisions.

@@ -57,10 +57,13 @@ def cost_of(usage: TokenUsage, prices: ModelPrices | None) -> float | None:
     """The estimated cost of `usage` at `prices` (per million tokens); `None` without prices for the model."""
     if prices is None:
         return None
-    cached = prices.cached_in if prices.cached_in is not None else prices.text_in
-    text_in = max(usage.text_in - usage.cached_in, 0)
-    total = (usage.audio_in * prices.audio_in + text_in * prices.text_in + usage.cached_in * cached
-             + usage.audio_out * prices.audio_out + usage.text_out * prices.text_out)
+    cached_text = usage.cached_in - usage.cached_audio_in
+    if prices.cached_in is None:
+        cached = usage.cached_audio_in * prices.audio_in + cached_text * prices.text_in
+    else:
+        cached = usage.cached_in * prices.cached_in
+    total = ((usage.audio_in - usage.cached_audio_in) * prices.audio_in + (usage.text_in - cached_text) * prices.text_in
+             + cached + usage.audio_out * prices.audio_out + usage.text_out * prices.text_out)
     return total / 1_000_000
 
 

@@ -672,13 +672,17 @@ class SimulatedSession:
         in_text = -(-len(str(self.config.get("instructions") or "")) // 4) + self._answered_text_tokens
         cached = self._last_input_tokens // 128 * 128 if self._last_input_tokens >= 1024 else 0
         cached = min(cached, in_audio + in_text)
+        cached_text = min(cached, in_text)
         self._last_input_tokens = in_audio + in_text
         self._answered_audio_tokens += out_audio
         self._answered_text_tokens += out_text
         return {
             "total_tokens": in_audio + in_text + out_audio + out_text,
             "input_tokens": in_audio + in_text, "output_tokens": out_audio + out_text,
-            "input_token_details": {"text_tokens": in_text, "audio_tokens": in_audio, "cached_tokens": cached},
+            "input_token_details": {
+                "text_tokens": in_text, "audio_tokens": in_audio, "cached_tokens": cached,
+                "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached - cached_text},
+            },
             "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
         }
 
