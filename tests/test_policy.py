@@ -4,6 +4,7 @@ acting on them with plain events and a manual clock."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,7 @@ from telephony_bridge.policy import (
     is_open,
     profile_in_force,
 )
+from telephony_bridge.preflight import check
 from telephony_bridge.realtime import RealtimeEventParser, token_usage
 from telephony_bridge.supervision import CallTimings
 
@@ -340,3 +342,16 @@ def test_usage_adds_up_over_responses_and_the_cost_cap_asks_for_a_goodbye() -> N
     summary = controller.summarise(call_sid="CA1", called_number="+1", caller_number="", model="m", dialect="ga",
                                    duration_s=1.0)
     assert summary.usage == TokenUsage(audio_in=5, audio_out=5) and summary.cost == pytest.approx(1.0)
+
+
+def test_check_refuses_a_cost_cap_without_prices_for_the_model(tmp_path: Path) -> None:
+    env = {"PUBLIC_URL": "https://bridge.example.com", "TWILIO_AUTH_TOKEN": "t", "OPENAI_API_KEY": "k",
+           "REALTIME_MODEL": "gpt-realtime"}
+    path = tmp_path / "bridge.toml"
+    path.write_text(f'[numbers."{NUMBER}"]\nmax_cost_per_call = 1.5\n')
+    [problem] = check(env, path).errors
+    assert str(problem) == (f'{path}: numbers."{NUMBER}".max_cost_per_call: needs [prices."gpt-realtime"] (the model calls '
+                            "use): without prices a call's cost is unknown, so the cap would never end a call")
+    path.write_text(f'[numbers."{NUMBER}"]\nmax_cost_per_call = 1.5\n'
+                    '[prices."gpt-realtime"]\naudio_in = 32\naudio_out = 64\ntext_in = 4\ntext_out = 16\n')
+    assert check(env, path).errors == ()

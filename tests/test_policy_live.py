@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+
 from support import API_KEY, AUTH_TOKEN, TEST_CONFIG, bridge_for, new_call
-from telephony_bridge.call_log import CallRecord, find_call
+from telephony_bridge.call_log import CallRecord, call_details, find_call
 from telephony_bridge.config import ModelPrices, parse_config
 from telephony_bridge.events import TokenUsage
 from telephony_bridge.policy import GOODBYES, PRESENCE_CHECK, WRAP_UP_NOTE, cost_of
@@ -26,6 +28,7 @@ from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like
 LINE = "+15550001234"
 MODEL = "gpt-realtime"
 PRICES = f'[prices."{MODEL}"]\naudio_in = 32.0\naudio_out = 64.0\ntext_in = 4.0\ntext_out = 16.0\ncached_in = 0.4\n'
+ADMIN_TOKEN = "admin-token-for-policy-tests"
 GOODBYE = speech_like_pcm16(1200)
 QUESTION = speech_like_pcm16(500)
 
@@ -36,6 +39,7 @@ class Line:
     api: TwilioApiSimulator
     call: SimulatedCall
     call_log: Path
+    bridge: str
 
 
 @asynccontextmanager
@@ -49,11 +53,11 @@ async def line(tmp_path: Path, number_table: str, *answers: ScriptedAnswer, extr
             + f'\n[numbers."{LINE}"]\n' + number_table)
     config = parse_config(text, "test.toml", env={})
     async with TwilioApiSimulator(auth_token=AUTH_TOKEN) as api:
-        env = {"TWILIO_API_URL": api.url, "TWILIO_ACCOUNT_SID": api.account_sid}
+        env = {"TWILIO_API_URL": api.url, "TWILIO_ACCOUNT_SID": api.account_sid, "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN}
         async with bridge_for(realtime, url=f"{realtime.url}?model={MODEL}", env=env, config=config) as bridge:
             call = new_call(bridge, LINE)
             api.register(call)
-            yield Line(realtime, api, call, call_log)
+            yield Line(realtime, api, call, call_log, bridge)
             if not call.over:
                 await call.close()
     await realtime.stop()
@@ -190,6 +194,38 @@ async def test_usage_and_cost_are_logged_from_each_response_done(tmp_path: Path)
         prices = ModelPrices(audio_in=32.0, audio_out=64.0, text_in=4.0, text_out=16.0, cached_in=0.4)
         assert record.cost is not None and abs(record.cost - (cost_of(sent, prices) or 0)) < 1e-9
         assert record.model == MODEL
+        shown = call_details(record)
+        assert f"audio {sent.audio_in} in / {sent.audio_out} out" in shown and f"{record.cost:.4f} (estimated)" in shown
+        async with httpx.AsyncClient(base_url=ln.bridge, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+            detail = (await admin.get(f"/admin/calls/{ln.call.call_sid}")).json()
+            assert detail["usage"]["audio_out"] == sent.audio_out and detail["cost"] == record.cost
+            assert detail["profile_in_force"] == "always"
+            policy = (await admin.get("/admin/policy")).json()
+            [usage] = policy["usage"]
+            assert (usage["number"], usage["model"], usage["calls"]) == (LINE, MODEL, 1)
+            assert usage["tokens"]["text_in"] == sent.text_in and usage["cost"] == record.cost
+            assert policy["prices"][MODEL]["audio_out"] == 64.0
+            metrics = (await admin.get("/metrics")).text
+        labels = f'model="{MODEL}",number="{LINE}"'
+        assert f'telephony_bridge_tokens_total{{kind="audio_out",{labels}}} {float(sent.audio_out)}' in metrics
+        assert f"telephony_bridge_estimated_cost_total{{{labels}}} {record.cost}" in metrics
+        assert f"telephony_bridge_line_seconds_total{{{labels}}}" in metrics
+
+
+async def test_the_admin_api_shows_each_numbers_hours_and_limits(tmp_path: Path) -> None:
+    table = (HOURS_TABLE + 'max_call_minutes = 10\nsilence_hangup_seconds = 20\nrecord = true\n'
+             'retention_days = { recordings = 7 }\nhours = { time_zone = "Europe/London", open = {} }\n' + AFTER_HOURS)
+    async with line(tmp_path, table) as ln:
+        async with httpx.AsyncClient(base_url=ln.bridge, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+            policy = (await admin.get("/admin/policy")).json()
+        number = policy["numbers"][LINE]
+        assert number["hours"] == {"time_zone": "Europe/London", "open": {}, "holidays": [], "open_now": False}
+        assert number["in_force_now"] == "after_hours"
+        assert number["after_hours"]["instructions"] == "We are closed: take a message."
+        assert number["limits"] == {"max_call_minutes": 10.0, "silence_hangup_seconds": 20.0, "max_cost_per_call": None}
+        assert number["recording"] == {"record": True, "notice": "This call is recorded.", "notice_required": False}
+        assert number["retention_days"] == {"recordings": 7.0, "transcripts": None}
+        assert policy["defaults"]["hours"] is None and policy["defaults"]["in_force_now"] == "always"
 
 
 async def test_the_cost_cap_ends_the_call_with_a_goodbye_heard_in_full(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from ..config import CallProfile, Hours, ModelPrices, Retention
+from ..config import BridgeConfig, CallProfile, Hours, ModelPrices, Retention
 from ..events import TokenUsage
 
 InForce = Literal["always", "business_hours", "after_hours"]
@@ -65,6 +65,18 @@ def cost_of(usage: TokenUsage, prices: ModelPrices | None) -> float | None:
     total = ((usage.audio_in - usage.cached_audio_in) * prices.audio_in + (usage.text_in - cached_text) * prices.text_in
              + cached + usage.audio_out * prices.audio_out + usage.text_out * prices.text_out)
     return total / 1_000_000
+
+
+def unpriced_caps(config: BridgeConfig, model: str) -> list[tuple[str, str]]:
+    """(key, reason) for each profile with a `max_cost_per_call` the model's missing `[prices]` would never enforce."""
+    if model in config.prices:
+        return []
+    profiles = {"defaults": config.defaults, **{f'numbers."{number}"': p for number, p in config.numbers.items()}}
+    reason = (f'needs [prices."{model}"] (the model calls use): without prices a call\'s cost is unknown, '
+              "so the cap would never end a call")
+    return [(f"{key}.max_cost_per_call", reason) for key, profile in profiles.items()
+            if profile.max_cost_per_call is not None
+            or profile.after_hours is not None and profile.after_hours.max_cost_per_call is not None]
 
 
 class Stage(enum.Enum):
