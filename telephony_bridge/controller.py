@@ -248,6 +248,7 @@ class CallController:
         return self._call_update_due()
 
     def _on_digit_pressed(self, event: DigitPressed) -> list[Action]:
+        self.limits.caller_spoke(self._clock())
         text = f"The caller pressed {event.digit} on the keypad."
         if event.digit == "0" and self.profile.transfer:
             text += " They ask for a person: transfer them with transfer_call."

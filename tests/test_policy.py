@@ -16,6 +16,7 @@ from telephony_bridge.events import (
     AddNote,
     CloseRealtime,
     CreateResponse,
+    DigitPressed,
     HangUp,
     MarkEchoed,
     ModelAudio,
@@ -38,6 +39,7 @@ from telephony_bridge.policy import (
     WRAP_UP_NOTE,
     CallLimits,
     Decision,
+    Stage,
     cost_of,
     expired,
     is_open,
@@ -319,6 +321,20 @@ def test_silence_gets_one_presence_check_then_a_goodbye() -> None:
     [goodbye] = controller.handle(Tick())
     assert isinstance(goodbye, CreateResponse) and goodbye.instructions is not None
     assert goodbye.instructions.endswith(GOODBYES["silence_hangup_seconds"])
+
+
+def test_a_key_pressed_counts_as_the_caller_answering_a_presence_check() -> None:
+    clock = ManualClock(0.0)
+    controller = live(clock, CallProfile(silence_hangup_seconds=5))
+    clock.now = 5.0
+    controller.handle(Tick())
+    for name in say(controller, "check"):
+        controller.handle(MarkEchoed(name))
+    clock.now = 8.0
+    controller.handle(DigitPressed("1"))
+    clock.now = 10.6
+    assert controller.handle(Tick()) == [], "the caller is there: no goodbye"
+    assert controller.limits.stage is Stage.TALKING
 
 
 def test_usage_adds_up_over_responses_and_the_cost_cap_asks_for_a_goodbye() -> None:
