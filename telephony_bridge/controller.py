@@ -14,6 +14,10 @@ and drops the rest of that answer. With nothing pending there is nothing to cut.
 A lost session is replaced and configured like the first, with the conversation carried over as
 text from the transcripts; past the supervisor's budget the media stream closes so Twilio says the
 fallback message. A media stream that goes quiet ends the call.
+
+The number's limits (`policy.CallLimits`: time, silence, cost) are asked at each tick; a goodbye they call
+for is asked of the model only on a quiet line, and the line drops through the same call-control hang-up
+as the model's `end_call`, once the goodbye has been heard in full. Each `response.done`'s usage is summed.
 """
 
 from __future__ import annotations
