@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -23,10 +24,12 @@ from . import callbacks
 from .admin import admin_router
 from .call_log import CallLog
 from .call_updates import CallUpdates
-from .config import BridgeConfig, Settings
+from .config import BridgeConfig, Retention, Settings
+from .errors import CallLogError
 from .events import StreamStarted
 from .media_stream import TwilioInbound
 from .metrics import BridgeMetrics
+from .policy.purge import purge_expired
 from .recording import CallRecordings
 from .reload import ConfigReloader
 from .security import issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
@@ -100,7 +103,9 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 call_log.stream_error(error)
 
         app.state.stream_failed = stream_failed
+        purging = asyncio.create_task(_purge_on_schedule(switchboard, app.state.call_log_path, recordings.folder))
         yield
+        purging.cancel()
         await switchboard.end_all("bridge shutting down")
         await asyncio.to_thread(recordings.close)
         if call_log is not None:
@@ -250,7 +255,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         stream_url = public_url(request.headers, websocket=True)
         stream_ended_url = public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH)
         status_url = public_url(request.headers, websocket=False, path=STREAM_STATUS_PATH)
-        twiml = stream_twiml(stream_url, called_number, token, stream_ended_url, status_url)
+        notice = call.profile.recording_notice if call.profile.record else None
+        twiml = stream_twiml(stream_url, called_number, token, stream_ended_url, status_url, notice)
         switchboard.remember_answer(call_sid, twiml, idempotency_token, stream_id_of(token))
         return Response(twiml, media_type="text/xml")
 
@@ -284,6 +290,19 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         await call.run_media(websocket, started, started_frame, inbound)
 
     return app
+
+
+async def _purge_on_schedule(switchboard: Switchboard, call_log: Path | None, recordings: Path) -> None:
+    """Delete what the numbers' `retention_days` no longer allow, at start and every `[retention] purge_every_minutes`
+    (of the configuration in force: a reload applies), off the event loop."""
+    while True:
+        config = switchboard.config
+        if any(profile.retention_days != Retention() for profile in (config.defaults, *config.numbers.values())):
+            try:
+                await asyncio.to_thread(purge_expired, config, call_log, recordings)
+            except (OSError, sqlite3.Error, CallLogError) as error:
+                log.warning("retention: the scheduled purge failed and is tried again later: %s", error)
+        await asyncio.sleep(config.retention.purge_every_minutes * 60)
 
 
 def _without_query(url: str) -> str:

@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from .call_updates import CallUpdates
-from .config import CallProfile, RealtimeEndpoint
+from .config import CallProfile, ModelPrices, RealtimeEndpoint
 from .controller import CallController
 from .errors import RealtimeConnectError
 from .events import (
@@ -55,6 +55,7 @@ from .events import (
 )
 from .logs import CallIds, bind_call, mask_number
 from .media_stream import TwilioInbound, encode_for_twilio
+from .policy import InForce
 from .realtime import RealtimeEventParser, encode_for_realtime, open_realtime
 from .summary import CallSummary
 from .supervision import CallTimings
@@ -191,6 +192,8 @@ class Call:
         tap: CallTap | None = None,
         on_latency: LatencyObserver | None = None,
         mask_caller_number: bool = True,
+        in_force: InForce = "always",
+        prices: ModelPrices | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.called_number = called_number
@@ -203,7 +206,7 @@ class Call:
         self.answered_at = clock()
         self.duration_s: float | None = None
         """Seconds from the answer to the end, on the call's clock; set when the call has ended."""
-        self.controller = CallController(profile, clock, timings)
+        self.controller = CallController(profile, clock, timings, in_force=in_force, prices=prices)
         self.ended = asyncio.Event()
         self._clock = clock
         self._endpoint = endpoint

@@ -78,6 +78,8 @@ class CallControl:
         self.return_reason = ""
         self._profile = profile
         self._after_next_response = False
+        self.policy_limit = ""
+        """The limit of the number's policy that ends the call (`max_call_minutes`, ...); empty when the model ends it."""
 
     @property
     def caller_away(self) -> bool:
@@ -93,6 +95,16 @@ class CallControl:
         if spoke:
             return json.dumps({"status": "the line drops once your goodbye has played"}), False
         return json.dumps({"status": "say a short goodbye now; the line drops once it has played"}), True
+
+    def end_by_policy(self, limit: str) -> bool:
+        """A limit of the number's policy ends the call: the line drops once the goodbye the model is asked for
+        next has played. Not while another ending or a transfer is under way; whether it was accepted."""
+        if self.step is not Step.TALKING:
+            return False
+        self.step = Step.GOODBYE
+        self.policy_limit = limit
+        self._after_next_response = True
+        return True
 
     def transfer_to(self, arguments: str, spoke: bool) -> tuple[str, bool]:
         """Accept `transfer_call` to a configured target, or refuse it with the reason for the model."""
@@ -133,12 +145,17 @@ class CallControl:
             return None
         if self.step is Step.GOODBYE:
             self.step = Step.HANGING_UP
-            return HangUp("the model ended the call")
+            return HangUp(f"{self.policy_limit} reached" if self.policy_limit else "the model ended the call")
         self.step = Step.DIALING
         return self.transfer
 
     def caller_spoke(self) -> list[Action]:
-        """The caller spoke over the goodbye or the hand-over: the call goes on, and the model hears why."""
+        """The caller spoke over the goodbye or the hand-over: the call goes on, and the model hears why.
+
+        A limit's goodbye is not called off: the model's answer to the caller, heard in full, is the goodbye."""
+        if self.step is Step.GOODBYE and self.policy_limit:
+            self._after_next_response = True
+            return []
         if self.step is Step.GOODBYE:
             self.step = Step.TALKING
             return [AddNote("The caller spoke before your goodbye finished, so the call was not ended. Answer them.")]

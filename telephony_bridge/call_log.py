@@ -28,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import CallLogError
+from .events import TokenUsage
 from .stream_errors import StreamError
 from .summary import CallSummary
 
@@ -81,6 +82,17 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     """
     ALTER TABLE transcript ADD COLUMN at_s REAL;
+    """,
+    """
+    ALTER TABLE calls ADD COLUMN profile_in_force TEXT NOT NULL DEFAULT 'always';
+    ALTER TABLE calls ADD COLUMN audio_in_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN text_in_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN cached_in_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN audio_out_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN text_out_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN cached_audio_in_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN cost REAL;
+    ALTER TABLE calls ADD COLUMN transcript_purged INTEGER NOT NULL DEFAULT 0;
     """,
 )
 """Version N of the schema is the first N scripts; append, never edit one a bridge has shipped."""
@@ -136,6 +148,13 @@ class CallRecord:
     """The configured name the call was last transferred to; `None` if it never was."""
     transfer_connected: bool | None = None
     """Whether that transfer connected (busy or unanswered brought the caller back); `None` if there was none."""
+    profile_in_force: str = "always"
+    """Which of the number's profiles the call kept: `always` (no hours), `business_hours` or `after_hours`."""
+    usage: TokenUsage = TokenUsage()
+    cost: float | None = None
+    """Estimated from the operator's `[prices]`; `None` without prices for the model."""
+    transcript_purged: bool = False
+    """The transcript was deleted when the number's `retention_days.transcripts` ran out."""
 
 
 def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
@@ -156,6 +175,9 @@ def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
         transcript=tuple(TranscriptLine(turn.speaker, turn.text, at_s) for turn, at_s in summary.timed_transcript()),
         transfer_target=summary.transfer_target,
         transfer_connected=summary.transfer_connected,
+        profile_in_force=summary.profile_in_force,
+        usage=summary.usage,
+        cost=summary.cost,
     )
 
 
@@ -208,6 +230,8 @@ def _schema_version(connection: sqlite3.Connection, source: str) -> int:
 _CALL_COLUMNS = (
     "call_sid", "from_number", "to_number", "started_at", "ended_at", "duration_s", "outcome", "end_reason",
     "barge_ins", "reconnects", "model", "dialect", "direction", "transfer_target", "transfer_connected",
+    "profile_in_force", "audio_in_tokens", "text_in_tokens", "cached_in_tokens", "audio_out_tokens", "text_out_tokens",
+    "cached_audio_in_tokens", "cost",
 )
 
 
@@ -220,7 +244,9 @@ def _write(connection: sqlite3.Connection, record: CallRecord) -> None:
                 record.call_sid, record.from_number, record.to_number, record.started_at.isoformat(),
                 record.ended_at.isoformat(), record.duration_s, record.outcome, record.end_reason,
                 record.barge_ins, record.reconnects, record.model, record.dialect, record.direction,
-                record.transfer_target, record.transfer_connected,
+                record.transfer_target, record.transfer_connected, record.profile_in_force,
+                record.usage.audio_in, record.usage.text_in, record.usage.cached_in, record.usage.audio_out,
+                record.usage.text_out, record.usage.cached_audio_in, record.cost,
             ),
         )
         connection.execute("DELETE FROM transcript WHERE call_sid = ?", (record.call_sid,))
@@ -340,7 +366,16 @@ def _record(
         stream_errors=stream_errors,
         transfer_target=row["transfer_target"] if "transfer_target" in columns else None,
         transfer_connected=None if connected is None else bool(connected),
+        **(_policy_fields(row) if "profile_in_force" in columns else {}),
     )
+
+
+def _policy_fields(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "profile_in_force": row["profile_in_force"], "cost": row["cost"], "transcript_purged": bool(row["transcript_purged"]),
+        "usage": TokenUsage(row["audio_in_tokens"], row["text_in_tokens"], row["cached_in_tokens"], row["audio_out_tokens"],
+                            row["text_out_tokens"], row["cached_audio_in_tokens"]),
+    }
 
 
 def recent_calls(path: Path, limit: int = 20) -> list[CallRecord]:
@@ -480,9 +515,14 @@ def call_details(record: CallRecord) -> str:
         ("reconnects", str(record.reconnects)),
         ("transfer", _transfer(record)),
         ("model", f"{record.model or '-'} ({record.dialect} dialect)"),
+        ("profile", record.profile_in_force),
+        ("tokens", _tokens(record.usage)),
+        ("cost", "-" if record.cost is None else f"{record.cost:.4f} (estimated)"),
     ]
     lines = [f"Call {record.call_sid}"] + [f"  {name:<11}{value}" for name, value in fields] + ["", "Transcript"]
-    if not record.transcript:
+    if record.transcript_purged:
+        lines.append("  (deleted: the number's retention_days.transcripts ran out)")
+    elif not record.transcript:
         lines.append("  (none: nothing was said, or the call ended first)")
     speaker_width = max((len(line.speaker) for line in record.transcript), default=0) + 1
     lines += [
@@ -494,9 +534,81 @@ def call_details(record: CallRecord) -> str:
     return "\n".join(lines)
 
 
+def _tokens(usage: TokenUsage) -> str:
+    return (f"audio {usage.audio_in} in / {usage.audio_out} out, text {usage.text_in} in / {usage.text_out} out, "
+            f"{usage.cached_in} cached")
+
+
 def _said_at(at_s: float | None) -> str:
     return "" if at_s is None else f"{at_s:6.1f} s  "
 
 
 def _at_s(line: sqlite3.Row) -> float | None:
     return line["at_s"] if "at_s" in line.keys() else None
+
+
+@dataclass(frozen=True)
+class LoggedCall:
+    """What retention needs of a logged call: whose number it was, when it ended, whether its transcript is kept."""
+
+    call_sid: str
+    to_number: str
+    ended_at: datetime
+    transcript_kept: bool
+
+
+def logged_calls(connection: sqlite3.Connection) -> list[LoggedCall]:
+    """Every call in the log (a connection from `open_for_writing`), oldest first."""
+    rows = connection.execute(
+        "SELECT call_sid, to_number, ended_at, transcript_purged FROM calls ORDER BY ended_at"
+    ).fetchall()
+    return [LoggedCall(sid, number, datetime.fromisoformat(ended), not purged) for sid, number, ended, purged in rows]
+
+
+def delete_transcript(connection: sqlite3.Connection, call_sid: str) -> int:
+    """Delete one call's transcript, keeping its row (and saying it was deleted); how many lines went."""
+    with connection:
+        deleted = connection.execute("DELETE FROM transcript WHERE call_sid = ?", (call_sid,)).rowcount
+        connection.execute("UPDATE calls SET transcript_purged = 1 WHERE call_sid = ?", (call_sid,))
+    return deleted
+
+
+def erase_call(connection: sqlite3.Connection, call_sid: str) -> tuple[bool, int, int]:
+    """Delete everything the log holds of one call (a caller's erasure): whether its row existed, how many transcript
+    lines and stream errors went."""
+    with connection:
+        row = connection.execute("DELETE FROM calls WHERE call_sid = ?", (call_sid,)).rowcount
+        lines = connection.execute("DELETE FROM transcript WHERE call_sid = ?", (call_sid,)).rowcount
+        errors = connection.execute("DELETE FROM stream_errors WHERE call_sid = ?", (call_sid,)).rowcount
+    return bool(row), lines, errors
+
+
+@dataclass(frozen=True)
+class UsageTotal:
+    """A number's logged calls to one model, summed: how many, their time on the line, tokens and estimated cost."""
+
+    number: str
+    model: str
+    calls: int
+    line_seconds: float
+    usage: TokenUsage
+    cost: float | None
+    """Summed over the calls that had prices; `None` when none had."""
+
+
+def usage_totals(path: Path) -> list[UsageTotal]:
+    """Every number's usage in the call log, by model (for the admin API's policy view)."""
+    connection = _open_for_reading(path)
+    try:
+        if _schema_version(connection, str(path)) < 6:
+            return []
+        rows = connection.execute(
+            "SELECT to_number, model, COUNT(*), SUM(duration_s), SUM(audio_in_tokens), SUM(text_in_tokens), "
+            "SUM(cached_in_tokens), SUM(audio_out_tokens), SUM(text_out_tokens), SUM(cached_audio_in_tokens), SUM(cost) "
+            "FROM calls GROUP BY to_number, model ORDER BY to_number, model"
+        ).fetchall()
+    except sqlite3.Error as error:
+        raise CallLogError(str(path), f"cannot be read: {error}") from None
+    finally:
+        connection.close()
+    return [UsageTotal(row[0], row[1], row[2], row[3], TokenUsage(*row[4:10]), row[10]) for row in rows]

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -311,6 +312,30 @@ def _calls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(args: argparse.Namespace) -> int:
+    """Delete what the numbers' `retention_days` no longer allow, or (`--call SID`) everything kept of one call."""
+    from .config import environment, load_config, settings_from_env
+    from .policy.purge import erase, purge_expired
+
+    config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
+    call_log = Path(config.call_log.path) if config.call_log.path else None
+    recordings = Path(config.recording.folder)
+    try:
+        if args.call is not None:
+            purged = erase(args.call, call_log, recordings)
+            if not purged.calls:
+                print(f"nothing kept of call {args.call}")
+                return 0
+            print(f"call {args.call}: deleted {', '.join(purged.calls[args.call])}")
+            return 0
+        purged = purge_expired(config, call_log, recordings)
+    except (CallLogError, sqlite3.Error) as error:
+        print(f"telephony-bridge: {error}", file=sys.stderr)
+        return 1
+    print(f"deleted {purged.transcripts} transcripts ({purged.transcript_lines} lines) and {purged.recordings} recordings")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main as run_demo
 
@@ -446,6 +471,13 @@ def main(argv: list[str] | None = None) -> None:
                            help="a TwiML Bin (or any URL) for when the bridge is down (default: Twilio's echo Twimlet)")
     configure.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     twilio.set_defaults(run=_twilio, log_level="warning")
+
+    purge = commands.add_parser(
+        "purge", parents=[_common_options(), _config_option()],
+        help="delete transcripts and recordings past their number's retention_days; --call SID erases one call",
+    )
+    purge.add_argument("--call", metavar="SID", help="delete everything kept of this call: log row, transcript, recordings")
+    purge.set_defaults(run=_purge)
 
     init_config = commands.add_parser(
         "init-config", parents=[_common_options()], help="write the commented example configuration to PATH"

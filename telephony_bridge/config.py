@@ -11,8 +11,10 @@ import os
 import re
 import secrets
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date, time
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +48,8 @@ E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 DEFAULT_FALLBACK = "Sorry, we cannot take your call right now. Please try again later."
 DEFAULT_BUSY = "All our lines are busy right now. Please call again in a few minutes."
 DEFAULT_SHUTDOWN = "Sorry, we have to end this call now. Please call us again."
+DEFAULT_RECORDING_NOTICE = "This call is recorded."
+"""What a caller of a number with `record = true` hears before the conversation, unless it sets `recording_notice`."""
 
 MAX_INSTRUCTIONS_CHARS = 32 * 1024
 """The model's instructions go out in every `session.update` (at each call's start and each renewal), one
@@ -235,6 +239,97 @@ class McpServer(_Strict):
 class AfterCall(_SignedEndpoint):
     """Where the summary of each ended call is POSTed, signed like a tool request."""
 
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+"""The keys of `hours.open`, in `date.weekday()` order."""
+_SPAN = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
+
+
+def _spans(text: str) -> tuple[tuple[time, time | None], ...]:
+    """`"09:00-12:30, 13:30-17:00"` as (start, end) pairs; an end of 24:00 is `None`, the end of the day."""
+    spans: list[tuple[time, time | None]] = []
+    for part in text.split(","):
+        match = _SPAN.match(part.strip())
+        if match is None:
+            raise ValueError(f"{part.strip()!r} is not a span such as 09:00-17:30")
+        start = time(int(match[1]), int(match[2]))
+        end = None if match[3] == "24" else time(int(match[3]), int(match[4]))
+        if match[3] == "24" and match[4] != "00":
+            raise ValueError(f"{part.strip()!r}: a span ends at 24:00 at the latest")
+        if end is not None and end <= start:
+            raise ValueError(f"{part.strip()!r} ends before it starts (a span past midnight is two days' spans)")
+        spans.append((start, end))
+    return tuple(spans)
+
+
+class Hours(_Strict):
+    """When a number is open: spans per weekday in a named time zone, closed on `holidays`; see `policy.is_open`."""
+
+    time_zone: str
+    """An IANA name such as Europe/London: daylight saving is the zone's, not the operator's, to get right."""
+    open: dict[str, str]
+    """Weekday (mon ... sun) -> `"09:00-17:30"`, or several spans separated by commas; a day not listed is closed."""
+    holidays: list[str] = Field(default_factory=list)
+    """Dates (YYYY-MM-DD, in the number's time zone) the number is closed all day."""
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, name: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not a time zone name such as Europe/London") from None
+        return name
+
+    @field_validator("open")
+    @classmethod
+    def _open(cls, days: dict[str, str]) -> dict[str, str]:
+        for day, text in days.items():
+            if day not in DAYS:
+                raise ValueError(f"{day!r} is not a day: one of {', '.join(DAYS)}")
+            try:
+                _spans(text)
+            except ValueError as error:
+                raise ValueError(f"{day}: {error}") from None
+        return days
+
+    @field_validator("holidays", mode="before")
+    @classmethod
+    def _holidays(cls, holidays: Any) -> Any:
+        if not isinstance(holidays, list):
+            return holidays
+        days = [day.isoformat() if isinstance(day, date) else day for day in holidays]
+        for day in days:
+            try:
+                date.fromisoformat(day)
+            except (TypeError, ValueError):
+                raise ValueError(f"{day!r} is not a date such as 2026-12-25") from None
+        return days
+
+    def spans(self, weekday: int) -> tuple[tuple[time, time | None], ...]:
+        return _spans(self.open[DAYS[weekday]]) if DAYS[weekday] in self.open else ()
+
+
+class Retention(_Strict):
+    """How long a number's calls are kept, in days, apart for recordings and for transcripts; unset keeps them."""
+
+    recordings: float | None = Field(default=None, gt=0)
+    transcripts: float | None = Field(default=None, gt=0)
+
+
+class ModelPrices(_Strict):
+    """What a model's tokens cost, per million, in the operator's currency; the bridge has no prices of its own."""
+
+    audio_in: float = Field(ge=0)
+    audio_out: float = Field(ge=0)
+    text_in: float = Field(ge=0)
+    text_out: float = Field(ge=0)
+    cached_in: float | None = Field(default=None, ge=0)
+    """Input tokens (audio or text) the service served from its cache; unset, they cost what other input tokens do."""
+
+
+POLICY_KEYS = frozenset({"hours", "after_hours", "retention_days"})
+"""A number's keys an `after_hours` table may not set: they are the number's, whichever profile a call keeps."""
+
 
 class CallProfile(_Strict):
     """What a caller of one number gets: the effective settings after the number's table overrides the defaults."""
@@ -265,6 +360,39 @@ class CallProfile(_Strict):
     """The operator's functions (see `tools`): a number's replace the defaults' unless it says `inherit_tools`."""
     mcp: list[McpServer] = Field(default_factory=list)
     after_call: AfterCall | None = None
+    hours: Hours | None = None
+    """When the number is open; outside them (and on holidays) a call starts with `after_hours`, kept to its end."""
+    after_hours: CallProfile | None = None
+    """The number's settings outside `hours`: its table overrides this profile's keys (instructions, tools, ...)."""
+    max_call_minutes: float | None = Field(default=None, gt=0)
+    """The model is asked to wrap up a minute before; then it says goodbye and the line drops once that has played."""
+    silence_hangup_seconds: float | None = Field(default=None, gt=0)
+    """With neither side speaking this long, the model asks once whether the caller is there; as long again, it ends."""
+    max_cost_per_call: float | None = Field(default=None, gt=0)
+    """With `[prices]` for the model: once a call's estimated cost reaches this, the model says goodbye and it ends."""
+    recording_notice: str = Field(default=DEFAULT_RECORDING_NOTICE, max_length=MAX_SPOKEN_CHARS)
+    """Said (TwiML `<Say>`) before the stream connects when the number records: heard before the model's first word.
+    Empty: no notice, unless `recording_notice_required`."""
+    recording_notice_required: bool = False
+    """The number may not record without a notice (e.g. a jurisdiction that requires it): `check` refuses it."""
+    retention_days: Retention = Retention()
+
+    @field_validator("after_hours")
+    @classmethod
+    def _after_hours(cls, after_hours: CallProfile | None, info: ValidationInfo) -> CallProfile | None:
+        if after_hours is not None and info.data.get("hours") is None:
+            raise ValueError("needs hours: without them the number is always open")
+        if after_hours is not None and (after_hours.hours is not None or after_hours.after_hours is not None
+                                        or after_hours.retention_days != Retention()):
+            raise ValueError("may not set hours, after_hours or retention_days: they are the number's")
+        return after_hours
+
+    @field_validator("recording_notice_required")
+    @classmethod
+    def _notice_required(cls, required: bool, info: ValidationInfo) -> bool:
+        if required and info.data.get("record") and not str(info.data.get("recording_notice", "x")).strip():
+            raise ValueError("this number records, so its recording_notice may not be empty")
+        return required
 
     @field_validator("tools")
     @classmethod
@@ -332,6 +460,15 @@ class _NumberTable(_Strict):
     inherit_tools: bool | None = None
     """A number's `tools` and `mcp` add to the defaults' instead of replacing them."""
     after_call: dict[str, Any] | None = None
+    hours: Any = None
+    """The policy keys are checked once, by `CallProfile` (here they would be reported twice, under another key)."""
+    after_hours: Any = None
+    max_call_minutes: Any = None
+    silence_hangup_seconds: Any = None
+    max_cost_per_call: Any = None
+    recording_notice: Any = None
+    recording_notice_required: Any = None
+    retention_days: Any = None
 
 
 class Limits(_Strict):
@@ -392,6 +529,12 @@ class CallLogSettings(_Strict):
     """Empty: no call log."""
 
 
+class RetentionSchedule(_Strict):
+    """How often the server deletes what its numbers' `retention_days` say has expired."""
+
+    purge_every_minutes: float = Field(default=60.0, gt=0)
+
+
 class _ConfigFile(_Strict):
     defaults: _NumberTable = _NumberTable()
     numbers: dict[str, _NumberTable] = {}
@@ -400,6 +543,9 @@ class _ConfigFile(_Strict):
     recording: Recording = Recording()
     logging: LogSettings = LogSettings()
     call_log: CallLogSettings = CallLogSettings()
+    prices: dict[str, ModelPrices] = {}
+    """Model (or Azure deployment) name -> its prices: a call's estimated cost, and `max_cost_per_call`."""
+    retention: RetentionSchedule = RetentionSchedule()
 
 
 @dataclass(frozen=True)
@@ -414,6 +560,8 @@ class BridgeConfig:
     recording: Recording = Recording()
     logging: LogSettings = LogSettings()
     call_log: CallLogSettings = CallLogSettings()
+    prices: Mapping[str, ModelPrices] = field(default_factory=dict)
+    retention: RetentionSchedule = RetentionSchedule()
     source: str = "<built-in defaults>"
     digest: str = hashlib.sha256(b"").hexdigest()
     """sha256 of the file's bytes (`config_digest`): shown in `/metrics` and the admin API, and after each reload."""
@@ -421,6 +569,15 @@ class BridgeConfig:
     def profile_for(self, called_number: str) -> CallProfile:
         """The profile of the number the caller dialled; an unlisted number gets the defaults."""
         return self.numbers.get(called_number, self.defaults)
+
+
+def _with_after_hours(table: dict[str, Any]) -> dict[str, Any]:
+    """A profile's `after_hours` table as written, merged over the profile's own keys (less `hours`)."""
+    after_hours = table.get("after_hours")
+    if not isinstance(after_hours, dict):
+        return table
+    base = {key: value for key, value in table.items() if key not in POLICY_KEYS}
+    return {**table, "after_hours": _merge(base, after_hours)}
 
 
 def _merge(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -520,7 +677,8 @@ def parse_config(
     }
     for key, (table, own) in tables.items():
         try:
-            profiles[key] = CallProfile.model_validate(table, context={"env": os.environ if env is None else env})
+            context = {"env": os.environ if env is None else env}
+            profiles[key] = CallProfile.model_validate(_with_after_hours(table), context=context)
         except ValidationError as error:
             # A wrong default is reported once, under [defaults], not again under every number inheriting it.
             note([problem for problem in _problems(source, key, error)
@@ -540,7 +698,7 @@ def parse_config(
         defaults=profiles["defaults"],
         numbers={number: profiles[f'numbers."{number}"'] for number in parsed.numbers},
         limits=parsed.limits, http=http, recording=parsed.recording, logging=parsed.logging, call_log=parsed.call_log,
-        source=source, digest=config_digest(text.encode("utf-8")),
+        prices=parsed.prices, retention=parsed.retention, source=source, digest=config_digest(text.encode("utf-8")),
     )
 
 

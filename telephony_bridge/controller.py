@@ -14,6 +14,10 @@ and drops the rest of that answer. With nothing pending there is nothing to cut.
 A lost session is replaced and configured like the first, with the conversation carried over as
 text from the transcripts; past the supervisor's budget the media stream closes so Twilio says the
 fallback message. A media stream that goes quiet ends the call.
+
+The number's limits (`policy.CallLimits`: time, silence, cost) are asked at each tick; a goodbye they call
+for is asked of the model only on a quiet line, and the line drops through the same call-control hang-up
+as the model's `end_call`, once the goodbye has been heard in full. Each `response.done`'s usage is summed.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from typing import Any, get_args
 
 from .audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k, UlawPassthrough
 from .call_control import END_CALL, TRANSFER_CALL, CallControl, Step
-from .config import CallProfile
+from .config import CallProfile, ModelPrices
 from .conversation import Conversation
 from .events import (
     Action,
     AddCallerText,
+    AddNote,
     AppendAudio,
     CallerAudio,
     ClearTwilio,
@@ -71,6 +76,7 @@ from .events import (
     StreamStarted,
     StreamStopped,
     Tick,
+    TokenUsage,
     ToolAnswered,
     TranscriptDone,
     TransferEnded,
@@ -83,6 +89,7 @@ from .events import (
 from .functions import FunctionCalls
 from .held_actions import HeldActions
 from .playback import Playback
+from .policy import GOODBYES, PRESENCE_CHECK, WRAP_UP_NOTE, CallLimits, Decision, InForce, cost_of
 from .summary import CallCounters, CallSummary, TransferAttempt
 from .supervision import CallTimings, Reopen, SessionState, SessionSupervisor
 from .tools import HOLDING_INSTRUCTIONS, ToolCalls
@@ -97,8 +104,16 @@ log = logging.getLogger(__name__)
 class CallController:
     """One call's coordinator: the stream, the audio converters, barge-in and the routing of actions."""
 
-    def __init__(self, profile: CallProfile, clock: Callable[[], float], timings: CallTimings = CallTimings()) -> None:
+    def __init__(
+        self, profile: CallProfile, clock: Callable[[], float], timings: CallTimings = CallTimings(), *,
+        in_force: InForce = "always", prices: ModelPrices | None = None,
+    ) -> None:
         self.profile = profile
+        self.in_force: InForce = in_force
+        self.limits = CallLimits(profile, clock())
+        self.usage = TokenUsage()
+        self._prices = prices
+        self._caller_speaking = False
         self.timings = timings
         self.stream_sid: str | None = None
         self.outcome: Outcome | None = None
@@ -178,7 +193,13 @@ class CallController:
             transcript_at_s=tuple(self.conversation.said_at_s),
             tool_calls=tuple(self.tools.records),
             transfers=tuple(self._transfers),
+            profile_in_force=self.in_force, usage=self.usage, cost=self.cost,
         )
+
+    @property
+    def cost(self) -> float | None:
+        """The call's estimated cost so far, from the operator's prices for the model; `None` without them."""
+        return cost_of(self.usage, self._prices)
 
     def _route(self, actions: list[Action]) -> list[Action]:
         """Hold back messages whose socket is not ready yet; release them, in order, when it is."""
@@ -231,6 +252,7 @@ class CallController:
         return self._call_update_due()
 
     def _on_digit_pressed(self, event: DigitPressed) -> list[Action]:
+        self.limits.caller_spoke(self._clock())
         text = f"The caller pressed {event.digit} on the keypad."
         if event.digit == "0" and self.profile.transfer:
             text += " They ask for a person: transfer them with transfer_call."
@@ -243,6 +265,9 @@ class CallController:
             return self._end("operator_ended", "ended by the operator", CloseRealtime("ended by the operator"))
         if self.control.caller_away:
             return self._caller_went_away()
+        if self.control.step is Step.HANGING_UP and self.control.policy_limit:
+            reason = f"{self.control.policy_limit} reached"
+            return self._end("policy_ended", reason, CloseRealtime(reason))
         if self.control.step is Step.HANGING_UP:
             return self._end("agent_ended", "the model ended the call", CloseRealtime("the model ended the call"))
         return self._end("caller_hung_up", "caller hung up", CloseRealtime("caller hung up"))
@@ -294,7 +319,32 @@ class CallController:
             return [_open(renewal)]
         holding = self.conversation.idle and self.tools.holding_phrase_due(now)
         return (self.conversation.released() + self._call_update_due()
-                + (self.conversation.when_idle([CreateResponse(HOLDING_INSTRUCTIONS)]) if holding else []))
+                + (self.conversation.when_idle([CreateResponse(HOLDING_INSTRUCTIONS)]) if holding else [])
+                + self._policy(now))
+
+    def _policy(self, now: float) -> list[Action]:
+        """Ask the number's limits what is due: a wrap-up note, a presence check, or a goodbye and then the hang-up."""
+        speaking = (self._caller_speaking or self.playback.playing or self._outbound_item is not None
+                    or not self.conversation.idle)
+        if speaking:
+            self.limits.active(now)
+        quiet = (not speaking and not self.functions.outstanding and self.control.step is Step.TALKING
+                 and self.session.ready and self.stream_sid is not None)
+        verdict = self.limits.check(now, quiet=quiet, cost=self.cost)
+        if verdict is None:
+            return []
+        if verdict.decision is Decision.WRAP_UP:
+            return [AddNote(WRAP_UP_NOTE)]
+        if verdict.decision is Decision.CHECK_PRESENCE:
+            return self.conversation.when_idle([CreateResponse(self._instructions(PRESENCE_CHECK))])
+        if not self.control.end_by_policy(verdict.limit):
+            return []
+        log.info("call ending: %s reached", verdict.limit, extra={"event": "policy_limit", "limit": verdict.limit})
+        return self.conversation.when_idle([CreateResponse(self._instructions(GOODBYES[verdict.limit]))])
+
+    def _instructions(self, line: str) -> str:
+        """A response's own instructions replace the session's: the number's persona, then what to do now."""
+        return f"{self.profile.instructions.strip()}\n\n{line}"
 
     # The Realtime session.
     def _on_realtime_connected(self, event: RealtimeConnected) -> list[Action]:
@@ -383,6 +433,8 @@ class CallController:
             self._outbound_item = None
 
     def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
+        self._caller_speaking = True
+        self.limits.caller_spoke(self._clock())
         self.conversation.caller_barged_in()
         notes = self.control.caller_spoke()
         cut, dropped = self.playback.cut()  # before the streaming item is stopped: a cut needs to know it was unfinished
@@ -399,14 +451,19 @@ class CallController:
         return actions + notes
 
     def _on_speech_stopped(self, event: SpeechStopped) -> list[Action]:
+        self._caller_speaking = False
+        self.limits.caller_spoke(self._clock())
         self.conversation.caller_stopped()
         return []
 
     def _on_response_done(self, event: ResponseDone) -> list[Action]:
+        if event.usage is not None:
+            self.usage += event.usage
+        cut = event.response_id == self.conversation.cut_response
         spoke = self.conversation.response_done(event.response_id)
         if self.conversation.active_response is None:
             self._muted_items.clear()
-        self.control.response_done(spoke)
+        self.control.response_done(spoke and not cut)
         actions: list[Action] = []
         for call in self.functions.response_done(event.response_id, event.status):
             actions += self._run_function(call, spoke)
@@ -449,10 +506,11 @@ class CallController:
                 return self._end("operator_ended", "ended by the operator", CloseRealtime("call already gone"))
             reason = f"ended by the operator; the REST goodbye failed: {event.reason}"
             return self._end("operator_ended", reason, CloseTwilio(event.reason))
+        outcome: Outcome = "policy_ended" if self.control.policy_limit else "agent_ended"
+        ended = f"{self.control.policy_limit} reached" if self.control.policy_limit else "the model ended the call"
         if event.gone:
-            return self._end("agent_ended", "the model ended the call", CloseRealtime("call already gone"))
-        reason = f"the model ended the call; the REST hang-up failed: {event.reason}"
-        return self._end("agent_ended", reason, CloseTwilio(event.reason))
+            return self._end(outcome, ended, CloseRealtime("call already gone"))
+        return self._end(outcome, f"{ended}; the REST hang-up failed: {event.reason}", CloseTwilio(event.reason))
 
     def _on_transfer_failed(self, event: TransferFailed) -> list[Action]:
         if self.control.transfer is not None:

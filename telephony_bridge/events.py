@@ -15,7 +15,7 @@ from .config import CallProfile, HttpTool
 
 Outcome = Literal[
     "caller_hung_up", "stream_dropped", "media_timeout", "realtime_unavailable", "shut_down", "no_media_stream",
-    "bridge_error", "agent_ended", "transferred", "operator_ended",
+    "bridge_error", "agent_ended", "transferred", "operator_ended", "policy_ended",
 ]
 """How a call ended, as operators count it (metrics, logs, the call log); the end reason gives the detail."""
 
@@ -131,9 +131,32 @@ class ModelAudioDone:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Tokens a response used, as `response.done`'s `usage` reports them; summed over a call by `+`.
+
+    `text_in` and `audio_in` count the whole conversation the model read for the response (its input grows
+    turn by turn); `cached_in` is the part of that input the service served from its cache (a subset, not
+    more), `cached_audio_in` the audio among it.
+    """
+
+    audio_in: int = 0
+    text_in: int = 0
+    cached_in: int = 0
+    audio_out: int = 0
+    text_out: int = 0
+    cached_audio_in: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(self.audio_in + other.audio_in, self.text_in + other.text_in, self.cached_in + other.cached_in,
+                          self.audio_out + other.audio_out, self.text_out + other.text_out,
+                          self.cached_audio_in + other.cached_audio_in)
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseDone:
     response_id: str
     status: str
+    usage: TokenUsage | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ ADDED_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 RESPONSE_LATENCY_BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 TRUNCATE_POINT_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 TOOL_LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+TOKEN_KINDS = ("audio_in", "text_in", "cached_in", "cached_audio_in", "audio_out", "text_out")
 
 
 class Buckets:
@@ -86,14 +87,25 @@ class _Totals:
     realtime_errors: Tally[str] = field(default_factory=Tally)
     tool_calls: Tally[tuple[str, str]] = field(default_factory=Tally)
     """(tool name, outcome): names come from the configuration, outcomes from a fixed list, so the series are bounded."""
+    tokens: Tally[tuple[str, str, str]] = field(default_factory=Tally)
+    """(number, model, kind) -> tokens, kind one of `TOKEN_KINDS`."""
+    line_seconds: dict[tuple[str, str], float] = field(default_factory=dict)
+    cost: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(number, model) -> estimated cost, of calls whose model has `[prices]`."""
 
     def add(self, summary: CallSummary) -> None:
         self.counters += summary.counters
         self.realtime_errors.update(summary.realtime_errors)
         self.tool_calls.update((record.name, record.outcome) for record in summary.tool_calls)
+        key = (summary.called_number, summary.model)
+        self.tokens.update({(*key, kind): getattr(summary.usage, kind) for kind in TOKEN_KINDS})
+        self.line_seconds[key] = self.line_seconds.get(key, 0.0) + summary.duration_s
+        if summary.cost is not None:
+            self.cost[key] = self.cost.get(key, 0.0) + summary.cost
 
     def plus(self, live: Iterable[CallSummary]) -> _Totals:
-        summed = _Totals(self.counters, Tally(self.realtime_errors), Tally(self.tool_calls))
+        summed = _Totals(self.counters, Tally(self.realtime_errors), Tally(self.tool_calls), Tally(self.tokens),
+                         dict(self.line_seconds), dict(self.cost))
         for summary in live:
             summed.add(summary)
         return summed
@@ -242,6 +254,22 @@ class BridgeMetrics:
         for (name, outcome), count in sorted(totals.tool_calls.items()):
             tools.add_metric([name, outcome], count)
         yield tools
+        tokens = CounterMetricFamily("telephony_bridge_tokens", "Realtime tokens the calls used (response.done usage), "
+                                     "by number called, model and kind; cached_in is part of the input.",
+                                     labels=["number", "model", "kind"])
+        for labels, count in sorted(totals.tokens.items()):
+            tokens.add_metric(list(labels), count)
+        yield tokens
+        line = CounterMetricFamily("telephony_bridge_line_seconds", "Time calls spent on the line, by number and model.",
+                                   labels=["number", "model"])
+        for (number, model), seconds in sorted(totals.line_seconds.items()):
+            line.add_metric([number, model], seconds)
+        yield line
+        cost = CounterMetricFamily("telephony_bridge_estimated_cost", "Calls' cost estimated from the operator's [prices], "
+                                   "by number and model (models without prices are left out).", labels=["number", "model"])
+        for (number, model), amount in sorted(totals.cost.items()):
+            cost.add_metric([number, model], amount)
+        yield cost
         yield _histogram(
             "telephony_bridge_tool_latency_seconds",
             "From a tool request's start to its answer (or its failure).",

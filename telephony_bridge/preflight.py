@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from .config import DEFAULT_CONFIG_PATH, BridgeConfig, CallLogSettings, Recording, Settings, load_config, settings_from_env
 from .entra import MISSING_EXTRA, azure_identity_installed
 from .errors import ConfigError, ConfigErrors, RealtimeConnectError, TwilioRestError
+from .policy import unpriced_caps
 from .realtime import open_realtime
 from .tools import dialect_problems
 from .twilio_rest import TwilioRest
@@ -199,6 +200,9 @@ def check(env: Mapping[str, str], config_path: Path | None = None, *, insecure: 
             problems += path_problems(paths)
     if config is not None:
         problems += path_problems(_paths_of(config)) + mcp_problems(config, settings)
+        if settings is not None:
+            problems += [_problem(key, reason, source=config.source)
+                         for key, reason in unpriced_caps(config, settings.realtime.model)]
     return Report(tuple(problems), settings, config)
 
 

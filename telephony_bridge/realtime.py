@@ -44,6 +44,7 @@ from .events import (
     SessionConfigured,
     SpeechStarted,
     SpeechStopped,
+    TokenUsage,
     TranscriptDone,
     TruncateItem,
 )
@@ -211,7 +212,7 @@ class RealtimeEventParser:
             "input_audio_buffer.speech_started": lambda e: SpeechStarted(),
             "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(),
             "response.created": lambda e: ResponseStarted(_str(e["response"], "id")),
-            "response.done": lambda e: ResponseDone(_str(e["response"], "id"), _str(e["response"], "status")),
+            "response.done": _response_done,
             "response.function_call_arguments.done": _function_call_arguments,
             "response.output_item.done": _function_call_item,
             "conversation.item.input_audio_transcription.completed": lambda e: TranscriptDone(
@@ -260,6 +261,37 @@ def _str(event: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{key} is not a string")
     return value
+
+
+def _response_done(event: dict[str, Any]) -> ResponseDone:
+    response = event["response"]
+    return ResponseDone(_str(response, "id"), _str(response, "status"), token_usage(response.get("usage")))
+
+
+def token_usage(usage: Any) -> TokenUsage | None:
+    """`response.done`'s `usage` (both dialects: `input_token_details`/`output_token_details`); `None` if absent or
+    not that shape. A count that is not a non-negative integer counts as 0: usage is accounting, never a reason to fail."""
+    if not isinstance(usage, dict):
+        return None
+    given_in, given_out = usage.get("input_token_details"), usage.get("output_token_details")
+    inputs = given_in if isinstance(given_in, dict) else {}
+    outputs = given_out if isinstance(given_out, dict) else {}
+
+    given_cached = inputs.get("cached_tokens_details")
+    cached = given_cached if isinstance(given_cached, dict) else {}
+
+    def count(table: dict[str, Any], key: str) -> int:
+        value = table.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+    audio_in, text_in = count(inputs, "audio_tokens"), count(inputs, "text_tokens")
+    cached_in = min(count(inputs, "cached_tokens"), audio_in + text_in)
+    # Without the breakdown, the cached prefix is taken as text first (instructions lead every input).
+    cached_audio = count(cached, "audio_tokens") if "audio_tokens" in cached else cached_in - min(cached_in, text_in)
+    return TokenUsage(
+        audio_in=audio_in, text_in=text_in, cached_in=cached_in, audio_out=count(outputs, "audio_tokens"),
+        text_out=count(outputs, "text_tokens"), cached_audio_in=min(cached_audio, cached_in, audio_in),
+    )
 
 
 def _function_call_arguments(event: dict[str, Any]) -> FunctionCallRequested:

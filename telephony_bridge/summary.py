@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
 
-from .events import Outcome, TranscriptDone
+from .events import Outcome, TokenUsage, TranscriptDone
 from .tools import ToolCallRecord
 
 
@@ -76,6 +76,12 @@ class CallSummary:
     tool_calls: tuple[ToolCallRecord, ...] = ()
     transfers: tuple[TransferAttempt, ...] = ()
     """Every transfer the call attempted, in order: a busy one that brought the caller back, then perhaps another."""
+    profile_in_force: str = "always"
+    """Which of its number's profiles the call started with and kept: `always`, `business_hours` or `after_hours`."""
+    usage: TokenUsage = TokenUsage()
+    """Tokens summed over every `response.done` of the call, across its sessions."""
+    cost: float | None = None
+    """Estimated from the operator's `[prices]` for the model; `None` without them."""
 
     @property
     def transfer_target(self) -> str | None:

@@ -22,11 +22,13 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from .call import Call, CallTap, LatencyObserver
 from .call_updates import CallUpdates
 from .config import BridgeConfig, CallProfile, RealtimeEndpoint
 from .events import Outcome
+from .policy import profile_in_force
 from .security import STREAM_TOKEN_LIFETIME_S
 from .summary import CallSummary
 from .supervision import CallTimings
@@ -65,8 +67,11 @@ class Switchboard:
         on_call_end: Callable[[CallSummary], None] = lambda summary: None,
         on_latency: LatencyObserver | None = None,
         call_updates: CallUpdates | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
+        self._wall_clock = wall_clock
+        """The date and time a call is answered at, for its number's `hours`."""
         self.transfers: Transfers[Call] = call_updates.transfers if call_updates else Transfers(clock)
         self.draining = False
         """Set at shutdown: new calls are refused, live ones run on."""
@@ -190,7 +195,7 @@ class Switchboard:
         return len(calls)
 
     def _open(self, call_sid: str, called_number: str, caller_number: str = "", account_sid: str = "") -> Call:
-        profile = self.config.profile_for(called_number)
+        in_force, profile = profile_in_force(self.config.profile_for(called_number), self._wall_clock())
         call = Call(
             call_sid,
             called_number,
@@ -205,6 +210,8 @@ class Switchboard:
             tap=self._tap_for(call_sid, called_number, profile),
             on_latency=self._on_latency,
             mask_caller_number=self.config.logging.mask_caller_numbers,
+            in_force=in_force,
+            prices=self.config.prices.get(self._endpoint.model),
         )
         self._calls[call_sid] = call
         call.begin()

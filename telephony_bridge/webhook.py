@@ -28,14 +28,21 @@ DIAL_TIMEOUT_S = 25
 
 
 def stream_twiml(
-    stream_url: str, called_number: str, stream_token: str, stream_ended_url: str, status_url: str | None = None
+    stream_url: str, called_number: str, stream_token: str, stream_ended_url: str, status_url: str | None = None,
+    notice: str | None = None,
 ) -> str:
     """Connect the call to our Media Stream; when it ends, Twilio asks `stream_ended_url` what comes next.
 
     With `status_url`, Twilio posts the stream's events there (`statusCallback`), its errors among them: a
     stream that failed to connect or broke (31920, 31921) is otherwise seen only in Twilio's console.
+
+    A `notice` (that the call is recorded) is a `<Say>` before `<Connect>`: Twilio runs verbs in order and
+    opens the stream only once the `<Say>` has been spoken, so no word of the model can come before it or
+    over it, whatever the model or the network do.
     """
     response = VoiceResponse()
+    if notice:
+        response.say(notice)
     connect = Connect(action=stream_ended_url)
     if status_url is None:
         stream = connect.stream(url=stream_url)

@@ -25,10 +25,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..call import Call
-from ..call_log import CallQuery, CallRecord, find_call, search_calls
-from ..config import MAX_SPOKEN_CHARS
+from ..call_log import CallQuery, CallRecord, find_call, search_calls, usage_totals
+from ..config import MAX_SPOKEN_CHARS, CallProfile
 from ..errors import CallLogError, RecordingError
 from ..logs import mask_number
+from ..policy import is_open, profile_in_force
 from ..recording import export_wav, read_recording
 from ..reload import ConfigReloader
 from ..switchboard import Switchboard
@@ -175,6 +176,26 @@ def admin_router(token: str | None) -> APIRouter:
             "numbers": {number: profile.model_dump() for number, profile in config.numbers.items()},
         })
 
+    @router.get("/policy")
+    async def policy(request: Request) -> JSONResponse:
+        """Each number's hours, limits, recording notice and retention, and its usage so far from the call log."""
+        config = request.app.state.switchboard.config
+        now = datetime.now(UTC)
+        path: Path | None = request.app.state.call_log_path
+        try:
+            totals = await asyncio.to_thread(usage_totals, path) if path is not None and path.is_file() else []
+        except CallLogError as error:
+            raise HTTPException(503, str(error)) from None
+        return JSONResponse({
+            "config_hash": config.digest,
+            "prices": {model: prices.model_dump() for model, prices in config.prices.items()},
+            "defaults": _policy_json(config.defaults, now),
+            "numbers": {number: _policy_json(profile, now) for number, profile in config.numbers.items()},
+            "usage": [{"number": total.number, "model": total.model, "calls": total.calls,
+                       "line_seconds": round(total.line_seconds, 1), "tokens": asdict(total.usage), "cost": total.cost}
+                      for total in totals],
+        })
+
     @router.post("/reload")
     async def reload(request: Request) -> JSONResponse:
         reloader: ConfigReloader = request.app.state.reloader
@@ -221,6 +242,27 @@ def _call_json(record: CallRecord) -> dict[str, Any]:
         "started_at": record.started_at.isoformat(), "ended_at": record.ended_at.isoformat(),
         "duration_s": round(record.duration_s, 3), "outcome": record.outcome, "end_reason": record.end_reason,
         "barge_ins": record.barge_ins, "reconnects": record.reconnects, "model": record.model, "dialect": record.dialect,
+        "profile_in_force": record.profile_in_force, "usage": asdict(record.usage), "cost": record.cost,
+        "transcript_purged": record.transcript_purged,
+    }
+
+
+def _policy_json(profile: CallProfile, now: datetime) -> dict[str, Any]:
+    """A profile's policy as the console shows it: hours (and whether they are open now), limits, consent, retention."""
+    hours = profile.hours
+    return {
+        "hours": None if hours is None else {**hours.model_dump(), "open_now": is_open(hours, now)},
+        "in_force_now": profile_in_force(profile, now)[0],
+        "after_hours": None if profile.after_hours is None else {
+            "instructions": profile.after_hours.instructions, "greeting": profile.after_hours.greeting,
+            "voice": profile.after_hours.voice, "transfer": sorted(profile.after_hours.transfer),
+            "tools": [tool.name for tool in profile.after_hours.tools],
+        },
+        "limits": {"max_call_minutes": profile.max_call_minutes, "silence_hangup_seconds": profile.silence_hangup_seconds,
+                   "max_cost_per_call": profile.max_cost_per_call},
+        "recording": {"record": profile.record, "notice": profile.recording_notice if profile.record else None,
+                      "notice_required": profile.recording_notice_required},
+        "retention_days": profile.retention_days.model_dump(),
     }
 
 

@@ -192,6 +192,9 @@ class SimulatedSession:
         self._active: SimulatedResponse | None = None
         self._input_codec = PCM16
         self._vad = ServerVad()
+        self._answered_audio_tokens = 0
+        self._answered_text_tokens = 0
+        self._last_input_tokens = 0
         self._configure_audio()
 
     # ---- what tests read
@@ -649,13 +652,39 @@ class SimulatedSession:
         body: dict[str, Any] = {
             "object": "realtime.response", "id": response.id, "status": response.status,
             "status_details": status_details, "output": output,
-            "conversation_id": f"conv_sim{self.index}", "usage": None,
+            "conversation_id": f"conv_sim{self.index}", "usage": self._usage(response),
         }
         if self.dialect == "ga":
             body["output_modalities"] = ["audio"]
         else:
             body["modalities"] = ["text", "audio"]
         return body
+
+    def _usage(self, response: SimulatedResponse) -> dict[str, Any]:
+        """Token usage as the service reports it: input is the whole conversation the model read (instructions, the
+        caller's audio so far, its own earlier answers), of which a prefix seen before is cached; output is this
+        answer. Rates as OpenAI documents them: caller audio 10 tokens a second, the model's 20, text ~4 characters
+        a token, prompt caching from 1,024 tokens in steps of 128."""
+        transcript = self._simulator.transcript_for(response.index) if response.item_id is not None else ""
+        out_audio = round(response.audio_ms / 50)
+        out_text = -(-len(transcript) // 4)
+        in_audio = round(self.input_audio_ms / 100) + self._answered_audio_tokens
+        in_text = -(-len(str(self.config.get("instructions") or "")) // 4) + self._answered_text_tokens
+        cached = self._last_input_tokens // 128 * 128 if self._last_input_tokens >= 1024 else 0
+        cached = min(cached, in_audio + in_text)
+        cached_text = min(cached, in_text)
+        self._last_input_tokens = in_audio + in_text
+        self._answered_audio_tokens += out_audio
+        self._answered_text_tokens += out_text
+        return {
+            "total_tokens": in_audio + in_text + out_audio + out_text,
+            "input_tokens": in_audio + in_text, "output_tokens": out_audio + out_text,
+            "input_token_details": {
+                "text_tokens": in_text, "audio_tokens": in_audio, "cached_tokens": cached,
+                "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached - cached_text},
+            },
+            "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
+        }
 
     def _callable(self, overrides: dict[str, Any]) -> set[str]:
         """The functions the model may call in a response: those declared, unless ``tool_choice`` rules them out."""
