@@ -94,7 +94,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         metrics.watch(switchboard)
         log_path = Path(config.call_log.path) if config.call_log.path else None
         if log_path is None:
-            log.warning("no call log file: the do-not-call list is kept in memory and lost at restart")
+            log.info("no call log file: the do-not-call list is kept in memory and lost at restart")
         outbound = OutboundCalls(settings, switchboard, DoNotCall(log_path), log_path)
         outbound.add_outcome_listener(metrics.outbound_outcome)
         app.state.outbound = outbound

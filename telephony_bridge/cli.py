@@ -374,7 +374,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.transfer and args.live:
         raise SystemExit("telephony-bridge demo: --transfer runs with the simulators only (the model is scripted to transfer)")
-    return run_demo(Path(args.out), live=args.live, transfer=args.transfer)
+    if args.outbound and (args.live or args.transfer):
+        raise SystemExit("telephony-bridge demo: --outbound runs alone, with the simulators only")
+    return run_demo(Path(args.out), live=args.live, transfer=args.transfer, outbound=args.outbound)
 
 
 def _init_config(args: argparse.Namespace) -> int:
@@ -438,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument(
         "--transfer", action="store_true", help="a call the model transfers to a person (Twilio's REST API simulated)"
     )
+    demo.add_argument("--outbound", action="store_true",
+                      help="the bridge places a reminder call to a simulated person, then one to a simulated voicemail")
     demo.set_defaults(run=_demo, log_level="warning", log_format="text")
 
     simulate = commands.add_parser("simulate-realtime", parents=[_common_options()], help="run the local Realtime API simulator")

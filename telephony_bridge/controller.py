@@ -415,7 +415,7 @@ class CallController:
         return actions + notes
 
     def _on_speech_stopped(self, event: SpeechStopped) -> list[Action]:
-        self.conversation.caller_stopped()
+        self.conversation.caller_stopped(response_expected=not self._awaiting_amd and self.control.step is not Step.VOICEMAIL)
         return []
 
     def _on_response_done(self, event: ResponseDone) -> list[Action]:

@@ -301,3 +301,14 @@ async def test_the_call_command_places_a_call_through_the_admin_api(realtime: Re
     assert result.returncode == 0, result.stderr
     assert f"placed call {callee.call_sid}" in result.stdout
     assert refused.returncode == 1 and "missing-placeholder: name" in refused.stderr
+
+
+async def test_the_outbound_demo_reminds_a_person_and_a_voicemail() -> None:
+    from telephony_bridge.demo_outbound import run_outbound_demo
+
+    lines: list[str] = []
+    figures = await run_outbound_demo(echo=lines.append)
+    assert [outcome for _, outcome, _ in figures.outcomes] == ["human", "voicemail"]
+    assert figures.amd_to_audio_ms is not None and figures.hello_to_audio_ms is not None
+    assert figures.hello_to_audio_ms > figures.amd_to_audio_ms
+    assert any("AnsweredBy=machine_end_beep" in line for line in lines)
