@@ -29,6 +29,7 @@ from ..call import Call
 from ..call_control import Dialled
 from ..config import CallProfile, Settings
 from ..errors import ConfigError, TwilioCallGone, TwilioRestError
+from ..logs import mask_number
 from ..security import issue_stream_token
 from ..summary import CallSummary
 from ..switchboard import Switchboard
@@ -163,7 +164,7 @@ class OutboundCalls:
                 )
         except (TwilioRestError, ConfigError) as error:
             del self._placed[outbound_id]
-            log.warning("outbound call %s to %s: Twilio did not place it: %s", outbound_id, request.to_number, error)
+            log.warning("outbound call %s to %s: Twilio did not place it: %s", outbound_id, self._shown(request.to_number), error)
             self._report(placed, "failed")
             raise OutboundRefused(f"twilio: {error}") from None
         placed.call_sid = str(answer.get("sid") or "")
@@ -244,7 +245,7 @@ class OutboundCalls:
             return
         placed.done = True
         result = OutboundOutcome(placed.outbound_id, placed.call_sid, placed.request.campaign_row, outcome, placed.amd_result)
-        log.info("outbound call %s to %s: %s", placed.outbound_id, placed.request.to_number, outcome,
+        log.info("outbound call %s to %s: %s", placed.outbound_id, self._shown(placed.request.to_number), outcome,
                  extra={"call_sid": placed.call_sid})
         if self._log_path is not None:
             row = {
@@ -260,6 +261,10 @@ class OutboundCalls:
                 listener(result)
             except Exception:  # one listener's failure must not hide the outcome from the others
                 log.exception("an outbound outcome listener failed")
+
+    def _shown(self, number: str) -> str:
+        """A callee's number as log lines show it: masked unless `[logging] mask_caller_numbers` is off."""
+        return mask_number(number) if self._switchboard.config.logging.mask_caller_numbers else number
 
     async def _keep(self, row: dict[str, str | None]) -> None:
         assert self._log_path is not None
