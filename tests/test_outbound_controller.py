@@ -120,3 +120,14 @@ def test_an_inbound_call_has_no_opt_out_and_ignores_amd() -> None:
     controller.handle(FunctionCallRequested("r1", "call-1", "opt_out", "{}"))
     done = controller.handle(ResponseDone("r1", "completed"))
     assert "error" in json.loads(done[0].output)
+
+
+def test_the_session_update_turns_automatic_responses_off_in_either_dialect() -> None:
+    from telephony_bridge.realtime import session_update
+
+    ga = session_update(REMINDER, "ga", auto_respond=False)["session"]["audio"]["input"]["turn_detection"]
+    assert (ga["create_response"], ga["interrupt_response"]) == (False, False)
+    assert session_update(REMINDER, "preview", auto_respond=False)["session"]["turn_detection"] is None
+    assert session_update(REMINDER, "preview")["session"]["turn_detection"]["type"] == "server_vad"
+    tools = [tool["name"] for tool in session_update(REMINDER, "ga")["session"]["tools"]]
+    assert "opt_out" in tools
