@@ -189,6 +189,8 @@ async def test_a_callee_who_never_answers_gets_its_outcome_and_no_stream(
         placed = await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
         outcome = await ln.outcome()
         record = await ln.outbound.find_call(placed.call_sid)
+        unknown = await ln.outbound.find_call("CA" + "0" * 32)
+    assert unknown is None
     assert (outcome.outcome, outcome.amd_result, outcome.call_sid) == (kind, None, placed.call_sid)
     assert realtime.sessions == []
     assert record is not None and record["status"] == kind

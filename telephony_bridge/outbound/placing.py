@@ -139,6 +139,8 @@ class OutboundCalls:
     async def place(self, request: OutboundRequest) -> PlacedCall:
         """Dial `request.to_number` from `request.from_number`; raises `OutboundRefused` when it is not placed."""
         profile, dialled = self.prepare(request)
+        if not self._settings.twilio_account_sid:
+            raise OutboundRefused("twilio: TWILIO_ACCOUNT_SID is required to place calls (no call brings its AccountSid)")
         outbound_id = "OB" + secrets.token_hex(12)
         placed = _Placed(outbound_id, request, profile, dialled)
         if await self.do_not_call.contains(request.to_number):
@@ -153,9 +155,8 @@ class OutboundCalls:
         )
         try:
             async with TwilioRest.from_settings(self._settings, None, tls=await tls_context()) as rest:
-                account_sid = self._settings.twilio_account_sid or ""
                 answer = await rest.create_call(
-                    account_sid, To=request.to_number, From=request.from_number, Twiml=twiml,
+                    self._settings.twilio_account_sid, To=request.to_number, From=request.from_number, Twiml=twiml,
                     MachineDetection="DetectMessageEnd", AsyncAmd="true",
                     AsyncAmdStatusCallback=f"{base}{OUTBOUND_AMD_PATH}?outbound={outbound_id}",
                     AsyncAmdStatusCallbackMethod="POST",
@@ -172,7 +173,10 @@ class OutboundCalls:
         return PlacedCall(outbound_id, placed.call_sid)
 
     async def find_call(self, call_sid: str) -> dict[str, Any] | None:
-        """Twilio's record of a call (GET Calls/{sid}.json), for reconciliation after a crash; `None` if Twilio has none."""
+        """Twilio's record of a call (GET Calls/{sid}.json), for reconciliation after a crash; `None` if Twilio has none.
+
+        Raises `TwilioRestError` when Twilio could not be asked (after the client's retries): unknown is not "none".
+        """
         try:
             async with TwilioRest.from_settings(self._settings, None, tls=await tls_context()) as rest:
                 return await rest.fetch_call(self._settings.twilio_account_sid or "", call_sid)
