@@ -504,6 +504,7 @@ def call_details(record: CallRecord) -> str:
         ("barge-ins", str(record.barge_ins)),
         ("reconnects", str(record.reconnects)),
         ("transfer", _transfer(record)),
+        ("direction", record.direction + (f" (answered by: {record.amd_result})" if record.amd_result else "")),
         ("model", f"{record.model or '-'} ({record.dialect} dialect)"),
     ]
     lines = [f"Call {record.call_sid}"] + [f"  {name:<11}{value}" for name, value in fields] + ["", "Transcript"]

@@ -268,6 +268,7 @@ def _call_json(record: CallRecord) -> dict[str, Any]:
         "started_at": record.started_at.isoformat(), "ended_at": record.ended_at.isoformat(),
         "duration_s": round(record.duration_s, 3), "outcome": record.outcome, "end_reason": record.end_reason,
         "barge_ins": record.barge_ins, "reconnects": record.reconnects, "model": record.model, "dialect": record.dialect,
+        "amd_result": record.amd_result,
     }
 
 
