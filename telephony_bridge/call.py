@@ -232,12 +232,19 @@ class Call:
         """Start opening the Realtime session now, while Twilio is still reading the webhook's answer."""
         bind_call(self._log_ids)
         caller = mask_number(self.caller_number) if self._mask_caller_number else self.caller_number
-        log.info(
-            "call started: %s calling %s",
-            caller or "an unknown caller",
-            self.called_number,
-            extra={"event": "call_started", "from": caller, "to": self.called_number, "dialect": self.dialect},
-        )
+        if self.controller.dialled is not None:
+            log.info(
+                "call started: %s answered a call from %s", caller, self.called_number,
+                extra={"event": "call_started", "from": self.called_number, "to": caller, "dialect": self.dialect,
+                       "direction": "outbound"},
+            )
+        else:
+            log.info(
+                "call started: %s calling %s",
+                caller or "an unknown caller",
+                self.called_number,
+                extra={"event": "call_started", "from": caller, "to": self.called_number, "dialect": self.dialect},
+            )
         self._spawn(self._model.write(closed=(ConnectionClosed,)))
         self._spawn(self._tick())
         self._perform(self.controller.start(), None)
