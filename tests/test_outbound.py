@@ -314,3 +314,22 @@ async def test_the_outbound_demo_reminds_a_person_and_a_voicemail() -> None:
     assert figures.amd_to_audio_ms is not None and figures.hello_to_audio_ms is not None
     assert figures.hello_to_audio_ms > figures.amd_to_audio_ms
     assert any("AnsweredBy=machine_end_beep" in line for line in lines)
+
+
+async def test_unsigned_amd_and_status_callbacks_are_refused(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    async with line(realtime, tmp_path) as ln:
+        placed = await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        query = f"?outbound={placed.outbound_id}"
+        async with httpx.AsyncClient(base_url=ln.bridge) as forger:
+            amd = await forger.post("/twilio/outbound-amd" + query, data={"CallSid": placed.call_sid, "AnsweredBy": "fax"},
+                                    headers={"X-Twilio-Signature": "forged"})
+            status = await forger.post("/twilio/outbound-status" + query, data={"CallSid": placed.call_sid, "CallStatus": "busy"})
+        (callee,) = await ln.api.wait_placed(1)
+        session = await realtime.wait_for_session(0)
+        create = await session.wait_for("response.create", timeout=10)
+        assert callee.call is not None
+        await callee.call.hang_up()
+        outcome = await ln.outcome()
+    assert (amd.status_code, status.status_code) == (403, 403)
+    assert "Hello Ada" in create["response"]["instructions"], "the forged fax result changed nothing"
+    assert (outcome.outcome, outcome.amd_result) == ("human", "human")
