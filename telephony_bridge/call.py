@@ -23,12 +23,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from .call_control import Dialled
 from .call_updates import CallUpdates
 from .config import CallProfile, ModelPrices, RealtimeEndpoint
 from .controller import CallController
 from .errors import RealtimeConnectError
 from .events import (
     Action,
+    AnsweredBy,
     CallUpdate,
     CarriesAudio,
     CloseRealtime,
@@ -194,6 +196,7 @@ class Call:
         mask_caller_number: bool = True,
         in_force: InForce = "always",
         prices: ModelPrices | None = None,
+        dialled: Dialled | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.called_number = called_number
@@ -206,7 +209,7 @@ class Call:
         self.answered_at = clock()
         self.duration_s: float | None = None
         """Seconds from the answer to the end, on the call's clock; set when the call has ended."""
-        self.controller = CallController(profile, clock, timings, in_force=in_force, prices=prices)
+        self.controller = CallController(profile, clock, timings, dialled, in_force=in_force, prices=prices)
         self.ended = asyncio.Event()
         self._clock = clock
         self._endpoint = endpoint
@@ -232,12 +235,19 @@ class Call:
         """Start opening the Realtime session now, while Twilio is still reading the webhook's answer."""
         bind_call(self._log_ids)
         caller = mask_number(self.caller_number) if self._mask_caller_number else self.caller_number
-        log.info(
-            "call started: %s calling %s",
-            caller or "an unknown caller",
-            self.called_number,
-            extra={"event": "call_started", "from": caller, "to": self.called_number, "dialect": self.dialect},
-        )
+        if self.controller.dialled is not None:
+            log.info(
+                "call started: %s answered a call from %s", caller, self.called_number,
+                extra={"event": "call_started", "from": self.called_number, "to": caller, "dialect": self.dialect,
+                       "direction": "outbound"},
+            )
+        else:
+            log.info(
+                "call started: %s calling %s",
+                caller or "an unknown caller",
+                self.called_number,
+                extra={"event": "call_started", "from": caller, "to": self.called_number, "dialect": self.dialect},
+            )
         self._spawn(self._model.write(closed=(ConnectionClosed,)))
         self._spawn(self._tick())
         self._perform(self.controller.start(), None)
@@ -301,6 +311,10 @@ class Call:
     def transfer_ended(self, dial_status: str) -> None:
         """Twilio's `<Dial action>` for this call's transfer: how the dialled leg ended."""
         self._feed(TransferEnded(dial_status), None)
+
+    def answered_by(self, amd_result: str) -> None:
+        """Twilio's answering-machine detection for this outbound call: who answered."""
+        self._feed(AnsweredBy(amd_result), None)
 
     def end(self, reason: str, outcome: Outcome) -> None:
         """End the call from outside (shutdown, an unclaimed session): both sockets close."""

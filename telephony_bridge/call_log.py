@@ -94,6 +94,25 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN cost REAL;
     ALTER TABLE calls ADD COLUMN transcript_purged INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    ALTER TABLE calls ADD COLUMN amd_result TEXT;
+    CREATE TABLE do_not_call (
+        number TEXT PRIMARY KEY,
+        added_at TEXT NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE TABLE outbound_calls (
+        outbound_id TEXT PRIMARY KEY,
+        call_sid TEXT,
+        from_number TEXT NOT NULL,
+        to_number TEXT NOT NULL,
+        campaign_row TEXT,
+        ended_at TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        amd_result TEXT
+    );
+    CREATE INDEX outbound_calls_by_sid ON outbound_calls (call_sid);
+    """,
 )
 """Version N of the schema is the first N scripts; append, never edit one a bridge has shipped."""
 
@@ -141,7 +160,7 @@ class CallRecord:
     dialect: str
     transcript: tuple[TranscriptLine, ...] = ()
     direction: str = "inbound"
-    """"inbound" for every call today; outbound calls will say how they were placed (Twilio's `Direction`)."""
+    """"inbound", or "outbound" for a call the bridge placed (then `from_number` is the bridge's number)."""
     stream_errors: tuple[StreamErrorLine, ...] = ()
     """Read back by `find_call`; written apart, when Twilio reports them (before or after the call's end)."""
     transfer_target: str | None = None
@@ -155,14 +174,17 @@ class CallRecord:
     """Estimated from the operator's `[prices]`; `None` without prices for the model."""
     transcript_purged: bool = False
     """The transcript was deleted when the number's `retention_days.transcripts` ran out."""
+    amd_result: str | None = None
+    """An outbound call's answering-machine detection result (Twilio's `AnsweredBy`)."""
 
 
 def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
     """What the call log keeps of an ended call; its start is its end less its duration on the call's clock."""
+    outbound = summary.direction == "outbound"
     return CallRecord(
         call_sid=summary.call_sid,
-        from_number=summary.caller_number,
-        to_number=summary.called_number,
+        from_number=summary.called_number if outbound else summary.caller_number,
+        to_number=summary.caller_number if outbound else summary.called_number,
         started_at=ended_at - timedelta(seconds=summary.duration_s),
         ended_at=ended_at,
         duration_s=summary.duration_s,
@@ -178,6 +200,8 @@ def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
         profile_in_force=summary.profile_in_force,
         usage=summary.usage,
         cost=summary.cost,
+        direction=summary.direction,
+        amd_result=summary.amd_result,
     )
 
 
@@ -231,7 +255,7 @@ _CALL_COLUMNS = (
     "call_sid", "from_number", "to_number", "started_at", "ended_at", "duration_s", "outcome", "end_reason",
     "barge_ins", "reconnects", "model", "dialect", "direction", "transfer_target", "transfer_connected",
     "profile_in_force", "audio_in_tokens", "text_in_tokens", "cached_in_tokens", "audio_out_tokens", "text_out_tokens",
-    "cached_audio_in_tokens", "cost",
+    "cached_audio_in_tokens", "cost", "amd_result",
 )
 
 
@@ -246,7 +270,7 @@ def _write(connection: sqlite3.Connection, record: CallRecord) -> None:
                 record.barge_ins, record.reconnects, record.model, record.dialect, record.direction,
                 record.transfer_target, record.transfer_connected, record.profile_in_force,
                 record.usage.audio_in, record.usage.text_in, record.usage.cached_in, record.usage.audio_out,
-                record.usage.text_out, record.usage.cached_audio_in, record.cost,
+                record.usage.text_out, record.usage.cached_audio_in, record.cost, record.amd_result,
             ),
         )
         connection.execute("DELETE FROM transcript WHERE call_sid = ?", (record.call_sid,))
@@ -367,6 +391,7 @@ def _record(
         transfer_target=row["transfer_target"] if "transfer_target" in columns else None,
         transfer_connected=None if connected is None else bool(connected),
         **(_policy_fields(row) if "profile_in_force" in columns else {}),
+        amd_result=row["amd_result"] if "amd_result" in columns else None,
     )
 
 
@@ -514,6 +539,7 @@ def call_details(record: CallRecord) -> str:
         ("barge-ins", str(record.barge_ins)),
         ("reconnects", str(record.reconnects)),
         ("transfer", _transfer(record)),
+        ("direction", record.direction + (f" (answered by: {record.amd_result})" if record.amd_result else "")),
         ("model", f"{record.model or '-'} ({record.dialect} dialect)"),
         ("profile", record.profile_in_force),
         ("tokens", _tokens(record.usage)),

@@ -50,10 +50,12 @@ class Conversation:
         self.transcript.append(turn)
         self.said_at_s.append(self._clock() - self._started)
 
-    def caller_stopped(self) -> None:
+    def caller_stopped(self, response_expected: bool = True) -> None:
+        """The caller stopped speaking; without `response_expected` (automatic responses are off) nobody waits for one."""
         now = self._clock()
         self._caller_stopped_at = now
-        self._response_expected_until = now + EXPECTED_RESPONSE_S
+        if response_expected:
+            self._response_expected_until = now + EXPECTED_RESPONSE_S
 
     def response_started(self, response_id: str) -> None:
         self.active_response = response_id

@@ -395,12 +395,16 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
     return summary
 
 
-def main(out_dir: Path, live: bool, transfer: bool = False) -> int:
+def main(out_dir: Path, live: bool, transfer: bool = False, outbound: bool = False) -> int:
     def echo(line: str) -> None:
         print(line, flush=True)
 
     try:
-        if transfer:
+        if outbound:
+            from .demo_outbound import run_outbound_demo
+
+            asyncio.run(run_outbound_demo(echo=echo))
+        elif transfer:
             from .demo_transfer import run_transfer_demo
 
             asyncio.run(run_transfer_demo(out_dir, echo=echo))

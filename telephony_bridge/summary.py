@@ -82,6 +82,12 @@ class CallSummary:
     """Tokens summed over every `response.done` of the call, across its sessions."""
     cost: float | None = None
     """Estimated from the operator's `[prices]` for the model; `None` without them."""
+    direction: str = "inbound"
+    """"outbound" for a call the bridge placed: its `caller_number` is then the person called, `called_number` ours."""
+    amd_result: str | None = None
+    """An outbound call's answering-machine detection result (Twilio's `AnsweredBy`), once it came."""
+    opted_out: bool = False
+    """The person asked not to be called again (the model's `opt_out`)."""
 
     @property
     def transfer_target(self) -> str | None:

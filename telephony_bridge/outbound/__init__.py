@@ -1,0 +1,1 @@
+"""Outbound calls: placing one call, answering-machine detection, do-not-call and opt-out."""
