@@ -83,7 +83,7 @@ from .events import (
 from .functions import FunctionCalls
 from .held_actions import HeldActions
 from .playback import Playback
-from .summary import CallCounters, CallSummary, TransferAttempt
+from .summary import Activity, CallCounters, CallSummary, TransferAttempt
 from .supervision import CallTimings, Reopen, SessionState, SessionSupervisor
 from .tools import HOLDING_INSTRUCTIONS, ToolCalls
 from .wire import pcm24k_ms, ulaw_ms
@@ -155,6 +155,21 @@ class CallController:
             raise TypeError(f"the controller has no handler for {type(event).__name__}")
         return self._route(handler(self, event))
 
+    @property
+    def activity(self) -> Activity:
+        """What the call is doing now: a transfer outranks a tool call, which outranks the model's voice."""
+        if self.control.caller_away or self.control.step is Step.CONNECTING:
+            return "transferring"
+        if self.tools.out:
+            return "using_tool"
+        if self.playback.playing:
+            return "speaking"
+        return "listening" if self.stream_sid is not None else "connecting"
+
+    def shown(self) -> tuple[int, Activity]:
+        """What a watching operator sees change: the transcript's length and the activity (cheap, for every event)."""
+        return len(self.conversation.transcript), self.activity
+
     def counters(self, frames_dropped: int = 0) -> CallCounters:
         session = self.session
         return CallCounters(
@@ -178,6 +193,7 @@ class CallController:
             transcript_at_s=tuple(self.conversation.said_at_s),
             tool_calls=tuple(self.tools.records),
             transfers=tuple(self._transfers),
+            activity=self.activity,
         )
 
     def _route(self, actions: list[Action]) -> list[Action]:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
+from typing import Literal
 
 from .events import Outcome, TranscriptDone
 from .tools import ToolCallRecord
+
+Activity = Literal["connecting", "listening", "speaking", "using_tool", "transferring"]
+"""What a live call is doing now, as an operator watching it would say it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,8 @@ class CallSummary:
     tool_calls: tuple[ToolCallRecord, ...] = ()
     transfers: tuple[TransferAttempt, ...] = ()
     """Every transfer the call attempted, in order: a busy one that brought the caller back, then perhaps another."""
+    activity: Activity = "listening"
+    """What the call was doing when the value was taken (meaningful for a live call)."""
 
     @property
     def transfer_target(self) -> str | None:

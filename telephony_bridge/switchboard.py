@@ -65,6 +65,7 @@ class Switchboard:
         on_call_end: Callable[[CallSummary], None] = lambda summary: None,
         on_latency: LatencyObserver | None = None,
         call_updates: CallUpdates | None = None,
+        on_change: Callable[[CallSummary], None] | None = None,
     ) -> None:
         self.config = config
         self.transfers: Transfers[Call] = call_updates.transfers if call_updates else Transfers(clock)
@@ -77,6 +78,8 @@ class Switchboard:
         self._on_call_end = on_call_end
         self._on_latency = on_latency
         self._call_updates = call_updates
+        self._on_change = on_change
+        """Told each live call's summary as what an operator watches changes, and once more when it ends."""
         self._timings = _timings(config)
         self._calls: dict[str, Call] = {}
         self._claimed_until: dict[str, float] = {}
@@ -205,6 +208,7 @@ class Switchboard:
             tap=self._tap_for(call_sid, called_number, profile),
             on_latency=self._on_latency,
             mask_caller_number=self.config.logging.mask_caller_numbers,
+            on_change=self._on_change,
         )
         self._calls[call_sid] = call
         call.begin()
