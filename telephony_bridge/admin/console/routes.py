@@ -51,7 +51,9 @@ def console_router(sessions: ConsoleSessions | None) -> APIRouter:
             raise HTTPException(404, "Not Found")
         return sessions.session(request.cookies.get(COOKIE), time.time())
 
-    def page(name: str, session: ConsoleSession | None, *, status: int = 200, call_sid: str = "", error: str = "") -> HTMLResponse:
+    def page(
+        name: str, session: ConsoleSession | None, *, status: int = 200, call_sid: str = "", error: str = ""
+    ) -> HTMLResponse:
         html = _templates.get_template(f"{name}.html").render(
             page=name, title=PAGES.get(name, "Sign in"), csrf_token=session.csrf_token if session else "",
             call_sid=call_sid, error=error,
