@@ -11,11 +11,25 @@ from typing import Any
 import httpx
 import pytest
 
-from support import AUTH_TOKEN, PUBLIC_URL, SHOP, bridge_for, new_call
+from support import AUTH_TOKEN, PUBLIC_URL, SHOP, ManualClock, bridge_for, new_call
 from telephony_bridge.admin.sessions import SESSION_S, ConsoleSessions
 from telephony_bridge.admin.timeline import speech_spans, timeline_of, timeline_svg
 from telephony_bridge.app import create_app
-from telephony_bridge.config import BridgeConfig, settings_from_env
+from telephony_bridge.config import BridgeConfig, CallProfile, HttpTool, settings_from_env
+from telephony_bridge.controller import CallController
+from telephony_bridge.events import (
+    FunctionCallRequested,
+    MarkEchoed,
+    ModelAudio,
+    ModelAudioDone,
+    RealtimeConnected,
+    ResponseDone,
+    ResponseStarted,
+    SendTwilioMark,
+    SessionConfigured,
+    StreamStarted,
+    ToolAnswered,
+)
 from telephony_bridge.recording import read_recording
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 
@@ -126,3 +140,36 @@ async def _events(stream: httpx.Response) -> AsyncIterator[tuple[str, dict[str, 
             name = line[7:]
         elif line.startswith("data: "):
             yield name, json.loads(line[6:])
+
+
+def test_a_calls_activity_follows_the_stream_the_model_a_tool_and_a_transfer() -> None:
+    clock = ManualClock()
+    tool = HttpTool(name="opening_hours", description="When the shop is open.", url="https://tools.example.com/hours")
+    controller = CallController(CallProfile(tools=[tool], transfer={"front_desk": "+14155550199"}), clock)
+    controller.start()
+    controller.handle(RealtimeConnected())
+    controller.handle(SessionConfigured())
+    assert controller.activity == "connecting"
+    controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
+    assert controller.activity == "listening"
+    sent: list[str] = []
+    for event in (ResponseStarted("resp1"), ModelAudio("resp1", "item1", b"\x10\x00" * 2400)):
+        sent += [action.name for action in controller.handle(event) if isinstance(action, SendTwilioMark)]
+    assert controller.activity == "speaking"
+    for event in (ModelAudioDone("item1"), ResponseDone("resp1", "completed")):
+        sent += [action.name for action in controller.handle(event) if isinstance(action, SendTwilioMark)]
+    for name in sent:
+        controller.handle(MarkEchoed(name))
+    assert controller.activity == "listening"
+    controller.handle(ResponseStarted("resp2"))
+    controller.handle(FunctionCallRequested("resp2", "call1", "opening_hours", "{}"))
+    controller.handle(ResponseDone("resp2", "completed"))
+    assert controller.activity == "using_tool"
+    controller.handle(ToolAnswered("call1", '{"open": "9-18"}', "ok", 120.0))
+    assert controller.activity == "listening"
+    controller.handle(ResponseStarted("resp3"))
+    controller.handle(FunctionCallRequested("resp3", "call2", "transfer_call", '{"target": "front_desk", "summary": "hours"}'))
+    controller.handle(ResponseDone("resp3", "completed"))
+    assert controller.activity == "transferring"
+    summary = controller.summarise(call_sid="CA1", called_number=SHOP, caller_number="", model="m", dialect="ga", duration_s=1)
+    assert summary.activity == "transferring"
