@@ -89,7 +89,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         switchboard = Switchboard(
             config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=call_ended,
             on_latency=metrics.observe_latency, call_updates=CallUpdates(settings, Transfers(clock)),
-            on_change=live_feed.changed,
+            on_change=live_feed.changed if console_sessions is not None else None,
         )
         metrics.watch(switchboard)
         metrics.config_loaded(config.digest)

@@ -29,6 +29,7 @@ from .controller import CallController
 from .errors import RealtimeConnectError
 from .events import (
     Action,
+    CallerAudio,
     CallUpdate,
     CarriesAudio,
     CloseRealtime,
@@ -314,7 +315,8 @@ class Call:
 
     def _feed(self, event: Event, arrived_at: float | None) -> None:
         self._perform(self.controller.handle(event), arrived_at)
-        if self._on_change is not None and self.controller.shown() != self._shown:
+        # The caller's frames (50 a second) change neither the transcript nor the activity: no need to look.
+        if self._on_change is not None and not isinstance(event, CallerAudio) and self.controller.shown() != self._shown:
             self._changed()
 
     def _changed(self) -> None:
