@@ -205,6 +205,24 @@ def test_signing_in_needs_the_admin_token_and_signing_out_ends_the_session(page:
     assert page.request.get("/admin/calls/live").status == 401
 
 
+def test_the_keyboard_reaches_the_skip_link_then_the_pages_and_sign_out(page: Page, line: Line) -> None:
+    sign_in(page)
+    page.goto("/console/calls")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    page.goto("/console/live")
+    order = []
+    for _ in range(5):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("() => document.activeElement.textContent.trim()"))
+    assert order == ["Skip to content", "Live", "Calls", "Numbers", "Sign out"]
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/console/numbers$"))
+
+
 def test_the_session_cookie_is_httponly_strict_and_the_pages_forbid_inline_script_and_framing(line: Line) -> None:
     with httpx.Client(base_url=line.url) as client:
         answer = client.post("/console/sign-in", data={"token": ADMIN_TOKEN})
