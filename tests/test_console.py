@@ -24,7 +24,8 @@ import pytest
 from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, SHOP, TEST_CONFIG, new_call
 from telephony_bridge.config import load_config, settings_from_env
 from telephony_bridge.testing.bridge_server import serve_bridge
-from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall
+from telephony_bridge.testing.tool_server import ToolReply, ToolServer
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 from telephony_bridge.testing.vad import speech_like_pcm16
@@ -44,6 +45,11 @@ ANSWER = "We are open until six today, and the paint aisle is at the back."
 CONSOLE_CONFIG = TEST_CONFIG + f"""
 [numbers."{SHOP}".transfer]
 front_desk = "+14155550199"
+
+[[numbers."{SHOP}".tools]]
+name = "opening_hours"
+description = "Today's opening hours of the shop."
+url = "TOOL_URL"
 """
 T = TypeVar("T")
 
@@ -68,12 +74,7 @@ class Line:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.config_path = folder / "bridge.toml"
-        self.good_config = (
-            CONSOLE_CONFIG.replace('path = ""', f"path = '{folder / 'calls.sqlite3'}'")
-            .replace(f'greeting = "{GREETING}"', f'greeting = "{GREETING}"\nrecord = true\ntranscription = "gpt-4o-transcribe"')
-            + f"\n[recording]\nfolder = '{folder / 'recordings'}'\n"
-        )
-        self.config_path.write_text(self.good_config)
+        self.good_config = ""
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="console-bridge", daemon=True)
         self._stack = AsyncExitStack()
@@ -90,8 +91,20 @@ class Line:
     async def _start(self) -> None:
         answer = speech_like_pcm16(1500)
         self.realtime = await self._stack.enter_async_context(RealtimeSimulator(
-            require_key=API_KEY, answers=[ScriptedAnswer(answer, GREETING), ScriptedAnswer(answer, ANSWER)],
+            require_key=API_KEY,
+            answers=[ScriptedAnswer(answer, GREETING), ScriptedAnswer(None, calls=(ScriptedCall("opening_hours", {}),)),
+                     ScriptedAnswer(answer, ANSWER)],
         ))
+        tools = await self._stack.enter_async_context(
+            ToolServer(lambda path, body: ToolReply(body={"open": "9:00", "close": "18:00"}, delay_s=0.2))
+        )
+        self.good_config = (
+            CONSOLE_CONFIG.replace('path = ""', f"path = '{self.folder / 'calls.sqlite3'}'")
+            .replace(f'greeting = "{GREETING}"', f'greeting = "{GREETING}"\nrecord = true\ntranscription = "gpt-4o-transcribe"')
+            .replace("TOOL_URL", tools.url("/hours"))
+            + f"\n[recording]\nfolder = '{self.folder / 'recordings'}'\n"
+        )
+        self.config_path.write_text(self.good_config)
         self.api = await self._stack.enter_async_context(TwilioApiSimulator(auth_token=AUTH_TOKEN))
         settings = settings_from_env({
             "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": API_KEY,
@@ -359,6 +372,8 @@ def test_a_finished_call_opens_from_the_call_list_with_its_transcript_and_timeli
     expect(transcript).to_contain_text(GREETING)
     expect(transcript).to_contain_text(ANSWER)
     expect(page.locator("#call-facts")).to_contain_text("caller_hung_up")
+    expect(page.locator("#call-facts")).to_contain_text(re.compile(r"opening_hours\(\{\}\) -> .*\[ok, \d+ ms\]"))
+    expect(page.locator("#timeline svg text", has_text="opening_hours")).to_have_text(re.compile(r"opening_hours \d+ ms"))
     expect(page.locator("#timeline svg rect[fill='#1f6fa8']").first).to_be_attached()
     expect(page.locator("#timeline svg rect[fill='#b35412']").first).to_be_attached()
 

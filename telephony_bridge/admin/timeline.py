@@ -156,10 +156,9 @@ def timeline_svg(timeline: CallTimeline) -> str:
         parts.append(f'<rect x="{x(span.start_s):.1f}" y="80" width="{max(span.seconds * scale, 1):.1f}" height="26" '
                      'fill="#b35412"/>')
     for tool in timeline.tools:
-        start = x(tool.start_s)
-        parts.append(f'<rect x="{start:.1f}" y="126" width="{max(tool.latency_ms / 1000 * scale, 3):.1f}" height="18" '
-                     'fill="#4b7d2a"/>')
-        parts.append(f'<text x="{start + 6:.1f}" y="139" font-size="11" fill="#1d3b0f">'
+        start, bar = x(tool.start_s), max(tool.latency_ms / 1000 * scale, 3)
+        parts.append(f'<rect x="{start:.1f}" y="126" width="{bar:.1f}" height="18" fill="#4b7d2a"/>')
+        parts.append(f'<text x="{start + bar + 4:.1f}" y="139" font-size="11" fill="#1d3b0f">'
                      f'{escape(tool.name)} {tool.latency_ms:.0f} ms</text>')
     for barge_in in timeline.barge_ins:
         at = x(barge_in.at_s)
