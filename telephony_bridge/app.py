@@ -22,6 +22,9 @@ from starlette.requests import ClientDisconnect
 
 from . import callbacks
 from .admin import admin_router
+from .admin.console import console_router
+from .admin.live_feed import LiveFeed
+from .admin.sessions import ConsoleSessions
 from .call_log import CallLog
 from .call_updates import CallUpdates
 from .config import BridgeConfig, Retention, Settings
@@ -71,6 +74,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         raise ValueError("TWILIO_AUTH_TOKEN is not set; pass insecure=True only for local trials")
 
     metrics = BridgeMetrics()
+    live_feed = LiveFeed()
+    console_sessions = ConsoleSessions(settings.admin_token) if settings.admin_token else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,6 +98,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         switchboard = Switchboard(
             config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=call_ended,
             on_latency=metrics.observe_latency, call_updates=CallUpdates(settings, Transfers(clock)),
+            on_change=live_feed.changed if console_sessions is not None else None,
         )
         metrics.watch(switchboard)
         log_path = Path(config.call_log.path) if config.call_log.path else None
@@ -127,7 +133,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             await settings.realtime.token.close()
 
     app = FastAPI(title="telephony-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(admin_router(settings.admin_token))
+    app.include_router(admin_router(settings.admin_token, console_sessions, live_feed))
+    app.include_router(console_router(console_sessions))
 
     def public_url(headers: Mapping[str, str], *, websocket: bool, path: str | None = None) -> str:
         """The URL Twilio called (and signed): from PUBLIC_URL, or from a trusted proxy's forwarded headers."""

@@ -31,6 +31,7 @@ from .errors import RealtimeConnectError
 from .events import (
     Action,
     AnsweredBy,
+    CallerAudio,
     CallUpdate,
     CarriesAudio,
     CloseRealtime,
@@ -197,6 +198,7 @@ class Call:
         in_force: InForce = "always",
         prices: ModelPrices | None = None,
         dialled: Dialled | None = None,
+        on_change: Callable[[CallSummary], None] | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.called_number = called_number
@@ -230,6 +232,9 @@ class Call:
         self._tap = tap
         self._mask_caller_number = mask_caller_number
         self._log_ids = CallIds(call_sid)
+        self._on_change = on_change
+        """Told the call's summary when what an operator watches changes (a transcript line, the activity)."""
+        self._shown = self.controller.shown()
 
     def begin(self) -> None:
         """Start opening the Realtime session now, while Twilio is still reading the webhook's answer."""
@@ -251,6 +256,7 @@ class Call:
         self._spawn(self._model.write(closed=(ConnectionClosed,)))
         self._spawn(self._tick())
         self._perform(self.controller.start(), None)
+        self._changed()
 
     def summary(self) -> CallSummary:
         """The call as a value: final once `ended` is set, a snapshot before."""
@@ -326,6 +332,14 @@ class Call:
 
     def _feed(self, event: Event, arrived_at: float | None) -> None:
         self._perform(self.controller.handle(event), arrived_at)
+        # The caller's frames (50 a second) change neither the transcript nor the activity: no need to look.
+        if self._on_change is not None and not isinstance(event, CallerAudio) and self.controller.shown() != self._shown:
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._shown = self.controller.shown()
+            self._on_change(self.summary())
 
     def _perform(self, actions: list[Action], arrived_at: float | None) -> None:
         """Carry out each action once, by its kind; `arrived_at` stamps the audio it carries for the latency observer."""
@@ -493,6 +507,8 @@ class Call:
         self.ended.set()
         summary = self.summary()
         _log_summary(summary)
+        if self._on_change is not None:
+            self._on_change(summary)
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()

@@ -91,7 +91,7 @@ from .functions import FunctionCalls
 from .held_actions import HeldActions
 from .playback import Playback
 from .policy import GOODBYES, PRESENCE_CHECK, WRAP_UP_NOTE, CallLimits, Decision, InForce, cost_of
-from .summary import CallCounters, CallSummary, TransferAttempt
+from .summary import Activity, CallCounters, CallSummary, TransferAttempt
 from .supervision import CallTimings, Reopen, SessionState, SessionSupervisor
 from .tools import HOLDING_INSTRUCTIONS, ToolCalls
 from .wire import pcm24k_ms, ulaw_ms
@@ -175,6 +175,21 @@ class CallController:
             raise TypeError(f"the controller has no handler for {type(event).__name__}")
         return self._route(handler(self, event))
 
+    @property
+    def activity(self) -> Activity:
+        """What the call is doing now: a transfer outranks a tool call, which outranks the model's voice."""
+        if self.control.caller_away or self.control.step is Step.CONNECTING:
+            return "transferring"
+        if self.tools.out:
+            return "using_tool"
+        if self.playback.playing:
+            return "speaking"
+        return "listening" if self.stream_sid is not None else "connecting"
+
+    def shown(self) -> tuple[int, Activity]:
+        """What a watching operator sees change: the transcript's length and the activity (cheap, for every event)."""
+        return len(self.conversation.transcript), self.activity
+
     def counters(self, frames_dropped: int = 0) -> CallCounters:
         session = self.session
         return CallCounters(
@@ -202,6 +217,7 @@ class CallController:
             direction="outbound" if self.dialled is not None else "inbound",
             amd_result=self.amd_result,
             opted_out=self.control.opted_out,
+            activity=self.activity,
         )
 
     @property

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
+from typing import Literal
 
 from .events import Outcome, TokenUsage, TranscriptDone
 from .tools import ToolCallRecord
+
+Activity = Literal["connecting", "listening", "speaking", "using_tool", "transferring"]
+"""What a live call is doing now, as an operator watching it would say it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,8 @@ class CallSummary:
     """An outbound call's answering-machine detection result (Twilio's `AnsweredBy`), once it came."""
     opted_out: bool = False
     """The person asked not to be called again (the model's `opt_out`)."""
+    activity: Activity = "listening"
+    """What the call was doing when the value was taken (meaningful for a live call)."""
 
     @property
     def transfer_target(self) -> str | None:

@@ -69,6 +69,7 @@ class Switchboard:
         on_latency: LatencyObserver | None = None,
         call_updates: CallUpdates | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_change: Callable[[CallSummary], None] | None = None,
     ) -> None:
         self.config = config
         self._wall_clock = wall_clock
@@ -83,6 +84,8 @@ class Switchboard:
         self._on_call_end = on_call_end
         self._on_latency = on_latency
         self._call_updates = call_updates
+        self._on_change = on_change
+        """Told each live call's summary as what an operator watches changes, and once more when it ends."""
         self._timings = _timings(config)
         self._calls: dict[str, Call] = {}
         self._claimed_until: dict[str, float] = {}
@@ -240,6 +243,7 @@ class Switchboard:
             mask_caller_number=self.config.logging.mask_caller_numbers,
             in_force=in_force,
             prices=self.config.prices.get(self._endpoint.model),
+            on_change=self._on_change,
         )
         self._calls[call_sid] = call
         call.begin()

@@ -1,9 +1,12 @@
 """The admin API's routes: live calls, the call history, a call's detail and audio, the numbers, reload, ending a call.
 
-Every route needs `Authorization: Bearer <BRIDGE_ADMIN_TOKEN>`, compared in constant time; with no token
-configured every route answers 404, as if the API were not there. The token travels only in that header,
-which no log line of the bridge or uvicorn writes. Live calls are read as each call's `summary()` value,
-the call history from the call log file (read-only, off the event loop), recordings from their folder.
+Every route needs `Authorization: Bearer <BRIDGE_ADMIN_TOKEN>`, compared in constant time, or the
+console's session cookie (admin/sessions.py), with its CSRF token on every request that changes
+something; with no token configured every route answers 404, as if the API were not there. The token
+travels only in that header, which no log line of the bridge or uvicorn writes. A console session sees
+callers' numbers masked: revealing one is a request of its own, and is logged. Live calls are read as
+each call's `summary()` value (pushed to watchers by `LiveFeed`), the call history from the call log
+file (read-only, off the event loop), recordings from their folder.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ import base64
 import binascii
 import hmac
 import json
+import logging
 import re
 import tempfile
+import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..call import Call
 from ..call_log import CallQuery, CallRecord, find_call, search_calls, usage_totals
@@ -34,7 +40,12 @@ from ..policy import is_open, profile_in_force
 from ..recording import export_wav, read_recording
 from ..reload import ConfigReloader
 from ..switchboard import Switchboard
+from .live_feed import LiveFeed, live_call_json
 from .ranges import Unsatisfiable, byte_range
+from .sessions import COOKIE, CSRF_HEADER, ConsoleSessions
+from .timeline import timeline_of, timeline_svg
+
+log = logging.getLogger(__name__)
 
 LIVE_TRANSCRIPT_LINES = 6
 """The last lines of each live call's transcript: what an operator glances at, not the whole call."""
@@ -47,21 +58,37 @@ OPERATOR_GOODBYE = "This call is being ended now. Thank you for calling, goodbye
 """What the caller hears when an operator ends the call and the request names no goodbye of its own."""
 END_WAIT_S = 10.0
 """How long ending a call waits for it to end: Twilio's answer (its retries take at most about 3 s) and the stream's stop."""
+EVENTS_HEARTBEAT_S = 5.0
+"""A comment line this often on an idle event stream: proxies keep it open, and a draining bridge ends it."""
+EVENTS_MAX_S = 120.0
+"""An event stream ends after this (the browser reconnects at once and gets a fresh snapshot): none outlives a shutdown long."""
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
-def admin_router(token: str | None) -> APIRouter:
-    """The routes under `/admin`, guarded by `token` (`None`: the API is off and every route answers 404)."""
+def admin_router(token: str | None, sessions: ConsoleSessions | None = None, feed: LiveFeed | None = None) -> APIRouter:
+    """The routes under `/admin`, guarded by `token` (`None`: the API is off and every route answers 404).
+
+    `sessions` lets the console's cookie stand in for the token; `feed` serves the live calls' event stream.
+    """
     expected = token.encode("utf-8") if token else None
 
     async def require_token(request: Request) -> None:
         if expected is None:
             raise HTTPException(404, "Not Found")
+        request.state.console = False
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode("utf-8"), expected):
+        if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode("utf-8"), expected):
+            return
+        session = sessions.session(request.cookies.get(COOKIE), time.time()) if sessions and not presented else None
+        if session is None or sessions is None:
             raise HTTPException(401, "a valid admin token is required", headers={"WWW-Authenticate": "Bearer"})
+        if request.method not in SAFE_METHODS and not sessions.csrf_valid(session, request.headers.get(CSRF_HEADER)):
+            raise HTTPException(403, "the console's CSRF token is missing or wrong: reload the page")
+        request.state.console = True
 
     router = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
     wavs: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+    timelines: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
 
     @router.get("/calls/live")
     async def live_calls(request: Request) -> JSONResponse:
@@ -69,16 +96,38 @@ def admin_router(token: str | None) -> APIRouter:
         calls = []
         for call in switchboard.calls_in_progress():
             summary = call.summary()
-            calls.append({
-                "call_sid": summary.call_sid,
-                "number": summary.called_number,
-                "caller": mask_number(summary.caller_number) if summary.caller_number else "",
-                "duration_s": round(summary.duration_s, 1),
-                "state": "in_progress" if summary.counters.frames_in else "connecting",
-                "transcript": [{"speaker": turn.speaker, "text": turn.text}
-                               for turn in summary.transcript[-LIVE_TRANSCRIPT_LINES:]],
-            })
+            calls.append(live_call_json(summary, lines_from=max(0, len(summary.transcript) - LIVE_TRANSCRIPT_LINES)))
         return JSONResponse({"calls": calls, "draining": switchboard.draining})
+
+    @router.get("/calls/live/events")
+    async def live_events(request: Request) -> StreamingResponse:
+        """Server-sent events: `call` (a live call, new or changed: only its new transcript lines) and `ended`."""
+        if feed is None:
+            raise HTTPException(404, "no live event stream on this bridge")
+        switchboard: Switchboard = request.app.state.switchboard
+        return StreamingResponse(
+            _event_stream(feed, switchboard), media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @router.post("/calls/{call_sid}/caller")
+    async def reveal_caller(request: Request, call_sid: str) -> JSONResponse:
+        """The caller's number in full, for a live or logged call; each reveal is logged (not the number)."""
+        switchboard: Switchboard = request.app.state.switchboard
+        live = next((call for call in switchboard.calls_in_progress() if call.call_sid == call_sid), None)
+        number = live.caller_number if live is not None else None
+        if number is None and CALL_SID.match(call_sid) and request.app.state.call_log_path is not None:
+            try:
+                record = await asyncio.to_thread(find_call, _call_log(request), call_sid)
+            except CallLogError as error:
+                raise HTTPException(503, str(error)) from None
+            number = record.from_number if record is not None else None
+        if number is None:
+            raise HTTPException(404, f"no call {call_sid}, live or in the call log")
+        log.info("call %s: an operator revealed the caller's number (%s)", call_sid,
+                 "console" if request.state.console else "admin token",
+                 extra={"event": "caller_revealed", "call_sid": call_sid, "by": "console" if request.state.console else "token"})
+        return JSONResponse({"call_sid": call_sid, "caller": number})
 
     @router.get("/calls")
     async def call_history(
@@ -101,7 +150,7 @@ def admin_router(token: str | None) -> APIRouter:
         except CallLogError as error:
             raise HTTPException(503, str(error)) from None
         return JSONResponse({
-            "calls": [_call_json(record) for record in records],
+            "calls": [_call_json(record, masked=request.state.console) for record in records],
             "next_cursor": _encode_cursor(after) if after else None,
         })
 
@@ -113,16 +162,40 @@ def admin_router(token: str | None) -> APIRouter:
             raise HTTPException(503, str(error)) from None
         if record is None:
             raise HTTPException(404, f"no call {call_sid} in the call log")
-        detail = _call_json(record)
+        detail = _call_json(record, masked=request.state.console)
         detail["transfer"] = (
             {"target": record.transfer_target, "connected": record.transfer_connected}
             if record.transfer_target is not None else None
         )
         detail["transcript"] = [asdict(line) for line in record.transcript]
-        detail["recording"] = (
-            f"/admin/calls/{call_sid}/recording.wav" if _recording_of(request, call_sid) is not None else None
-        )
+        recorded = _recording_of(request, call_sid) is not None
+        detail["recording"] = f"/admin/calls/{call_sid}/recording.wav" if recorded else None
+        detail["timeline"] = f"/admin/calls/{call_sid}/timeline" if recorded else None
         return JSONResponse(detail)
+
+    async def timeline(request: Request, call_sid: str) -> Any:
+        path = _recording_of(request, call_sid) if CALL_SID.match(call_sid) else None
+        if path is None:
+            raise HTTPException(404, f"no recording of call {call_sid}")
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if key not in timelines:
+            try:
+                timelines[key] = await asyncio.to_thread(lambda: timeline_of(read_recording(path)))
+            except RecordingError as error:
+                raise HTTPException(409, f"the recording cannot be read: {error.reason}") from None
+            while len(timelines) > CACHED_WAVS:
+                timelines.popitem(last=False)
+        return timelines[key]
+
+    @router.get("/calls/{call_sid}/timeline")
+    async def timeline_json(request: Request, call_sid: str) -> JSONResponse:
+        """When each side spoke, barge-ins and tool calls, on the recording's WAV timeline (seconds)."""
+        return JSONResponse((await timeline(request, call_sid)).as_json())
+
+    @router.get("/calls/{call_sid}/timeline.svg")
+    async def timeline_picture(request: Request, call_sid: str) -> Response:
+        return Response(timeline_svg(await timeline(request, call_sid)), media_type="image/svg+xml")
 
     @router.get("/calls/{call_sid}/recording.wav")
     async def recording(request: Request, call_sid: str) -> Response:
@@ -209,8 +282,8 @@ def admin_router(token: str | None) -> APIRouter:
         return JSONResponse({
             "config_hash": config.digest,
             "source": config.source,
-            "defaults": config.defaults.model_dump(),
-            "numbers": {number: profile.model_dump() for number, profile in config.numbers.items()},
+            "defaults": config.defaults.model_dump(mode="json"),
+            "numbers": {number: profile.model_dump(mode="json") for number, profile in config.numbers.items()},
         })
 
     @router.get("/policy")
@@ -252,6 +325,22 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise HTTPException(400, "the body must be a JSON object")
     return body
+async def _event_stream(feed: LiveFeed, switchboard: Switchboard) -> AsyncIterator[str]:
+    """Every live call at once, then each change as it happens; ends when the bridge drains or after `EVENTS_MAX_S`."""
+    watcher = feed.watch()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EVENTS_MAX_S
+    try:
+        yield "retry: 1000\n\n"
+        while not switchboard.draining and loop.time() < deadline:
+            for name, data in watcher.updates():
+                yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
+            try:
+                await asyncio.wait_for(watcher.wake.wait(), EVENTS_HEARTBEAT_S)
+            except TimeoutError:
+                yield ": idle\n\n"
+    finally:
+        feed.unwatch(watcher)
 
 
 async def _goodbye(request: Request) -> str:
@@ -283,9 +372,10 @@ def _call_log(request: Request) -> Path:
     return path
 
 
-def _call_json(record: CallRecord) -> dict[str, Any]:
+def _call_json(record: CallRecord, *, masked: bool = False) -> dict[str, Any]:
+    caller = mask_number(record.from_number) if masked and record.from_number else record.from_number
     return {
-        "call_sid": record.call_sid, "from": record.from_number, "to": record.to_number, "direction": record.direction,
+        "call_sid": record.call_sid, "from": caller, "to": record.to_number, "direction": record.direction,
         "started_at": record.started_at.isoformat(), "ended_at": record.ended_at.isoformat(),
         "duration_s": round(record.duration_s, 3), "outcome": record.outcome, "end_reason": record.end_reason,
         "barge_ins": record.barge_ins, "reconnects": record.reconnects, "model": record.model, "dialect": record.dialect,
