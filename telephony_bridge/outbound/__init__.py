@@ -1,0 +1,1 @@
+"""Outbound calls: placing them, answering-machine handling, campaigns, do-not-call."""
