@@ -23,12 +23,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from .call_control import Dialled
 from .call_updates import CallUpdates
 from .config import CallProfile, RealtimeEndpoint
 from .controller import CallController
 from .errors import RealtimeConnectError
 from .events import (
     Action,
+    AnsweredBy,
     CallUpdate,
     CarriesAudio,
     CloseRealtime,
@@ -191,6 +193,7 @@ class Call:
         tap: CallTap | None = None,
         on_latency: LatencyObserver | None = None,
         mask_caller_number: bool = True,
+        dialled: Dialled | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.called_number = called_number
@@ -203,7 +206,7 @@ class Call:
         self.answered_at = clock()
         self.duration_s: float | None = None
         """Seconds from the answer to the end, on the call's clock; set when the call has ended."""
-        self.controller = CallController(profile, clock, timings)
+        self.controller = CallController(profile, clock, timings, dialled)
         self.ended = asyncio.Event()
         self._clock = clock
         self._endpoint = endpoint
@@ -298,6 +301,10 @@ class Call:
     def transfer_ended(self, dial_status: str) -> None:
         """Twilio's `<Dial action>` for this call's transfer: how the dialled leg ended."""
         self._feed(TransferEnded(dial_status), None)
+
+    def answered_by(self, amd_result: str) -> None:
+        """Twilio's answering-machine detection for this outbound call: who answered."""
+        self._feed(AnsweredBy(amd_result), None)
 
     def end(self, reason: str, outcome: Outcome) -> None:
         """End the call from outside (shutdown, an unclaimed session): both sockets close."""

@@ -16,14 +16,34 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from .config import CallProfile
 from .events import Action, AddNote, CallUpdate, HangUp, Transfer
 
 END_CALL = "end_call"
 TRANSFER_CALL = "transfer_call"
-BUILT_IN_FUNCTIONS = frozenset({END_CALL, TRANSFER_CALL})
+OPT_OUT = "opt_out"
+BUILT_IN_FUNCTIONS = frozenset({END_CALL, TRANSFER_CALL, OPT_OUT})
+
+PERSON_RESULTS = frozenset({"human", "unknown"})
+MACHINE_RESULTS = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other", "machine_start"})
+
+
+@dataclass(frozen=True)
+class Dialled:
+    """An outbound call: silent until answering-machine detection says who answered, then greets or leaves a message."""
+
+    voicemail_instructions: str
+    """The instructions of the response that leaves the voicemail (the persona and the message)."""
+
+
+def answered_by(amd_result: str) -> Literal["person", "machine", "fax"]:
+    """Who answered, by Twilio's `AnsweredBy`: `unknown` and anything new count as a person, who is never hung up on."""
+    if amd_result == "fax":
+        return "fax"
+    return "machine" if amd_result in MACHINE_RESULTS else "person"
 
 
 def function_tools(profile: CallProfile) -> list[dict[str, Any]]:
@@ -53,6 +73,14 @@ def function_tools(profile: CallProfile) -> list[dict[str, Any]]:
                 "required": ["target", "summary"],
             },
         })
+    if profile.opt_out:
+        tools.append({
+            "type": "function",
+            "name": OPT_OUT,
+            "description": "The person asks not to be called again: add them to the do-not-call list. Say a short, "
+                           "polite goodbye in the same response, before calling it; the call ends after it.",
+            "parameters": {"type": "object", "properties": {}},
+        })
     return tools
 
 
@@ -62,6 +90,8 @@ class Step(enum.Enum):
     """`end_call` accepted: the line drops once the goodbye has played."""
     CONNECTING = "connecting"
     """`transfer_call` accepted: Twilio dials once the hand-over has played."""
+    VOICEMAIL = "voicemail"
+    """An answering machine took the call: the line drops once the message has played, whatever the machine does."""
     HANGING_UP = "hanging up"
     DIALING = "dialing"
     """The `<Dial>` went to Twilio: the stream ends, the caller is away until the dial's outcome."""
@@ -76,6 +106,8 @@ class CallControl:
         self.step = Step.TALKING
         self.transfer: Transfer | None = None
         self.return_reason = ""
+        self.opted_out = False
+        """The model called `opt_out`: the callee goes on the do-not-call list when the call ends."""
         self._profile = profile
         self._after_next_response = False
 
@@ -93,6 +125,29 @@ class CallControl:
         if spoke:
             return json.dumps({"status": "the line drops once your goodbye has played"}), False
         return json.dumps({"status": "say a short goodbye now; the line drops once it has played"}), True
+
+    def opt_out(self, spoke: bool) -> tuple[str, bool]:
+        """Accept `opt_out`: the callee is recorded as opted out and the call ends after the goodbye."""
+        if not self._profile.opt_out:
+            return json.dumps({"error": "there is no function 'opt_out'"}), True
+        self.opted_out = True
+        if self.step is not Step.TALKING:
+            return json.dumps({"status": "recorded: they will not be called again"}), True
+        self.step = Step.GOODBYE
+        self._after_next_response = not spoke
+        if spoke:
+            return json.dumps({"status": "recorded; the line drops once your goodbye has played"}), False
+        return json.dumps({"status": "recorded; say a short, polite goodbye now; the line drops once it has played"}), True
+
+    def leave_voicemail(self) -> None:
+        """An answering machine answered: the next response is the message, and the line drops once it has played."""
+        self.step = Step.VOICEMAIL
+        self._after_next_response = True
+
+    def hang_up_now(self) -> HangUp:
+        """Hang up without a word (a fax answered)."""
+        self.step = Step.HANGING_UP
+        return HangUp("a fax machine answered")
 
     def transfer_to(self, arguments: str, spoke: bool) -> tuple[str, bool]:
         """Accept `transfer_call` to a configured target, or refuse it with the reason for the model."""
@@ -129,8 +184,12 @@ class CallControl:
 
     def due(self, playing: bool, model_idle: bool) -> CallUpdate | None:
         """The hang-up or the transfer, once its goodbye or hand-over has been heard in full."""
-        if self.step not in (Step.GOODBYE, Step.CONNECTING) or self._after_next_response or playing or not model_idle:
+        if self.step not in (Step.GOODBYE, Step.CONNECTING, Step.VOICEMAIL) or self._after_next_response or playing \
+                or not model_idle:
             return None
+        if self.step is Step.VOICEMAIL:
+            self.step = Step.HANGING_UP
+            return HangUp("the voicemail message was left")
         if self.step is Step.GOODBYE:
             self.step = Step.HANGING_UP
             return HangUp("the model ended the call")

@@ -82,6 +82,25 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE transcript ADD COLUMN at_s REAL;
     """,
+    """
+    ALTER TABLE calls ADD COLUMN amd_result TEXT;
+    CREATE TABLE do_not_call (
+        number TEXT PRIMARY KEY,
+        added_at TEXT NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE TABLE outbound_calls (
+        outbound_id TEXT PRIMARY KEY,
+        call_sid TEXT,
+        from_number TEXT NOT NULL,
+        to_number TEXT NOT NULL,
+        campaign_row TEXT,
+        ended_at TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        amd_result TEXT
+    );
+    CREATE INDEX outbound_calls_by_sid ON outbound_calls (call_sid);
+    """,
 )
 """Version N of the schema is the first N scripts; append, never edit one a bridge has shipped."""
 
@@ -129,21 +148,24 @@ class CallRecord:
     dialect: str
     transcript: tuple[TranscriptLine, ...] = ()
     direction: str = "inbound"
-    """"inbound" for every call today; outbound calls will say how they were placed (Twilio's `Direction`)."""
+    """"inbound", or "outbound" for a call the bridge placed (then `from_number` is the bridge's number)."""
     stream_errors: tuple[StreamErrorLine, ...] = ()
     """Read back by `find_call`; written apart, when Twilio reports them (before or after the call's end)."""
     transfer_target: str | None = None
     """The configured name the call was last transferred to; `None` if it never was."""
     transfer_connected: bool | None = None
     """Whether that transfer connected (busy or unanswered brought the caller back); `None` if there was none."""
+    amd_result: str | None = None
+    """An outbound call's answering-machine detection result (Twilio's `AnsweredBy`)."""
 
 
 def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
     """What the call log keeps of an ended call; its start is its end less its duration on the call's clock."""
+    outbound = summary.direction == "outbound"
     return CallRecord(
         call_sid=summary.call_sid,
-        from_number=summary.caller_number,
-        to_number=summary.called_number,
+        from_number=summary.called_number if outbound else summary.caller_number,
+        to_number=summary.caller_number if outbound else summary.called_number,
         started_at=ended_at - timedelta(seconds=summary.duration_s),
         ended_at=ended_at,
         duration_s=summary.duration_s,
@@ -156,6 +178,8 @@ def record_of(summary: CallSummary, ended_at: datetime) -> CallRecord:
         transcript=tuple(TranscriptLine(turn.speaker, turn.text, at_s) for turn, at_s in summary.timed_transcript()),
         transfer_target=summary.transfer_target,
         transfer_connected=summary.transfer_connected,
+        direction=summary.direction,
+        amd_result=summary.amd_result,
     )
 
 
@@ -207,7 +231,7 @@ def _schema_version(connection: sqlite3.Connection, source: str) -> int:
 
 _CALL_COLUMNS = (
     "call_sid", "from_number", "to_number", "started_at", "ended_at", "duration_s", "outcome", "end_reason",
-    "barge_ins", "reconnects", "model", "dialect", "direction", "transfer_target", "transfer_connected",
+    "barge_ins", "reconnects", "model", "dialect", "direction", "transfer_target", "transfer_connected", "amd_result",
 )
 
 
@@ -220,7 +244,7 @@ def _write(connection: sqlite3.Connection, record: CallRecord) -> None:
                 record.call_sid, record.from_number, record.to_number, record.started_at.isoformat(),
                 record.ended_at.isoformat(), record.duration_s, record.outcome, record.end_reason,
                 record.barge_ins, record.reconnects, record.model, record.dialect, record.direction,
-                record.transfer_target, record.transfer_connected,
+                record.transfer_target, record.transfer_connected, record.amd_result,
             ),
         )
         connection.execute("DELETE FROM transcript WHERE call_sid = ?", (record.call_sid,))
@@ -340,6 +364,7 @@ def _record(
         stream_errors=stream_errors,
         transfer_target=row["transfer_target"] if "transfer_target" in columns else None,
         transfer_connected=None if connected is None else bool(connected),
+        amd_result=row["amd_result"] if "amd_result" in columns else None,
     )
 
 

@@ -104,7 +104,7 @@ SEMANTIC_VAD_FIELDS = frozenset({"eagerness"})
 TOOL_NAME = r"^[a-zA-Z][a-zA-Z0-9_-]{0,63}$"
 """A function name the Realtime API accepts: letters, digits, `_` and `-`, at most 64."""
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-RESERVED_TOOL_NAMES = frozenset({"end_call", "transfer_call"})
+RESERVED_TOOL_NAMES = frozenset({"end_call", "transfer_call", "opt_out"})
 """The built-in functions (`call_control`): an operator's tool may not take their names."""
 JSON_SCHEMA_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object", "null"})
 
@@ -261,6 +261,11 @@ class CallProfile(_Strict):
     """People or queues the model may hand the call to (`transfer_call`): name -> E.164 number or sip: URI."""
     fallback_transfer: str | None = None
     """Where the caller goes when the model cannot be reached: a `transfer` name, a number or a sip: URI."""
+    voicemail_message: str | None = Field(default=None, max_length=MAX_SPOKEN_CHARS)
+    """Outbound calls: what the model leaves on an answering machine (`{name}` placeholders filled from the context);
+    unset, the model composes a short message from the call's context."""
+    opt_out: bool = False
+    """The model may put the person on the do-not-call list (its `opt_out` function); on for every outbound call."""
     tools: list[HttpTool] = Field(default_factory=list)
     """The operator's functions (see `tools`): a number's replace the defaults' unless it says `inherit_tools`."""
     mcp: list[McpServer] = Field(default_factory=list)
@@ -327,6 +332,8 @@ class _NumberTable(_Strict):
     end_call: bool | None = None
     transfer: dict[str, str] | None = None
     fallback_transfer: str | None = None
+    voicemail_message: str | None = None
+    opt_out: bool | None = None
     tools: list[dict[str, Any]] | None = None
     mcp: list[dict[str, Any]] | None = None
     inherit_tools: bool | None = None

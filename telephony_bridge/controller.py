@@ -27,12 +27,13 @@ from types import MappingProxyType
 from typing import Any, get_args
 
 from .audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k, UlawPassthrough
-from .call_control import END_CALL, TRANSFER_CALL, CallControl, Step
+from .call_control import END_CALL, OPT_OUT, TRANSFER_CALL, CallControl, Dialled, Step, answered_by
 from .config import CallProfile
 from .conversation import Conversation
 from .events import (
     Action,
     AddCallerText,
+    AnsweredBy,
     AppendAudio,
     CallerAudio,
     ClearTwilio,
@@ -97,8 +98,15 @@ log = logging.getLogger(__name__)
 class CallController:
     """One call's coordinator: the stream, the audio converters, barge-in and the routing of actions."""
 
-    def __init__(self, profile: CallProfile, clock: Callable[[], float], timings: CallTimings = CallTimings()) -> None:
+    def __init__(
+        self, profile: CallProfile, clock: Callable[[], float], timings: CallTimings = CallTimings(),
+        dialled: Dialled | None = None,
+    ) -> None:
         self.profile = profile
+        self.dialled = dialled
+        """Set for an outbound call: silent, with automatic responses off, until `AnsweredBy` says who answered."""
+        self.amd_result: str | None = None
+        self._awaiting_amd = dialled is not None
         self.timings = timings
         self.stream_sid: str | None = None
         self.outcome: Outcome | None = None
@@ -142,7 +150,7 @@ class CallController:
         the line would do it too, but would stay in the conversation, telling the model to greet at every turn.)
         """
         actions: list[Action] = []
-        if self.profile.greeting:
+        if self.profile.greeting and self.dialled is None:
             actions.append(CreateResponse(greeting_instructions(self.profile)))
         return [_open(self.session.first_open()), *self._route(actions)]
 
@@ -178,6 +186,9 @@ class CallController:
             transcript_at_s=tuple(self.conversation.said_at_s),
             tool_calls=tuple(self.tools.records),
             transfers=tuple(self._transfers),
+            direction="outbound" if self.dialled is not None else "inbound",
+            amd_result=self.amd_result,
+            opted_out=self.control.opted_out,
         )
 
     def _route(self, actions: list[Action]) -> list[Action]:
@@ -301,10 +312,13 @@ class CallController:
         replacing = self.session.connected()
         self._session_items.clear()
         self._muted_items.clear()
-        actions: list[Action] = [ConfigureSession(self.profile, self._omitted_settings)]
+        actions: list[Action] = [self._configure()]
         if replacing:
             actions += self.conversation.history()
         return actions
+
+    def _configure(self) -> ConfigureSession:
+        return ConfigureSession(self.profile, self._omitted_settings, auto_respond=not self._awaiting_amd)
 
     def _on_session_configured(self, event: SessionConfigured) -> list[Action]:
         if self.session.state is not SessionState.CONFIGURING:
@@ -319,7 +333,7 @@ class CallController:
         if event.field is not None and event.field not in self._omitted_settings and self.session.may_reconfigure():
             log.warning("the Realtime service refused %s (%s); configuring the session without it", event.field, event.message)
             self._omitted_settings |= {event.field}
-            return [ConfigureSession(self.profile, self._omitted_settings)]
+            return [self._configure()]
         return self._session_lost(f"the service refused the session's configuration: {event.message}", retryable=False)
 
     def _on_realtime_disconnected(self, event: RealtimeDisconnected) -> list[Action]:
@@ -383,6 +397,8 @@ class CallController:
             self._outbound_item = None
 
     def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
+        if self.control.step is Step.VOICEMAIL:
+            return []  # a machine's noise never cuts the message being left on it
         self.conversation.caller_barged_in()
         notes = self.control.caller_spoke()
         cut, dropped = self.playback.cut()  # before the streaming item is stopped: a cut needs to know it was unfinished
@@ -421,6 +437,8 @@ class CallController:
         tool = self.profile.tool(call.name)
         if call.name == END_CALL:
             output, respond = self.control.end_call(spoke)
+        elif call.name == OPT_OUT:
+            output, respond = self.control.opt_out(spoke)
         elif call.name == TRANSFER_CALL:
             output, respond = self.control.transfer_to(call.arguments, spoke)
         elif tool is not None:
@@ -475,6 +493,20 @@ class CallController:
             return self._end("realtime_unavailable", reason, CloseRealtime("fallback"))
         return []
 
+    def _on_answered_by(self, event: AnsweredBy) -> list[Action]:
+        """Who answered an outbound call: a person is greeted, a machine gets the message, a fax the hang-up; once."""
+        if self.dialled is None or not self._awaiting_amd:
+            return []
+        self._awaiting_amd = False
+        self.amd_result = event.result
+        kind = answered_by(event.result)
+        if kind == "fax":
+            return [self.control.hang_up_now()]
+        if kind == "machine":
+            self.control.leave_voicemail()
+            return self.conversation.when_idle([CreateResponse(self.dialled.voicemail_instructions)])
+        return [self._configure(), *self.conversation.when_idle([CreateResponse(outbound_greeting_instructions(self.profile))])]
+
     # Work off the audio path.
     def _on_tool_answered(self, event: ToolAnswered) -> list[Action]:
         """A tool's answer (or failure) is the call's output; with its batch's last, one `response.create`."""
@@ -505,6 +537,14 @@ class CallController:
 def greeting_instructions(profile: CallProfile) -> str:
     """The instructions of the greeting's response: the number's own, then the line to say."""
     return f"{profile.instructions.strip()}\n\nNow greet the caller by saying exactly this: {profile.greeting}"
+
+
+def outbound_greeting_instructions(profile: CallProfile) -> str:
+    """A person answered a call the bridge placed: the number's greeting, or one the persona makes up."""
+    if profile.greeting:
+        return greeting_instructions(profile)
+    return (f"{profile.instructions.strip()}\n\nYou placed this phone call and the person has just answered. "
+            "Greet them, say who you are and why you are calling, in one or two short sentences.")
 
 
 def _open(reopen: Reopen) -> OpenRealtime:

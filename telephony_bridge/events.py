@@ -204,6 +204,13 @@ class TransferEnded:
         return self.dial_status in ("completed", "answered")
 
 
+@dataclass(frozen=True, slots=True)
+class AnsweredBy:
+    """An outbound call's answering-machine detection result (Twilio's `AnsweredBy`): human, unknown, machine_end_*, fax."""
+
+    result: str
+
+
 # Events from work done off the audio path.
 @dataclass(frozen=True, slots=True)
 class ToolAnswered:
@@ -248,6 +255,7 @@ Event = (
     | HangUpFailed
     | TransferFailed
     | TransferEnded
+    | AnsweredBy
     | ToolAnswered
     | Tick
 )
@@ -325,6 +333,9 @@ class ConfigureSession(SessionSetup):
     profile: CallProfile
     omit: frozenset[str] = frozenset()
     """Optional settings the service refused, left out so the session can still be configured."""
+    auto_respond: bool = True
+    """Whether the service answers (and is interrupted) on its own when the caller speaks; off until an outbound call
+    knows a person answered, so server VAD never answers a voicemail greeting."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ MAX_EVENT_BYTES = 1024 * 1024
 closes the session (1009) and a new one takes over: six 10 MiB deltas stalled the loop 391 ms each and
 took 145 MB, at every other call's expense."""
 
-def _turn_detection(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
+def _turn_detection(profile: CallProfile, dialect: Dialect, auto_respond: bool = True) -> dict[str, Any] | None:
     """The turn detection settings; the 2024-10-01 preview knows only type, threshold, padding and silence.
 
     It answers and interrupts on its own there, and may reject fields it does not know; GA is told
@@ -74,7 +74,9 @@ def _turn_detection(profile: CallProfile, dialect: Dialect) -> dict[str, Any]:
     """
     settings = profile.turn_detection.model_dump(exclude_none=True)
     if dialect == "ga":
-        settings.update(create_response=True, interrupt_response=True)
+        settings.update(create_response=auto_respond, interrupt_response=auto_respond)
+    elif not auto_respond:
+        return None  # the preview cannot be told not to answer: no turn detection until it may
     return settings
 
 
@@ -92,7 +94,9 @@ def refused_setting(param: object) -> str | None:
     return next((setting for setting in OPTIONAL_SETTINGS if setting in param), None)
 
 
-def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] = frozenset()) -> dict[str, Any]:
+def session_update(
+    profile: CallProfile, dialect: Dialect, omit: frozenset[str] = frozenset(), auto_respond: bool = True
+) -> dict[str, Any]:
     """`session.update` configuring voice, instructions, turn detection, the audio format both ways and the functions.
 
     The format is 24 kHz PCM16, or with the profile's `audio_format = "pcmu"` (GA only) the caller's
@@ -102,8 +106,8 @@ def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] 
     Left without its extra fields, turn detection keeps only its type (and, on GA, the automatic
     answers and interruptions barge-in depends on).
     """
-    turn_detection = _turn_detection(profile, dialect)
-    if "turn_detection" in omit:
+    turn_detection = _turn_detection(profile, dialect, auto_respond)
+    if "turn_detection" in omit and turn_detection is not None:
         kept = ("type", "create_response", "interrupt_response")
         turn_detection = {key: turn_detection[key] for key in kept if key in turn_detection}
     if dialect == "preview":
@@ -126,7 +130,7 @@ def session_update(profile: CallProfile, dialect: Dialect, omit: frozenset[str] 
     return {"type": "session.update", "event_id": CONFIGURE_EVENT_ID, "session": session}
 
 
-def _ga_session(profile: CallProfile, turn_detection: dict[str, Any], omit: frozenset[str]) -> dict[str, Any]:
+def _ga_session(profile: CallProfile, turn_detection: dict[str, Any] | None, omit: frozenset[str]) -> dict[str, Any]:
     audio_input: dict[str, Any] = {"format": _ga_format(profile), "turn_detection": turn_detection}
     if profile.transcription and "transcription" not in omit:
         audio_input["transcription"] = {"model": profile.transcription}
@@ -161,7 +165,7 @@ def encode_for_realtime(action: RealtimeMessage, dialect: Dialect) -> str:
             "audio_end_ms": action.audio_end_ms,
         }
     elif isinstance(action, ConfigureSession):
-        event = session_update(action.profile, dialect, action.omit)
+        event = session_update(action.profile, dialect, action.omit, action.auto_respond)
     elif isinstance(action, AddCallerText):
         event = {
             "type": "conversation.item.create",

@@ -76,6 +76,12 @@ class CallSummary:
     tool_calls: tuple[ToolCallRecord, ...] = ()
     transfers: tuple[TransferAttempt, ...] = ()
     """Every transfer the call attempted, in order: a busy one that brought the caller back, then perhaps another."""
+    direction: str = "inbound"
+    """"outbound" for a call the bridge placed: its `caller_number` is then the person called, `called_number` ours."""
+    amd_result: str | None = None
+    """An outbound call's answering-machine detection result (Twilio's `AnsweredBy`), once it came."""
+    opted_out: bool = False
+    """The person asked not to be called again (the model's `opt_out`)."""
 
     @property
     def transfer_target(self) -> str | None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .call import Call, CallTap, LatencyObserver
+from .call_control import Dialled
 from .call_updates import CallUpdates
 from .config import BridgeConfig, CallProfile, RealtimeEndpoint
 from .events import Outcome
@@ -168,6 +169,33 @@ class Switchboard:
                 return None
             call = self._open(call_sid, called_number)
         return call
+
+    def claim_outbound(
+        self, call_sid: str, stream_id: str, from_number: str, to_number: str, profile: CallProfile, dialled: Dialled
+    ) -> Call | None:
+        """The media stream of a call the bridge placed: its session opens now, with the profile filled for this call.
+
+        `None` when the token's stream id was used already, or the line is at `max_calls`. Its CallSid is
+        remembered like an answered one, so what Twilio asks after the stream is answered as for any call.
+        """
+        if self._claimed(stream_id) or self.live_calls >= self.config.limits.max_calls:
+            return None
+        self._claimed_until[stream_id] = self._clock() + STREAM_TOKEN_LIFETIME_S
+        self._answers[call_sid] = _Answer("", None, stream_id)
+        call = Call(
+            call_sid, from_number, profile, self._endpoint, self._clock, caller_number=to_number,
+            call_updates=self._call_updates, timings=self._timings, on_end=self._ended,
+            tap=self._tap_for(call_sid, from_number, profile), on_latency=self._on_latency,
+            mask_caller_number=self.config.logging.mask_caller_numbers, dialled=dialled,
+        )
+        self._calls[call_sid] = call
+        call.begin()
+        return call
+
+    def live_call(self, call_sid: str) -> Call | None:
+        """The call with this CallSid, if it is live on this process."""
+        call = self._calls.get(call_sid)
+        return call if call is not None and not call.ended.is_set() else None
 
     async def drain(self, timeout_s: float) -> int:
         """Stop taking calls; wait up to `timeout_s` for live ones to end by themselves, then end the rest.

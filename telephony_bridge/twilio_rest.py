@@ -124,6 +124,10 @@ class TwilioRest:
         """
         return await self._request("POST", self._account_path(account_sid, "Calls"), params, idempotent=False)
 
+    async def fetch_call(self, account_sid: str, call_sid: str) -> dict[str, Any]:
+        """Twilio's record of a call (its status, direction, `answered_by`); `TwilioCallGone` when it has none."""
+        return await self._request("GET", self._account_path(account_sid, "Calls", call_sid), {}, idempotent=True)
+
     async def list_numbers(self, account_sid: str, *, max_pages: int = 20, page_size: int = 50) -> list[dict[str, Any]]:
         """The account's incoming phone numbers, every page of them (up to ``max_pages`` of ``page_size``)."""
         numbers: list[dict[str, Any]] = []

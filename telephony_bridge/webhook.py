@@ -21,6 +21,11 @@ STREAM_STATUS_PATH = "/twilio/stream-status"
 
 CALLED_NUMBER_PARAMETER = "to"
 STREAM_TOKEN_PARAMETER = "token"
+OUTBOUND_PARAMETER = "outbound"
+"""Names the outbound call a stream belongs to: its token is bound to this id, as the CallSid is unknown when it is issued."""
+OUTBOUND_AMD_PATH = "/twilio/outbound-amd"
+OUTBOUND_STATUS_PATH = "/twilio/outbound-status"
+"""An outbound call's asynchronous AMD result and its status callbacks (`?outbound=<id>`), signed like the webhook."""
 
 
 DIAL_TIMEOUT_S = 25
@@ -28,7 +33,8 @@ DIAL_TIMEOUT_S = 25
 
 
 def stream_twiml(
-    stream_url: str, called_number: str, stream_token: str, stream_ended_url: str, status_url: str | None = None
+    stream_url: str, called_number: str, stream_token: str, stream_ended_url: str, status_url: str | None = None,
+    outbound_id: str | None = None,
 ) -> str:
     """Connect the call to our Media Stream; when it ends, Twilio asks `stream_ended_url` what comes next.
 
@@ -43,6 +49,8 @@ def stream_twiml(
         stream = connect.stream(url=stream_url, status_callback=status_url, status_callback_method="POST")
     stream.parameter(name=CALLED_NUMBER_PARAMETER, value=called_number)
     stream.parameter(name=STREAM_TOKEN_PARAMETER, value=stream_token)
+    if outbound_id is not None:
+        stream.parameter(name=OUTBOUND_PARAMETER, value=outbound_id)
     response.append(connect)
     return str(response)
 

@@ -1,1 +1,1 @@
-"""Outbound calls: placing them, answering-machine handling, campaigns, do-not-call."""
+"""Outbound calls: placing one call, answering-machine detection, do-not-call and opt-out."""

@@ -1,0 +1,270 @@
+"""Placing one outbound call, and the outcome it leaves: the interface campaigns build on.
+
+The bridge issues an outbound id before dialling and binds the call's stream token to it, since
+Twilio's CallSid is only known once the create request returns. The call is created with inline
+TwiML (the same `<Connect><Stream>` as an inbound call) and asynchronous answering-machine detection;
+the AMD result and the call's status reach us on signed callbacks, which name the outbound id.
+
+An outcome fires once per call, when it is final: Twilio's status callback says `completed`,
+`busy`, `no-answer`, `failed` or `canceled`, combined with the AMD result (and, for a call the
+bridge spoke on, with whether the callee opted out). A number on the do-not-call list is never
+dialled: `place` raises `OutboundRefused("do-not-call")` and listeners get a `do-not-call` outcome
+with no CallSid, so a campaign that writes outcomes from its listener alone records it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..call import Call
+from ..call_control import Dialled
+from ..config import CallProfile, Settings
+from ..errors import ConfigError, TwilioCallGone, TwilioRestError
+from ..security import issue_stream_token
+from ..summary import CallSummary
+from ..switchboard import Switchboard
+from ..tls import tls_context
+from ..twilio_rest import TwilioRest
+from ..webhook import OUTBOUND_AMD_PATH, OUTBOUND_STATUS_PATH, STREAM_ENDED_PATH, STREAM_STATUS_PATH, stream_twiml
+from .amd import OutcomeKind, outcome_of, voicemail_instructions
+from .do_not_call import DoNotCall, record_outcome
+from .placeholders import MissingPlaceholder, fill
+
+__all__ = ["OutboundCalls", "OutboundOutcome", "OutboundRefused", "OutboundRequest", "OutcomeKind", "PlacedCall"]
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+CALL_END_WAIT_S = 15.0
+"""How long a final status waits for the live call's own end (its summary says whether the person opted out)."""
+
+
+@dataclass(frozen=True)
+class OutboundRequest:
+    from_number: str
+    """One of the bridge's numbers: its `[numbers]` table is the call's profile."""
+    to_number: str
+    context: Mapping[str, str] = field(default_factory=dict)
+    """Fills the `{name}` placeholders of the instructions, greeting and voicemail message."""
+    campaign_row: str | None = None
+    """An opaque id the campaign runner passes; echoed in the outcome."""
+
+
+@dataclass(frozen=True)
+class PlacedCall:
+    outbound_id: str
+    """The id the bridge issued before dialling (the stream token is bound to it)."""
+    call_sid: str
+
+
+class OutboundRefused(Exception):
+    """The call was not placed; `reason` says why ("do-not-call", "unknown-number", "missing-placeholder: name", ...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class OutboundOutcome:
+    outbound_id: str
+    call_sid: str | None
+    campaign_row: str | None
+    outcome: OutcomeKind
+    amd_result: str | None
+    """Twilio's `AnsweredBy` (human, unknown, machine_end_beep, fax, ...), if detection gave one."""
+
+
+OutcomeListener = Callable[[OutboundOutcome], None]
+
+
+@dataclass
+class _Placed:
+    """One call the bridge placed, from the dial to its outcome."""
+
+    outbound_id: str
+    request: OutboundRequest
+    profile: CallProfile
+    dialled: Dialled
+    call_sid: str | None = None
+    amd_result: str | None = None
+    call: Call | None = None
+    final_status: str | None = None
+    done: bool = False
+
+
+class OutboundCalls:
+    """Places calls for one server (on `app.state.outbound`), routes their callbacks and reports their outcomes."""
+
+    def __init__(self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall, log_path: Path | None) -> None:
+        self.do_not_call = do_not_call
+        self._settings = settings
+        self._switchboard = switchboard
+        self._log_path = log_path
+        self._placed: dict[str, _Placed] = {}
+        self._listeners: list[OutcomeListener] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add_outcome_listener(self, listener: Callable[[OutboundOutcome], None]) -> None:
+        self._listeners.append(listener)
+
+    def prepare(self, request: OutboundRequest) -> tuple[CallProfile, Dialled]:
+        """The call's profile with its placeholders filled; raises `OutboundRefused` before anything is dialled."""
+        config = self._switchboard.config
+        number = config.numbers.get(request.from_number)
+        if number is None:
+            raise OutboundRefused("unknown-number")
+        context = dict(request.context)
+        try:
+            instructions = fill(number.instructions, context)
+            greeting = fill(number.greeting, context) if number.greeting else None
+            message = fill(number.voicemail_message, context) if number.voicemail_message else None
+        except MissingPlaceholder as missing:
+            raise OutboundRefused(f"missing-placeholder: {missing.name}") from None
+        profile = number.model_copy(update={
+            "instructions": instructions, "greeting": greeting, "voicemail_message": message, "opt_out": True,
+        })
+        return profile, Dialled(voicemail_instructions(instructions, message, context))
+
+    async def place(self, request: OutboundRequest) -> PlacedCall:
+        """Dial `request.to_number` from `request.from_number`; raises `OutboundRefused` when it is not placed."""
+        profile, dialled = self.prepare(request)
+        outbound_id = "OB" + secrets.token_hex(12)
+        placed = _Placed(outbound_id, request, profile, dialled)
+        if await self.do_not_call.contains(request.to_number):
+            self._report(placed, "do-not-call")
+            raise OutboundRefused("do-not-call")
+        self._placed[outbound_id] = placed
+        base = self._settings.public_url.rstrip("/")
+        token = issue_stream_token(self._settings.stream_token_secret, outbound_id, request.from_number, time.time())
+        twiml = stream_twiml(
+            self._settings.media_stream_url, request.from_number, token, base + STREAM_ENDED_PATH, base + STREAM_STATUS_PATH,
+            outbound_id=outbound_id,
+        )
+        try:
+            async with TwilioRest.from_settings(self._settings, None, tls=await tls_context()) as rest:
+                account_sid = self._settings.twilio_account_sid or ""
+                answer = await rest.create_call(
+                    account_sid, To=request.to_number, From=request.from_number, Twiml=twiml,
+                    MachineDetection="DetectMessageEnd", AsyncAmd="true",
+                    AsyncAmdStatusCallback=f"{base}{OUTBOUND_AMD_PATH}?outbound={outbound_id}",
+                    AsyncAmdStatusCallbackMethod="POST",
+                    StatusCallback=f"{base}{OUTBOUND_STATUS_PATH}?outbound={outbound_id}", StatusCallbackMethod="POST",
+                    StatusCallbackEvent="completed",
+                )
+        except (TwilioRestError, ConfigError) as error:
+            del self._placed[outbound_id]
+            log.warning("outbound call %s to %s: Twilio did not place it: %s", outbound_id, request.to_number, error)
+            self._report(placed, "failed")
+            raise OutboundRefused(f"twilio: {error}") from None
+        placed.call_sid = str(answer.get("sid") or "")
+        log.info("outbound call %s placed: %s", outbound_id, placed.call_sid, extra={"call_sid": placed.call_sid})
+        return PlacedCall(outbound_id, placed.call_sid)
+
+    async def find_call(self, call_sid: str) -> dict[str, Any] | None:
+        """Twilio's record of a call (GET Calls/{sid}.json), for reconciliation after a crash; `None` if Twilio has none."""
+        try:
+            async with TwilioRest.from_settings(self._settings, None, tls=await tls_context()) as rest:
+                return await rest.fetch_call(self._settings.twilio_account_sid or "", call_sid)
+        except TwilioCallGone:
+            return None
+
+    # The media stream and Twilio's callbacks.
+    def connect(self, outbound_id: str, call_sid: str, stream_id: str) -> Call | None:
+        """The stream of a placed call arrived (its token checked): the call's session opens now."""
+        placed = self._placed.get(outbound_id)
+        if placed is None or placed.call is not None:
+            return None
+        placed.call_sid = placed.call_sid or call_sid
+        request = placed.request
+        call = self._switchboard.claim_outbound(
+            call_sid, stream_id, request.from_number, request.to_number, placed.profile, placed.dialled
+        )
+        placed.call = call
+        if call is not None and placed.amd_result is not None:
+            call.answered_by(placed.amd_result)
+        return call
+
+    def amd_result(self, outbound_id: str, answered_by: str) -> None:
+        """The asynchronous AMD callback: the live call hears who answered (or will, when its stream arrives)."""
+        placed = self._placed.get(outbound_id)
+        if placed is None or placed.amd_result is not None or not answered_by:
+            return
+        placed.amd_result = answered_by
+        log.info("outbound call %s: answered by %s", placed.call_sid, answered_by, extra={"call_sid": placed.call_sid})
+        if placed.call is not None:
+            placed.call.answered_by(answered_by)
+
+    def status(self, outbound_id: str, call_status: str) -> None:
+        """A status callback; a final one reports the outcome, once the live call (if any) has ended too."""
+        placed = self._placed.get(outbound_id)
+        if placed is None or call_status not in FINAL_STATUSES or placed.final_status is not None:
+            return
+        placed.final_status = call_status
+        task = asyncio.get_running_loop().create_task(self._finish(placed))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def call_ended(self, summary: CallSummary) -> None:
+        """Every call's end: a person who opted out goes on the do-not-call list."""
+        if summary.direction != "outbound" or not summary.opted_out:
+            return
+        task = asyncio.get_running_loop().create_task(self._opted_out(summary.caller_number, summary.call_sid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _opted_out(self, number: str, call_sid: str) -> None:
+        await self.do_not_call.add(number, f"opted out on call {call_sid}")
+
+    async def _finish(self, placed: _Placed) -> None:
+        call = placed.call
+        if call is not None:
+            try:
+                await asyncio.wait_for(call.ended.wait(), CALL_END_WAIT_S)
+            except TimeoutError:
+                log.warning("outbound call %s: Twilio says it ended, but its stream is still open", placed.call_sid)
+        opted_out = call is not None and call.ended.is_set() and call.summary().opted_out
+        self._report(placed, outcome_of(placed.final_status or "failed", placed.amd_result, opted_out))
+        self._placed.pop(placed.outbound_id, None)
+
+    def _report(self, placed: _Placed, outcome: OutcomeKind) -> None:
+        if placed.done:
+            return
+        placed.done = True
+        result = OutboundOutcome(placed.outbound_id, placed.call_sid, placed.request.campaign_row, outcome, placed.amd_result)
+        log.info("outbound call %s to %s: %s", placed.outbound_id, placed.request.to_number, outcome,
+                 extra={"call_sid": placed.call_sid})
+        if self._log_path is not None:
+            row = {
+                "outbound_id": placed.outbound_id, "call_sid": placed.call_sid, "from_number": placed.request.from_number,
+                "to_number": placed.request.to_number, "campaign_row": placed.request.campaign_row,
+                "ended_at": datetime.now(UTC).isoformat(), "outcome": outcome, "amd_result": placed.amd_result,
+            }
+            task = asyncio.get_running_loop().create_task(self._keep(row))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        for listener in self._listeners:
+            try:
+                listener(result)
+            except Exception:  # one listener's failure must not hide the outcome from the others
+                log.exception("an outbound outcome listener failed")
+
+    async def _keep(self, row: dict[str, str | None]) -> None:
+        assert self._log_path is not None
+        try:
+            await asyncio.to_thread(record_outcome, self._log_path, row)
+        except sqlite3.Error as error:
+            log.warning("the outcome of outbound call %s was not kept in the call log: %s", row["outbound_id"], error)
+
