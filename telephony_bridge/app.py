@@ -21,12 +21,14 @@ from starlette.requests import ClientDisconnect
 
 from . import callbacks
 from .admin import admin_router
+from .admin.campaigns import campaigns_router
 from .call_log import CallLog
 from .call_updates import CallUpdates
 from .config import BridgeConfig, Settings
 from .events import StreamStarted
 from .media_stream import TwilioInbound
 from .metrics import BridgeMetrics
+from .outbound.campaigns import start_campaigns
 from .recording import CallRecordings
 from .reload import ConfigReloader
 from .security import issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
@@ -100,7 +102,14 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 call_log.stream_error(error)
 
         app.state.stream_failed = stream_failed
+        placing = getattr(app.state, "outbound", None)
+        app.state.campaigns = (
+            await start_campaigns(Path(config.call_log.path), placing, switchboard)
+            if config.call_log.path and placing is not None else None
+        )
         yield
+        if app.state.campaigns is not None:
+            await app.state.campaigns.stop()
         await switchboard.end_all("bridge shutting down")
         await asyncio.to_thread(recordings.close)
         if call_log is not None:
@@ -110,6 +119,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
 
     app = FastAPI(title="telephony-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(admin_router(settings.admin_token))
+    app.include_router(campaigns_router(settings.admin_token))
 
     def public_url(headers: Mapping[str, str], *, websocket: bool, path: str | None = None) -> str:
         """The URL Twilio called (and signed): from PUBLIC_URL, or from a trusted proxy's forwarded headers."""

@@ -16,6 +16,7 @@ import json
 import re
 import tempfile
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -47,8 +48,8 @@ END_WAIT_S = 10.0
 """How long ending a call waits for it to end: Twilio's answer (its retries take at most about 3 s) and the stream's stop."""
 
 
-def admin_router(token: str | None) -> APIRouter:
-    """The routes under `/admin`, guarded by `token` (`None`: the API is off and every route answers 404)."""
+def bearer_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:
+    """The dependency every admin route has: `Authorization: Bearer <token>`, or 401 (404 when `token` is `None`)."""
     expected = token.encode("utf-8") if token else None
 
     async def require_token(request: Request) -> None:
@@ -58,7 +59,12 @@ def admin_router(token: str | None) -> APIRouter:
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode("utf-8"), expected):
             raise HTTPException(401, "a valid admin token is required", headers={"WWW-Authenticate": "Bearer"})
 
-    router = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
+    return require_token
+
+
+def admin_router(token: str | None) -> APIRouter:
+    """The routes under `/admin`, guarded by `token` (`None`: the API is off and every route answers 404)."""
+    router = APIRouter(prefix="/admin", dependencies=[Depends(bearer_guard(token))])
     wavs: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
 
     @router.get("/calls/live")

@@ -247,10 +247,10 @@ class Campaign:
             moved = row.moved("final", **changes)
         return self._put(moved)
 
-    def lost(self, position: int) -> Row:
-        """Found dialling with no call SID after a restart: never dialled again, left for an operator."""
+    def lost(self, position: int, detail: str = "the bridge stopped while placing this call; check Twilio's call log") -> Row:
+        """Found dialling after a restart with no call SID (or one Twilio does not know): never dialled again."""
         row = self.rows[position]
-        return self._put(row.moved("lost", detail="the bridge stopped while placing this call; check Twilio's call log"))
+        return self._put(row.moved("lost", detail=detail))
 
     def finish_if_settled(self) -> bool:
         """Move to `finished` once every row is settled; True when it just did."""

@@ -74,8 +74,16 @@ class CampaignStore:
         return self._connection
 
     async def open(self) -> None:
-        """Create the file or bring its schema up to date; raises `sqlite3.Error` or `CallLogError` if it cannot."""
-        await self._run(self._db)
+        """Create the file or bring its schema up to date; raises `sqlite3.Error` or `CallLogError` if it cannot.
+
+        Tried twice: the call log's own thread opens the same file at start, and one of two connections
+        migrating the schema at once finds the other's tables there.
+        """
+        try:
+            await self._run(self._db)
+        except sqlite3.Error:
+            await asyncio.sleep(0.5)
+            await self._run(self._db)
 
     async def close(self) -> None:
         def close() -> None:
@@ -123,13 +131,16 @@ class CampaignStore:
                  row.outcome, row.detail, row.call_sid, row.amd_result, now.isoformat(), row.campaign_id, row.position),
             )
 
-    async def set_state(self, campaign_id: str, state: CampaignState) -> None:
-        def write() -> None:
-            db = self._db()
-            with db:
-                db.execute("UPDATE campaigns SET state = ? WHERE campaign_id = ?", (state.value, campaign_id))
+    def set_state_soon(self, campaign_id: str, state: CampaignState) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().run_in_executor(self._worker, self._set_state, campaign_id, state)
 
-        await self._run(write)
+    async def set_state(self, campaign_id: str, state: CampaignState) -> None:
+        await self.set_state_soon(campaign_id, state)
+
+    def _set_state(self, campaign_id: str, state: CampaignState) -> None:
+        db = self._db()
+        with db:
+            db.execute("UPDATE campaigns SET state = ? WHERE campaign_id = ?", (state.value, campaign_id))
 
     async def unfinished(self) -> list[Campaign]:
         """Every campaign not finished, with its rows: what a starting bridge takes up again."""
