@@ -29,6 +29,8 @@ from .events import StreamStarted
 from .media_stream import TwilioInbound
 from .metrics import BridgeMetrics
 from .outbound.campaigns import start_campaigns
+from .outbound.do_not_call import DoNotCall
+from .outbound.placing import OutboundCalls
 from .recording import CallRecordings
 from .reload import ConfigReloader
 from .security import issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
@@ -39,6 +41,9 @@ from .transfers import Transfers
 from .webhook import (
     CALLED_NUMBER_PARAMETER,
     DIAL_ENDED_PATH,
+    OUTBOUND_AMD_PATH,
+    OUTBOUND_PARAMETER,
+    OUTBOUND_STATUS_PATH,
     STREAM_ENDED_PATH,
     STREAM_STATUS_PATH,
     STREAM_TOKEN_PARAMETER,
@@ -82,12 +87,19 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             metrics.call_ended(summary)
             if call_log is not None:
                 call_log.call_ended(summary)
+            outbound.call_ended(summary)
 
         switchboard = Switchboard(
             config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=call_ended,
             on_latency=metrics.observe_latency, call_updates=CallUpdates(settings, Transfers(clock)),
         )
         metrics.watch(switchboard)
+        log_path = Path(config.call_log.path) if config.call_log.path else None
+        if log_path is None:
+            log.warning("no call log file: the do-not-call list is kept in memory and lost at restart")
+        outbound = OutboundCalls(settings, switchboard, DoNotCall(log_path), log_path)
+        outbound.add_outcome_listener(metrics.outbound_outcome)
+        app.state.outbound = outbound
         metrics.config_loaded(config.digest)
         app.state.reloader = ConfigReloader(
             settings.config_path, config, switchboard.reconfigure, metrics.config_reloaded, settings.realtime.dialect
@@ -102,15 +114,12 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 call_log.stream_error(error)
 
         app.state.stream_failed = stream_failed
-        placing = getattr(app.state, "outbound", None)
-        app.state.campaigns = (
-            await start_campaigns(Path(config.call_log.path), placing, switchboard)
-            if config.call_log.path and placing is not None else None
-        )
+        app.state.campaigns = await start_campaigns(log_path, outbound, switchboard) if log_path is not None else None
         yield
         if app.state.campaigns is not None:
             await app.state.campaigns.stop()
         await switchboard.end_all("bridge shutting down")
+        await outbound.close()
         await asyncio.to_thread(recordings.close)
         if call_log is not None:
             await asyncio.to_thread(call_log.close)
@@ -199,6 +208,24 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             stream_ended_url=public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH),
         ))
 
+    @app.post(OUTBOUND_AMD_PATH)
+    async def outbound_amd(request: Request) -> Response:
+        """`AsyncAmdStatusCallback` of a call the bridge placed: who answered reaches the live call."""
+        params = await signed_form(request)
+        if isinstance(params, Response):
+            return params
+        request.app.state.outbound.amd_result(request.query_params.get("outbound", ""), params.get("AnsweredBy", ""))
+        return Response(status_code=204)
+
+    @app.post(OUTBOUND_STATUS_PATH)
+    async def outbound_status(request: Request) -> Response:
+        """`StatusCallback` of a call the bridge placed: a final status makes its outcome."""
+        params = await signed_form(request)
+        if isinstance(params, Response):
+            return params
+        request.app.state.outbound.status(request.query_params.get("outbound", ""), params.get("CallStatus", ""))
+        return Response(status_code=204)
+
     def signed_by_twilio(url: str, params: dict[str, str], signature: str | None) -> bool:
         if settings.twilio_auth_token is None:
             log.warning("accepting an unsigned request to %s: the bridge runs with --insecure", url)
@@ -281,11 +308,16 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         parameters = started.custom_parameters
         called_number = parameters.get(CALLED_NUMBER_PARAMETER, "")
         token = parameters.get(STREAM_TOKEN_PARAMETER, "")
-        if not stream_token_valid(settings.stream_token_secret, token, started.call_sid, called_number, time.time()):
+        outbound_id = parameters.get(OUTBOUND_PARAMETER)
+        bound_to = outbound_id or started.call_sid  # an outbound call's token is bound to its id: no CallSid existed yet
+        if not stream_token_valid(settings.stream_token_secret, token, bound_to, called_number, time.time()):
             log.warning("media socket for call %s with a missing, forged or expired stream token", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)
             return
-        call = websocket.app.state.switchboard.claim(started.call_sid, called_number, stream_id_of(token))
+        if outbound_id:
+            call = websocket.app.state.outbound.connect(outbound_id, started.call_sid, stream_id_of(token))
+        else:
+            call = websocket.app.state.switchboard.claim(started.call_sid, called_number, stream_id_of(token))
         if call is None:
             log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)

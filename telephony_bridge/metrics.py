@@ -29,6 +29,7 @@ from prometheus_client.utils import floatToGoString
 from .summary import CallCounters, CallSummary
 
 if TYPE_CHECKING:
+    from .outbound.placing import OutboundOutcome
     from .switchboard import Switchboard
 
 Refusal = Literal["busy", "drained"]
@@ -147,6 +148,19 @@ class BridgeMetrics:
             ["code"],
             registry=self.registry,
         )
+        self._calls_by_direction = Counter(
+            "telephony_bridge_calls_by_direction",
+            "Calls that reached the bridge by direction (inbound, outbound) and how they ended.",
+            ["direction", "outcome"],
+            registry=self.registry,
+        )
+        self._outbound = Counter(
+            "telephony_bridge_outbound_calls",
+            "Calls the bridge placed, by final outcome (human, voicemail, no-answer, busy, failed, fax, do-not-call, "
+            "opted-out).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._config_digest = ""
         self._ended = _Totals()
         self._response_latency = Buckets(RESPONSE_LATENCY_BUCKETS_S)
@@ -170,6 +184,7 @@ class BridgeMetrics:
     def call_ended(self, summary: CallSummary) -> None:
         """Fold an ended call's figures into the totals (part of the switchboard's `on_call_end` hook)."""
         self._calls.labels(summary.called_number, summary.outcome or "unknown").inc()
+        self._calls_by_direction.labels(summary.direction, summary.outcome or "unknown").inc()
         for transfer in summary.transfers:
             self._transfers.labels(transfer.target_name, str(transfer.connected).lower()).inc()
         self._ended.add(summary)
@@ -179,6 +194,10 @@ class BridgeMetrics:
             self._truncate_points.observe(seconds)
         for seconds in _tool_latencies_s(summary):
             self._tool_latency.observe(seconds)
+
+    def outbound_outcome(self, outcome: OutboundOutcome) -> None:
+        """An outcome listener of the server's `OutboundCalls`."""
+        self._outbound.labels(outcome.outcome).inc()
 
     def call_refused(self, called_number: str, refusal: Refusal) -> None:
         self._calls.labels(called_number, refusal).inc()

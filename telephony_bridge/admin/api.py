@@ -30,6 +30,7 @@ from ..call_log import CallQuery, CallRecord, find_call, search_calls
 from ..config import MAX_SPOKEN_CHARS
 from ..errors import CallLogError, RecordingError
 from ..logs import mask_number
+from ..outbound.placing import OutboundCalls, OutboundRefused, OutboundRequest
 from ..recording import export_wav, read_recording
 from ..reload import ConfigReloader
 from ..switchboard import Switchboard
@@ -171,6 +172,42 @@ def admin_router(token: str | None) -> APIRouter:
             return JSONResponse({"call_sid": call_sid, "ended": False}, status_code=202)
         return JSONResponse(_ended_json(call))
 
+    @router.post("/calls")
+    async def place_call(request: Request) -> JSONResponse:
+        """Place one outbound call: JSON `{"from", "to", "context"}`; 201 with its ids, 409 when refused (do-not-call...)."""
+        body = await _json_body(request)
+        context = body.get("context") or {}
+        if not isinstance(body.get("from"), str) or not isinstance(body.get("to"), str) or not isinstance(context, dict) \
+                or not all(isinstance(value, str) for value in context.values()):
+            raise HTTPException(400, 'the body must be JSON {"from": "+E164", "to": "+E164", "context": {"name": "text"}}')
+        outbound: OutboundCalls = request.app.state.outbound
+        try:
+            placed = await outbound.place(OutboundRequest(body["from"], body["to"], context))
+        except OutboundRefused as refused:
+            return JSONResponse({"refused": refused.reason}, status_code=409)
+        return JSONResponse({"outbound_id": placed.outbound_id, "call_sid": placed.call_sid}, status_code=201)
+
+    @router.get("/dnc")
+    async def dnc_list(request: Request) -> JSONResponse:
+        return JSONResponse({"numbers": await request.app.state.outbound.do_not_call.numbers()})
+
+    @router.post("/dnc")
+    async def dnc_add(request: Request) -> JSONResponse:
+        number = (await _json_body(request)).get("number")
+        if not isinstance(number, str) or not number:
+            raise HTTPException(400, 'the body must be JSON {"number": "+E164"}')
+        added = await request.app.state.outbound.do_not_call.add(number, "admin API")
+        return JSONResponse({"number": number, "added": added}, status_code=201 if added else 200)
+
+    @router.delete("/dnc")
+    async def dnc_remove(request: Request) -> JSONResponse:
+        number = (await _json_body(request)).get("number")
+        if not isinstance(number, str) or not number:
+            raise HTTPException(400, 'the body must be JSON {"number": "+E164"}')
+        if not await request.app.state.outbound.do_not_call.remove(number):
+            raise HTTPException(404, f"{number} is not on the do-not-call list")
+        return JSONResponse({"number": number, "removed": True})
+
     @router.get("/numbers")
     async def numbers(request: Request) -> JSONResponse:
         config = request.app.state.switchboard.config
@@ -190,6 +227,16 @@ def admin_router(token: str | None) -> APIRouter:
         return JSONResponse({"ok": True, "config_hash": outcome.digest, "restart_needed": list(outcome.restart_needed)})
 
     return router
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise HTTPException(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "the body must be a JSON object")
+    return body
 
 
 async def _goodbye(request: Request) -> str:

@@ -655,6 +655,11 @@ class SimulatedCall:
             self._start_runner(self.twiml, self.public_url + "/twilio/voice")
         return response
 
+    def follow(self, twiml: str) -> None:
+        """Run TwiML given inline (an outbound call's ``Twiml=``) in the background, as Twilio does once the callee answers."""
+        self._read_twiml(twiml)
+        self._start_runner(twiml, self.public_url + "/")
+
     async def redirect(self, twiml: str) -> None:
         """New TwiML for the live call (REST ``Twiml=``): its stream gets ``stop``, what it was doing
         (the old TwiML's next verbs included) is dropped, and the new TwiML runs."""

@@ -1,0 +1,260 @@
+"""Outbound calls over real sockets: the bridge places a call through the Twilio REST stand-in, which answers it with a
+simulated person or machine, streams it to the bridge and posts the signed AMD and status callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from support import API_KEY, AUTH_TOKEN, PUBLIC_URL
+from telephony_bridge.app import create_app
+from telephony_bridge.config import parse_config, settings_from_env
+from telephony_bridge.outbound.placing import OutboundCalls, OutboundOutcome, OutboundRefused, OutboundRequest
+from telephony_bridge.server import tcp_listener, uvicorn_config
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
+from telephony_bridge.testing.twilio_api import Answerer, TwilioApiSimulator
+
+ADMIN_TOKEN = "admin-token-for-outbound-tests"
+CLINIC = "+14155550100"
+PATIENT = "+15557654321"
+
+CONFIG = f"""
+[defaults]
+instructions = "You answer the phone."
+[defaults.turn_detection]
+silence_duration_ms = 300
+
+[numbers."{CLINIC}"]
+instructions = "You are the reminder line of Bright Smile Dental, calling {{name}}."
+greeting = "Hello {{name}}, this is Bright Smile Dental about your appointment on {{appointment}}."
+voicemail_message = "Hi {{name}}, Bright Smile Dental here: your appointment is on {{appointment}}. Goodbye."
+
+[call_log]
+path = "LOG"
+"""
+CONTEXT = {"name": "Ada", "appointment": "Tue 10:00"}
+
+
+@dataclass
+class Line:
+    bridge: str
+    api: TwilioApiSimulator
+    outbound: OutboundCalls
+    outcomes: list[OutboundOutcome]
+    admin: httpx.AsyncClient
+    log: Path
+
+    async def outcome(self, timeout: float = 10.0) -> OutboundOutcome:
+        async with asyncio.timeout(timeout):
+            while not self.outcomes:
+                await asyncio.sleep(0.02)
+        return self.outcomes[0]
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    listener = tcp_listener("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        listener.close()
+
+
+@asynccontextmanager
+async def line(realtime: RealtimeSimulator, tmp_path: Path) -> AsyncIterator[Line]:
+    log = tmp_path / "calls.db"
+    config = parse_config(CONFIG.replace("LOG", str(log)), "outbound.toml")
+    async with TwilioApiSimulator(auth_token=AUTH_TOKEN) as api:
+        settings = settings_from_env({
+            "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": API_KEY, "REALTIME_URL": realtime.url,
+            "TWILIO_API_URL": api.url, "TWILIO_ACCOUNT_SID": api.account_sid, "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN,
+        })
+        app = create_app(settings, config)
+        async with serve(app) as bridge:
+            api.place_calls_on(bridge, PUBLIC_URL)
+            outcomes: list[OutboundOutcome] = []
+            app.state.outbound.add_outcome_listener(outcomes.append)
+            headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            async with httpx.AsyncClient(base_url=bridge, headers=headers, timeout=30) as admin:
+                yield Line(bridge, api, app.state.outbound, outcomes, admin, log)
+
+
+def response_creates(realtime: RealtimeSimulator) -> list[dict[str, object]]:
+    return realtime.sessions[0].events("response.create") if realtime.sessions else []
+
+
+async def test_a_person_hears_silence_until_amd_says_human_then_the_greeting(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    async with line(realtime, tmp_path) as ln:
+        placed = await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT, campaign_row="row-7"))
+        session = await realtime.wait_for_session(0)
+        first_update = await session.wait_for("session.update")
+        assert first_update["session"]["audio"]["input"]["turn_detection"]["create_response"] is False
+        (callee,) = await ln.api.wait_placed(1)
+        await session.wait_for("input_audio_buffer.speech_stopped", sent=True, timeout=10)
+        assert response_creates(realtime) == []  # the "hello?" was heard, and not answered on the service's own account
+        assert callee.call is not None and callee.call.heard_ms() == 0
+        await session.wait_for("response.create", timeout=10)
+        greeting = response_creates(realtime)[0]["response"]["instructions"]
+        assert "Hello Ada, this is Bright Smile Dental about your appointment on Tue 10:00." in greeting
+        assert "calling Ada." in greeting
+        await callee.call.wait_heard(200, timeout=10)
+        assert callee.amd_sent_at is not None and callee.call.playback[0][0] > callee.amd_sent_at
+        updates = session.events("session.update")
+        assert updates[-1]["session"]["audio"]["input"]["turn_detection"]["create_response"] is True
+        await callee.call.hang_up()
+        outcome = await ln.outcome()
+    assert (outcome.outbound_id, outcome.call_sid, outcome.campaign_row) == (placed.outbound_id, placed.call_sid, "row-7")
+    assert (outcome.outcome, outcome.amd_result) == ("human", "human")
+    created = ln.api.created[0]
+    assert (created["MachineDetection"], created["AsyncAmd"]) == ("DetectMessageEnd", "true")
+    assert created["AsyncAmdStatusCallback"].startswith(PUBLIC_URL + "/twilio/outbound-amd?outbound=")
+    with sqlite3.connect(ln.log) as db:
+        row = db.execute("SELECT direction, from_number, to_number, amd_result FROM calls").fetchone()
+        kept = db.execute("SELECT outcome, amd_result, campaign_row FROM outbound_calls").fetchone()
+    assert row == ("outbound", CLINIC, PATIENT, "human")
+    assert kept == ("human", "human", "row-7")
+
+
+async def test_unknown_is_treated_as_a_person(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    async with line(realtime, tmp_path) as ln:
+        ln.api.answerers[PATIENT] = Answerer("person", amd_result="unknown")
+        await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        session = await realtime.wait_for_session(0)
+        create = await session.wait_for("response.create", timeout=10)
+        assert "Hello Ada" in create["response"]["instructions"]
+        (callee,) = await ln.api.wait_placed(1)
+        assert callee.call is not None
+        await callee.call.hang_up()
+        outcome = await ln.outcome()
+    assert (outcome.outcome, outcome.amd_result) == ("human", "unknown")
+
+
+async def test_a_fax_is_hung_up_on_without_a_word(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    async with line(realtime, tmp_path) as ln:
+        ln.api.answerers[PATIENT] = Answerer("fax")
+        await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        outcome = await ln.outcome()
+        hang_ups = [r for r in ln.api.requests if r.method == "POST" and r.params.get("Status") == "completed"]
+    assert (outcome.outcome, outcome.amd_result) == ("fax", "fax")
+    assert len(hang_ups) == 1
+    assert response_creates(realtime) == []
+
+
+async def test_a_voicemail_gets_the_message_after_the_beep_then_the_rest_hang_up(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    async with line(realtime, tmp_path) as ln:
+        ln.api.answerers[PATIENT] = Answerer("voicemail", greeting_ms=1500)
+        await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        session = await realtime.wait_for_session(0)
+        create = await session.wait_for("response.create", timeout=15)
+        (callee,) = await ln.api.wait_placed(1)
+        outcome = await ln.outcome(timeout=20)
+    message = create["response"]["instructions"]
+    assert "Leave exactly this message" in message and "your appointment is on Tue 10:00" in message
+    assert callee.call is not None and callee.amd_sent_at is not None
+    assert callee.call.playback and callee.call.playback[0][0] > callee.amd_sent_at  # the message came after the beep
+    hang_up = next(r for r in ln.api.requests if r.params.get("Status") == "completed")
+    assert callee.call.heard_ms() >= 2900  # the simulator's 3 s answer played in full before the hang-up
+    assert hang_up.at >= callee.call.playback[0][0] + 2.9
+    assert (outcome.outcome, outcome.amd_result) == ("voicemail", "machine_end_beep")
+
+
+@pytest.mark.parametrize("kind", ["busy", "no-answer", "failed"])
+async def test_a_callee_who_never_answers_gets_its_outcome_and_no_stream(
+    realtime: RealtimeSimulator, tmp_path: Path, kind: str
+) -> None:
+    async with line(realtime, tmp_path) as ln:
+        ln.api.answerers[PATIENT] = Answerer(kind)  # type: ignore[arg-type]
+        placed = await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        outcome = await ln.outcome()
+        record = await ln.outbound.find_call(placed.call_sid)
+    assert (outcome.outcome, outcome.amd_result, outcome.call_sid) == (kind, None, placed.call_sid)
+    assert realtime.sessions == []
+    assert record is not None and record["status"] == kind
+
+
+async def test_a_number_on_the_do_not_call_list_is_never_dialled(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    async with line(realtime, tmp_path) as ln:
+        added = await ln.admin.post("/admin/dnc", json={"number": PATIENT})
+        with pytest.raises(OutboundRefused) as refused:
+            await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT, campaign_row="r1"))
+        by_api = await ln.admin.post("/admin/calls", json={"from": CLINIC, "to": PATIENT, "context": CONTEXT})
+        listed = (await ln.admin.get("/admin/dnc")).json()["numbers"]
+        removed = await ln.admin.request("DELETE", "/admin/dnc", json={"number": PATIENT})
+    assert added.status_code == 201 and removed.status_code == 200
+    assert refused.value.reason == "do-not-call"
+    assert by_api.status_code == 409 and by_api.json() == {"refused": "do-not-call"}
+    assert [entry["number"] for entry in listed] == [PATIENT]
+    assert ln.api.created == []
+    assert [(o.outcome, o.call_sid, o.campaign_row) for o in ln.outcomes] == [("do-not-call", None, "r1"), ("do-not-call", None, None)]
+
+
+async def test_a_callee_who_opts_out_is_added_to_the_list_and_the_call_ends(tmp_path: Path) -> None:
+    answers = [ScriptedAnswer(speech_like_pcm16(400), "Sorry to bother you, goodbye.", calls=(ScriptedCall("opt_out", {}),))]
+    async with RealtimeSimulator(answers=answers, speed=8.0) as realtime, line(realtime, tmp_path) as ln:
+        await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        session = await realtime.wait_for_session(0)
+        tools = (await session.wait_for("session.update"))["session"]["tools"]
+        outcome = await ln.outcome(timeout=15)
+        listed = (await ln.admin.get("/admin/dnc")).json()["numbers"]
+    assert "opt_out" in [tool["name"] for tool in tools]
+    assert outcome.outcome == "opted-out"
+    assert [entry["number"] for entry in listed] == [PATIENT]
+    assert listed[0]["source"].startswith("opted out on call CA")
+
+
+async def test_placeholders_are_filled_and_a_missing_one_is_refused_before_dialling(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    async with line(realtime, tmp_path) as ln:
+        with pytest.raises(OutboundRefused) as refused:
+            await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, {"name": "Ada"}))
+        with pytest.raises(OutboundRefused) as unknown:
+            await ln.outbound.place(OutboundRequest("+15550009999", PATIENT, CONTEXT))
+        profile, dialled = ln.outbound.prepare(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+    assert refused.value.reason == "missing-placeholder: appointment"
+    assert unknown.value.reason == "unknown-number"
+    assert ln.api.created == []
+    assert profile.instructions == "You are the reminder line of Bright Smile Dental, calling Ada."
+    assert "{" not in (profile.greeting or "") and "Tue 10:00" in dialled.voicemail_instructions
+
+
+async def test_the_admin_api_places_a_call_with_the_token_and_refuses_without_it(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    async with line(realtime, tmp_path) as ln:
+        body = {"from": CLINIC, "to": PATIENT, "context": CONTEXT}
+        async with httpx.AsyncClient(base_url=ln.bridge) as anonymous:
+            without = await anonymous.post("/admin/calls", json=body)
+            wrong = await anonymous.post("/admin/calls", json=body, headers={"Authorization": "Bearer nope"})
+            dnc_without = await anonymous.get("/admin/dnc")
+        placed = await ln.admin.post("/admin/calls", json=body)
+        missing = await ln.admin.post("/admin/calls", json={"from": CLINIC, "to": PATIENT})
+        (callee,) = await ln.api.wait_placed(1)
+        await realtime.wait_for_session(0)
+        assert callee.call is not None
+        await callee.call.wait_for_step("stream-opened")
+        await callee.call.hang_up()
+        await ln.outcome()
+    assert (without.status_code, wrong.status_code, dnc_without.status_code) == (401, 401, 401)
+    assert placed.status_code == 201 and placed.json()["call_sid"] == callee.call_sid
+    assert missing.status_code == 409 and missing.json() == {"refused": "missing-placeholder: name"}
+    assert len(ln.api.created) == 1
