@@ -8,7 +8,9 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,7 +98,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _admin_request(
-    args: argparse.Namespace, method: str, path: str, body: dict[str, str] | None = None
+    args: argparse.Namespace, method: str, path: str, body: Mapping[str, object] | None = None
 ) -> httpx.Response | None:
     """A request to a running bridge's admin API; `None` (and a line on stderr) when it cannot be made or is refused.
 
@@ -145,6 +147,62 @@ def _end_call(args: argparse.Namespace) -> int:
         return 1
     body = response.json()
     print(f"ended call {body['call_sid']} after {body['duration_s']:.0f} s: {body['outcome']} ({body['end_reason']})")
+    return 0
+
+
+def _place_call(args: argparse.Namespace) -> int:
+    """Place one outbound call through a running bridge's admin API: the bridge dials, so its media stream reaches it."""
+    context: dict[str, str] = {}
+    for pair in args.context:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            print(f"telephony-bridge: --context takes name=value, not {pair!r}", file=sys.stderr)
+            return 2
+        context[name] = value
+    response = _admin_request(args, "POST", "/admin/calls", {"from": args.from_number, "to": args.to_number, "context": context})
+    if response is None:
+        return 1
+    if response.status_code == 409:
+        print(f"telephony-bridge: the call was not placed: {response.json().get('refused')}", file=sys.stderr)
+        return 1
+    if response.status_code != 201:
+        print(f"telephony-bridge: {_detail(response) or f'HTTP {response.status_code}'}", file=sys.stderr)
+        return 1
+    body = response.json()
+    print(f"placed call {body['call_sid']} (outbound id {body['outbound_id']}) from {args.from_number} to {args.to_number}; "
+          "`calls` shows it once it has ended")
+    return 0
+
+
+def _dnc(args: argparse.Namespace) -> int:
+    """The do-not-call list in the call log's database: add, remove or list numbers."""
+    from .config import environment, load_config, settings_from_env
+    from .outbound.do_not_call import add_number, list_numbers, remove_number
+
+    config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
+    if not config.call_log.path:
+        print(f"telephony-bridge: the do-not-call list lives in the call log, which is off ([call_log] path is empty in "
+              f"{config.source})", file=sys.stderr)
+        return 2
+    path = Path(config.call_log.path)
+    try:
+        if args.dnc_command == "add":
+            new = add_number(path, args.number, "command line")
+            print(f"{args.number} {'added to' if new else 'is already on'} the do-not-call list")
+        elif args.dnc_command == "remove":
+            if not remove_number(path, args.number):
+                print(f"telephony-bridge: {args.number} is not on the do-not-call list", file=sys.stderr)
+                return 1
+            print(f"{args.number} removed from the do-not-call list")
+        else:
+            entries = list_numbers(path)
+            for entry in entries:
+                print(f"{entry['number']}  {entry['added_at'][:19]}  {entry['source']}")
+            if not entries:
+                print("the do-not-call list is empty")
+    except (sqlite3.Error, CallLogError) as error:
+        print(f"telephony-bridge: {path}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -446,6 +504,26 @@ def main(argv: list[str] | None = None) -> None:
                            help="a TwiML Bin (or any URL) for when the bridge is down (default: Twilio's echo Twimlet)")
     configure.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     twilio.set_defaults(run=_twilio, log_level="warning")
+
+    call = commands.add_parser(
+        "call", parents=[_common_options(), _config_option()],
+        help="place one outbound call through a running bridge (its admin API); the From number's table is the profile",
+    )
+    call.add_argument("--from", dest="from_number", required=True, metavar="NUMBER", help="one of the bridge's numbers")
+    call.add_argument("--to", dest="to_number", required=True, metavar="NUMBER", help="who to call, E.164")
+    call.add_argument("--context", action="append", default=[], metavar="NAME=VALUE",
+                      help="fills {NAME} in the instructions, greeting and voicemail message; repeat it")
+    call.add_argument("--url", default=DEFAULT_ADMIN_URL, help=f"the bridge's admin API (default: {DEFAULT_ADMIN_URL})")
+    call.set_defaults(run=_place_call, log_level="warning")
+
+    dnc = commands.add_parser(
+        "dnc", parents=[_common_options(), _config_option()], help="the do-not-call list (in the call log's database)"
+    )
+    dnc_commands = dnc.add_subparsers(dest="dnc_command", required=True)
+    dnc_commands.add_parser("add", help="never call NUMBER").add_argument("number", metavar="NUMBER")
+    dnc_commands.add_parser("remove", help="take NUMBER off the list").add_argument("number", metavar="NUMBER")
+    dnc_commands.add_parser("list", help="every number on the list, with when and why it was added")
+    dnc.set_defaults(run=_dnc, log_level="warning")
 
     init_config = commands.add_parser(
         "init-config", parents=[_common_options()], help="write the commented example configuration to PATH"

@@ -4,7 +4,10 @@ simulated person or machine, streams it to the bridge and posts the signed AMD a
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -204,7 +207,9 @@ async def test_a_number_on_the_do_not_call_list_is_never_dialled(realtime: Realt
     assert by_api.status_code == 409 and by_api.json() == {"refused": "do-not-call"}
     assert [entry["number"] for entry in listed] == [PATIENT]
     assert ln.api.created == []
-    assert [(o.outcome, o.call_sid, o.campaign_row) for o in ln.outcomes] == [("do-not-call", None, "r1"), ("do-not-call", None, None)]
+    assert [(o.outcome, o.call_sid, o.campaign_row) for o in ln.outcomes] == [
+        ("do-not-call", None, "r1"), ("do-not-call", None, None),
+    ]
 
 
 async def test_a_callee_who_opts_out_is_added_to_the_list_and_the_call_ends(tmp_path: Path) -> None:
@@ -258,3 +263,41 @@ async def test_the_admin_api_places_a_call_with_the_token_and_refuses_without_it
     assert placed.status_code == 201 and placed.json()["call_sid"] == callee.call_sid
     assert missing.status_code == 409 and missing.json() == {"refused": "missing-placeholder: name"}
     assert len(ln.api.created) == 1
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("TWILIO_AUTH_TOKEN", "OPENAI_API_KEY", "BRIDGE_CONFIG")}
+    return subprocess.run([sys.executable, "-m", "telephony_bridge", *args], env={**clean, **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_the_dnc_command_adds_lists_and_removes_numbers_in_the_call_log(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text(CONFIG.replace("LOG", str(tmp_path / "calls.db")))
+    env = {"BRIDGE_CONFIG": str(config)}
+    added = run_cli("dnc", "add", PATIENT, env=env)
+    again = run_cli("dnc", "add", PATIENT, env=env)
+    listed = run_cli("dnc", "list", env=env)
+    removed = run_cli("dnc", "remove", PATIENT, env=env)
+    gone = run_cli("dnc", "remove", PATIENT, env=env)
+    assert (added.returncode, again.returncode, listed.returncode, removed.returncode) == (0, 0, 0, 0)
+    assert "is already on" in again.stdout
+    assert listed.stdout.startswith(PATIENT) and "command line" in listed.stdout
+    assert gone.returncode == 1 and "not on the do-not-call list" in gone.stderr
+
+
+async def test_the_call_command_places_a_call_through_the_admin_api(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    async with line(realtime, tmp_path) as ln:
+        env = {"BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN}
+        args = ("call", "--from", CLINIC, "--to", PATIENT, "--context", "name=Ada", "--context", "appointment=Tue 10:00",
+                "--url", ln.bridge)
+        result = await asyncio.to_thread(run_cli, *args, env=env)
+        refused = await asyncio.to_thread(run_cli, "call", "--from", CLINIC, "--to", PATIENT, "--url", ln.bridge, env=env)
+        (callee,) = await ln.api.wait_placed(1)
+        assert callee.call is not None
+        await callee.call.wait_for_step("stream-opened")
+        await callee.call.hang_up()
+        await ln.outcome()
+    assert result.returncode == 0, result.stderr
+    assert f"placed call {callee.call_sid}" in result.stdout
+    assert refused.returncode == 1 and "missing-placeholder: name" in refused.stderr
