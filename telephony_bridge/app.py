@@ -114,7 +114,10 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 call_log.stream_error(error)
 
         app.state.stream_failed = stream_failed
-        app.state.campaigns = await start_campaigns(log_path, outbound, switchboard) if log_path is not None else None
+        app.state.campaigns = (
+            await start_campaigns(log_path, outbound, switchboard, config.campaigns.reconcile_seconds)
+            if log_path is not None else None
+        )
         yield
         if app.state.campaigns is not None:
             await app.state.campaigns.stop()

@@ -399,6 +399,13 @@ class CallLogSettings(_Strict):
     """Empty: no call log."""
 
 
+class Campaigns(_Strict):
+    """Call lists run by the server (`telephony-bridge campaign`), in the call log's database."""
+
+    reconcile_seconds: float = Field(default=30.0, gt=0)
+    """How often a call left dialling by a stopped bridge is looked up in Twilio's record until it is over."""
+
+
 class _ConfigFile(_Strict):
     defaults: _NumberTable = _NumberTable()
     numbers: dict[str, _NumberTable] = {}
@@ -407,6 +414,7 @@ class _ConfigFile(_Strict):
     recording: Recording = Recording()
     logging: LogSettings = LogSettings()
     call_log: CallLogSettings = CallLogSettings()
+    campaigns: Campaigns = Campaigns()
 
 
 @dataclass(frozen=True)
@@ -421,6 +429,7 @@ class BridgeConfig:
     recording: Recording = Recording()
     logging: LogSettings = LogSettings()
     call_log: CallLogSettings = CallLogSettings()
+    campaigns: Campaigns = Campaigns()
     source: str = "<built-in defaults>"
     digest: str = hashlib.sha256(b"").hexdigest()
     """sha256 of the file's bytes (`config_digest`): shown in `/metrics` and the admin API, and after each reload."""
@@ -547,6 +556,7 @@ def parse_config(
         defaults=profiles["defaults"],
         numbers={number: profiles[f'numbers."{number}"'] for number in parsed.numbers},
         limits=parsed.limits, http=http, recording=parsed.recording, logging=parsed.logging, call_log=parsed.call_log,
+        campaigns=parsed.campaigns,
         source=source, digest=config_digest(text.encode("utf-8")),
     )
 

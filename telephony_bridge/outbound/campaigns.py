@@ -47,7 +47,8 @@ TIMEZONE_COLUMN = "timezone"
 """A row's column naming its callee's time zone (IANA); the other columns besides `to` are the call's context."""
 MAX_ROWS = 100_000
 RECONCILE_INTERVAL_S = 30.0
-"""How often a row found dialling after a restart asks Twilio's record of its call again, until the call is over."""
+"""How often a row found dialling after a restart asks Twilio's record of its call again, until the call is over
+(`[campaigns] reconcile_seconds`)."""
 BLOCKED_POLL_S = 1.0
 """How soon a campaign waiting for a free line looks again: calls end without telling the runner."""
 IDLE_WAKE_S = 60.0
@@ -327,10 +328,12 @@ def progress_counts(rows: Collection[Row]) -> Mapping[str, int]:
     return counts
 
 
-async def start_campaigns(path: Path, placing: Placing, switchboard: Switchboard) -> CampaignRunner:
+async def start_campaigns(
+    path: Path, placing: Placing, switchboard: Switchboard, reconcile_interval_s: float = RECONCILE_INTERVAL_S
+) -> CampaignRunner:
     """The server's runner on the call log's database, with its unfinished campaigns taken up."""
     store = CampaignStore(path)
     await store.open()
-    runner = CampaignRunner(store, placing, switchboard_lines(switchboard))
+    runner = CampaignRunner(store, placing, switchboard_lines(switchboard), reconcile_interval_s=reconcile_interval_s)
     await runner.start()
     return runner
