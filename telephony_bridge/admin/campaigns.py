@@ -63,7 +63,7 @@ def campaigns_router(token: str | None) -> APIRouter:
 def _runner(request: Request) -> CampaignRunner:
     runner: CampaignRunner | None = getattr(request.app.state, "campaigns", None)
     if runner is None:
-        raise HTTPException(503, "campaigns need the call log's database: [call_log] path is empty")
+        raise HTTPException(503, "campaigns are off: the call log's database is off ([call_log] path) or cannot be opened")
     return runner
 
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import re
 import secrets
+import sqlite3
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import CallLogError
 from ..switchboard import Switchboard
 from .campaigns_schedule import (
     FINAL_OUTCOMES,
@@ -330,10 +332,16 @@ def progress_counts(rows: Collection[Row]) -> Mapping[str, int]:
 
 async def start_campaigns(
     path: Path, placing: Placing, switchboard: Switchboard, reconcile_interval_s: float = RECONCILE_INTERVAL_S
-) -> CampaignRunner:
-    """The server's runner on the call log's database, with its unfinished campaigns taken up."""
+) -> CampaignRunner | None:
+    """The server's runner on the call log's database, with its unfinished campaigns taken up; `None` (campaigns off,
+    with a warning) when the database cannot be opened: like the call log, it never keeps the bridge from answering."""
     store = CampaignStore(path)
-    await store.open()
+    try:
+        await store.open()
+    except (sqlite3.Error, CallLogError) as error:
+        log.warning("campaigns are off: the call log's database %s cannot be opened: %s", path, error)
+        await store.close()
+        return None
     runner = CampaignRunner(store, placing, switchboard_lines(switchboard), reconcile_interval_s=reconcile_interval_s)
     await runner.start()
     return runner
