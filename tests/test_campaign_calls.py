@@ -47,13 +47,15 @@ def number(position: int) -> str:
 
 
 @asynccontextmanager
-async def bridge(realtime: RealtimeSimulator, api: TwilioApiSimulator, log: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def bridge(
+    realtime: RealtimeSimulator, api: TwilioApiSimulator, log: Path, extra_config: str = ""
+) -> AsyncIterator[httpx.AsyncClient]:
     """A bridge on `log`'s database, placing calls through `api`; yields an admin client."""
     settings = settings_from_env({
         "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": API_KEY, "REALTIME_URL": realtime.url,
         "TWILIO_API_URL": api.url, "TWILIO_ACCOUNT_SID": api.account_sid, "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN,
     })
-    config = parse_config(CONFIG.replace("LOG", str(log)), "campaign.toml")
+    config = parse_config(CONFIG.replace("LOG", str(log)) + extra_config, "campaign.toml")
     async with serve_bridge(settings, config) as url:
         api.place_calls_on(url, PUBLIC_URL)
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as admin:
@@ -183,3 +185,16 @@ async def test_the_campaign_routes_need_the_admin_token_and_valid_rows(realtime:
         assert bad_window.status_code == 422 and "between" in bad_window.json()["detail"]
         assert (await admin.get("/admin/campaigns/CMnothing")).status_code == 404
     assert api.created == []
+
+
+async def test_no_dial_takes_the_bridge_past_max_calls(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    rows = [{"to": number(position), "name": "Ada"} for position in range(6)]
+    async with TwilioApiSimulator(auth_token=AUTH_TOKEN) as api:
+        for position in range(6):
+            api.answerers[number(position)] = Answerer("fax")
+        limits = "\n[limits]\nmax_calls = 2\n"
+        async with bridge(realtime, api, tmp_path / "calls.db", limits) as admin, watching(api) as most_live:
+            body = {"from": CLINIC, "rows": rows, "concurrency": 5}
+            campaign = await finished(admin, (await admin.post("/admin/campaigns", json=body)).json()["id"])
+        assert most_live() == 2
+    assert [row["outcome"] for row in campaign["rows"]] == ["fax"] * 6
