@@ -54,6 +54,8 @@ RECONCILE_INTERVAL_S = 30.0
 BLOCKED_POLL_S = 1.0
 """How soon a campaign waiting for a free line looks again: calls end without telling the runner."""
 IDLE_WAKE_S = 60.0
+STOP_WAIT_S = 5.0
+"""Twilio answers a create request in well under a second; a stop waits this long for those in flight."""
 
 
 class Placing(Protocol):
@@ -138,6 +140,7 @@ class CampaignRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[None]] = set()
+        self._stopped = False
 
     async def start(self) -> None:
         """Take up the unfinished campaigns: rows dialling with no call SID become `unknown`, the others are looked up."""
@@ -155,12 +158,17 @@ class CampaignRunner:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="campaigns")
 
     async def stop(self) -> None:
-        """Stop dialling and close the store; a create request in flight is abandoned, its row found dialling at next start."""
+        """Stop dialling and close the store. Create requests in flight get `STOP_WAIT_S` to answer, so their rows keep
+        the call SID that settles them after the restart; one still unanswered is abandoned, its row `unknown` then."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._calls:
+            await asyncio.wait(list(self._calls), timeout=STOP_WAIT_S)
         for task in list(self._calls):
             task.cancel()
-        await asyncio.gather(*(task for task in (self._task, *self._calls) if task is not None), return_exceptions=True)
+        await asyncio.gather(*self._calls, return_exceptions=True)
         await self.store.close()
 
     async def submit(self, request: CampaignRequest) -> str:
@@ -248,6 +256,8 @@ class CampaignRunner:
 
     def _heard(self, outcome: OutboundOutcome) -> None:
         """The placing code's outcome of a call: the row it names moves on (once)."""
+        if self._stopped:
+            return  # a call ended during the shutdown: its row is settled from Twilio's record after the restart
         found = self._row_of(outcome)
         if found is None:
             return
