@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from . import callbacks
 from .admin import admin_router
+from .admin.campaigns import campaigns_router
 from .admin.console import console_router
 from .admin.live_feed import LiveFeed
 from .admin.sessions import ConsoleSessions
@@ -32,6 +33,7 @@ from .errors import CallLogError
 from .events import StreamStarted
 from .media_stream import TwilioInbound
 from .metrics import BridgeMetrics
+from .outbound.campaigns import start_campaigns
 from .outbound.do_not_call import DoNotCall
 from .outbound.placing import OutboundCalls
 from .policy.purge import purge_expired
@@ -121,9 +123,15 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 call_log.stream_error(error)
 
         app.state.stream_failed = stream_failed
+        app.state.campaigns = (
+            await start_campaigns(log_path, outbound, switchboard, config.campaigns.reconcile_seconds)
+            if log_path is not None else None
+        )
         purging = asyncio.create_task(_purge_on_schedule(switchboard, app.state.call_log_path, recordings.folder))
         yield
         purging.cancel()
+        if app.state.campaigns is not None:
+            await app.state.campaigns.stop()
         await switchboard.end_all("bridge shutting down")
         await outbound.close()
         await asyncio.to_thread(recordings.close)
@@ -134,6 +142,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
 
     app = FastAPI(title="telephony-bridge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(admin_router(settings.admin_token, console_sessions, live_feed))
+    app.include_router(campaigns_router(settings.admin_token, console_sessions))
     app.include_router(console_router(console_sessions))
 
     def public_url(headers: Mapping[str, str], *, websocket: bool, path: str | None = None) -> str:

@@ -113,6 +113,36 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbound_calls_by_sid ON outbound_calls (call_sid);
     """,
+    """
+    CREATE TABLE campaigns (
+        campaign_id TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        state TEXT NOT NULL,
+        from_number TEXT NOT NULL,
+        concurrency INTEGER NOT NULL,
+        retries INTEGER NOT NULL,
+        retry_delay_s REAL NOT NULL,
+        calling_window TEXT,
+        timezone TEXT NOT NULL
+    );
+    CREATE TABLE campaign_rows (
+        campaign_id TEXT NOT NULL REFERENCES campaigns (campaign_id),
+        position INTEGER NOT NULL,
+        to_number TEXT NOT NULL,
+        context TEXT NOT NULL,
+        timezone TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT,
+        outcome TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        call_sid TEXT,
+        amd_result TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, position)
+    );
+    CREATE INDEX campaign_rows_by_state ON campaign_rows (state, campaign_id);
+    """,
 )
 """Version N of the schema is the first N scripts; append, never edit one a bridge has shipped."""
 

@@ -12,7 +12,7 @@ import sqlite3
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import CallLogError, ConfigError, RecordingError
@@ -393,6 +393,121 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+CAMPAIGN_POLL_S = 1.0
+OUTCOME_COLUMNS = ("to", "outcome", "call_sid", "attempts")
+
+
+def _local_zone(env: Mapping[str, str]) -> str:
+    """The operator's IANA time zone: TZ, else where /etc/localtime points, else UTC."""
+    if env.get("TZ", "").strip(":"):
+        return env["TZ"].strip(":")
+    target = str(Path("/etc/localtime").resolve())
+    return target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else "UTC"
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    """Submit a call list to a running bridge (or act on one it runs), then follow it, writing each final outcome."""
+    import csv
+
+    from .config import environment
+
+    env = environment(args.env_file)
+    args.url = args.url or env.get("BRIDGE_URL") or DEFAULT_ADMIN_URL
+    if args.pause or args.resume:
+        campaign_id = args.pause or args.resume
+        response = _admin_request(args, "POST", f"/admin/campaigns/{campaign_id}/{'pause' if args.pause else 'resume'}")
+        if response is None:
+            return 1
+        if response.status_code != 200:
+            print(f"telephony-bridge: {_detail(response) or f'HTTP {response.status_code}'}", file=sys.stderr)
+            return 1
+        print(f"campaign {campaign_id}: {response.json()['state']}")
+        return 0
+    if args.follow:
+        campaign_id = args.follow
+    else:
+        if args.file is None or args.from_number is None:
+            print("telephony-bridge: campaign needs a CSV file and --from (or --follow/--pause/--resume ID)", file=sys.stderr)
+            return 2
+        try:
+            with args.file.open(newline="", encoding="utf-8-sig") as source:
+                rows = [{key.strip(): (value or "").strip() for key, value in row.items() if key}
+                        for row in csv.DictReader(source)]
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            print(f"telephony-bridge: cannot read {args.file}: {error}", file=sys.stderr)
+            return 2
+        if not rows or "to" not in rows[0]:
+            print(f"telephony-bridge: {args.file}: needs a header line with a `to` column, and at least one row",
+                  file=sys.stderr)
+            return 2
+        body = {
+            "from": args.from_number, "rows": rows, "concurrency": args.concurrency, "retries": args.retries,
+            "retry_delay_s": args.retry_delay, "between": args.between, "timezone": args.timezone or _local_zone(env),
+        }
+        response = _admin_request(args, "POST", "/admin/campaigns", body)
+        if response is None:
+            return 1
+        if response.status_code != 201:
+            print(f"telephony-bridge: campaign refused: {_detail(response) or f'HTTP {response.status_code}'}",
+                  file=sys.stderr)
+            return 2
+        campaign_id = response.json()["id"]
+        print(f"campaign {campaign_id}: {len(rows)} rows from {args.from_number}, {args.concurrency} at once; "
+              f"it runs in the bridge: Ctrl-C stops only this follow (`campaign --follow {campaign_id}` takes it up)",
+              flush=True)
+    output: Path = args.output or (args.file.with_name(f"{args.file.stem}-outcomes.csv") if args.file
+                                   else Path(f"{campaign_id}-outcomes.csv"))
+    try:
+        return _follow(args, campaign_id, output)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; campaign {campaign_id} runs on in the bridge", file=sys.stderr)
+        return 0
+
+
+def _follow(args: argparse.Namespace, campaign_id: str, output: Path) -> int:
+    """Poll the campaign's progress, print it when it changes, and append each row to `output` once it is final."""
+    import csv
+    import time
+
+    written: set[int] = set()
+    last_line = ""
+    with output.open("w", newline="", encoding="utf-8") as sink:
+        writer = csv.writer(sink)
+        writer.writerow(OUTCOME_COLUMNS)
+        while True:
+            response = _admin_request(args, "GET", f"/admin/campaigns/{campaign_id}")
+            if response is None:
+                return 1
+            if response.status_code != 200:
+                print(f"telephony-bridge: {_detail(response) or f'HTTP {response.status_code}'}", file=sys.stderr)
+                return 1
+            campaign = response.json()
+            for row in campaign["rows"]:
+                if row["state"] in ("done", "unknown") and row["position"] not in written:
+                    written.add(row["position"])
+                    outcome = row["outcome"] if row["state"] == "done" else "unknown"
+                    writer.writerow((row["to"], outcome, row["call_sid"] or "", row["attempts"]))
+            sink.flush()
+            line = _progress_line(campaign)
+            if line != last_line:
+                print(line, flush=True)
+                last_line = line
+            if campaign["state"] == "finished":
+                print(f"campaign {campaign_id} finished; outcomes in {output}")
+                return 0
+            time.sleep(CAMPAIGN_POLL_S)
+
+
+def _progress_line(campaign: Mapping[str, Any]) -> str:
+    counts: Mapping[str, int] = campaign["counts"]
+    states = ("pending", "dialling", "done", "unknown")
+    outcomes = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()) if name not in states and n)
+    final = counts.get("done", 0) + counts.get("unknown", 0)
+    unknown = f", {counts['unknown']} unknown (see the admin API)" if counts.get("unknown") else ""
+    return (f"{campaign['state']}: {final}/{len(campaign['rows'])} final ({outcomes or 'none yet'}{unknown}); "
+            f"{counts.get('dialling', 0)} dialling, {counts.get('pending', 0)} pending")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main as run_demo
 
@@ -558,6 +673,25 @@ def main(argv: list[str] | None = None) -> None:
     dnc_commands.add_parser("remove", help="take NUMBER off the list").add_argument("number", metavar="NUMBER")
     dnc_commands.add_parser("list", help="every number on the list, with when and why it was added")
     dnc.set_defaults(run=_dnc, log_level="warning")
+
+    campaign = commands.add_parser(
+        "campaign", parents=[_common_options(), _config_option()],
+        help="run a call list (CSV with a `to` column) on a running bridge and follow it, writing each outcome",
+    )
+    campaign.add_argument("file", type=Path, nargs="?", metavar="CSV",
+                          help="`to` plus any context columns (and `timezone`, the callee's IANA zone)")
+    campaign.add_argument("--from", dest="from_number", metavar="NUMBER", help="the bridge's number to call from (E.164)")
+    campaign.add_argument("--concurrency", type=int, default=1, help="calls at once (default: 1)")
+    campaign.add_argument("--between", metavar="HH:MM-HH:MM", help="the calling window, in the callee's time zone")
+    campaign.add_argument("--timezone", metavar="ZONE", help="the window's zone for rows without one (default: this machine's)")
+    campaign.add_argument("--retries", type=int, default=0, help="more attempts after busy or no-answer (default: 0)")
+    campaign.add_argument("--retry-delay", type=float, default=600.0, metavar="SECONDS", help="between attempts (default: 600)")
+    campaign.add_argument("--output", type=Path, metavar="CSV", help="outcomes (default: CSV's name with -outcomes)")
+    campaign.add_argument("--url", help=f"the bridge's admin API (default: $BRIDGE_URL, else {DEFAULT_ADMIN_URL})")
+    campaign.add_argument("--follow", metavar="ID", help="follow a campaign already running instead of submitting one")
+    campaign.add_argument("--pause", metavar="ID", help="pause a campaign: no new dials, calls in progress finish")
+    campaign.add_argument("--resume", metavar="ID", help="resume a paused campaign")
+    campaign.set_defaults(run=_campaign, log_level="warning")
 
     init_config = commands.add_parser(
         "init-config", parents=[_common_options()], help="write the commented example configuration to PATH"

@@ -542,6 +542,13 @@ class RetentionSchedule(_Strict):
     purge_every_minutes: float = Field(default=60.0, gt=0)
 
 
+class Campaigns(_Strict):
+    """Call lists run by the server (`telephony-bridge campaign`), in the call log's database."""
+
+    reconcile_seconds: float = Field(default=30.0, gt=0)
+    """How often a call left dialling by a stopped bridge is looked up in Twilio's record until it is over."""
+
+
 class _ConfigFile(_Strict):
     defaults: _NumberTable = _NumberTable()
     numbers: dict[str, _NumberTable] = {}
@@ -553,6 +560,7 @@ class _ConfigFile(_Strict):
     prices: dict[str, ModelPrices] = {}
     """Model (or Azure deployment) name -> its prices: a call's estimated cost, and `max_cost_per_call`."""
     retention: RetentionSchedule = RetentionSchedule()
+    campaigns: Campaigns = Campaigns()
 
 
 @dataclass(frozen=True)
@@ -569,6 +577,7 @@ class BridgeConfig:
     call_log: CallLogSettings = CallLogSettings()
     prices: Mapping[str, ModelPrices] = field(default_factory=dict)
     retention: RetentionSchedule = RetentionSchedule()
+    campaigns: Campaigns = Campaigns()
     source: str = "<built-in defaults>"
     digest: str = hashlib.sha256(b"").hexdigest()
     """sha256 of the file's bytes (`config_digest`): shown in `/metrics` and the admin API, and after each reload."""
@@ -705,7 +714,8 @@ def parse_config(
         defaults=profiles["defaults"],
         numbers={number: profiles[f'numbers."{number}"'] for number in parsed.numbers},
         limits=parsed.limits, http=http, recording=parsed.recording, logging=parsed.logging, call_log=parsed.call_log,
-        prices=parsed.prices, retention=parsed.retention, source=source, digest=config_digest(text.encode("utf-8")),
+        prices=parsed.prices, retention=parsed.retention, campaigns=parsed.campaigns,
+        source=source, digest=config_digest(text.encode("utf-8")),
     )
 
 

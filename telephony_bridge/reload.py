@@ -21,7 +21,7 @@ from .errors import ConfigError, ConfigErrors
 
 log = logging.getLogger(__name__)
 
-RESTART_ONLY = ("http", "recording", "call_log")
+RESTART_ONLY = ("http", "recording", "call_log", "campaigns")
 """Sections the running server set up at start: a reload keeps their old values until the next start."""
 
 

@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -65,10 +65,10 @@ EVENTS_MAX_S = 120.0
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
-def admin_router(token: str | None, sessions: ConsoleSessions | None = None, feed: LiveFeed | None = None) -> APIRouter:
-    """The routes under `/admin`, guarded by `token` (`None`: the API is off and every route answers 404).
+def bearer_guard(token: str | None, sessions: ConsoleSessions | None = None) -> Callable[[Request], Awaitable[None]]:
+    """The dependency every admin route has: `Authorization: Bearer <token>`, or 401 (404 when `token` is `None`).
 
-    `sessions` lets the console's cookie stand in for the token; `feed` serves the live calls' event stream.
+    `sessions` lets the console's cookie stand in for the token; a change it authorises needs the CSRF token too.
     """
     expected = token.encode("utf-8") if token else None
 
@@ -86,7 +86,15 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
             raise HTTPException(403, "the console's CSRF token is missing or wrong: reload the page")
         request.state.console = True
 
-    router = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
+    return require_token
+
+
+def admin_router(token: str | None, sessions: ConsoleSessions | None = None, feed: LiveFeed | None = None) -> APIRouter:
+    """The routes under `/admin`, guarded by `token` (`None`: the API is off and every route answers 404).
+
+    `feed` serves the live calls' event stream.
+    """
+    router = APIRouter(prefix="/admin", dependencies=[Depends(bearer_guard(token, sessions))])
     wavs: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
     timelines: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
 

@@ -1,0 +1,114 @@
+"""The admin API's campaign routes: submit a call list, follow its progress row by row, pause and resume it.
+
+Guarded like every admin route (`bearer_guard`). The campaigns run in the server (`app.state.campaigns`,
+a `CampaignRunner`); these routes only hand requests to it and read the database through its store, so a
+row shown here is a row as committed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from ..outbound.campaigns import CampaignRequest, CampaignRunner, progress_counts
+from ..outbound.campaigns_schedule import CampaignInvalid, CampaignStateError, Row
+from ..outbound.campaigns_store import CampaignView
+from .api import bearer_guard
+from .sessions import ConsoleSessions
+
+
+def campaigns_router(token: str | None, sessions: ConsoleSessions | None = None) -> APIRouter:
+    router = APIRouter(prefix="/admin/campaigns", dependencies=[Depends(bearer_guard(token, sessions))])
+
+    @router.post("")
+    async def submit(request: Request) -> JSONResponse:
+        """JSON `{"from", "rows": [{"to", "timezone"?, ...context}], "concurrency", "retries", "retry_delay_s",
+        "between": "09:00-18:00", "timezone"}`; 201 with the campaign's id and progress."""
+        runner = _runner(request)
+        try:
+            body = CampaignRequest.model_validate_json(await request.body())
+            campaign_id = await runner.submit(body)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors())
+            raise HTTPException(422, problems) from None
+        except CampaignInvalid as error:
+            raise HTTPException(422, str(error)) from None
+        return JSONResponse(await _progress(runner, campaign_id), status_code=201)
+
+    @router.get("")
+    async def campaigns(request: Request) -> JSONResponse:
+        runner = _runner(request)
+        return JSONResponse({"campaigns": [
+            {"id": campaign_id, "state": state, "rows": dict(counts)}
+            for campaign_id, state, counts in await runner.store.counts()
+        ]})
+
+    @router.get("/{campaign_id}")
+    async def progress(request: Request, campaign_id: str) -> JSONResponse:
+        return JSONResponse(await _progress(_runner(request), campaign_id))
+
+    @router.post("/{campaign_id}/pause")
+    async def pause(request: Request, campaign_id: str) -> JSONResponse:
+        return await _move(request, campaign_id, "pause")
+
+    @router.post("/{campaign_id}/resume")
+    async def resume(request: Request, campaign_id: str) -> JSONResponse:
+        return await _move(request, campaign_id, "resume")
+
+    return router
+
+
+def _runner(request: Request) -> CampaignRunner:
+    runner: CampaignRunner | None = getattr(request.app.state, "campaigns", None)
+    if runner is None:
+        raise HTTPException(503, "campaigns are off: the call log's database is off ([call_log] path) or cannot be opened")
+    return runner
+
+
+async def _move(request: Request, campaign_id: str, event: str) -> JSONResponse:
+    runner = _runner(request)
+    try:
+        moved = await (runner.pause(campaign_id) if event == "pause" else runner.resume(campaign_id))
+    except CampaignStateError as error:
+        raise HTTPException(409, str(error)) from None
+    if moved is None:
+        view = await runner.store.view(campaign_id)
+        if view is None:
+            raise HTTPException(404, f"no campaign {campaign_id}")
+        raise HTTPException(409, f"campaign {campaign_id} is {view.state}: cannot {event}")
+    return JSONResponse(await _progress(runner, campaign_id))
+
+
+async def _progress(runner: CampaignRunner, campaign_id: str) -> dict[str, Any]:
+    view = await runner.store.view(campaign_id)
+    if view is None:
+        raise HTTPException(404, f"no campaign {campaign_id}")
+    return _view_json(view)
+
+
+def _view_json(view: CampaignView) -> dict[str, Any]:
+    settings = view.settings
+    return {
+        "id": view.campaign_id,
+        "state": view.state.value,
+        "created_at": view.created_at.isoformat(),
+        "from": settings.from_number,
+        "concurrency": settings.concurrency,
+        "retries": settings.retries,
+        "retry_delay_s": settings.retry_delay_s,
+        "between": str(settings.window) if settings.window else None,
+        "timezone": settings.timezone,
+        "counts": dict(progress_counts(view.rows)),
+        "rows": [_row_json(row) for row in view.rows],
+    }
+
+
+def _row_json(row: Row) -> dict[str, Any]:
+    return {
+        "position": row.position, "to": row.to_number, "state": row.state.value, "attempts": row.attempts,
+        "outcome": row.outcome, "call_sid": row.call_sid, "amd_result": row.amd_result, "detail": row.detail,
+        "next_attempt_at": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
+    }
