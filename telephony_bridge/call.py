@@ -56,7 +56,7 @@ from .events import (
 )
 from .logs import CallIds, bind_call, mask_number
 from .media_stream import TwilioInbound, encode_for_twilio
-from .realtime import RealtimeEventParser, encode_for_realtime, open_realtime
+from .realtime import RealtimeEventParser, encode_for_realtime, open_realtime, sender
 from .summary import CallSummary
 from .supervision import CallTimings
 from .tool_requests import CallParties, after_call_body, call_tool, new_client, post_after_call, request_body
@@ -448,7 +448,7 @@ class Call:
             self._opening -= 1
         replaced, self._realtime = self._realtime, connection
         self._model.drop_queued()
-        self._model.send = connection.send
+        self._model.send = sender(connection)
         log.debug("call %s: realtime session open (%s dialect; %s)", self.call_sid, self.dialect, action.reason)
         if self._tap is not None:
             self._tap.realtime_opened()
