@@ -1,7 +1,7 @@
 """What the caller has heard of the model's answers: marks sent and echoed, and the playhead.
 
-A mark follows the model's audio every `MARK_EVERY_MS` of it, after the first chunk sent to an idle
-buffer and at the end of every item. Twilio echoes a mark when the audio before it has *played*,
+A mark follows the model's audio every `MARK_EVERY_MS` of it, after an item's first chunk when it
+finds the buffer idle, and at the end of every item. Twilio echoes a mark when the audio before it has *played*,
 so the last echo is a point (item, position, time) the playhead passed. Twilio plays its buffer in
 real time, so what the caller heard is the echoed position plus the time since the echo, capped at
 the audio sent for that item (the playhead waits there when the model falls behind) and at the
@@ -130,7 +130,9 @@ class Playback:
         now = self._clock()
         if item.first_sent_at is None:
             item.first_sent_at = now
-        idle = self._streaming and not self._pending and self._tail_item is None
+        # Only an item's first chunk times the round trip: at real-time pace the buffer drains just as
+        # each delta arrives, and marking every chunk that finds it idle would mark them all.
+        idle = self._streaming and not self._pending and self._tail_item is None and item.sent_ms == ms
         self._tail_item = item_id
         self._tail_ms += ms
         if not idle and self._tail_ms < MARK_EVERY_MS:

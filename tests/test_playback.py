@@ -193,3 +193,16 @@ def test_a_barge_in_during_unmarked_audio_cuts_where_the_playhead_runs(clock: Ma
     assert cut is not None and cut.item_id == "i1" and not cut.played_through and abs(cut.audio_end_ms - 50) <= 1
     assert dropped == {"i1"}
     assert not playback.playing
+
+
+def test_at_real_time_pace_a_drained_buffer_does_not_bring_a_mark_per_chunk(clock: ManualClock) -> None:
+    playback = streaming(clock)
+    marked = []
+    for index in range(15):
+        playback.generated("i1", 20.0)
+        name = playback.sent("i1", 20.0)
+        clock.advance_ms(20)
+        if name is not None:
+            marked.append(index)
+            playback.echoed(name)  # played out just as the next delta arrives
+    assert marked == [0, 5, 10]
