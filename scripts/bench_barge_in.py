@@ -8,11 +8,14 @@ heard when the `clear` arrived (from its real-time playback log), the difference
 the caller started speaking the model's audio stopped (mostly the simulated service's voice
 activity detection) and how long after the caller's `stop` the Realtime session was closed.
 
-Run: .venv/bin/python scripts/bench_barge_in.py
+Run: .venv/bin/python scripts/bench_barge_in.py [--delta-ms 20 --speed 1]
+(the model's deltas are 100 ms sent 4 times faster than real time unless told otherwise; 20 ms at
+real-time pace is where the bridge's marks are sparsest against the deltas, one per 100 ms).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 
@@ -26,8 +29,8 @@ PUBLIC_URL = "https://bridge.bench.invalid"
 INTERRUPT_AT_MS = [300, 450, 700, 1100, 1530, 1990, 2470, 3010, 3690]
 
 
-async def main() -> None:
-    simulator = RealtimeSimulator(answer_audio=speech_like_pcm16(4000))
+async def main(delta_ms: int, speed: float) -> None:
+    simulator = RealtimeSimulator(answer_audio=speech_like_pcm16(4000), delta_ms=delta_ms, speed=speed)
     await simulator.start()
     settings = settings_from_env(
         {"PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": TOKEN, "OPENAI_API_KEY": "k", "REALTIME_URL": simulator.url}
@@ -73,4 +76,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--delta-ms", type=int, default=100, help="size of the model's audio deltas")
+    parser.add_argument("--speed", type=float, default=4.0, help="how much faster than real time the model streams")
+    args = parser.parse_args()
+    asyncio.run(main(args.delta_ms, args.speed))

@@ -308,7 +308,7 @@ class CallController:
         if self.stream_sid is None:
             return []
         self.stream_sid = None
-        self._stop_outbound_item()
+        self._stop_outbound_item()  # no stream to mark: a returning caller starts a new playback
         self.conversation.session_lost()
         self.functions.session_lost()
         if self.session.state in (SessionState.FAILED, SessionState.PARKED):
@@ -405,15 +405,15 @@ class CallController:
     def _session_lost(self, reason: str, retryable: bool) -> list[Action]:
         """Try a new session while the budget lasts; past it, or when retrying cannot help, fall back."""
         self.conversation.session_lost()
-        self._stop_outbound_item()
+        last_mark = self._stop_outbound_item()
         self._model_to_caller.reset()
         reopen = self.session.lost(reason, retryable)
         if reopen is not None:
-            return [_open(reopen)]
+            return [*last_mark, _open(reopen)]
         transfer = self.control.fall_back()
         if transfer is not None:
-            return [ParkRealtime(), transfer]
-        return self._end("realtime_unavailable", f"realtime session unavailable: {reason}", CloseTwilio(reason))
+            return [*last_mark, ParkRealtime(), transfer]
+        return [*last_mark, *self._end("realtime_unavailable", f"realtime session unavailable: {reason}", CloseTwilio(reason))]
 
     def _on_response_started(self, event: ResponseStarted) -> list[Action]:
         self.conversation.response_started(event.response_id)
@@ -429,7 +429,7 @@ class CallController:
         if event.item_id != self._outbound_item:
             if self._outbound_item is not None:
                 actions += self._send_to_caller(self._outbound_item, self._model_to_caller.flush())
-                self.playback.complete(self._outbound_item)
+                actions += _mark(self.playback.complete(self._outbound_item))
             self._outbound_item = event.item_id
         self.conversation.model_spoke(event.response_id)
         self._session_items.add(event.item_id)
@@ -442,22 +442,26 @@ class CallController:
             return []
         self._outbound_item = None
         actions = self._send_to_caller(event.item_id, self._model_to_caller.flush())
-        self.playback.complete(event.item_id)
-        return actions
+        return actions + _mark(self.playback.complete(event.item_id))
 
     def _send_to_caller(self, item_id: str, ulaw: bytes) -> list[Action]:
         if not ulaw:
             return []
         mark = self.playback.sent(item_id, ulaw_ms(len(ulaw)))
         self._counts["frames_out"] += 1
-        return [SendTwilioMedia(ulaw), SendTwilioMark(mark)]
+        return [SendTwilioMedia(ulaw), *_mark(mark)]
 
-    def _stop_outbound_item(self) -> None:
-        """The item being streamed will send no more audio: what came of it is muted from now on."""
-        if self._outbound_item is not None:
-            self._muted_items.add(self._outbound_item)
-            self.playback.complete(self._outbound_item)
-            self._outbound_item = None
+    def _stop_outbound_item(self) -> list[Action]:
+        """The item being streamed will send no more audio: what came of it is muted from now on.
+
+        Returns the mark after its last audio sent, if that audio had none yet.
+        """
+        if self._outbound_item is None:
+            return []
+        self._muted_items.add(self._outbound_item)
+        mark = self.playback.complete(self._outbound_item)
+        self._outbound_item = None
+        return _mark(mark)
 
     def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
         if self.control.step is Step.VOICEMAIL:
@@ -467,7 +471,7 @@ class CallController:
         self.conversation.caller_barged_in()
         notes = self.control.caller_spoke()
         cut, dropped = self.playback.cut()  # before the streaming item is stopped: a cut needs to know it was unfinished
-        self._stop_outbound_item()
+        self._stop_outbound_item()  # the cut dropped its unmarked audio with the rest: no mark is due
         self._model_to_caller.reset()
         if cut is None:
             return notes
@@ -616,6 +620,10 @@ def outbound_greeting_instructions(profile: CallProfile) -> str:
         return greeting_instructions(profile)
     return (f"{profile.instructions.strip()}\n\nYou placed this phone call and the person has just answered. "
             "Greet them, say who you are and why you are calling, in one or two short sentences.")
+
+
+def _mark(name: str | None) -> list[Action]:
+    return [SendTwilioMark(name)] if name is not None else []
 
 
 def _open(reopen: Reopen) -> OpenRealtime:

@@ -118,7 +118,7 @@ def encode_for_twilio(action: TwilioMessage, stream_sid: str) -> str:
 
 
 MAX_MESSAGES_PER_S = 400
-"""Twilio sends 50 media frames a second plus a mark echo for each chunk we send; 400 is far above that."""
+"""Twilio sends 50 media frames a second plus an echo of each mark we send (at most one per chunk); 400 is far above that."""
 FLOOD_MESSAGES_PER_S = 10 * MAX_MESSAGES_PER_S
 FLOOD_SECONDS = 3
 """A socket over the cap for this many seconds running, or over `FLOOD_MESSAGES_PER_S` in any one,

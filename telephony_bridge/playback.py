@@ -1,10 +1,13 @@
 """What the caller has heard of the model's answers: marks sent and echoed, and the playhead.
 
-Every chunk of the model's audio sent to Twilio is followed by a mark. Twilio echoes a mark when
-the audio before it has *played*, so the last echo is a point (item, position, time) the playhead
-passed. Twilio plays its buffer in real time, so what the caller heard is the echoed position plus
-the time since the echo, capped at the audio sent for that item (the playhead waits there when the
-model falls behind) and at the audio the model generated.
+A mark follows the model's audio every `MARK_EVERY_MS` of it, after an item's first chunk when it
+finds the buffer idle, and at the end of every item. Twilio echoes a mark when the audio before it has *played*,
+so the last echo is a point (item, position, time) the playhead passed. Twilio plays its buffer in
+real time, so what the caller heard is the echoed position plus the time since the echo, capped at
+the audio sent for that item (the playhead waits there when the model falls behind) and at the
+audio the model generated. A mark per chunk would add nothing the interpolation does not know,
+and with the model's 20 ms deltas it doubled the messages to Twilio and added as many echoes back:
+a third of the call's websocket traffic while the model talks.
 
 An echo reaches us a network delay after its audio played, and audio reaches Twilio a delay after
 we send it. The first chunk sent to an idle buffer comes back after the round trip plus its own
@@ -35,6 +38,8 @@ from typing import NamedTuple
 ONE_WAY_DELAY_SMOOTHING = 0.5
 PLAYHEAD_ERROR_MS = 20.0
 """How far the heard estimate may be from the truth: one 20 ms frame, Twilio's playback unit."""
+MARK_EVERY_MS = 100.0
+"""Audio sent between marks in mid-item (5 marks a second where the model streams 20 ms deltas)."""
 
 
 class PendingMark(NamedTuple):
@@ -89,11 +94,14 @@ class Playback:
         self._playhead: Playhead | None = None
         self._one_way_delay_s = 0.0
         self._items: dict[str, _ItemAudio] = {}
+        self._tail_item: str | None = None
+        """The item whose audio was sent after the last mark (only ever the item still streaming)."""
+        self._tail_ms = 0.0
 
     @property
     def playing(self) -> bool:
-        """Audio is playing or queued at Twilio (some mark has not been echoed)."""
-        return bool(self._pending)
+        """Audio is playing or queued at Twilio (some mark has not been echoed, or audio follows the last one)."""
+        return bool(self._pending) or self._tail_item is not None
 
     @property
     def tracked_items(self) -> int:
@@ -112,26 +120,47 @@ class Playback:
         """The model produced `ms` of audio for `item_id` (before conversion: the truncate's unit)."""
         self._items.setdefault(item_id, _ItemAudio()).generated_ms += ms
 
-    def sent(self, item_id: str, ms: float) -> str:
-        """`ms` of `item_id` goes to Twilio now; returns the name of the mark to send after it."""
+    def sent(self, item_id: str, ms: float) -> str | None:
+        """`ms` of `item_id` goes to Twilio now; returns the name of the mark to send after it, if one is due.
+
+        The item's previous audio must be complete (`complete`, its mark sent) before another item's is sent.
+        """
         item = self._items.setdefault(item_id, _ItemAudio())
         item.sent_ms += ms
         now = self._clock()
         if item.first_sent_at is None:
             item.first_sent_at = now
-        idle_probe_ms = ms if self._streaming and not self._pending else None
+        # Only an item's first chunk times the round trip: at real-time pace the buffer drains just as
+        # each delta arrives, and marking every chunk that finds it idle would mark them all.
+        idle = self._streaming and not self._pending and self._tail_item is None and item.sent_ms == ms
+        self._tail_item = item_id
+        self._tail_ms += ms
+        if not idle and self._tail_ms < MARK_EVERY_MS:
+            return None
+        return self._mark(item_id, item, now, ms if idle else None)
+
+    def complete(self, item_id: str) -> str | None:
+        """No more audio of `item_id` will be sent; returns the mark to send after its last audio, if any is unmarked.
+
+        Its accounting goes once its audio has played.
+        """
+        item = self._items.get(item_id)
+        if item is None:
+            return None
+        item.complete = True
+        mark = self._mark(item_id, item, self._clock(), None) if self._tail_item == item_id else None
+        self._forget_if_played(item_id, item)
+        return mark
+
+    def _mark(self, item_id: str, item: _ItemAudio, now: float, idle_probe_ms: float | None) -> str:
+        """A mark after everything of `item_id` sent so far."""
+        self._tail_item = None
+        self._tail_ms = 0.0
         item.unechoed_marks += 1
         self._mark_serial += 1
         name = f"a{self._mark_serial}"
         self._pending.append(PendingMark(name, item_id, item.sent_ms, now, idle_probe_ms))
         return name
-
-    def complete(self, item_id: str) -> None:
-        """No more audio of `item_id` will be sent; its accounting goes once its audio has played."""
-        item = self._items.get(item_id)
-        if item is not None:
-            item.complete = True
-            self._forget_if_played(item_id, item)
 
     def echoed(self, name: str) -> None:
         """Twilio echoed mark `name`: everything sent before it has played."""
@@ -152,11 +181,14 @@ class Playback:
             if round_trip_s >= 0:
                 self._one_way_delay_s += ONE_WAY_DELAY_SMOOTHING * (round_trip_s / 2 - self._one_way_delay_s)
 
+    def _playing_item(self) -> str | None:
+        return self._pending[0].item_id if self._pending else self._tail_item
+
     def heard_ms(self) -> float:
         """How much of the playing item the caller has heard by now (0 when nothing is playing)."""
-        if not self._pending:
+        item_id = self._playing_item()
+        if item_id is None:
             return 0.0
-        item_id = self._pending[0].item_id
         item = self._items[item_id]
         now = self._clock()
         delay = self._one_way_delay_s
@@ -176,14 +208,16 @@ class Playback:
 
         Twilio is about to be cleared, so every pending mark is forgotten (their echoes will be stale).
         """
-        if not self._pending:
+        item_id = self._playing_item()
+        if item_id is None:
             return None, set()
-        item_id = self._pending[0].item_id
         item = self._items[item_id]
         heard = self.heard_ms()
         cut = Cut(item_id, int(heard), item.complete and heard >= item.generated_ms - PLAYHEAD_ERROR_MS)
-        dropped = {mark.item_id for mark in self._pending}
+        dropped = {mark.item_id for mark in self._pending} | {item_id}
         self._pending.clear()
+        self._tail_item = None
+        self._tail_ms = 0.0
         self._playhead = None
         for item_id in dropped:
             item = self._items[item_id]

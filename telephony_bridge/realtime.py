@@ -14,11 +14,12 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
 
 from .call_control import function_tools
 from .config import AudioFormat, CallProfile, Dialect, RealtimeEndpoint
@@ -397,3 +398,27 @@ async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> ClientC
         raise RealtimeConnectError(f"Realtime service did not answer within {timeout_s:g} s") from None
     except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as error:
         raise RealtimeConnectError(f"Realtime service unreachable: {type(error).__name__}: {error}") from None
+
+
+def sender(connection: ClientConnection) -> Callable[[str], Awaitable[None]]:
+    """The call's send function for `connection`: a whole text message, written straight through the protocol.
+
+    ``ClientConnection.send`` enters an async context manager per message (state checks, close
+    handling, drain), which is most of its cost for a 20 ms append: 21 us a message against 15 us
+    for handing the text to the sans-I/O protocol and its bytes to the transport (loopback, uvloop,
+    server's receive included). The short way is taken only for a message that has nothing to wait
+    for: the connection open and the transport's buffer empty. Otherwise ``send`` runs, and raises
+    ``ConnectionClosed`` or waits for the buffer to drain as usual. Only whole text messages go
+    through here, so the fragmentation that ``send`` guards against never arises.
+    """
+    protocol = connection.protocol
+
+    async def send(text: str) -> None:
+        transport = connection.transport
+        if protocol.state is not State.OPEN or transport.get_write_buffer_size():
+            await connection.send(text)
+            return
+        protocol.send_text(text.encode())
+        transport.write(b"".join(protocol.data_to_send()))
+
+    return send

@@ -182,8 +182,9 @@ def test_model_audio_before_the_stream_starts_is_held_then_released_in_order(clo
     controller = CallController(CallProfile(), clock)
     controller.handle(RealtimeConnected())
     assert controller.handle(ModelAudio("r", "i", PCM_100MS)) == []
+    assert controller.handle(ModelAudioDone("i")) == []
     released = controller.handle(StreamStarted(stream_sid="MZ1", call_sid="CA1"))
-    assert [type(a) for a in released] == [SendTwilioMedia, SendTwilioMark]
+    assert [type(a) for a in released] == [SendTwilioMedia, SendTwilioMedia, SendTwilioMark]
 
 
 def test_caller_audio_becomes_24k_pcm_of_the_same_length_over_a_call(clock: ManualClock) -> None:

@@ -19,7 +19,7 @@ def streaming(clock: ManualClock) -> Playback:
     return playback
 
 
-def send(playback: Playback, item_id: str, chunks: int, chunk_ms: float = 100.0) -> list[str]:
+def send(playback: Playback, item_id: str, chunks: int, chunk_ms: float = 100.0) -> list[str | None]:
     names = []
     for _ in range(chunks):
         playback.generated(item_id, chunk_ms)
@@ -160,3 +160,49 @@ def test_an_answer_still_streaming_is_cut_even_when_all_its_audio_so_far_has_pla
     echo_delayed(playback, clock, names, until_ms=330)
     cut, _ = playback.cut()
     assert cut is not None and not cut.played_through and abs(cut.audio_end_ms - 300) <= 1
+
+
+def test_20_ms_chunks_get_a_mark_on_the_first_and_then_every_100_ms(clock: ManualClock) -> None:
+    playback = streaming(clock)
+    names = send(playback, "i1", 16, chunk_ms=20.0)
+    assert [index for index, name in enumerate(names) if name is not None] == [0, 5, 10, 15]
+    assert playback.complete("i1") is None, "the last chunk carried a mark: nothing is left unmarked"
+
+
+def test_completing_an_item_marks_the_audio_sent_after_its_last_mark(clock: ManualClock) -> None:
+    playback = streaming(clock)
+    names = send(playback, "i1", 3, chunk_ms=20.0)
+    assert names[1:] == [None, None]
+    last = playback.complete("i1")
+    assert last is not None
+    clock.advance_ms(60)
+    playback.echoed(names[0])
+    assert playback.playing, "40 ms of the item follow the echoed mark"
+    playback.echoed(last)
+    assert not playback.playing and playback.tracked_items == 0
+
+
+def test_a_barge_in_during_unmarked_audio_cuts_where_the_playhead_runs(clock: ManualClock) -> None:
+    playback = streaming(clock)
+    names = send(playback, "i1", 4, chunk_ms=20.0)  # marked after the first chunk only
+    clock.advance_ms(20)
+    playback.echoed(names[0])
+    clock.advance_ms(30)
+    assert playback.playing
+    cut, dropped = playback.cut()
+    assert cut is not None and cut.item_id == "i1" and not cut.played_through and abs(cut.audio_end_ms - 50) <= 1
+    assert dropped == {"i1"}
+    assert not playback.playing
+
+
+def test_at_real_time_pace_a_drained_buffer_does_not_bring_a_mark_per_chunk(clock: ManualClock) -> None:
+    playback = streaming(clock)
+    marked = []
+    for index in range(15):
+        playback.generated("i1", 20.0)
+        name = playback.sent("i1", 20.0)
+        clock.advance_ms(20)
+        if name is not None:
+            marked.append(index)
+            playback.echoed(name)  # played out just as the next delta arrives
+    assert marked == [0, 5, 10]
