@@ -24,9 +24,8 @@ import random
 import statistics
 import time
 
-from telephony_bridge.config import CallProfile
-from telephony_bridge.controller import CallController
-from telephony_bridge.events import (
+from telephony_bridge.call.controller import CallController
+from telephony_bridge.call.events import (
     RealtimeConnected,
     RealtimeMessage,
     SendTwilioMark,
@@ -35,9 +34,10 @@ from telephony_bridge.events import (
     StreamStarted,
     TwilioMessage,
 )
-from telephony_bridge.media_stream import encode_for_twilio, parse_twilio_message
-from telephony_bridge.realtime import RealtimeEventParser, encode_for_realtime
+from telephony_bridge.config import CallProfile
+from telephony_bridge.realtime.session import RealtimeEventParser, encode_for_realtime
 from telephony_bridge.testing.twilio_playback import TwilioPlayback
+from telephony_bridge.twilio.media_stream import encode_for_twilio, parse_twilio_message
 
 
 class Clock:

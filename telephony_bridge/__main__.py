@@ -1,3 +1,3 @@
-from .cli import main
+from telephony_bridge.cli import main
 
 main()

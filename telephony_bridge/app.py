@@ -20,31 +20,31 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
-from . import callbacks
-from .admin import admin_router
-from .admin.campaigns import campaigns_router
-from .admin.console import console_router
-from .admin.live_feed import LiveFeed
-from .admin.sessions import ConsoleSessions
-from .call_log import CallLog
-from .call_updates import CallUpdates
-from .config import BridgeConfig, Retention, Settings
-from .errors import CallLogError
-from .events import StreamStarted
-from .media_stream import TwilioInbound
-from .metrics import BridgeMetrics
-from .outbound.campaigns import start_campaigns
-from .outbound.do_not_call import DoNotCall
-from .outbound.placing import OutboundCalls
-from .policy.purge import purge_expired
-from .recording import CallRecordings
-from .reload import ConfigReloader
-from .security import issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
-from .stream_errors import StreamError, stream_error_of
-from .summary import CallSummary
-from .switchboard import Switchboard
-from .transfers import Transfers
-from .webhook import (
+from telephony_bridge.admin import admin_router
+from telephony_bridge.admin.campaigns import campaigns_router
+from telephony_bridge.admin.console import console_router
+from telephony_bridge.admin.live_feed import LiveFeed
+from telephony_bridge.admin.sessions import ConsoleSessions
+from telephony_bridge.call.events import StreamStarted
+from telephony_bridge.call.summary import CallSummary
+from telephony_bridge.call.switchboard import Switchboard
+from telephony_bridge.call_log import CallLog
+from telephony_bridge.config import BridgeConfig, Retention, Settings
+from telephony_bridge.errors import CallLogError
+from telephony_bridge.observe.metrics import BridgeMetrics
+from telephony_bridge.observe.recording import CallRecordings
+from telephony_bridge.outbound.campaigns import start_campaigns
+from telephony_bridge.outbound.do_not_call import DoNotCall
+from telephony_bridge.outbound.placing import OutboundCalls
+from telephony_bridge.policy.purge import purge_expired
+from telephony_bridge.reload import ConfigReloader
+from telephony_bridge.twilio import callbacks
+from telephony_bridge.twilio.call_updates import CallUpdates
+from telephony_bridge.twilio.media_stream import TwilioInbound
+from telephony_bridge.twilio.security import issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
+from telephony_bridge.twilio.stream_errors import StreamError, stream_error_of
+from telephony_bridge.twilio.transfers import Transfers
+from telephony_bridge.twilio.webhook import (
     CALLED_NUMBER_PARAMETER,
     DIAL_ENDED_PATH,
     OUTBOUND_AMD_PATH,

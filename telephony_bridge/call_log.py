@@ -30,10 +30,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import CallLogError
-from .events import TokenUsage
-from .stream_errors import StreamError
-from .summary import CallSummary
+from telephony_bridge.call.events import TokenUsage
+from telephony_bridge.call.summary import CallSummary
+from telephony_bridge.errors import CallLogError
+from telephony_bridge.twilio.stream_errors import StreamError
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import CallLogError, ConfigError, RecordingError
-from .logs import configure_logging
+from telephony_bridge import __version__
+from telephony_bridge.errors import CallLogError, ConfigError, RecordingError
+from telephony_bridge.logs import configure_logging
 
 if TYPE_CHECKING:
     import httpx
 
-    from .config import BridgeConfig, Settings
+    from telephony_bridge.config import BridgeConfig, Settings
 
 log = logging.getLogger("telephony_bridge")
 
@@ -29,10 +29,10 @@ DEFAULT_ADMIN_URL = "http://127.0.0.1:8080"
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from . import server
-    from .app import create_app
-    from .config import environment
-    from .preflight import check
+    from telephony_bridge import server
+    from telephony_bridge.app import create_app
+    from telephony_bridge.config import environment
+    from telephony_bridge.preflight import check
 
     env = environment(args.env_file)
     # The auth token is serve's own question (--insecure), asked below in its own words.
@@ -76,8 +76,8 @@ def _serving_line(host: str, port: int, settings: Settings, config: BridgeConfig
 
 def _check(args: argparse.Namespace) -> int:
     """Every problem of the configuration and the environment at once; exit 2 if any is an error."""
-    from .config import environment
-    from .preflight import check, check_online
+    from telephony_bridge.config import environment
+    from telephony_bridge.preflight import check, check_online
 
     report = check(environment(args.env_file), args.config)
     for problem in report.problems:
@@ -106,7 +106,7 @@ def _admin_request(
     """
     import httpx
 
-    from .config import environment
+    from telephony_bridge.config import environment
 
     token = environment(args.env_file).get("BRIDGE_ADMIN_TOKEN")
     if not token:
@@ -176,8 +176,8 @@ def _place_call(args: argparse.Namespace) -> int:
 
 def _dnc(args: argparse.Namespace) -> int:
     """The do-not-call list in the call log's database: add, remove or list numbers."""
-    from .config import environment, load_config, settings_from_env
-    from .outbound.do_not_call import add_number, list_numbers, remove_number
+    from telephony_bridge.config import environment, load_config, settings_from_env
+    from telephony_bridge.outbound.do_not_call import add_number, list_numbers, remove_number
 
     config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
     if not config.call_log.path:
@@ -259,9 +259,9 @@ def _live_calls(args: argparse.Namespace) -> int:
 
 def _twilio(args: argparse.Namespace) -> int:
     """The account's numbers through Twilio's REST API: list them, or point one at this bridge."""
-    from .config import environment, load_config, settings_from_env
-    from .errors import TwilioRestError
-    from .numbers import configure, list_numbers, points_here
+    from telephony_bridge.config import environment, load_config, settings_from_env
+    from telephony_bridge.errors import TwilioRestError
+    from telephony_bridge.twilio.numbers import configure, list_numbers, points_here
 
     settings = settings_from_env(environment(args.env_file), config_path=args.config)
     try:
@@ -303,7 +303,7 @@ def _twilio(args: argparse.Namespace) -> int:
 
 
 def _simulate_realtime(args: argparse.Namespace) -> int:
-    from .testing.realtime_simulator import serve_forever
+    from telephony_bridge.testing.realtime_simulator import serve_forever
 
     try:
         asyncio.run(serve_forever(args.host, args.port))
@@ -313,7 +313,7 @@ def _simulate_realtime(args: argparse.Namespace) -> int:
 
 
 def _export_wav(args: argparse.Namespace) -> int:
-    from .recording import export_wav, read_recording
+    from telephony_bridge.observe.recording import export_wav, read_recording
 
     try:
         call = read_recording(args.file)
@@ -327,8 +327,8 @@ def _export_wav(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .recording import read_recording
-    from .replay import replay
+    from telephony_bridge.observe.recording import read_recording
+    from telephony_bridge.observe.replay import replay
 
     try:
         result = asyncio.run(replay(read_recording(args.file)))
@@ -341,8 +341,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _calls(args: argparse.Namespace) -> int:
     """List recent calls, or show one with its transcript, from the call log the configuration names."""
-    from .call_log import call_details, calls_table, find_call, recent_calls
-    from .config import environment, load_config, settings_from_env
+    from telephony_bridge.call_log import call_details, calls_table, find_call, recent_calls
+    from telephony_bridge.config import environment, load_config, settings_from_env
 
     if args.calls_command == "end":
         return _end_call(args)
@@ -371,8 +371,8 @@ def _calls(args: argparse.Namespace) -> int:
 
 def _purge(args: argparse.Namespace) -> int:
     """Delete what the numbers' `retention_days` no longer allow, or (`--call SID`) everything kept of one call."""
-    from .config import environment, load_config, settings_from_env
-    from .policy.purge import erase, purge_expired
+    from telephony_bridge.config import environment, load_config, settings_from_env
+    from telephony_bridge.policy.purge import erase, purge_expired
 
     config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
     call_log = Path(config.call_log.path) if config.call_log.path else None
@@ -409,7 +409,7 @@ def _campaign(args: argparse.Namespace) -> int:
     """Submit a call list to a running bridge (or act on one it runs), then follow it, writing each final outcome."""
     import csv
 
-    from .config import environment
+    from telephony_bridge.config import environment
 
     env = environment(args.env_file)
     args.url = args.url or env.get("BRIDGE_URL") or DEFAULT_ADMIN_URL
@@ -509,7 +509,7 @@ def _progress_line(campaign: Mapping[str, Any]) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import main as run_demo
+    from telephony_bridge.demo import main as run_demo
 
     if args.transfer and args.live:
         raise SystemExit("telephony-bridge demo: --transfer runs with the simulators only (the model is scripted to transfer)")
@@ -520,7 +520,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _init_config(args: argparse.Namespace) -> int:
     """Write the packaged example configuration, so an installed bridge has a file to start from."""
-    from .config import example_config
+    from telephony_bridge.config import example_config
 
     path: Path = args.path
     if path.exists() and not args.force:

@@ -31,8 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-from .entra import CredentialFactory, EntraToken, default_credential_factory
-from .errors import ConfigError, ConfigErrors
+from telephony_bridge.errors import ConfigError, ConfigErrors
+from telephony_bridge.realtime.entra import CredentialFactory, EntraToken, default_credential_factory
 
 Dialect = Literal["ga", "preview"]
 AudioFormat = Literal["pcm16", "pcmu"]

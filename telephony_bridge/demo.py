@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import parse_config, settings_from_env
-from .recording import RecordedCall, read_recording, write_stereo_wav8k
-from .testing.bridge_server import serve_bridge
-from .testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall
-from .testing.tool_server import ToolReply, ToolServer
-from .testing.twilio_simulator import SimulatedCall, load_wav_ulaw
-from .wire import MODEL_AUDIO_DELTAS, PCM24K_RATE_HZ, ULAW_RATE_HZ, ulaw_ms
+from telephony_bridge.config import parse_config, settings_from_env
+from telephony_bridge.observe.recording import RecordedCall, read_recording, write_stereo_wav8k
+from telephony_bridge.testing.bridge_server import serve_bridge
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall
+from telephony_bridge.testing.tool_server import ToolReply, ToolServer
+from telephony_bridge.testing.twilio_simulator import SimulatedCall, load_wav_ulaw
+from telephony_bridge.wire import MODEL_AUDIO_DELTAS, PCM24K_RATE_HZ, ULAW_RATE_HZ, ulaw_ms
 
 DEMO_NUMBER = "+14155550100"
 DEMO_TOKEN = "demo-twilio-auth-token"
@@ -401,11 +401,11 @@ def main(out_dir: Path, live: bool, transfer: bool = False, outbound: bool = Fal
 
     try:
         if outbound:
-            from .demo_outbound import run_outbound_demo
+            from telephony_bridge.demo_outbound import run_outbound_demo
 
             asyncio.run(run_outbound_demo(echo=echo))
         elif transfer:
-            from .demo_transfer import run_transfer_demo
+            from telephony_bridge.demo_transfer import run_transfer_demo
 
             asyncio.run(run_transfer_demo(out_dir, echo=echo))
         else:

@@ -16,12 +16,12 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import parse_config, settings_from_env
-from .demo import DEMO_KEY, DEMO_NUMBER, DEMO_TOKEN, PUBLIC_URL, Timeline
-from .outbound.placing import OutboundCalls, OutboundOutcome, OutboundRequest
-from .testing.bridge_server import serve_app
-from .testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, speech_like_pcm16
-from .testing.twilio_api import Answerer, PlacedCall, TwilioApiSimulator
+from telephony_bridge.config import parse_config, settings_from_env
+from telephony_bridge.demo import DEMO_KEY, DEMO_NUMBER, DEMO_TOKEN, PUBLIC_URL, Timeline
+from telephony_bridge.outbound.placing import OutboundCalls, OutboundOutcome, OutboundRequest
+from telephony_bridge.testing.bridge_server import serve_app
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, speech_like_pcm16
+from telephony_bridge.testing.twilio_api import Answerer, PlacedCall, TwilioApiSimulator
 
 PERSON = "+15557654321"
 VOICEMAIL = "+15557654322"

@@ -17,13 +17,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import parse_config, settings_from_env
-from .demo import DEMO_CONFIG, DEMO_KEY, DEMO_NUMBER, DEMO_TOKEN, PUBLIC_URL, Timeline, playing_spans, stereo_of_call
-from .recording import RecordedCall, read_recording, write_stereo_wav8k
-from .testing.bridge_server import serve_bridge
-from .testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
-from .testing.twilio_api import TwilioApiSimulator
-from .testing.twilio_simulator import Callee, SimulatedCall, speech_like_ulaw
+from telephony_bridge.config import parse_config, settings_from_env
+from telephony_bridge.demo import (
+    DEMO_CONFIG,
+    DEMO_KEY,
+    DEMO_NUMBER,
+    DEMO_TOKEN,
+    PUBLIC_URL,
+    Timeline,
+    playing_spans,
+    stereo_of_call,
+)
+from telephony_bridge.observe.recording import RecordedCall, read_recording, write_stereo_wav8k
+from telephony_bridge.testing.bridge_server import serve_bridge
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
+from telephony_bridge.testing.twilio_api import TwilioApiSimulator
+from telephony_bridge.testing.twilio_simulator import Callee, SimulatedCall, speech_like_ulaw
 
 FRONT_DESK = "+14155550199"
 SUMMARY = "Ada Lovelace wants to move her Tuesday cleaning to Friday."

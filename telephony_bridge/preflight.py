@@ -25,13 +25,21 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed
 
-from .config import DEFAULT_CONFIG_PATH, BridgeConfig, CallLogSettings, Recording, Settings, load_config, settings_from_env
-from .entra import MISSING_EXTRA, azure_identity_installed
-from .errors import ConfigError, ConfigErrors, RealtimeConnectError, TwilioRestError
-from .policy import unpriced_caps
-from .realtime import open_realtime
-from .tools import dialect_problems
-from .twilio_rest import TwilioRest
+from telephony_bridge.config import (
+    DEFAULT_CONFIG_PATH,
+    BridgeConfig,
+    CallLogSettings,
+    Recording,
+    Settings,
+    load_config,
+    settings_from_env,
+)
+from telephony_bridge.errors import ConfigError, ConfigErrors, RealtimeConnectError, TwilioRestError
+from telephony_bridge.policy import unpriced_caps
+from telephony_bridge.realtime.entra import MISSING_EXTRA, azure_identity_installed
+from telephony_bridge.realtime.session import open_realtime
+from telephony_bridge.tools.http_tools import dialect_problems
+from telephony_bridge.twilio.rest import TwilioRest
 
 ENVIRONMENT = "environment"
 ONLINE_TIMEOUT_S = 10.0

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .config import BridgeConfig, Dialect, load_config
-from .errors import ConfigError, ConfigErrors
+from telephony_bridge.config import BridgeConfig, Dialect, load_config
+from telephony_bridge.errors import ConfigError, ConfigErrors
 
 log = logging.getLogger(__name__)
 

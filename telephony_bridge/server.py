@@ -32,8 +32,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .config import BridgeConfig, HttpLimits
-from .media_stream import MAX_MESSAGE_BYTES
+from telephony_bridge.config import BridgeConfig, HttpLimits
+from telephony_bridge.twilio.media_stream import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from .config import Dialect
+from telephony_bridge.config import Dialect
 
 ULAW_RATE_HZ = 8000
 PCM24K_RATE_HZ = 24000

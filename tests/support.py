@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from telephony_bridge.config import BridgeConfig, parse_config, settings_from_env
-from telephony_bridge.entra import CredentialFactory
+from telephony_bridge.realtime.entra import CredentialFactory
 from telephony_bridge.testing.bridge_server import serve_bridge
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, SimulatedSession
 from telephony_bridge.testing.twilio_simulator import SimulatedCall

@@ -11,8 +11,8 @@ import pytest
 
 from support import bridge_for, place_call
 from telephony_bridge.config import settings_from_env
-from telephony_bridge.entra import AZURE_SCOPE, REFRESH_MARGIN_S, EntraToken
 from telephony_bridge.errors import RealtimeConnectError
+from telephony_bridge.realtime.entra import AZURE_SCOPE, REFRESH_MARGIN_S, EntraToken
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 
 AZURE_WITHOUT_KEY = {

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 from support import ManualClock
-from telephony_bridge.config import CallProfile
-from telephony_bridge.controller import CallController
-from telephony_bridge.events import (
+from telephony_bridge.call.controller import CallController
+from telephony_bridge.call.events import (
     AddCallerText,
     AddNote,
     AnswerFunctionCall,
@@ -41,6 +40,7 @@ from telephony_bridge.events import (
     TransferFailed,
     TwilioDisconnected,
 )
+from telephony_bridge.config import CallProfile
 
 PCM_100MS = b"\x10\x00" * 2400
 DESK = CallProfile(transfer={"front_desk": "+15550009999", "billing": "sip:billing@pbx.example.com"})

@@ -16,7 +16,7 @@ from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, bridge_for, new_cal
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import Callee, SimulatedCall, speech_like_ulaw
-from telephony_bridge.webhook import STREAM_STATUS_PATH
+from telephony_bridge.twilio.webhook import STREAM_STATUS_PATH
 
 DESK = "+15550009999"
 TRANSFERS = f'\n[numbers."{CLINIC}".transfer]\nfront_desk = "{DESK}"\nbilling = "sip:billing@pbx.example.com"\n'

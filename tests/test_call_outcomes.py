@@ -10,10 +10,8 @@ import httpx
 from test_operations import run_cli, value, wait_for_call_end, wait_for_row, write_config
 
 from support import AUTH_TOKEN, CLINIC, bridge_for, new_call
-from telephony_bridge.call_log import MIGRATIONS, find_call, open_for_writing
-from telephony_bridge.config import CallProfile, load_config
-from telephony_bridge.controller import CallController
-from telephony_bridge.events import (
+from telephony_bridge.call.controller import CallController
+from telephony_bridge.call.events import (
     FunctionCallRequested,
     MarkEchoed,
     ModelAudio,
@@ -28,7 +26,9 @@ from telephony_bridge.events import (
     TransferEnded,
     TransferFailed,
 )
-from telephony_bridge.summary import CallSummary, TransferAttempt
+from telephony_bridge.call.summary import CallSummary, TransferAttempt
+from telephony_bridge.call_log import MIGRATIONS, find_call, open_for_writing
+from telephony_bridge.config import CallProfile, load_config
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import Callee, speech_like_ulaw

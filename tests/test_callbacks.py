@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from telephony_bridge import callbacks
+from telephony_bridge.call.events import Outcome
 from telephony_bridge.config import CallProfile
-from telephony_bridge.events import Outcome
+from telephony_bridge.twilio import callbacks
 
 PROFILE = CallProfile(fallback_message="The model is away.")
 

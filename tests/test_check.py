@@ -11,8 +11,8 @@ import pytest
 
 from support import API_KEY, AUTH_TOKEN, PUBLIC_URL, TEST_CONFIG
 from telephony_bridge.config import environment, parse_env_file
-from telephony_bridge.entra import azure_identity_installed
 from telephony_bridge.errors import ConfigError
+from telephony_bridge.realtime.entra import azure_identity_installed
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 

@@ -15,9 +15,8 @@ from support import AUTH_TOKEN, PUBLIC_URL, SHOP, ManualClock, bridge_for, new_c
 from telephony_bridge.admin.sessions import SESSION_S, ConsoleSessions
 from telephony_bridge.admin.timeline import speech_spans, timeline_of, timeline_svg
 from telephony_bridge.app import create_app
-from telephony_bridge.config import BridgeConfig, CallProfile, HttpTool, settings_from_env
-from telephony_bridge.controller import CallController
-from telephony_bridge.events import (
+from telephony_bridge.call.controller import CallController
+from telephony_bridge.call.events import (
     FunctionCallRequested,
     MarkEchoed,
     ModelAudio,
@@ -30,7 +29,8 @@ from telephony_bridge.events import (
     StreamStarted,
     ToolAnswered,
 )
-from telephony_bridge.recording import read_recording
+from telephony_bridge.config import BridgeConfig, CallProfile, HttpTool, settings_from_env
+from telephony_bridge.observe.recording import read_recording
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 
 ADMIN_TOKEN = "console-api-admin-token"

@@ -7,9 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support import ManualClock
-from telephony_bridge.config import CallProfile
-from telephony_bridge.controller import CallController
-from telephony_bridge.events import (
+from telephony_bridge.call.controller import CallController
+from telephony_bridge.call.events import (
     AddCallerText,
     AddHistoryItem,
     AppendAudio,
@@ -50,8 +49,9 @@ from telephony_bridge.events import (
     TwilioDisconnected,
     TwilioMessageRejected,
 )
-from telephony_bridge.summary import CallSummary
-from telephony_bridge.supervision import CallTimings, SessionStateError
+from telephony_bridge.call.summary import CallSummary
+from telephony_bridge.call.supervision import CallTimings, SessionStateError
+from telephony_bridge.config import CallProfile
 
 PCM_100MS = b"\x10\x00" * 2400
 

@@ -13,10 +13,10 @@ from twilio.request_validator import RequestValidator
 from support import API_KEY, AUTH_TOKEN, CLINIC, PUBLIC_URL, SHOP, TEST_CONFIG, bridge_for, place_call
 from telephony_bridge.call_log import call_details, find_call
 from telephony_bridge.config import CallProfile, TurnDetection, parse_config
-from telephony_bridge.realtime import session_update
+from telephony_bridge.realtime.session import session_update
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
-from telephony_bridge.webhook import STREAM_STATUS_PATH
+from telephony_bridge.twilio.webhook import STREAM_STATUS_PATH
 
 ECHO_DELAY_MS = 40
 

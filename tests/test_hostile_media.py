@@ -11,8 +11,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from support import AUTH_TOKEN, PUBLIC_URL, place_call
-from telephony_bridge.media_stream import TwilioInbound
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
+from telephony_bridge.twilio.media_stream import TwilioInbound
 
 
 def test_a_burst_is_capped_but_a_sustained_flood_is_flooding() -> None:

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from support import bridge_for, new_call, place_call
-from telephony_bridge.realtime import RealtimeEventParser
+from telephony_bridge.realtime.session import RealtimeEventParser
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import speech_like_ulaw
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from telephony_bridge.call import MAX_QUEUED_CHARS, Leg
+from telephony_bridge.call.pump import MAX_QUEUED_CHARS, Leg
 
 
 async def test_a_leg_sends_in_order_and_reports_each_frame_to_the_tap_once() -> None:

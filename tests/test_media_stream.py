@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from test_operations import scrape, value
 
 from support import place_call
-from telephony_bridge.events import (
+from telephony_bridge.call.events import (
     CallerAudio,
     ClearTwilio,
     DigitPressed,
@@ -22,8 +22,8 @@ from telephony_bridge.events import (
     StreamStopped,
     TwilioMessageRejected,
 )
-from telephony_bridge.media_stream import MAX_MESSAGE_BYTES, encode_for_twilio, parse_twilio_message
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
+from telephony_bridge.twilio.media_stream import MAX_MESSAGE_BYTES, encode_for_twilio, parse_twilio_message
 
 
 def media(payload: str) -> str:

@@ -14,8 +14,8 @@ import pytest
 
 from support import AUTH_TOKEN, PUBLIC_URL
 from telephony_bridge.config import CallProfile
-from telephony_bridge.numbers import ECHO_TWIMLET, echo_url, fallback_twiml
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
+from telephony_bridge.twilio.numbers import ECHO_TWIMLET, echo_url, fallback_twiml
 
 CLINIC, SHOP, SPARE = "+14155550100", "+442071838750", "+15550001111"
 CONFIG = f"""

@@ -24,7 +24,7 @@ from telephony_bridge.call_log import MIGRATIONS, CallLog, CallRecord, find_call
 from telephony_bridge.config import load_config
 from telephony_bridge.errors import CallLogError
 from telephony_bridge.logs import log_handler, mask_number
-from telephony_bridge.metrics import Buckets
+from telephony_bridge.observe.metrics import Buckets
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 
@@ -194,8 +194,8 @@ async def test_a_call_logs_one_start_and_one_end_line_tagged_with_its_ids_and_a_
     lines = [json.loads(line) for line in json_lines.getvalue().splitlines()]
     assert all({"ts", "level", "logger", "message"} <= line.keys() for line in lines)
     of_call = [line for line in lines if line.get("call_sid") == call.call_sid]
-    assert [line for line in lines if line["logger"] == "telephony_bridge.call"] == [
-        line for line in of_call if line["logger"] == "telephony_bridge.call"
+    assert [line for line in lines if line["logger"] == "telephony_bridge.call.pump"] == [
+        line for line in of_call if line["logger"] == "telephony_bridge.call.pump"
     ], "a line logged for the call lacks its call_sid"
     starts = [line for line in of_call if line.get("event") == "call_started"]
     ends = [line for line in of_call if line.get("event") == "call_ended"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 from support import ManualClock
-from telephony_bridge.call_control import Dialled
-from telephony_bridge.config import CallProfile
-from telephony_bridge.controller import CallController
-from telephony_bridge.events import (
+from telephony_bridge.call.call_control import Dialled
+from telephony_bridge.call.controller import CallController
+from telephony_bridge.call.events import (
     AnsweredBy,
     AnswerFunctionCall,
     ClearTwilio,
@@ -28,6 +27,7 @@ from telephony_bridge.events import (
     StreamStarted,
     StreamStopped,
 )
+from telephony_bridge.config import CallProfile
 
 PCM_100MS = b"\x10\x00" * 2400
 REMINDER = CallProfile(instructions="You are the reminder line.", greeting="Hello Ada!", opt_out=True)
@@ -123,7 +123,7 @@ def test_an_inbound_call_has_no_opt_out_and_ignores_amd() -> None:
 
 
 def test_the_session_update_turns_automatic_responses_off_in_either_dialect() -> None:
-    from telephony_bridge.realtime import session_update
+    from telephony_bridge.realtime.session import session_update
 
     ga = session_update(REMINDER, "ga", auto_respond=False)["session"]["audio"]["input"]["turn_detection"]
     assert (ga["create_response"], ga["interrupt_response"]) == (False, False)

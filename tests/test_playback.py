@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from support import ManualClock
-from telephony_bridge.playback import PLAYHEAD_ERROR_MS, Playback
+from telephony_bridge.call.playback import PLAYHEAD_ERROR_MS, Playback
 
 
 @pytest.fixture

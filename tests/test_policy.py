@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from support import ManualClock
-from telephony_bridge.config import CallProfile, ModelPrices, Retention, parse_config
-from telephony_bridge.controller import CallController
-from telephony_bridge.errors import ConfigError, ConfigErrors
-from telephony_bridge.events import (
+from telephony_bridge.call.controller import CallController
+from telephony_bridge.call.events import (
     AddNote,
     CloseRealtime,
     CreateResponse,
@@ -33,6 +31,9 @@ from telephony_bridge.events import (
     Tick,
     TokenUsage,
 )
+from telephony_bridge.call.supervision import CallTimings
+from telephony_bridge.config import CallProfile, ModelPrices, Retention, parse_config
+from telephony_bridge.errors import ConfigError, ConfigErrors
 from telephony_bridge.policy import (
     GOODBYES,
     PRESENCE_CHECK,
@@ -46,8 +47,7 @@ from telephony_bridge.policy import (
     profile_in_force,
 )
 from telephony_bridge.preflight import check
-from telephony_bridge.realtime import RealtimeEventParser, token_usage
-from telephony_bridge.supervision import CallTimings
+from telephony_bridge.realtime.session import RealtimeEventParser, token_usage
 
 NUMBER = "+14155550100"
 HOURS = f"""

@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 
 from support import API_KEY, AUTH_TOKEN, TEST_CONFIG, bridge_for, new_call
+from telephony_bridge.call.events import TokenUsage
 from telephony_bridge.call_log import CallRecord, call_details, find_call
 from telephony_bridge.config import ModelPrices, parse_config
-from telephony_bridge.events import TokenUsage
 from telephony_bridge.policy import GOODBYES, PRESENCE_CHECK, WRAP_UP_NOTE, cost_of
-from telephony_bridge.realtime import token_usage
+from telephony_bridge.realtime.session import token_usage
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, SimulatedSession, speech_like_pcm16
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw

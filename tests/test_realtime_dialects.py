@@ -13,8 +13,7 @@ from pydantic import TypeAdapter
 from test_operations import scrape, value
 
 from support import place_call
-from telephony_bridge.config import CallProfile, TurnDetection
-from telephony_bridge.events import (
+from telephony_bridge.call.events import (
     AddCallerText,
     AppendAudio,
     ConfigureSession,
@@ -29,7 +28,8 @@ from telephony_bridge.events import (
     TranscriptDone,
     TruncateItem,
 )
-from telephony_bridge.realtime import RealtimeEventParser, encode_for_realtime
+from telephony_bridge.config import CallProfile, TurnDetection
+from telephony_bridge.realtime.session import RealtimeEventParser, encode_for_realtime
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import speech_like_ulaw
 

@@ -9,7 +9,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from telephony_bridge.realtime import sender
+from telephony_bridge.realtime.session import sender
 
 
 async def test_messages_arrive_whole_and_in_order() -> None:

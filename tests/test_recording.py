@@ -22,7 +22,7 @@ import pytest
 from support import API_KEY, AUTH_TOKEN, CLINIC, bridge_for, new_call
 from telephony_bridge import __version__
 from telephony_bridge.cli import main
-from telephony_bridge.recording import CallRecorder, RecordingWriter, read_recording
+from telephony_bridge.observe.recording import CallRecorder, RecordingWriter, read_recording
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, speech_like_pcm16
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 

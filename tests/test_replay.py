@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from telephony_bridge import controller
+from telephony_bridge.call import controller
+from telephony_bridge.call.events import AddHistoryItem, RealtimeConnected
 from telephony_bridge.cli import main
-from telephony_bridge.events import AddHistoryItem, RealtimeConnected
-from telephony_bridge.recording import read_recording
-from telephony_bridge.replay import replay
+from telephony_bridge.observe.recording import read_recording
+from telephony_bridge.observe.replay import replay
 from telephony_bridge.testing.recorded_calls import SCENARIOS
 
 RECORDINGS = Path(__file__).parent / "recordings"

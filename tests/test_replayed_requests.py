@@ -16,11 +16,11 @@ from test_operations import scrape, value
 from twilio.request_validator import RequestValidator
 
 from support import AUTH_TOKEN, PUBLIC_URL, TEST_CONFIG, new_call, place_call
+from telephony_bridge.call.switchboard import Switchboard
 from telephony_bridge.config import parse_config, settings_from_env
-from telephony_bridge.security import STREAM_TOKEN_LIFETIME_S, issue_stream_token, stream_id_of, stream_token_valid
-from telephony_bridge.switchboard import Switchboard
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall
+from telephony_bridge.twilio.security import STREAM_TOKEN_LIFETIME_S, issue_stream_token, stream_id_of, stream_token_valid
 
 
 async def replay_webhook(call: SimulatedCall, idempotency_token: str | None = None) -> str:

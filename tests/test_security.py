@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from telephony_bridge.security import STREAM_TOKEN_LIFETIME_S, issue_stream_token, stream_token_valid
+from telephony_bridge.twilio.security import STREAM_TOKEN_LIFETIME_S, issue_stream_token, stream_token_valid
 
 SECRET = b"s" * 32
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from support import ManualClock
-from telephony_bridge.supervision import CallTimings, Reopen, SessionState, SessionStateError, SessionSupervisor
+from telephony_bridge.call.supervision import CallTimings, Reopen, SessionState, SessionStateError, SessionSupervisor
 
 
 def test_a_call_opens_its_first_session_and_is_ready_once_connected() -> None:

@@ -6,10 +6,8 @@ import json
 
 import pytest
 
-from telephony_bridge.config import parse_config, settings_from_env
-from telephony_bridge.controller import CallController
-from telephony_bridge.errors import ConfigError
-from telephony_bridge.events import (
+from telephony_bridge.call.controller import CallController
+from telephony_bridge.call.events import (
     AnswerFunctionCall,
     CreateResponse,
     FunctionCallRequested,
@@ -22,9 +20,11 @@ from telephony_bridge.events import (
     Tick,
     ToolAnswered,
 )
+from telephony_bridge.config import parse_config, settings_from_env
+from telephony_bridge.errors import ConfigError
 from telephony_bridge.preflight import mcp_problems
-from telephony_bridge.realtime import session_update
-from telephony_bridge.tools import HOLDING_INSTRUCTIONS
+from telephony_bridge.realtime.session import session_update
+from telephony_bridge.tools.http_tools import HOLDING_INSTRUCTIONS
 
 LINE = "+15550001111"
 TOOL = """

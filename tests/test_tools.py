@@ -15,11 +15,11 @@ import pytest
 
 from support import TEST_CONFIG, bridge_for, place_call
 from telephony_bridge.config import parse_config
-from telephony_bridge.signatures import SIGNATURE_HEADER, verify
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
 from telephony_bridge.testing.tool_server import ToolReply, ToolServer
-from telephony_bridge.tool_requests import MAX_ANSWER_BYTES
-from telephony_bridge.tools import HOLDING_INSTRUCTIONS
+from telephony_bridge.tools.http_tools import HOLDING_INSTRUCTIONS
+from telephony_bridge.tools.requests import MAX_ANSWER_BYTES
+from telephony_bridge.twilio.signatures import SIGNATURE_HEADER, verify
 
 CLINIC_LINE = "+15550001111"
 SECRET = "tool-signing-secret-for-tests"
@@ -240,7 +240,7 @@ async def test_tool_calls_are_counted_by_tool_and_outcome_in_metrics() -> None:
 
 
 def test_a_tampered_body_or_a_stale_time_does_not_verify() -> None:
-    from telephony_bridge.signatures import signature
+    from telephony_bridge.twilio.signatures import signature
 
     body = b'{"tool":"check_availability","arguments":{"day":"2026-12-01"}}'
     header = signature(SECRET.encode(), body, 1_800_000_000)
@@ -251,8 +251,8 @@ def test_a_tampered_body_or_a_stale_time_does_not_verify() -> None:
 
 
 async def test_a_recording_holds_each_tool_request_and_answer_and_replay_serves_them_again(tmp_path: Any) -> None:
-    from telephony_bridge.recording import read_recording
-    from telephony_bridge.replay import replay
+    from telephony_bridge.observe.recording import read_recording
+    from telephony_bridge.observe.replay import replay
 
     realtime = simulator(checks(), SAYS_SLOTS)
     extra = f'\n[recording]\nfolder = "{tmp_path.as_posix()}"\n'

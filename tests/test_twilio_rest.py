@@ -31,7 +31,7 @@ from telephony_bridge.config import settings_from_env
 from telephony_bridge.errors import TwilioCallGone, TwilioRestError
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import Callee, SimulatedCall
-from telephony_bridge.twilio_rest import TwilioRest
+from telephony_bridge.twilio.rest import TwilioRest
 
 TOKEN = "twilio-auth-token-never-to-be-logged"
 API_KEY, API_SECRET = "SK" + "1" * 32, "api-secret-never-to-be-logged"

@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from support import bridge_for, place_call
-from telephony_bridge.config import CallProfile, ConfigError, ConfigErrors, parse_config
-from telephony_bridge.controller import CallController
-from telephony_bridge.events import (
+from telephony_bridge.call.controller import CallController
+from telephony_bridge.call.events import (
     AppendAudio,
     CallerAudio,
     ModelAudio,
@@ -21,7 +20,8 @@ from telephony_bridge.events import (
     SessionConfigured,
     StreamStarted,
 )
-from telephony_bridge.realtime import RealtimeEventParser, session_update
+from telephony_bridge.config import CallProfile, ConfigError, ConfigErrors, parse_config
+from telephony_bridge.realtime.session import RealtimeEventParser, session_update
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.testing.session_config import ULAW
 from telephony_bridge.testing.twilio_simulator import speech_like_ulaw

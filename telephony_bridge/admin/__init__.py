@@ -4,6 +4,6 @@ The `telephony-bridge` command (`calls --live`, `calls end`, `reload`) and any c
 `BRIDGE_ADMIN_TOKEN` is set.
 """
 
-from .api import admin_router
+from telephony_bridge.admin.api import admin_router
 
 __all__ = ["admin_router"]

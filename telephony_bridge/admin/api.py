@@ -30,20 +30,20 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..call import Call
-from ..call_log import CallQuery, CallRecord, find_call, search_calls, usage_totals
-from ..config import MAX_SPOKEN_CHARS, CallProfile
-from ..errors import CallLogError, RecordingError
-from ..logs import mask_number
-from ..outbound.placing import OutboundCalls, OutboundRefused, OutboundRequest
-from ..policy import is_open, profile_in_force
-from ..recording import export_wav, read_recording
-from ..reload import ConfigReloader
-from ..switchboard import Switchboard
-from .live_feed import LiveFeed, live_call_json
-from .ranges import Unsatisfiable, byte_range
-from .sessions import COOKIE, CSRF_HEADER, ConsoleSessions
-from .timeline import timeline_of, timeline_svg
+from telephony_bridge.admin.live_feed import LiveFeed, live_call_json
+from telephony_bridge.admin.ranges import Unsatisfiable, byte_range
+from telephony_bridge.admin.sessions import COOKIE, CSRF_HEADER, ConsoleSessions
+from telephony_bridge.admin.timeline import timeline_of, timeline_svg
+from telephony_bridge.call.pump import Call
+from telephony_bridge.call.switchboard import Switchboard
+from telephony_bridge.call_log import CallQuery, CallRecord, find_call, search_calls, usage_totals
+from telephony_bridge.config import MAX_SPOKEN_CHARS, CallProfile
+from telephony_bridge.errors import CallLogError, RecordingError
+from telephony_bridge.logs import mask_number
+from telephony_bridge.observe.recording import export_wav, read_recording
+from telephony_bridge.outbound.placing import OutboundCalls, OutboundRefused, OutboundRequest
+from telephony_bridge.policy import is_open, profile_in_force
+from telephony_bridge.reload import ConfigReloader
 
 log = logging.getLogger(__name__)
 

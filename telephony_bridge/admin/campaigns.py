@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from ..outbound.campaigns import CampaignRequest, CampaignRunner, progress_counts
-from ..outbound.campaigns_schedule import CampaignInvalid, CampaignStateError, Row
-from ..outbound.campaigns_store import CampaignView
-from .api import bearer_guard
-from .sessions import ConsoleSessions
+from telephony_bridge.admin.api import bearer_guard
+from telephony_bridge.admin.sessions import ConsoleSessions
+from telephony_bridge.outbound.campaigns import CampaignRequest, CampaignRunner, progress_counts
+from telephony_bridge.outbound.campaigns_schedule import CampaignInvalid, CampaignStateError, Row
+from telephony_bridge.outbound.campaigns_store import CampaignView
 
 
 def campaigns_router(token: str | None, sessions: ConsoleSessions | None = None) -> APIRouter:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..logs import mask_number
-from ..summary import Activity, CallSummary
+from telephony_bridge.call.summary import Activity, CallSummary
+from telephony_bridge.logs import mask_number
 
 
 def live_call_json(summary: CallSummary, lines_from: int = 0) -> dict[str, Any]:

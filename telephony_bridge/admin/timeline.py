@@ -14,8 +14,8 @@ from html import escape
 
 import numpy as np
 
-from ..recording import RecordedCall, stereo_pcm8k
-from ..wire import ULAW_RATE_HZ
+from telephony_bridge.observe.recording import RecordedCall, stereo_pcm8k
+from telephony_bridge.wire import ULAW_RATE_HZ
 
 WINDOW = ULAW_RATE_HZ // 50
 """20 ms of 8 kHz samples."""

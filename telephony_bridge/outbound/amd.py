@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from ..call_control import answered_by
+from telephony_bridge.call.call_control import answered_by
 
 OutcomeKind = Literal["human", "voicemail", "no-answer", "busy", "failed", "fax", "do-not-call", "opted-out"]
 """How an outbound call ended, as a campaign records it."""

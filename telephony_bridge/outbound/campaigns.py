@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import CallLogError
-from ..switchboard import Switchboard
-from .campaigns_schedule import (
+from telephony_bridge.call.switchboard import Switchboard
+from telephony_bridge.errors import CallLogError
+from telephony_bridge.outbound.campaigns_schedule import (
     FINAL_OUTCOMES,
     Campaign,
     CampaignInvalid,
@@ -39,8 +39,8 @@ from .campaigns_schedule import (
     outcome_of_record,
     zone,
 )
-from .campaigns_store import CampaignStore
-from .placing import OutboundOutcome, OutboundRefused, OutboundRequest, PlacedCall
+from telephony_bridge.outbound.campaigns_store import CampaignStore
+from telephony_bridge.outbound.placing import OutboundOutcome, OutboundRefused, OutboundRequest, PlacedCall
 
 log = logging.getLogger(__name__)
 

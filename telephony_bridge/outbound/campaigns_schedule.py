@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..errors import BridgeError
+from telephony_bridge.errors import BridgeError
 
 RETRIED_OUTCOMES = frozenset({"no-answer", "busy"})
 """An attempt that ended so is tried again, `retries` times at most; every other outcome is final."""

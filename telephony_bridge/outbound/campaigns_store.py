@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..call_log import open_for_writing
-from .campaigns_schedule import Campaign, CampaignSettings, CampaignState, Row, RowState, Window
+from telephony_bridge.call_log import open_for_writing
+from telephony_bridge.outbound.campaigns_schedule import Campaign, CampaignSettings, CampaignState, Row, RowState, Window
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..call_log import open_for_writing
+from telephony_bridge.call_log import open_for_writing
 
 __all__ = ["DoNotCall", "add_number", "list_numbers", "listed", "remove_number"]
 

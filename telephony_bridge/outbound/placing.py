@@ -25,20 +25,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..call import Call
-from ..call_control import Dialled
-from ..config import CallProfile, Settings
-from ..errors import ConfigError, TwilioCallGone, TwilioRestError
-from ..logs import mask_number
-from ..security import issue_stream_token
-from ..summary import CallSummary
-from ..switchboard import Switchboard
-from ..tls import tls_context
-from ..twilio_rest import TwilioRest
-from ..webhook import OUTBOUND_AMD_PATH, OUTBOUND_STATUS_PATH, STREAM_ENDED_PATH, STREAM_STATUS_PATH, stream_twiml
-from .amd import OutcomeKind, outcome_of, voicemail_instructions
-from .do_not_call import DoNotCall, record_outcome
-from .placeholders import MissingPlaceholder, fill
+from telephony_bridge.call.call_control import Dialled
+from telephony_bridge.call.pump import Call
+from telephony_bridge.call.summary import CallSummary
+from telephony_bridge.call.switchboard import Switchboard
+from telephony_bridge.config import CallProfile, Settings
+from telephony_bridge.errors import ConfigError, TwilioCallGone, TwilioRestError
+from telephony_bridge.logs import mask_number
+from telephony_bridge.outbound.amd import OutcomeKind, outcome_of, voicemail_instructions
+from telephony_bridge.outbound.do_not_call import DoNotCall, record_outcome
+from telephony_bridge.outbound.placeholders import MissingPlaceholder, fill
+from telephony_bridge.tls import tls_context
+from telephony_bridge.twilio.rest import TwilioRest
+from telephony_bridge.twilio.security import issue_stream_token
+from telephony_bridge.twilio.webhook import (
+    OUTBOUND_AMD_PATH,
+    OUTBOUND_STATUS_PATH,
+    STREAM_ENDED_PATH,
+    STREAM_STATUS_PATH,
+    stream_twiml,
+)
 
 __all__ = ["OutboundCalls", "OutboundOutcome", "OutboundRefused", "OutboundRequest", "OutcomeKind", "PlacedCall"]
 

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from ..config import BridgeConfig, CallProfile, Hours, ModelPrices, Retention
-from ..events import TokenUsage
+from telephony_bridge.call.events import TokenUsage
+from telephony_bridge.config import BridgeConfig, CallProfile, Hours, ModelPrices, Retention
 
 InForce = Literal["always", "business_hours", "after_hours"]
 """Which of a number's profiles a call started with: `always` for a number without `hours`."""

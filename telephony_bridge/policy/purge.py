@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..call_log import delete_transcript, erase_call, logged_calls, open_for_writing
-from ..config import BridgeConfig
-from . import expired
+from telephony_bridge.call_log import delete_transcript, erase_call, logged_calls, open_for_writing
+from telephony_bridge.config import BridgeConfig
+from telephony_bridge.policy import expired
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..audio import DELAY_MS
-from ..wire import PCM24K_BYTES_PER_MS, PCM24K_RATE_HZ, ULAW_BYTES_PER_MS, ULAW_FRAME_BYTES, ULAW_RATE_HZ
+from telephony_bridge.audio import DELAY_MS
+from telephony_bridge.wire import PCM24K_BYTES_PER_MS, PCM24K_RATE_HZ, ULAW_BYTES_PER_MS, ULAW_FRAME_BYTES, ULAW_RATE_HZ
 
 __all__ = [
     "PCM_LOOKAHEAD",

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from ..app import create_app
-from ..config import BridgeConfig, Settings
-from ..server import tcp_listener, uvicorn_config
+from telephony_bridge.app import create_app
+from telephony_bridge.config import BridgeConfig, Settings
+from telephony_bridge.server import tcp_listener, uvicorn_config
 
 
 @asynccontextmanager

@@ -35,10 +35,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
-from ..config import Dialect
-from ..wire import SERVER_EVENTS
-from .changes import Changes
-from .session_config import (
+from telephony_bridge.config import Dialect
+from telephony_bridge.testing.changes import Changes
+from telephony_bridge.testing.session_config import (
     EAGERNESS_SILENCE_MS,
     FIRST_PREVIEW,
     GA_FORMATS,
@@ -56,10 +55,11 @@ from .session_config import (
     tool_choice,
     tools,
 )
-from .vad import ServerVad
+from telephony_bridge.testing.vad import ServerVad
+from telephony_bridge.wire import SERVER_EVENTS
 
 if TYPE_CHECKING:
-    from .realtime_simulator import RealtimeSimulator
+    from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 
 __all__ = ["ScriptedAnswer", "ScriptedCall", "SimulatedResponse", "SimulatedSession"]
 

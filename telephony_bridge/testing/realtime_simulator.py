@@ -44,11 +44,11 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from ..config import Dialect
-from .changes import Changes
-from .realtime_session import ScriptedAnswer, ScriptedCall, SimulatedResponse, SimulatedSession
-from .session_config import PCM16, Codec
-from .vad import ServerVad, VadEvent, speech_like_pcm16, vad_level_dbfs
+from telephony_bridge.config import Dialect
+from telephony_bridge.testing.changes import Changes
+from telephony_bridge.testing.realtime_session import ScriptedAnswer, ScriptedCall, SimulatedResponse, SimulatedSession
+from telephony_bridge.testing.session_config import PCM16, Codec
+from telephony_bridge.testing.vad import ServerVad, VadEvent, speech_like_pcm16, vad_level_dbfs
 
 __all__ = [
     "DEFAULT_TRANSCRIPT",

@@ -23,11 +23,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import parse_config, settings_from_env
-from .bridge_server import serve_bridge
-from .realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, SimulatedSession, speech_like_pcm16
-from .twilio_api import TwilioApiSimulator
-from .twilio_simulator import SimulatedCall, speech_like_ulaw
+from telephony_bridge.config import parse_config, settings_from_env
+from telephony_bridge.testing.bridge_server import serve_bridge
+from telephony_bridge.testing.realtime_simulator import (
+    RealtimeSimulator,
+    ScriptedAnswer,
+    ScriptedCall,
+    SimulatedSession,
+    speech_like_pcm16,
+)
+from telephony_bridge.testing.twilio_api import TwilioApiSimulator
+from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 
 AUTH_TOKEN = "twilio-auth-token-for-recordings"
 API_KEY = "sk-key-for-recordings"

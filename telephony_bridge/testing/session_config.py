@@ -21,8 +21,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from ..config import Dialect
-from ..wire import PCM24K_RATE_HZ, ULAW_RATE_HZ
+from telephony_bridge.config import Dialect
+from telephony_bridge.wire import PCM24K_RATE_HZ, ULAW_RATE_HZ
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .changes import Changes
+from telephony_bridge.testing.changes import Changes
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
-from .changes import Changes
-from .twilio_simulator import Callee, SimulatedCall, speech_like_ulaw
+from telephony_bridge.testing.changes import Changes
+from telephony_bridge.testing.twilio_simulator import Callee, SimulatedCall, speech_like_ulaw
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

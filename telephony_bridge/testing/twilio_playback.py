@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from ..wire import ULAW_RATE_HZ, ULAW_SILENCE, ulaw_ms
+from telephony_bridge.wire import ULAW_RATE_HZ, ULAW_SILENCE, ulaw_ms
 
 __all__ = ["MarkEcho", "Played", "TwilioPlayback"]
 

@@ -52,16 +52,16 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from ..wire import (
+from telephony_bridge.testing.changes import Changes
+from telephony_bridge.testing.twilio_playback import MarkEcho, TwilioPlayback
+from telephony_bridge.testing.vad import speech_like_pcm16
+from telephony_bridge.wire import (
     FRAME_MS,
     ULAW_BYTES_PER_MS,
     ULAW_FRAME_BYTES,
     ULAW_RATE_HZ,
     ULAW_SILENCE,
 )
-from .changes import Changes
-from .twilio_playback import MarkEcho, TwilioPlayback
-from .vad import speech_like_pcm16
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

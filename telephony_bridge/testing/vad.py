@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..wire import PCM24K_RATE_HZ
+from telephony_bridge.wire import PCM24K_RATE_HZ
 
 __all__ = ["ServerVad", "VadEvent", "speech_like_pcm16", "vad_level_dbfs"]
 

@@ -5,6 +5,6 @@ the session cookie, so the console can do nothing the admin API does not allow, 
 one way in. Off (every route 404) when `BRIDGE_ADMIN_TOKEN` is not set.
 """
 
-from .routes import console_router
+from telephony_bridge.admin.console.routes import console_router
 
 __all__ = ["console_router"]

@@ -18,7 +18,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from ..sessions import COOKIE, SESSION_S, ConsoleSession, ConsoleSessions
+from telephony_bridge.admin.sessions import COOKIE, SESSION_S, ConsoleSession, ConsoleSessions
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import time
 
-from .events import Outcome
-from .security import issue_stream_token
-from .switchboard import Switchboard
-from .webhook import hangup_twiml, say_twiml, stream_twiml
+from telephony_bridge.call.events import Outcome
+from telephony_bridge.call.switchboard import Switchboard
+from telephony_bridge.twilio.security import issue_stream_token
+from telephony_bridge.twilio.webhook import hangup_twiml, say_twiml, stream_twiml
 
 CALLER_GONE: frozenset[Outcome | None] = frozenset(
     {"caller_hung_up", "stream_dropped", "media_timeout", "agent_ended", "transferred", "operator_ended", None}

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import CallProfile, HttpTool
+from telephony_bridge.config import CallProfile, HttpTool
 
 Outcome = Literal[
     "caller_hung_up", "stream_dropped", "media_timeout", "realtime_unavailable", "shut_down", "no_media_stream",

@@ -26,11 +26,11 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from .summary import CallCounters, CallSummary
+from telephony_bridge.call.summary import CallCounters, CallSummary
 
 if TYPE_CHECKING:
-    from .outbound.placing import OutboundOutcome
-    from .switchboard import Switchboard
+    from telephony_bridge.call.switchboard import Switchboard
+    from telephony_bridge.outbound.placing import OutboundOutcome
 
 Refusal = Literal["busy", "drained"]
 """A call the webhook turned away: at `max_calls` (busy), or while the bridge shuts down (drained)."""

@@ -24,16 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .call import Call, CallTap, LatencyObserver
-from .call_control import Dialled
-from .call_updates import CallUpdates
-from .config import BridgeConfig, CallProfile, RealtimeEndpoint
-from .events import Outcome
-from .policy import profile_in_force
-from .security import STREAM_TOKEN_LIFETIME_S
-from .summary import CallSummary
-from .supervision import CallTimings
-from .transfers import Transfers
+from telephony_bridge.call.call_control import Dialled
+from telephony_bridge.call.events import Outcome
+from telephony_bridge.call.pump import Call, CallTap, LatencyObserver
+from telephony_bridge.call.summary import CallSummary
+from telephony_bridge.call.supervision import CallTimings
+from telephony_bridge.config import BridgeConfig, CallProfile, RealtimeEndpoint
+from telephony_bridge.policy import profile_in_force
+from telephony_bridge.twilio.call_updates import CallUpdates
+from telephony_bridge.twilio.security import STREAM_TOKEN_LIFETIME_S
+from telephony_bridge.twilio.transfers import Transfers
 
 log = logging.getLogger(__name__)
 

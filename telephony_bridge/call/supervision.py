@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import BridgeError
+from telephony_bridge.errors import BridgeError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .errors import ConfigError, RealtimeConnectError
+from telephony_bridge.errors import ConfigError, RealtimeConnectError
 
 AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 REFRESH_MARGIN_S = 300.0

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .events import (
+from telephony_bridge.call.events import (
     CallerAudio,
     ClearTwilio,
     DigitPressed,
@@ -27,8 +27,8 @@ from .events import (
     TwilioMessage,
     TwilioMessageRejected,
 )
-from .logs import LogThrottle
-from .wire import loads
+from telephony_bridge.logs import LogThrottle
+from telephony_bridge.wire import loads
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .config import CallProfile, Dialect, HttpTool
-from .events import FunctionCallRequested, RunTool, ToolAnswered, ToolOutcome
+from telephony_bridge.call.events import FunctionCallRequested, RunTool, ToolAnswered, ToolOutcome
+from telephony_bridge.config import CallProfile, Dialect, HttpTool
 
 HOLDING_PHRASE_AFTER_S = 1.0
 HOLDING_INSTRUCTIONS = (

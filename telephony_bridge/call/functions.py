@@ -11,7 +11,7 @@ Calls belong to the session that made them: a new session has never heard of the
 
 from __future__ import annotations
 
-from .events import Action, AnswerFunctionCall, CreateResponse, FunctionCallRequested
+from telephony_bridge.call.events import Action, AnswerFunctionCall, CreateResponse, FunctionCallRequested
 
 
 class FunctionCalls:

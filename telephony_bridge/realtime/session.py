@@ -21,10 +21,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
-from .call_control import function_tools
-from .config import AudioFormat, CallProfile, Dialect, RealtimeEndpoint
-from .errors import RealtimeConnectError
-from .events import (
+from telephony_bridge.call.call_control import function_tools
+from telephony_bridge.call.events import (
     AddCallerText,
     AddHistoryItem,
     AddNote,
@@ -49,13 +47,15 @@ from .events import (
     TranscriptDone,
     TruncateItem,
 )
-from .logs import LogThrottle
-from .tls import tls_context
-from .tools import function_definitions, mcp_definitions
-from .wire import PCM24K_RATE_HZ, SERVER_EVENTS, loads
+from telephony_bridge.config import AudioFormat, CallProfile, Dialect, RealtimeEndpoint
+from telephony_bridge.errors import RealtimeConnectError
+from telephony_bridge.logs import LogThrottle
+from telephony_bridge.tls import tls_context
+from telephony_bridge.tools.http_tools import function_definitions, mcp_definitions
+from telephony_bridge.wire import PCM24K_RATE_HZ, SERVER_EVENTS, loads
 
 log = logging.getLogger(__name__)
-_wire_log = logging.getLogger("telephony_bridge.realtime.wire")
+_wire_log = logging.getLogger("telephony_bridge.realtime.session.wire")
 _wire_log.setLevel(logging.INFO)
 """The websockets library logs handshake headers at DEBUG, the API key among them: never below INFO."""
 

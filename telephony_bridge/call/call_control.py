@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .config import CallProfile
-from .events import Action, AddNote, CallUpdate, HangUp, Transfer
+from telephony_bridge.call.events import Action, AddNote, CallUpdate, HangUp, Transfer
+from telephony_bridge.config import CallProfile
 
 END_CALL = "end_call"
 TRANSFER_CALL = "transfer_call"

@@ -58,14 +58,14 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from .call import Direction
-from .config import BridgeConfig, CallLogSettings, settings_from_env
-from .recording import RealtimeSocketChange, RecordedCall, RecordedFrame
-from .testing.bridge_server import serve_bridge
-from .testing.tool_server import ToolReply, ToolServer
-from .testing.twilio_playback import TwilioPlayback
-from .testing.twilio_simulator import SimulatedCall
-from .wire import PCM24K_BYTES_PER_MS, pcm24k_ms, ulaw_ms
+from telephony_bridge.call.pump import Direction
+from telephony_bridge.config import BridgeConfig, CallLogSettings, settings_from_env
+from telephony_bridge.observe.recording import RealtimeSocketChange, RecordedCall, RecordedFrame
+from telephony_bridge.testing.bridge_server import serve_bridge
+from telephony_bridge.testing.tool_server import ToolReply, ToolServer
+from telephony_bridge.testing.twilio_playback import TwilioPlayback
+from telephony_bridge.testing.twilio_simulator import SimulatedCall
+from telephony_bridge.wire import PCM24K_BYTES_PER_MS, pcm24k_ms, ulaw_ms
 
 FAST_FORWARD = 10.0
 """How much faster than real time the recording runs where the bridge does not read the clock."""

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
 from typing import Literal
 
-from .events import Outcome, TokenUsage, TranscriptDone
-from .tools import ToolCallRecord
+from telephony_bridge.call.events import Outcome, TokenUsage, TranscriptDone
+from telephony_bridge.tools.http_tools import ToolCallRecord
 
 Activity = Literal["connecting", "listening", "speaking", "using_tool", "transferring"]
 """What a live call is doing now, as an operator watching it would say it."""

@@ -30,11 +30,10 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, get_args
 
-from .audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k, UlawPassthrough
-from .call_control import END_CALL, OPT_OUT, TRANSFER_CALL, CallControl, Dialled, Step, answered_by
-from .config import CallProfile, ModelPrices
-from .conversation import Conversation
-from .events import (
+from telephony_bridge.audio import Pcm24kToUlaw8k, Ulaw8kToPcm24k, UlawPassthrough
+from telephony_bridge.call.call_control import END_CALL, OPT_OUT, TRANSFER_CALL, CallControl, Dialled, Step, answered_by
+from telephony_bridge.call.conversation import Conversation
+from telephony_bridge.call.events import (
     Action,
     AddCallerText,
     AddNote,
@@ -87,14 +86,15 @@ from .events import (
     TwilioMessage,
     TwilioMessageRejected,
 )
-from .functions import FunctionCalls
-from .held_actions import HeldActions
-from .playback import Playback
-from .policy import GOODBYES, PRESENCE_CHECK, WRAP_UP_NOTE, CallLimits, Decision, InForce, cost_of
-from .summary import Activity, CallCounters, CallSummary, TransferAttempt
-from .supervision import CallTimings, Reopen, SessionState, SessionSupervisor
-from .tools import HOLDING_INSTRUCTIONS, ToolCalls
-from .wire import pcm24k_ms, ulaw_ms
+from telephony_bridge.call.functions import FunctionCalls
+from telephony_bridge.call.held_actions import HeldActions
+from telephony_bridge.call.playback import Playback
+from telephony_bridge.call.summary import Activity, CallCounters, CallSummary, TransferAttempt
+from telephony_bridge.call.supervision import CallTimings, Reopen, SessionState, SessionSupervisor
+from telephony_bridge.config import CallProfile, ModelPrices
+from telephony_bridge.policy import GOODBYES, PRESENCE_CHECK, WRAP_UP_NOTE, CallLimits, Decision, InForce, cost_of
+from telephony_bridge.tools.http_tools import HOLDING_INSTRUCTIONS, ToolCalls
+from telephony_bridge.wire import pcm24k_ms, ulaw_ms
 
 FATAL_ERROR_CODES = frozenset({"insufficient_quota", "invalid_api_key", "model_not_found"})
 """Error codes after which a new session would fail the same way: the call falls back instead of retrying."""

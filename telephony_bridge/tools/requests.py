@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 
-from .config import AfterCall, HttpTool
-from .events import ToolOutcome
-from .signatures import SIGNATURE_HEADER, signature
-from .summary import CallSummary
-from .tls import tls_context
-from .tools import error_output
+from telephony_bridge.call.events import ToolOutcome
+from telephony_bridge.call.summary import CallSummary
+from telephony_bridge.config import AfterCall, HttpTool
+from telephony_bridge.tls import tls_context
+from telephony_bridge.tools.http_tools import error_output
+from telephony_bridge.twilio.signatures import SIGNATURE_HEADER, signature
 
 MAX_ANSWER_BYTES = 64 * 1024
 """A function output is text the model reads on every later turn: 64 KiB is some 16 000 tokens, far more than a

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 import httpx
 
-from .config import Settings
-from .errors import ConfigError, TwilioCallGone, TwilioRestError
+from telephony_bridge.config import Settings
+from telephony_bridge.errors import ConfigError, TwilioCallGone, TwilioRestError
 
 __all__ = ["API_VERSION", "Observer", "TwilioRest"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from .events import Action, AppendAudio, TruncateItem
-from .wire import pcm24k_ms
+from telephony_bridge.call.events import Action, AppendAudio, TruncateItem
+from telephony_bridge.wire import pcm24k_ms
 
 MAX_HELD_CALLER_AUDIO_MS = 5000
 """Caller audio that arrives before the Realtime socket opens is held, up to this much, then the oldest is dropped."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .events import Action, AddHistoryItem, CreateResponse, TranscriptDone
+from telephony_bridge.call.events import Action, AddHistoryItem, CreateResponse, TranscriptDone
 
 MAX_HISTORY_ITEMS = 50
 EXPECTED_RESPONSE_S = 1.5

@@ -20,10 +20,10 @@ from urllib.parse import quote, urlsplit
 
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
-from .config import BridgeConfig, CallProfile, Settings
-from .errors import ConfigError
-from .twilio_rest import TwilioRest
-from .webhook import DIAL_TIMEOUT_S
+from telephony_bridge.config import BridgeConfig, CallProfile, Settings
+from telephony_bridge.errors import ConfigError
+from telephony_bridge.twilio.rest import TwilioRest
+from telephony_bridge.twilio.webhook import DIAL_TIMEOUT_S
 
 ECHO_TWIMLET = "https://twimlets.com/echo"
 MAX_URL_CHARS = 4000

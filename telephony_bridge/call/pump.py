@@ -24,12 +24,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from .call_control import Dialled
-from .call_updates import CallUpdates
-from .config import CallProfile, ModelPrices, RealtimeEndpoint
-from .controller import CallController
-from .errors import RealtimeConnectError
-from .events import (
+from telephony_bridge.call.call_control import Dialled
+from telephony_bridge.call.controller import CallController
+from telephony_bridge.call.events import (
     Action,
     AnsweredBy,
     CallerAudio,
@@ -57,13 +54,16 @@ from .events import (
     TwilioDisconnected,
     TwilioMessage,
 )
-from .logs import CallIds, bind_call, mask_number
-from .media_stream import TwilioInbound, encode_for_twilio
-from .policy import InForce
-from .realtime import RealtimeEventParser, encode_for_realtime, open_realtime, sender
-from .summary import CallSummary
-from .supervision import CallTimings
-from .tool_requests import CallParties, after_call_body, call_tool, new_client, post_after_call, request_body
+from telephony_bridge.call.summary import CallSummary
+from telephony_bridge.call.supervision import CallTimings
+from telephony_bridge.config import CallProfile, ModelPrices, RealtimeEndpoint
+from telephony_bridge.errors import RealtimeConnectError
+from telephony_bridge.logs import CallIds, bind_call, mask_number
+from telephony_bridge.policy import InForce
+from telephony_bridge.realtime.session import RealtimeEventParser, encode_for_realtime, open_realtime, sender
+from telephony_bridge.tools.requests import CallParties, after_call_body, call_tool, new_client, post_after_call, request_body
+from telephony_bridge.twilio.call_updates import CallUpdates
+from telephony_bridge.twilio.media_stream import TwilioInbound, encode_for_twilio
 
 log = logging.getLogger(__name__)
 

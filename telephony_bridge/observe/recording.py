@@ -44,13 +44,13 @@ from typing import Any, Literal, TextIO, get_args
 
 import numpy as np
 
-from . import __version__
-from .call import Direction
-from .config import CallProfile, Dialect
-from .errors import RecordingError
-from .summary import CallSummary
-from .webhook import STREAM_TOKEN_PARAMETER
-from .wire import MODEL_AUDIO_DELTAS, ULAW_BYTES_PER_MS, ULAW_RATE_HZ, ULAW_SILENCE, loads
+from telephony_bridge import __version__
+from telephony_bridge.call.pump import Direction
+from telephony_bridge.call.summary import CallSummary
+from telephony_bridge.config import CallProfile, Dialect
+from telephony_bridge.errors import RecordingError
+from telephony_bridge.twilio.webhook import STREAM_TOKEN_PARAMETER
+from telephony_bridge.wire import MODEL_AUDIO_DELTAS, ULAW_BYTES_PER_MS, ULAW_RATE_HZ, ULAW_SILENCE, loads
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings
-from .errors import ConfigError, TwilioCallGone, TwilioRestError
-from .events import CallUpdate, Event, HangUp, HangUpFailed, Transfer, TransferFailed
-from .tls import tls_context
-from .transfers import Transfers
-from .twilio_rest import Observer, TwilioRest
-from .webhook import DIAL_ENDED_PATH, WHISPER_PATH, refusal_twiml, transfer_twiml
+from telephony_bridge.call.events import CallUpdate, Event, HangUp, HangUpFailed, Transfer, TransferFailed
+from telephony_bridge.config import Settings
+from telephony_bridge.errors import ConfigError, TwilioCallGone, TwilioRestError
+from telephony_bridge.tls import tls_context
+from telephony_bridge.twilio.rest import Observer, TwilioRest
+from telephony_bridge.twilio.transfers import Transfers
+from telephony_bridge.twilio.webhook import DIAL_ENDED_PATH, WHISPER_PATH, refusal_twiml, transfer_twiml
 
 if TYPE_CHECKING:
-    from .call import Call
+    from telephony_bridge.call.pump import Call
 
 log = logging.getLogger(__name__)
 
