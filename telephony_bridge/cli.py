@@ -290,7 +290,10 @@ def _calls(args: argparse.Namespace) -> int:
         return _end_call(args)
     if args.live:
         return _live_calls(args)
-    config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
+    settings = settings_from_env(environment(args.env_file), config_path=args.config)
+    if settings.database_url:
+        return _fleet_calls(settings.database_url, args)
+    config = load_config(settings.config_path)
     if not config.call_log.path:
         print(f"telephony-bridge: the call log is off ([call_log] path is empty in {config.source})", file=sys.stderr)
         return 2
@@ -306,6 +309,27 @@ def _calls(args: argparse.Namespace) -> int:
         return 1
     if record is None:
         print(f"telephony-bridge: no call {args.call_sid} in {path}", file=sys.stderr)
+        return 1
+    print(call_details(record))
+    return 0
+
+
+def _fleet_calls(url: str, args: argparse.Namespace) -> int:
+    """`calls` and `calls show` from the fleet's PostgreSQL (`DATABASE_URL`): the same output as from SQLite."""
+    from .call_log import CallQuery, call_details, calls_table
+    from .store.postgres import find_call, search_calls
+
+    try:
+        if args.call_sid is None:
+            records, _ = search_calls(url, CallQuery(limit=args.limit))
+            print(calls_table(records) if records else "no calls in the fleet's call log yet")
+            return 0
+        record = find_call(url, args.call_sid)
+    except CallLogError as error:
+        print(f"telephony-bridge: {error}", file=sys.stderr)
+        return 1
+    if record is None:
+        print(f"telephony-bridge: no call {args.call_sid} in the fleet's call log", file=sys.stderr)
         return 1
     print(call_details(record))
     return 0

@@ -31,7 +31,7 @@ from .summary import CallCounters, CallSummary
 if TYPE_CHECKING:
     from .switchboard import Switchboard
 
-Refusal = Literal["busy", "drained"]
+Refusal = Literal["busy", "drained", "database"]
 """A call the webhook turned away: at `max_calls` (busy), or while the bridge shuts down (drained)."""
 
 

@@ -65,6 +65,7 @@ class Switchboard:
         on_call_end: Callable[[CallSummary], None] = lambda summary: None,
         on_latency: LatencyObserver | None = None,
         call_updates: CallUpdates | None = None,
+        on_call_start: Callable[[str, str, str], None] = lambda call_sid, number, caller: None,
     ) -> None:
         self.config = config
         self.transfers: Transfers[Call] = call_updates.transfers if call_updates else Transfers(clock)
@@ -75,6 +76,8 @@ class Switchboard:
         self._unclaimed_timeout_s = unclaimed_timeout_s
         self._tap_for = tap_for
         self._on_call_end = on_call_end
+        self._on_call_start = on_call_start
+        """(CallSid, called number, caller's number) of each call opened here: the fleet's live-call registry."""
         self._on_latency = on_latency
         self._call_updates = call_updates
         self._timings = _timings(config)
@@ -208,6 +211,7 @@ class Switchboard:
         )
         self._calls[call_sid] = call
         call.begin()
+        self._on_call_start(call_sid, called_number, caller_number)
         return call
 
     def _claimed(self, stream_id: str) -> bool:
