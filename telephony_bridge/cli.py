@@ -188,8 +188,9 @@ def _live_calls(args: argparse.Namespace) -> int:
     if not calls:
         print("no live calls")
         return 0
-    rows = [("CALL SID", "TO", "FROM", "DURATION", "STATE", "LAST SAID")] + [
-        (call["call_sid"], call["number"], call["caller"] or "-", f"{call['duration_s']:.0f}s", call["state"],
+    rows = [("CALL SID", "INSTANCE", "TO", "FROM", "DURATION", "STATE", "LAST SAID")] + [
+        (call["call_sid"], call.get("instance", "-"), call["number"], call["caller"] or "-", f"{call['duration_s']:.0f}s",
+         call["state"],
          f"{call['transcript'][-1]['speaker']}: {call['transcript'][-1]['text'][:60]}" if call["transcript"] else "-")
         for call in calls
     ]
