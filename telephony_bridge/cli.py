@@ -188,12 +188,15 @@ def _live_calls(args: argparse.Namespace) -> int:
     if not calls:
         print("no live calls")
         return 0
-    rows = [("CALL SID", "INSTANCE", "TO", "FROM", "DURATION", "STATE", "LAST SAID")] + [
-        (call["call_sid"], call.get("instance", "-"), call["number"], call["caller"] or "-", f"{call['duration_s']:.0f}s",
-         call["state"],
+    rows = [("CALL SID", "TO", "FROM", "DURATION", "STATE", "LAST SAID")] + [
+        (call["call_sid"], call["number"], call["caller"] or "-", f"{call['duration_s']:.0f}s", call["state"],
          f"{call['transcript'][-1]['speaker']}: {call['transcript'][-1]['text'][:60]}" if call["transcript"] else "-")
         for call in calls
     ]
+    if all("instance" in call for call in calls):
+        # A fleet (DATABASE_URL): which instance carries each call.
+        rows = [(row[0], instance, *row[1:]) for row, instance in zip(rows, ["INSTANCE"] + [c["instance"] for c in calls],
+                                                                     strict=True)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
