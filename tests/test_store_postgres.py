@@ -114,3 +114,16 @@ async def test_an_unreachable_database_is_reported_without_its_connection_string
         await store.close(timeout_s=0.5)
     assert caplog.records, "the unreachable database was not reported at all"
     assert all(DB_PASSWORD not in record.getMessage() and url not in record.getMessage() for record in caplog.records)
+
+
+async def test_writes_beyond_the_queue_are_dropped_and_counted_while_the_database_is_away() -> None:
+    failures: list[str] = []
+    store = PostgresStore(f"postgresql://bridge:{DB_PASSWORD}@127.0.0.1:{free_port()}/calls", "lonely",
+                          on_failure=failures.append, max_queued=2)
+    await store.start(wait_s=0.5)
+    try:
+        for n in range(6):
+            store.call_started(f"CA{n}", "+14155550100", "")
+        assert failures.count("queue_full") >= 3
+    finally:
+        await store.close(timeout_s=0.5)
