@@ -58,7 +58,7 @@ def counters(url: str) -> tuple[int, int, int]:
             "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), "
             "(SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
             " WHERE relname IN ('claims', 'live_calls', 'calls', 'transcript', 'stream_errors')), "
-            "(SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'transcript')"
+            "coalesce((SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'transcript'), 0)"
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2])
