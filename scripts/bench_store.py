@@ -43,6 +43,9 @@ PUBLIC_URL = "https://bridge.bench.invalid"
 CONFIG = """
 [defaults]
 instructions = "You answer the phone."
+
+[call_log]
+path = ""
 """
 MACHINE_CALL_RATE = 3.2
 """Calls a second this machine takes in steady state: ~570 concurrent calls on its 2 cores (about 3.5 ms of CPU per
@@ -64,14 +67,16 @@ def counters(url: str) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
-async def bridge_run(url: str, realtime: RealtimeSimulator, calls: int, seconds: float | None) -> tuple[float, list[float]]:
+async def bridge_run(
+    url: str | None, realtime: RealtimeSimulator, calls: int, seconds: float | None
+) -> tuple[float, list[float]]:
     """Start a bridge, place `calls` calls through it (or none), keep it up `seconds` in all, stop it: its duration,
     and for each call how long its Realtime session took to open after the stream's socket was accepted.
 
     PostgreSQL publishes a connection's statistics when it closes, so the counters are read around whole runs."""
     settings = settings_from_env({
         "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": TOKEN, "OPENAI_API_KEY": "sk-bench", "REALTIME_URL": realtime.url,
-        "DATABASE_URL": url, "BRIDGE_INSTANCE_ID": "bench",
+        "BRIDGE_INSTANCE_ID": "bench", **({"DATABASE_URL": url} if url else {}),
     })
     started = time.monotonic()
     opened: list[float] = []
@@ -101,15 +106,17 @@ async def writes_per_call(url: str, calls: int) -> None:
     idle_from = counters(url)
     await bridge_run(url, realtime, 0, busy_s - 1.0)
     idle = [b - a for a, b in zip(idle_from, counters(url), strict=True)]
-    await realtime.stop()
     print(f"writes per call, end to end ({calls} calls through one bridge over {busy_s:.1f} s; "
           f"an idle bridge over the same time taken out):")
     print(f"  {(busy[0] - idle[0]) / calls:.1f} transactions (the pool's connection checks included), "
           f"{(busy[1] - idle[1]) / calls:.1f} rows written, of which {busy[2] / calls:.1f} transcript lines "
           "(each line said is one more row)")
     print(f"  idle, one instance: {idle[0] / busy_s:.2f} transactions/s (heartbeat every 2 s)")
-    print(f"the stream's socket accepted to its Realtime session open (simulator on loopback): "
-          f"median {statistics.median(opened):.1f} ms, max {max(opened):.1f} ms")
+    _, early = await bridge_run(None, realtime, calls, None)
+    print(f"the stream's socket accepted to its Realtime session open (simulator on loopback): in a fleet (opened "
+          f"where the stream lands) median {statistics.median(opened):.1f} ms, max {max(opened):.1f} ms; one bridge "
+          f"(opened early, at the webhook) median {statistics.median(early):.1f} ms, max {max(early):.1f} ms")
+    await realtime.stop()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -201,6 +208,49 @@ async def max_throughput(url: str, calls: int = 3000) -> None:
           f"(claims, registry, log) on this machine's PostgreSQL")
 
 
+async def landing(url: str, calls: int = 30) -> None:
+    """Behind HAProxy round-robin over three instances: how often the stream reaches the instance that took the webhook,
+    which is where an early session would be of use."""
+    import tempfile
+
+    from fleet_servers import Balancer, Instance, RealtimeProcess
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    realtime = RealtimeProcess(folder)
+    env = {"DATABASE_URL": url, "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": TOKEN, "OPENAI_API_KEY": "sk-bench",
+           "REALTIME_URL": realtime.url, "STREAM_TOKEN_SECRET": "bench-fleet-secret"}
+    instances = [Instance(name, folder, env) for name in ("bench-a", "bench-b", "bench-c")]
+    for instance in instances:
+        instance.start()
+    balancer = Balancer(folder, instances)
+    try:
+        placed = []
+        for n in range(calls):
+            call = SimulatedCall(bridge_url=balancer.url, public_url=PUBLIC_URL, auth_token=TOKEN, to_number="+14155550100")
+            await call.dial()
+            if n % 2:  # other traffic between a webhook and its stream (another call's webhook) shifts the rotation
+                other = SimulatedCall(bridge_url=balancer.url, public_url=PUBLIC_URL, auth_token=TOKEN)
+                await other.dial()
+                placed.append(other)
+            await call.connect()
+            placed.append(call)
+        await asyncio.sleep(1.0)
+        with psycopg.connect(url) as connection:
+            rows = connection.execute(
+                "SELECT c.instance = l.instance FROM claims c JOIN live_calls l ON l.call_sid = c.key WHERE c.kind = 'answer'"
+            ).fetchall()
+        for call in placed:
+            await call.hang_up()
+    finally:
+        balancer.close()
+        for instance in instances:
+            instance.stop()
+        realtime.close()
+    same = sum(1 for (hit,) in rows if hit)
+    print(f"behind HAProxy round-robin, 3 instances: {same} of {len(rows)} streams reached the instance that took "
+          "their webhook (the only ones an early session would have served)")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url")
@@ -222,6 +272,7 @@ async def main() -> None:
         await claim_latency(url)
         await at_rate(url, args.rate, args.seconds)
         await max_throughput(url)
+        await landing(server.database("landing") if server is not None else url)
     finally:
         if server is not None:
             server.close()
