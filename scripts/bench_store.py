@@ -47,9 +47,9 @@ instructions = "You answer the phone."
 [call_log]
 path = ""
 """
-MACHINE_CALL_RATE = 3.2
-"""Calls a second this machine takes in steady state: ~570 concurrent calls on its 2 cores (about 3.5 ms of CPU per
-call-second, scripts/bench_calls.py) of 3 minutes each. `--rate` defaults to ten times this."""
+MACHINE_CALL_RATE = 1.8
+"""Calls a second this machine takes in steady state: 150-180 concurrent calls per core (README, Capacity), so about
+330 on its 2 cores, of 3 minutes each. `--rate` defaults to ten times this."""
 
 
 def counters(url: str) -> tuple[int, int, int]:
