@@ -326,7 +326,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             public_url(headers, websocket=False, path=STREAM_STATUS_PATH),
         )
         try:
-            sent = await fleet_routes.answer_once(store, call_sid, answer, idempotency_token, stream_id_of(token))
+            sent = await fleet_routes.answer_once(store, call_sid, answer, idempotency_token, stream_id_of(token),
+                                                  caller=params.get("From", ""), account_sid=params.get("AccountSid", ""))
         except StoreUnavailable:
             log.warning("call %s: refused, the database did not answer (once-only answers cannot be kept)", call_sid)
             metrics.call_refused(called_number, "database")
@@ -360,9 +361,12 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             await websocket.close(code=POLICY_VIOLATION)
             return
         store: PostgresStore | None = websocket.app.state.store
+        caller, account_sid = "", ""
         if store is not None:
             try:
                 first = await store.claim("stream", stream_id_of(token), started.call_sid, STREAM_TOKEN_LIFETIME_S)
+                if first is None:
+                    caller, account_sid = await fleet_routes.answered_call(store, started.call_sid)
             except StoreUnavailable:
                 log.warning("media socket for call %s refused: the database is unavailable", started.call_sid)
                 await websocket.close(code=POLICY_VIOLATION)
@@ -371,7 +375,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
                 await websocket.close(code=POLICY_VIOLATION)
                 return
-        call = websocket.app.state.switchboard.claim(started.call_sid, called_number, stream_id_of(token))
+        call = websocket.app.state.switchboard.claim(started.call_sid, called_number, stream_id_of(token), caller, account_sid)
         if call is None:
             log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)

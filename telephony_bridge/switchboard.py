@@ -153,7 +153,8 @@ class Switchboard:
         )
         return call
 
-    def claim(self, call_sid: str, called_number: str, stream_id: str) -> Call | None:
+    def claim(self, call_sid: str, called_number: str, stream_id: str, caller_number: str = "",
+              account_sid: str = "") -> Call | None:
         """The call a media socket with a valid token belongs to; `None` if the token's stream id was used already.
 
         A valid token with no call here (the webhook reached another process, or this one restarted)
@@ -169,7 +170,7 @@ class Switchboard:
         if call is None:
             if self.live_calls >= self.config.limits.max_calls:
                 return None
-            call = self._open(call_sid, called_number)
+            call = self._open(call_sid, called_number, caller_number, account_sid)
         return call
 
     async def drain(self, timeout_s: float) -> int:

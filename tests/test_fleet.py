@@ -63,7 +63,7 @@ def fleet(postgres: PostgresServer) -> Iterator[Fleet]:
         "DATABASE_URL": database, "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": "sk-fleet",
         "REALTIME_URL": realtime.url, "STREAM_TOKEN_SECRET": "one-secret-for-the-whole-fleet",
         "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN, "TWILIO_API_URL": f"http://127.0.0.1:{api_port}",
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "FLEET_LOST_AFTER_SECONDS": str(LOST_AFTER_S),
+        "FLEET_LOST_AFTER_SECONDS": str(LOST_AFTER_S),
     }
     instances = [Instance(name, folder, env, drain_s=20.0) for name in ("bridge-a", "bridge-b", "bridge-c")]
     for instance in instances:
@@ -139,8 +139,9 @@ async def test_calls_spread_over_the_instances_with_webhook_and_stream_on_differ
     await wait_for(lambda: all(call.said for call in calls), what="every caller hearing the model")
     await hang_up_all(calls)
     await wait_for(lambda: not owners(fleet, calls), what="the calls leaving the registry")
-    logged = fleet.query("SELECT call_sid, outcome FROM calls WHERE call_sid = ANY(%s)", ([c.call_sid for c in calls],))
-    assert sorted(logged) == sorted((call.call_sid, "caller_hung_up") for call in calls)
+    logged = fleet.query("SELECT call_sid, outcome, from_number FROM calls WHERE call_sid = ANY(%s)",
+                         ([c.call_sid for c in calls],))
+    assert sorted(logged) == sorted((call.call_sid, "caller_hung_up", call.from_number) for call in calls)
 
 
 async def test_a_replayed_webhook_is_refused_by_every_instance(fleet: Fleet, api: TwilioApiSimulator) -> None:

@@ -25,10 +25,11 @@ ENDING_WAIT_S = 1.5
 
 
 async def answer_once(store: PostgresStore, call_sid: str, twiml: str, idempotency_token: str | None,
-                      stream_id: str | None) -> str | None:
+                      stream_id: str | None, *, caller: str = "", account_sid: str = "") -> str | None:
     """The TwiML to send for this webhook: `twiml` if it is the CallSid's first, the first answer again to
     Twilio's retry of it, `None` (refuse it) for any other second webhook. Raises `StoreUnavailable`."""
-    value = orjson.dumps({"twiml": twiml, "idempotency_token": idempotency_token, "stream_id": stream_id}).decode()
+    value = orjson.dumps({"twiml": twiml, "idempotency_token": idempotency_token, "stream_id": stream_id,
+                          "from": caller, "account_sid": account_sid}).decode()
     first = await store.claim("answer", call_sid, value, ANSWER_LIFETIME_S)
     if first is None:
         return twiml
@@ -42,6 +43,16 @@ async def answer_once(store: PostgresStore, call_sid: str, twiml: str, idempoten
     if first_stream is not None and await store.claimed("stream", first_stream):
         return None
     return str(answered.get("twiml", "")) or None
+
+
+async def answered_call(store: PostgresStore, call_sid: str) -> tuple[str, str]:
+    """The caller's number and the AccountSid the webhook of a call brought (the stream's `start` carries neither)."""
+    value = await store.claim_value("answer", call_sid)
+    try:
+        answered = orjson.loads(value) if value else {}
+    except orjson.JSONDecodeError:
+        answered = {}
+    return str(answered.get("from") or ""), str(answered.get("account_sid") or "")
 
 
 async def ending(store: PostgresStore, call_sid: str) -> str | None:

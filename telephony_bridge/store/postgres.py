@@ -179,8 +179,11 @@ class PostgresStore:
         )
         if rows:
             return None
+        return await self.claim_value(kind, key) or ""
+
+    async def claim_value(self, kind: str, key: str) -> str | None:
         held = await self._execute("SELECT value FROM claims WHERE kind = %s AND key = %s", (kind, key))
-        return str(held[0][0]) if held else ""
+        return str(held[0][0]) if held else None
 
     async def claimed(self, kind: str, key: str) -> bool:
         rows = await self._execute("SELECT 1 FROM claims WHERE kind = %s AND key = %s AND expires_at >= now()", (kind, key))
