@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from twilio.request_validator import RequestValidator
 
 from fleet_servers import DB_PASSWORD, Balancer, Instance, PostgresServer, RealtimeProcess, free_port
 from support import AUTH_TOKEN, CLINIC, PUBLIC_URL
@@ -142,6 +143,30 @@ async def test_calls_spread_over_the_instances_with_webhook_and_stream_on_differ
     logged = fleet.query("SELECT call_sid, outcome, from_number FROM calls WHERE call_sid = ANY(%s)",
                          ([c.call_sid for c in calls],))
     assert sorted(logged) == sorted((call.call_sid, "caller_hung_up", call.from_number) for call in calls)
+
+
+async def test_after_its_stream_a_call_carried_elsewhere_gets_what_its_outcome_calls_for(
+    fleet: Fleet, api: TwilioApiSimulator
+) -> None:
+    call = await place(fleet, api)
+    await wait_for(lambda: owners(fleet, [call]), what="the call in the registry")
+    await call.hang_up()
+    await wait_for(lambda: fleet.query("SELECT outcome FROM calls WHERE call_sid = %s", (call.call_sid,)) != [],
+                   what="the call in the log")
+    for instance in fleet.instances:
+        assert "<Hangup" in await stream_ended(instance, call.call_sid), instance.name
+        assert "Sorry, please call back later." in await stream_ended(instance, "CA" + "0" * 32), instance.name
+
+
+async def stream_ended(instance: Instance, call_sid: str) -> str:
+    """Twilio's `<Connect action>` request after a call's stream, signed, sent straight to `instance`."""
+    params = {"CallSid": call_sid, "To": CLINIC, "AccountSid": ACCOUNT_SID}
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL + "/twilio/stream-ended", params)
+    async with httpx.AsyncClient() as client:
+        response = await client.post(instance.url + "/twilio/stream-ended", data=params,
+                                     headers={"X-Twilio-Signature": signature})
+    assert response.status_code == 200
+    return response.text
 
 
 async def test_a_replayed_webhook_is_refused_by_every_instance(fleet: Fleet, api: TwilioApiSimulator) -> None:
