@@ -32,7 +32,7 @@ from .metrics import BridgeMetrics
 from .recording import CallRecordings
 from .reload import ConfigReloader
 from .security import STREAM_TOKEN_LIFETIME_S, issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
-from .store import PostgresStore, StoreUnavailable
+from .store import PostgresStore, Store, StoreUnavailable
 from .store import fleet as fleet_routes
 from .store.base import RequestHandler
 from .stream_errors import StreamError, stream_error_of
@@ -197,7 +197,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         switchboard = request.app.state.switchboard
         limits, defaults = switchboard.config.limits, switchboard.config.defaults
         call_sid = params.get("CallSid", "")
-        store: PostgresStore | None = request.app.state.store
+        store: Store | None = request.app.state.store
         if store is not None and switchboard.ending(call_sid) is None:
             try:
                 outcome = await fleet_routes.ending(store, call_sid)
@@ -223,7 +223,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         transfer_id, status = request.query_params.get("transfer", ""), params.get("DialCallStatus", "")
         urls = {"stream_url": public_url(request.headers, websocket=True),
                 "stream_ended_url": public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH)}
-        store: PostgresStore | None = request.app.state.store
+        store: Store | None = request.app.state.store
         if store is not None and switchboard.transfers.whisper(transfer_id) is None:
             # The transfer is another instance's: its call's owner redeems it and says what comes next.
             try:
@@ -251,7 +251,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         switchboard: Switchboard | None = getattr(request.app.state, "switchboard", None)
         if switchboard is None or switchboard.draining:
             return JSONResponse({"status": "starting" if switchboard is None else "draining"}, status_code=503)
-        store: PostgresStore | None = request.app.state.store
+        store: Store | None = request.app.state.store
         if store is not None and not store.available:
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         return JSONResponse({"status": "ready", "config_hash": switchboard.config.digest})
@@ -286,7 +286,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             twiml = refusal_twiml(profile.fallback_message)
             switchboard.remember_answer(call_sid, twiml, idempotency_token, None)
             return Response(twiml, media_type="text/xml")
-        store: PostgresStore | None = request.app.state.store
+        store: Store | None = request.app.state.store
         if store is not None:
             return await answer_in_fleet(store, switchboard, params, idempotency_token, request.headers)
         call = switchboard.answer(call_sid, called_number, params.get("From", ""), params.get("AccountSid", ""))
@@ -305,7 +305,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         switchboard.remember_answer(call_sid, twiml, idempotency_token, stream_id_of(token))
         return Response(twiml, media_type="text/xml")
 
-    async def answer_in_fleet(store: PostgresStore, switchboard: Switchboard, params: dict[str, str],
+    async def answer_in_fleet(store: Store, switchboard: Switchboard, params: dict[str, str],
                               idempotency_token: str | None, headers: Mapping[str, str]) -> Response:
         """The webhook of a fleet: answered once across instances; the session opens where the stream lands."""
         call_sid, called_number = params["CallSid"], params["To"]
@@ -360,7 +360,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             log.warning("media socket for call %s with a missing, forged or expired stream token", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)
             return
-        store: PostgresStore | None = websocket.app.state.store
+        store: Store | None = websocket.app.state.store
         caller, account_sid = "", ""
         if store is not None:
             try:

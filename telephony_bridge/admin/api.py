@@ -31,7 +31,7 @@ from ..errors import CallLogError, RecordingError
 from ..logs import mask_number
 from ..recording import export_wav, read_recording
 from ..reload import ConfigReloader
-from ..store import PostgresStore, StoreUnavailable
+from ..store import Store, StoreUnavailable
 from ..store import postgres as fleet_log
 from ..switchboard import Switchboard
 from .ranges import Unsatisfiable, byte_range
@@ -66,7 +66,7 @@ def admin_router(token: str | None) -> APIRouter:
     @router.get("/calls/live")
     async def live_calls(request: Request) -> JSONResponse:
         switchboard: Switchboard = request.app.state.switchboard
-        store: PostgresStore | None = request.app.state.store
+        store: Store | None = request.app.state.store
         if store is not None:
             return JSONResponse({"calls": await _fleet_calls(store, switchboard), "draining": switchboard.draining})
         calls = []
@@ -169,7 +169,7 @@ def admin_router(token: str | None) -> APIRouter:
         """Twilio says the goodbye and hangs up (REST: the call's TwiML is replaced), so the caller never hears the fallback."""
         goodbye = await _goodbye(request)
         switchboard: Switchboard = request.app.state.switchboard
-        store: PostgresStore | None = request.app.state.store
+        store: Store | None = request.app.state.store
         if store is not None and not any(live.call_sid == call_sid for live in switchboard.calls_in_progress()):
             # Another instance's call: its owner ends it, asked through the database (LISTEN/NOTIFY).
             try:
@@ -237,7 +237,7 @@ async def end_live_call(switchboard: Switchboard, call_sid: str, goodbye: str) -
     return 200, _ended_json(call)
 
 
-async def _fleet_calls(store: PostgresStore, switchboard: Switchboard) -> list[dict[str, Any]]:
+async def _fleet_calls(store: Store, switchboard: Switchboard) -> list[dict[str, Any]]:
     """Every live call of the fleet, from the registry; this instance's own with their last transcript lines."""
     try:
         registered = await store.live_calls()

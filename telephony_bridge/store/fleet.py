@@ -16,7 +16,7 @@ import asyncio
 
 import orjson
 
-from .postgres import PostgresStore
+from .base import Store
 
 ANSWER_LIFETIME_S = 24 * 3600.0
 """How long a CallSid stays answered: longer than any call, so a replay of its webhook finds the claim."""
@@ -24,7 +24,7 @@ ENDING_WAIT_S = 1.5
 """How long `<Connect action>` on another instance waits for the owner's record of how the call ended."""
 
 
-async def answer_once(store: PostgresStore, call_sid: str, twiml: str, idempotency_token: str | None,
+async def answer_once(store: Store, call_sid: str, twiml: str, idempotency_token: str | None,
                       stream_id: str | None, *, caller: str = "", account_sid: str = "") -> str | None:
     """The TwiML to send for this webhook: `twiml` if it is the CallSid's first, the first answer again to
     Twilio's retry of it, `None` (refuse it) for any other second webhook. Raises `StoreUnavailable`."""
@@ -45,7 +45,7 @@ async def answer_once(store: PostgresStore, call_sid: str, twiml: str, idempoten
     return str(answered.get("twiml", "")) or None
 
 
-async def answered_call(store: PostgresStore, call_sid: str) -> tuple[str, str]:
+async def answered_call(store: Store, call_sid: str) -> tuple[str, str]:
     """The caller's number and the AccountSid the webhook of a call brought (the stream's `start` carries neither)."""
     value = await store.claim_value("answer", call_sid)
     try:
@@ -55,7 +55,7 @@ async def answered_call(store: PostgresStore, call_sid: str) -> tuple[str, str]:
     return str(answered.get("from") or ""), str(answered.get("account_sid") or "")
 
 
-async def ending(store: PostgresStore, call_sid: str) -> str | None:
+async def ending(store: Store, call_sid: str) -> str | None:
     """How a call carried by another instance ended (`None` if its record has not come in time)."""
     deadline = asyncio.get_running_loop().time() + ENDING_WAIT_S
     while True:
