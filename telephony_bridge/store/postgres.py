@@ -50,7 +50,7 @@ MAX_QUEUED_WRITES = 10_000
 CONNECTION_WAIT_S = 2.0
 """How long a route waits for a pooled connection before it takes the database for down."""
 CLAIM_CLEANUP_AFTER_S = 3600.0
-"""Expired claims are deleted this long after expiry by the heartbeat (any instance)."""
+"""Expired claims, and instances silent (their calls long marked lost), are deleted this long after by any heartbeat."""
 MAX_NOTIFY_BYTES = 7900
 """PostgreSQL refuses a NOTIFY payload of 8000 bytes or more."""
 
@@ -286,6 +286,9 @@ class PostgresStore:
             await connection.execute(
                 "DELETE FROM claims WHERE expires_at < now() - make_interval(secs => %s)", (CLAIM_CLEANUP_AFTER_S,)
             )
+            await connection.execute(
+                "DELETE FROM instances WHERE heartbeat_at < now() - make_interval(secs => %s)", (CLAIM_CLEANUP_AFTER_S,)
+            )
         for (call_sid, instance) in lost:
             log.warning("call %s: marked lost, its instance %s stopped heartbeating", call_sid, instance,
                         extra={"call_sid": call_sid})
@@ -354,8 +357,9 @@ class PostgresStore:
 
 LOST_CALLS = """
 WITH dead AS (
-    DELETE FROM live_calls l USING instances i
-    WHERE l.instance = i.instance AND i.heartbeat_at < now() - make_interval(secs => %s)
+    DELETE FROM live_calls l
+    WHERE NOT EXISTS (SELECT 1 FROM instances i
+                      WHERE i.instance = l.instance AND i.heartbeat_at >= now() - make_interval(secs => %s))
     RETURNING l.*
 ), logged AS (
     INSERT INTO calls (call_sid, from_number, to_number, started_at, ended_at, duration_s, outcome, end_reason,
@@ -368,7 +372,8 @@ WITH dead AS (
 )
 SELECT call_sid, instance FROM dead
 """
-"""Calls whose instance has not heartbeaten in time: out of the registry, into the call log as `lost`."""
+"""Calls whose instance has not heartbeaten in time (or has left the registry with calls still in it): out of the
+registry, into the call log as `lost`."""
 
 
 async def migrate(connection: psycopg.AsyncConnection[Any]) -> int:
