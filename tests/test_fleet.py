@@ -170,6 +170,31 @@ async def stream_ended(instance: Instance, call_sid: str) -> str:
     return response.text
 
 
+async def test_the_call_log_of_the_fleet_is_read_by_the_calls_command_and_any_instances_admin_api(
+    fleet: Fleet, api: TwilioApiSimulator
+) -> None:
+    call = await place(fleet, api)
+    await wait_for(lambda: owners(fleet, [call]), what="the call in the registry")
+    await call.hang_up()
+    await wait_for(lambda: fleet.query("SELECT 1 FROM calls WHERE call_sid = %s", (call.call_sid,)) != [],
+                   what="the call in the log")
+    env = {**os.environ, "DATABASE_URL": fleet.database, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    listed = subprocess.run([sys.executable, "-m", "telephony_bridge", "calls"], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0 and call.call_sid in listed.stdout, listed.stderr
+    shown = subprocess.run([sys.executable, "-m", "telephony_bridge", "calls", "show", call.call_sid], env=env,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert f"Call {call.call_sid}" in shown.stdout and "caller_hung_up" in shown.stdout
+    assert DB_PASSWORD not in listed.stdout + listed.stderr + shown.stdout + shown.stderr
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient() as client:
+        for instance in fleet.instances:
+            history = (await client.get(instance.url + "/admin/calls", headers=headers)).json()
+            assert call.call_sid in [logged["call_sid"] for logged in history["calls"]], instance.name
+            detail = await client.get(f"{instance.url}/admin/calls/{call.call_sid}", headers=headers)
+            assert detail.status_code == 200 and detail.json()["from"] == call.from_number, instance.name
+
+
 async def test_a_replayed_webhook_is_refused_by_every_instance(fleet: Fleet, api: TwilioApiSimulator) -> None:
     call = await place(fleet, api)
     for instance in fleet.instances:
