@@ -76,7 +76,7 @@ async def bridge_run(
     PostgreSQL publishes a connection's statistics when it closes, so the counters are read around whole runs."""
     settings = settings_from_env({
         "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": TOKEN, "OPENAI_API_KEY": "sk-bench", "REALTIME_URL": realtime.url,
-        "BRIDGE_INSTANCE_ID": "bench", **({"DATABASE_URL": url} if url else {}),
+        "BRIDGE_INSTANCE_ID": "bench", "STREAM_TOKEN_SECRET": "bench-secret", **({"DATABASE_URL": url} if url else {}),
     })
     started = time.monotonic()
     opened: list[float] = []

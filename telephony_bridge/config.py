@@ -692,6 +692,9 @@ def settings_from_env(
     database_url = env.get("DATABASE_URL") or None
     if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("environment", "DATABASE_URL", "must be a postgresql:// URL (unset, the bridge uses SQLite)")
+    if database_url is not None and not secret:
+        # Each instance would make up its own, and a stream token issued by one would be refused by the others.
+        raise ConfigError("environment", "STREAM_TOKEN_SECRET", "required with DATABASE_URL: the same for every instance")
     lost_after = env.get("FLEET_LOST_AFTER_SECONDS") or "30"
     try:
         fleet_lost_after_s = float(lost_after)

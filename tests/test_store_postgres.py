@@ -11,6 +11,8 @@ import pytest
 
 from fleet_servers import DB_PASSWORD, PostgresServer, free_port
 from telephony_bridge.call_log import CallQuery
+from telephony_bridge.config import settings_from_env
+from telephony_bridge.errors import ConfigError
 from telephony_bridge.store import PostgresStore, StoreUnavailable
 from telephony_bridge.store.postgres import migrate, search_calls
 from telephony_bridge.store.schema import MIGRATIONS
@@ -21,6 +23,15 @@ pytestmark = pytest.mark.xdist_group("fleet")
 @pytest.fixture
 def database(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
     return postgres.database(request.node.name.lower().replace("[", "_").replace("]", "")[:60])
+
+
+def test_a_fleet_without_one_stream_token_secret_does_not_start() -> None:
+    with pytest.raises(ConfigError, match="STREAM_TOKEN_SECRET"):
+        settings_from_env({"DATABASE_URL": "postgresql://bridge@db/bridge"})
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        settings_from_env({"DATABASE_URL": "mysql://bridge@db/bridge", "STREAM_TOKEN_SECRET": "s"})
+    settings = settings_from_env({"DATABASE_URL": "postgresql://bridge:pw@db/bridge", "STREAM_TOKEN_SECRET": "s"})
+    assert "pw" not in repr(settings)
 
 
 async def test_a_key_is_claimed_once_by_many_instances_racing(database: str) -> None:
