@@ -294,10 +294,11 @@ def _calls(args: argparse.Namespace) -> int:
         return _end_call(args)
     if args.live:
         return _live_calls(args)
-    settings = settings_from_env(environment(args.env_file), config_path=args.config)
-    if settings.database_url:
-        return _fleet_calls(settings.database_url, args)
-    config = load_config(settings.config_path)
+    env = environment(args.env_file)
+    if env.get("DATABASE_URL"):
+        # Reading the fleet's log needs only the database (serving needs the rest, STREAM_TOKEN_SECRET among it).
+        return _fleet_calls(env["DATABASE_URL"], args)
+    config = load_config(settings_from_env(env, config_path=args.config).config_path)
     if not config.call_log.path:
         print(f"telephony-bridge: the call log is off ([call_log] path is empty in {config.source})", file=sys.stderr)
         return 2
