@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, Response, WebSocket
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
 from telephony_bridge.admin import admin_router
+from telephony_bridge.admin.api import end_live_call
 from telephony_bridge.admin.campaigns import campaigns_router
 from telephony_bridge.admin.console import console_router
 from telephony_bridge.admin.live_feed import LiveFeed
@@ -38,10 +40,19 @@ from telephony_bridge.outbound.do_not_call import DoNotCall
 from telephony_bridge.outbound.placing import OutboundCalls
 from telephony_bridge.policy.purge import purge_expired
 from telephony_bridge.reload import ConfigReloader
+from telephony_bridge.store import PostgresStore, Store, StoreUnavailable
+from telephony_bridge.store import fleet as fleet_routes
+from telephony_bridge.store.base import RequestHandler
 from telephony_bridge.twilio import callbacks
 from telephony_bridge.twilio.call_updates import CallUpdates
 from telephony_bridge.twilio.media_stream import TwilioInbound
-from telephony_bridge.twilio.security import issue_stream_token, stream_id_of, stream_token_valid, twilio_signature_valid
+from telephony_bridge.twilio.security import (
+    STREAM_TOKEN_LIFETIME_S,
+    issue_stream_token,
+    stream_id_of,
+    stream_token_valid,
+    twilio_signature_valid,
+)
 from telephony_bridge.twilio.stream_errors import StreamError, stream_error_of
 from telephony_bridge.twilio.transfers import Transfers
 from telephony_bridge.twilio.webhook import (
@@ -63,6 +74,8 @@ log = logging.getLogger(__name__)
 
 MAX_WEBHOOK_BODY_BYTES = 16 * 1024
 START_TIMEOUT_S = 10.0
+FLEET_REQUEST_TIMEOUT_S = 12.0
+"""How long a request to another instance waits for its reply: ending a call waits up to `END_WAIT_S` there."""
 POLICY_VIOLATION = 1008
 SIGNED_URL_HINT = (
     "PUBLIC_URL (or, behind a proxy, TRUST_FORWARDED_HEADERS with its X-Forwarded-Proto/-Host) must match the URL Twilio calls"
@@ -86,9 +99,21 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             Path(config.recording.folder), settings.realtime.dialect, clock,
             max_bytes=round(config.recording.max_megabytes * 1024 * 1024),
         )
-        call_log = CallLog(Path(config.call_log.path), on_failure=metrics.call_log_failed) if config.call_log.path else None
+        store = (
+            PostgresStore(settings.database_url, settings.instance_id, on_failure=metrics.call_log_failed,
+                          lost_after_s=settings.fleet_lost_after_s)
+            if settings.database_url else None
+        )
+        call_log = (
+            CallLog(Path(config.call_log.path), on_failure=metrics.call_log_failed)
+            if config.call_log.path and store is None else None
+        )
         if call_log is not None:
             call_log.start()
+        if store is not None:
+            await store.start()
+        app.state.store = store
+        app.state.database_url = settings.database_url
 
         def call_ended(summary: CallSummary) -> None:
             recordings.call_ended(summary)
@@ -96,11 +121,14 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             if call_log is not None:
                 call_log.call_ended(summary)
             outbound.call_ended(summary)
+            if store is not None:
+                store.call_ended(summary)
 
         switchboard = Switchboard(
             config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=call_ended,
             on_latency=metrics.observe_latency, call_updates=CallUpdates(settings, Transfers(clock)),
             on_change=live_feed.changed if console_sessions is not None else None,
+            on_call_start=store.call_started if store is not None else lambda call_sid, number, caller: None,
         )
         metrics.watch(switchboard)
         log_path = Path(config.call_log.path) if config.call_log.path else None
@@ -121,6 +149,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             metrics.stream_error(error.code)
             if call_log is not None:
                 call_log.stream_error(error)
+            if store is not None:
+                store.stream_error(error)
 
         app.state.stream_failed = stream_failed
         app.state.campaigns = (
@@ -128,6 +158,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             if log_path is not None else None
         )
         purging = asyncio.create_task(_purge_on_schedule(switchboard, app.state.call_log_path, recordings.folder))
+        if store is not None:
+            store.on_request(fleet_requests(switchboard, settings.stream_token_secret))
         yield
         purging.cancel()
         if app.state.campaigns is not None:
@@ -137,6 +169,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         await asyncio.to_thread(recordings.close)
         if call_log is not None:
             await asyncio.to_thread(call_log.close)
+        if store is not None:
+            await store.close()
         if settings.realtime.token is not None:
             await settings.realtime.token.close()
 
@@ -203,6 +237,14 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         switchboard = request.app.state.switchboard
         limits, defaults = switchboard.config.limits, switchboard.config.defaults
         call_sid = params.get("CallSid", "")
+        store: Store | None = request.app.state.store
+        if store is not None and switchboard.ending(call_sid) is None:
+            try:
+                outcome = await fleet_routes.ending(store, call_sid)
+            except StoreUnavailable:
+                outcome = None
+            fallback = switchboard.config.profile_for(params.get("To", "")).fallback_message
+            return twiml(callbacks.after_stream_elsewhere(outcome, limits.shutdown_message, fallback))
         return twiml(callbacks.after_stream(switchboard, call_sid, limits.shutdown_message, defaults.fallback_message))
 
     @app.post(WHISPER_PATH)
@@ -217,12 +259,22 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         params = await signed_form(request)
         if isinstance(params, Response):
             return params
-        return twiml(callbacks.dial_ended(
-            request.app.state.switchboard, request.query_params.get("transfer", ""), params.get("DialCallStatus", ""),
-            secret=settings.stream_token_secret, stream_url=public_url(request.headers, websocket=True),
-            stream_ended_url=public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH),
-            status_url=public_url(request.headers, websocket=False, path=STREAM_STATUS_PATH),
-        ))
+        switchboard: Switchboard = request.app.state.switchboard
+        transfer_id, status = request.query_params.get("transfer", ""), params.get("DialCallStatus", "")
+        urls = {"stream_url": public_url(request.headers, websocket=True),
+                "stream_ended_url": public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH),
+                "status_url": public_url(request.headers, websocket=False, path=STREAM_STATUS_PATH)}
+        store: Store | None = request.app.state.store
+        if store is not None and switchboard.transfers.whisper(transfer_id) is None:
+            # The transfer is another instance's: its call's owner redeems it and says what comes next.
+            try:
+                owner = await store.owner_of(params.get("CallSid", ""))
+                reply = await store.ask(owner, "dial_ended", {"transfer": transfer_id, "status": status, **urls},
+                                        FLEET_REQUEST_TIMEOUT_S) if owner else None
+            except StoreUnavailable:
+                reply = None
+            return twiml(str(reply["twiml"]) if reply and "twiml" in reply else hangup_twiml())
+        return twiml(callbacks.dial_ended(switchboard, transfer_id, status, secret=settings.stream_token_secret, **urls))
 
     @app.post(OUTBOUND_AMD_PATH)
     async def outbound_amd(request: Request) -> Response:
@@ -258,6 +310,9 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         switchboard: Switchboard | None = getattr(request.app.state, "switchboard", None)
         if switchboard is None or switchboard.draining:
             return JSONResponse({"status": "starting" if switchboard is None else "draining"}, status_code=503)
+        store: Store | None = request.app.state.store
+        if store is not None and not store.available:
+            return JSONResponse({"status": "database unavailable"}, status_code=503)
         return JSONResponse({"status": "ready", "config_hash": switchboard.config.digest})
 
     @app.get("/metrics")
@@ -290,6 +345,9 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             twiml = refusal_twiml(profile.fallback_message)
             switchboard.remember_answer(call_sid, twiml, idempotency_token, None)
             return Response(twiml, media_type="text/xml")
+        store: Store | None = request.app.state.store
+        if store is not None:
+            return await answer_in_fleet(store, switchboard, params, idempotency_token, request.headers)
         call = switchboard.answer(call_sid, called_number, params.get("From", ""), params.get("AccountSid", ""))
         if call is None:
             log.warning("call %s: refused, the bridge is at max_calls=%d", call_sid, current.limits.max_calls)
@@ -306,6 +364,39 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         twiml = stream_twiml(stream_url, called_number, token, stream_ended_url, status_url, notice)
         switchboard.remember_answer(call_sid, twiml, idempotency_token, stream_id_of(token))
         return Response(twiml, media_type="text/xml")
+
+    async def answer_in_fleet(store: Store, switchboard: Switchboard, params: dict[str, str],
+                              idempotency_token: str | None, headers: Mapping[str, str]) -> Response:
+        """The webhook of a fleet: answered once across instances; the session opens where the stream lands."""
+        call_sid, called_number = params["CallSid"], params["To"]
+        current = switchboard.config
+        profile = current.profile_for(called_number)
+        if not store.available:
+            log.warning("call %s: refused, the database is unavailable (once-only answers cannot be kept)", call_sid)
+            metrics.call_refused(called_number, "database")
+            return twiml(refusal_twiml(profile.fallback_message))
+        if switchboard.live_calls >= current.limits.max_calls:
+            log.warning("call %s: refused, the bridge is at max_calls=%d", call_sid, current.limits.max_calls)
+            metrics.call_refused(called_number, "busy")
+            return twiml(refusal_twiml(current.limits.busy_message))
+        token = issue_stream_token(settings.stream_token_secret, call_sid, called_number, time.time())
+        answer = stream_twiml(
+            public_url(headers, websocket=True), called_number, token,
+            public_url(headers, websocket=False, path=STREAM_ENDED_PATH),
+            public_url(headers, websocket=False, path=STREAM_STATUS_PATH),
+        )
+        try:
+            sent = await fleet_routes.answer_once(store, call_sid, answer, idempotency_token, stream_id_of(token),
+                                                  caller=params.get("From", ""), account_sid=params.get("AccountSid", ""))
+        except StoreUnavailable:
+            log.warning("call %s: refused, the database did not answer (once-only answers cannot be kept)", call_sid)
+            metrics.call_refused(called_number, "database")
+            return twiml(refusal_twiml(profile.fallback_message))
+        if sent is None:
+            log.warning("call %s: refused a second webhook for a call answered already (a replay?)", call_sid)
+            metrics.webhook_refused("replayed")
+            return twiml(hangup_twiml())
+        return twiml(sent)
 
     @app.websocket("/twilio/media")
     async def media(websocket: WebSocket) -> None:
@@ -331,10 +422,27 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             log.warning("media socket for call %s with a missing, forged or expired stream token", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)
             return
+        store: Store | None = websocket.app.state.store
+        caller, account_sid = "", ""
+        if store is not None:
+            try:
+                first = await store.claim("stream", stream_id_of(token), started.call_sid, STREAM_TOKEN_LIFETIME_S)
+                if first is None:
+                    caller, account_sid = await fleet_routes.answered_call(store, started.call_sid)
+            except StoreUnavailable:
+                log.warning("media socket for call %s refused: the database is unavailable", started.call_sid)
+                await websocket.close(code=POLICY_VIOLATION)
+                return
+            if first is not None:
+                log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
+                await websocket.close(code=POLICY_VIOLATION)
+                return
         if outbound_id:
             call = websocket.app.state.outbound.connect(outbound_id, started.call_sid, stream_id_of(token))
         else:
-            call = websocket.app.state.switchboard.claim(started.call_sid, called_number, stream_id_of(token))
+            call = websocket.app.state.switchboard.claim(
+                started.call_sid, called_number, stream_id_of(token), caller, account_sid
+            )
         if call is None:
             log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)
@@ -355,6 +463,24 @@ async def _purge_on_schedule(switchboard: Switchboard, call_log: Path | None, re
             except (OSError, sqlite3.Error, CallLogError) as error:
                 log.warning("retention: the scheduled purge failed and is tried again later: %s", error)
         await asyncio.sleep(config.retention.purge_every_minutes * 60)
+
+
+def fleet_requests(switchboard: Switchboard, secret: bytes) -> RequestHandler:
+    """What this instance does for another one: end a call it carries, or say what follows a transfer's dial."""
+
+    async def handle(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op == "end":
+            status, body = await end_live_call(switchboard, str(args["call_sid"]), str(args["goodbye"]))
+            return {"status": status, "body": body}
+        if op == "dial_ended":
+            # The new stream's token is checked with the secret every instance of a fleet shares (STREAM_TOKEN_SECRET).
+            return {"twiml": callbacks.dial_ended(switchboard, str(args["transfer"]), str(args["status"]), secret=secret,
+                                                  stream_url=str(args["stream_url"]),
+                                                  stream_ended_url=str(args["stream_ended_url"]),
+                                                  status_url=str(args["status_url"]))}
+        return {"error": f"no such request {op!r}"}
+
+    return handle
 
 
 def _without_query(url: str) -> str:

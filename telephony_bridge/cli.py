@@ -251,6 +251,10 @@ def _live_calls(args: argparse.Namespace) -> int:
          f"{call['transcript'][-1]['speaker']}: {call['transcript'][-1]['text'][:60]}" if call["transcript"] else "-")
         for call in calls
     ]
+    if all("instance" in call for call in calls):
+        # A fleet (DATABASE_URL): which instance carries each call.
+        rows = [(row[0], instance, *row[1:]) for row, instance in zip(rows, ["INSTANCE"] + [c["instance"] for c in calls],
+                                                                     strict=True)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -348,7 +352,11 @@ def _calls(args: argparse.Namespace) -> int:
         return _end_call(args)
     if args.live:
         return _live_calls(args)
-    config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
+    env = environment(args.env_file)
+    if env.get("DATABASE_URL"):
+        # Reading the fleet's log needs only the database (serving needs the rest, STREAM_TOKEN_SECRET among it).
+        return _fleet_calls(env["DATABASE_URL"], args)
+    config = load_config(settings_from_env(env, config_path=args.config).config_path)
     if not config.call_log.path:
         print(f"telephony-bridge: the call log is off ([call_log] path is empty in {config.source})", file=sys.stderr)
         return 2
@@ -506,6 +514,27 @@ def _progress_line(campaign: Mapping[str, Any]) -> str:
     unknown = f", {counts['unknown']} unknown (see the admin API)" if counts.get("unknown") else ""
     return (f"{campaign['state']}: {final}/{len(campaign['rows'])} final ({outcomes or 'none yet'}{unknown}); "
             f"{counts.get('dialling', 0)} dialling, {counts.get('pending', 0)} pending")
+
+
+def _fleet_calls(url: str, args: argparse.Namespace) -> int:
+    """`calls` and `calls show` from the fleet's PostgreSQL (`DATABASE_URL`): the same output as from SQLite."""
+    from telephony_bridge.call_log import CallQuery, call_details, calls_table
+    from telephony_bridge.store.postgres import find_call, search_calls
+
+    try:
+        if args.call_sid is None:
+            records, _ = search_calls(url, CallQuery(limit=args.limit))
+            print(calls_table(records) if records else "no calls in the fleet's call log yet")
+            return 0
+        record = find_call(url, args.call_sid)
+    except CallLogError as error:
+        print(f"telephony-bridge: {error}", file=sys.stderr)
+        return 1
+    if record is None:
+        print(f"telephony-bridge: no call {args.call_sid} in the fleet's call log", file=sys.stderr)
+        return 1
+    print(call_details(record))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import secrets
+import socket
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
@@ -787,6 +788,12 @@ class Settings:
     twilio_api_key: str | None = field(default=None, repr=False)
     """An API key SID (SK...) and its secret authenticate REST requests instead of the account SID and auth token."""
     twilio_api_secret: str | None = field(default=None, repr=False)
+    database_url: str | None = field(default=None, repr=False)
+    """`DATABASE_URL=postgresql://...`: instances sharing it are one fleet (store/); unset, one process on SQLite."""
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """`BRIDGE_INSTANCE_ID`: this instance's name in the fleet's live-call registry (default: host and pid)."""
+    fleet_lost_after_s: float = 30.0
+    """`FLEET_LOST_AFTER_SECONDS`: an instance silent this long is dead, and its calls are marked lost."""
 
     @property
     def media_stream_url(self) -> str:
@@ -857,7 +864,21 @@ def settings_from_env(
     if (api_key is None) != (api_secret is None):
         missing = "TWILIO_API_SECRET" if api_secret is None else "TWILIO_API_KEY"
         raise ConfigError("environment", missing, "TWILIO_API_KEY and TWILIO_API_SECRET go together")
+    database_url = env.get("DATABASE_URL") or None
+    if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("environment", "DATABASE_URL", "must be a postgresql:// URL (unset, the bridge uses SQLite)")
+    if database_url is not None and not secret:
+        # Each instance would make up its own, and a stream token issued by one would be refused by the others.
+        raise ConfigError("environment", "STREAM_TOKEN_SECRET", "required with DATABASE_URL: the same for every instance")
+    lost_after = env.get("FLEET_LOST_AFTER_SECONDS") or "30"
+    try:
+        fleet_lost_after_s = float(lost_after)
+    except ValueError:
+        raise ConfigError("environment", "FLEET_LOST_AFTER_SECONDS", f"must be a number of seconds, not {lost_after!r}") from None
     return Settings(
+        database_url=database_url,
+        instance_id=env.get("BRIDGE_INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}",
+        fleet_lost_after_s=fleet_lost_after_s,
         public_url=public_url.rstrip("/"),
         realtime=_realtime_endpoint(env, credential_factory),
         config_path=config_path or Path(env.get("BRIDGE_CONFIG") or DEFAULT_CONFIG_PATH),

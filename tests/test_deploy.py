@@ -34,7 +34,9 @@ def container() -> dict[str, Any]:
 
 def test_every_manifest_parses_and_has_a_kind_and_a_name() -> None:
     found = manifests()
-    assert set(found) == {"ConfigMap", "Secret", "Deployment", "PodDisruptionBudget", "Service", "Ingress"}
+    assert set(found) == {
+        "ConfigMap", "Secret", "Deployment", "PodDisruptionBudget", "Service", "Ingress", "HorizontalPodAutoscaler",
+    }
     assert all(document["metadata"]["name"].startswith("telephony-bridge") for document in found.values())
 
 

@@ -44,6 +44,8 @@ from telephony_bridge.observe.recording import export_wav, read_recording
 from telephony_bridge.outbound.placing import OutboundCalls, OutboundRefused, OutboundRequest
 from telephony_bridge.policy import is_open, profile_in_force
 from telephony_bridge.reload import ConfigReloader
+from telephony_bridge.store import Store, StoreUnavailable
+from telephony_bridge.store import postgres as fleet_log
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,9 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
     @router.get("/calls/live")
     async def live_calls(request: Request) -> JSONResponse:
         switchboard: Switchboard = request.app.state.switchboard
+        store: Store | None = request.app.state.store
+        if store is not None:
+            return JSONResponse({"calls": await _fleet_calls(store, switchboard), "draining": switchboard.draining})
         calls = []
         for call in switchboard.calls_in_progress():
             summary = call.summary()
@@ -154,7 +159,11 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
             direction=direction, text=q or None, limit=limit, after=_cursor(cursor),
         )
         try:
-            records, after = await asyncio.to_thread(search_calls, _call_log(request), query)
+            url = request.app.state.store and request.app.state.database_url
+            records, after = await (
+                asyncio.to_thread(fleet_log.search_calls, url, query) if url
+                else asyncio.to_thread(search_calls, _call_log(request), query)
+            )
         except CallLogError as error:
             raise HTTPException(503, str(error)) from None
         return JSONResponse({
@@ -165,7 +174,12 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
     @router.get("/calls/{call_sid}")
     async def call_detail(request: Request, call_sid: str) -> JSONResponse:
         try:
-            record = await asyncio.to_thread(find_call, _call_log(request), call_sid) if CALL_SID.match(call_sid) else None
+            url = request.app.state.store and request.app.state.database_url
+            record = (
+                None if not CALL_SID.match(call_sid)
+                else await asyncio.to_thread(fleet_log.find_call, url, call_sid) if url
+                else await asyncio.to_thread(find_call, _call_log(request), call_sid)
+            )
         except CallLogError as error:
             raise HTTPException(503, str(error)) from None
         if record is None:
@@ -238,15 +252,25 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
         """Twilio says the goodbye and hangs up (REST: the call's TwiML is replaced), so the caller never hears the fallback."""
         goodbye = await _goodbye(request)
         switchboard: Switchboard = request.app.state.switchboard
-        call = next((live for live in switchboard.calls_in_progress() if live.call_sid == call_sid), None)
-        if call is None:
+        store: Store | None = request.app.state.store
+        if store is not None and not any(live.call_sid == call_sid for live in switchboard.calls_in_progress()):
+            # Another instance's call: its owner ends it, asked through the database (LISTEN/NOTIFY).
+            try:
+                owner = await store.owner_of(call_sid)
+            except StoreUnavailable as error:
+                raise HTTPException(503, f"the database is unavailable: {error}") from None
+            if owner is None:
+                raise HTTPException(404, f"no live call {call_sid} in the fleet")
+            reply = await store.ask(owner, "end", {"call_sid": call_sid, "goodbye": goodbye}, END_WAIT_S + 2)
+            if reply is None or "status" not in reply:
+                raise HTTPException(504, f"the instance {owner} carrying call {call_sid} did not answer")
+            if reply["status"] == 404:
+                raise HTTPException(404, f"no live call {call_sid} in the fleet")
+            return JSONResponse(reply["body"], status_code=int(reply["status"]))
+        status, body = await end_live_call(switchboard, call_sid, goodbye)
+        if status == 404:
             raise HTTPException(404, f"no live call {call_sid} on this bridge")
-        call.end_by_operator(goodbye)
-        try:
-            await asyncio.wait_for(call.ended.wait(), END_WAIT_S)
-        except TimeoutError:
-            return JSONResponse({"call_sid": call_sid, "ended": False}, status_code=202)
-        return JSONResponse(_ended_json(call))
+        return JSONResponse(body, status_code=status)
 
     @router.post("/calls")
     async def place_call(request: Request) -> JSONResponse:
@@ -363,6 +387,39 @@ async def _goodbye(request: Request) -> str:
     if not isinstance(goodbye, str) or not goodbye.strip() or len(goodbye) > MAX_SPOKEN_CHARS:
         raise HTTPException(422, f"goodbye: a sentence of 1 to {MAX_SPOKEN_CHARS} characters")
     return goodbye.strip()
+
+
+async def end_live_call(switchboard: Switchboard, call_sid: str, goodbye: str) -> tuple[int, dict[str, Any]]:
+    """End a call this instance carries: 200 with how it ended, 202 if it has not ended in `END_WAIT_S`, 404 if not here."""
+    call = next((live for live in switchboard.calls_in_progress() if live.call_sid == call_sid), None)
+    if call is None:
+        return 404, {}
+    call.end_by_operator(goodbye)
+    try:
+        await asyncio.wait_for(call.ended.wait(), END_WAIT_S)
+    except TimeoutError:
+        return 202, {"call_sid": call_sid, "ended": False}
+    return 200, _ended_json(call)
+
+
+async def _fleet_calls(store: Store, switchboard: Switchboard) -> list[dict[str, Any]]:
+    """Every live call of the fleet, from the registry; this instance's own with their last transcript lines."""
+    try:
+        registered = await store.live_calls()
+    except StoreUnavailable as error:
+        raise HTTPException(503, f"the database is unavailable: {error}") from None
+    here = {call.call_sid: call.summary() for call in switchboard.calls_in_progress()}
+    calls = []
+    for live in registered:
+        summary = here.get(live.call_sid)
+        calls.append({
+            "call_sid": live.call_sid, "instance": live.instance, "number": live.number,
+            "caller": mask_number(live.caller) if live.caller else "", "duration_s": round(live.duration_s, 1),
+            "state": ("in_progress" if summary.counters.frames_in else "connecting") if summary else "in_progress",
+            "transcript": [{"speaker": turn.speaker, "text": turn.text}
+                           for turn in summary.transcript[-LIVE_TRANSCRIPT_LINES:]] if summary else [],
+        })
+    return calls
 
 
 def _ended_json(call: Call) -> dict[str, Any]:

@@ -61,7 +61,14 @@ from telephony_bridge.errors import RealtimeConnectError
 from telephony_bridge.logs import CallIds, bind_call, mask_number
 from telephony_bridge.policy import InForce
 from telephony_bridge.realtime.session import RealtimeEventParser, encode_for_realtime, open_realtime, sender
-from telephony_bridge.tools.requests import CallParties, after_call_body, call_tool, new_client, post_after_call, request_body
+from telephony_bridge.tools.requests import (
+    CallParties,
+    after_call_body,
+    call_tool,
+    new_client,
+    post_after_call,
+    request_body,
+)
 from telephony_bridge.twilio.call_updates import CallUpdates
 from telephony_bridge.twilio.media_stream import TwilioInbound, encode_for_twilio
 

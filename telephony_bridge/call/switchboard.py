@@ -70,6 +70,7 @@ class Switchboard:
         call_updates: CallUpdates | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_change: Callable[[CallSummary], None] | None = None,
+        on_call_start: Callable[[str, str, str], None] = lambda call_sid, number, caller: None,
     ) -> None:
         self.config = config
         self._wall_clock = wall_clock
@@ -82,6 +83,8 @@ class Switchboard:
         self._unclaimed_timeout_s = unclaimed_timeout_s
         self._tap_for = tap_for
         self._on_call_end = on_call_end
+        self._on_call_start = on_call_start
+        """(CallSid, called number, caller's number) of each call opened here: the fleet's live-call registry."""
         self._on_latency = on_latency
         self._call_updates = call_updates
         self._on_change = on_change
@@ -159,7 +162,8 @@ class Switchboard:
         )
         return call
 
-    def claim(self, call_sid: str, called_number: str, stream_id: str) -> Call | None:
+    def claim(self, call_sid: str, called_number: str, stream_id: str, caller_number: str = "",
+              account_sid: str = "") -> Call | None:
         """The call a media socket with a valid token belongs to; `None` if the token's stream id was used already.
 
         A valid token with no call here (the webhook reached another process, or this one restarted)
@@ -175,7 +179,7 @@ class Switchboard:
         if call is None:
             if self.live_calls >= self.config.limits.max_calls:
                 return None
-            call = self._open(call_sid, called_number)
+            call = self._open(call_sid, called_number, caller_number, account_sid)
         return call
 
     def claim_outbound(
@@ -247,6 +251,7 @@ class Switchboard:
         )
         self._calls[call_sid] = call
         call.begin()
+        self._on_call_start(call_sid, called_number, caller_number)
         return call
 
     def _claimed(self, stream_id: str) -> bool:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from telephony_bridge.call.switchboard import Switchboard
     from telephony_bridge.outbound.placing import OutboundOutcome
 
-Refusal = Literal["busy", "drained"]
+Refusal = Literal["busy", "drained", "database"]
 """A call the webhook turned away: at `max_calls` (busy), or while the bridge shuts down (drained)."""
 
 

@@ -207,7 +207,8 @@ class TwilioApiSimulator:
         default = _DEFAULT_CODES.get(status, 20500 if status >= 500 else 20001)
         self._failures += [(status, code if code is not None else default)] * times
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """Serve on `port` (0: a free one); a fixed port lets processes started earlier reach a new simulator."""
         routes = [
             Route(_PREFIX + "/Calls.json", self._gated(self._create_call), methods=["POST"]),
             Route(_PREFIX + "/Calls/{call_sid}.json", self._gated(self._update_call), methods=["POST", "GET"]),
@@ -215,7 +216,7 @@ class TwilioApiSimulator:
             Route(_PREFIX + "/IncomingPhoneNumbers/{number_sid}.json", self._gated(self._number), methods=["GET", "POST"]),
         ]
         app = Starlette(routes=routes)
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning")
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(), name="twilio-api-simulator")
         while not self._server.started:

@@ -38,6 +38,15 @@ def after_stream(switchboard: Switchboard, call_sid: str, shutdown_message: str,
     return say_twiml(profile.fallback_message)
 
 
+def after_stream_elsewhere(outcome: str | None, shutdown_message: str, fallback_message: str) -> str:
+    """`after_stream` for a call another instance of the fleet carried, by the outcome its owner logged."""
+    if outcome is None:
+        return say_twiml(fallback_message)
+    if outcome in CALLER_GONE:
+        return hangup_twiml()
+    return say_twiml(shutdown_message if outcome == "shut_down" else fallback_message)
+
+
 def whisper(switchboard: Switchboard, transfer_id: str) -> str:
     summary = switchboard.transfers.whisper(transfer_id)
     return say_twiml(summary) if summary else say_twiml("A caller is being transferred to you.")

@@ -1,0 +1,71 @@
+"""The PostgreSQL schema of the fleet, as migrations: version N is the first N scripts; append, never edit one shipped.
+
+The call log's tables keep the SQLite file's columns and types (times as ISO 8601 text in UTC), so one
+reader serves `telephony-bridge calls` either way and the paging key of the admin API compares alike.
+"""
+
+from __future__ import annotations
+
+MIGRATION_LOCK = 0x7E1E_B21D6E
+"""The advisory lock key an instance holds while it migrates: the others wait, then find the schema current."""
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE calls (
+        call_sid TEXT PRIMARY KEY,
+        from_number TEXT NOT NULL,
+        to_number TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT NOT NULL,
+        duration_s DOUBLE PRECISION NOT NULL,
+        outcome TEXT NOT NULL,
+        end_reason TEXT NOT NULL,
+        barge_ins INTEGER NOT NULL,
+        reconnects INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        dialect TEXT NOT NULL,
+        direction TEXT NOT NULL DEFAULT 'inbound',
+        transfer_target TEXT,
+        transfer_connected BOOLEAN
+    );
+    CREATE INDEX calls_by_start ON calls (started_at);
+    CREATE INDEX calls_by_number ON calls (to_number, started_at);
+    CREATE TABLE transcript (
+        call_sid TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        speaker TEXT NOT NULL,
+        text TEXT NOT NULL,
+        at_s DOUBLE PRECISION,
+        PRIMARY KEY (call_sid, position)
+    );
+    CREATE TABLE stream_errors (
+        call_sid TEXT NOT NULL,
+        at TEXT NOT NULL,
+        stream_sid TEXT NOT NULL,
+        code TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX stream_errors_by_call ON stream_errors (call_sid, at);
+    CREATE TABLE claims (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE INDEX claims_by_expiry ON claims (expires_at);
+    CREATE TABLE instances (
+        instance TEXT PRIMARY KEY,
+        heartbeat_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE live_calls (
+        call_sid TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        number TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX live_calls_by_instance ON live_calls (instance);
+    """,
+)
