@@ -42,7 +42,7 @@ AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 SHOTS = Path(__file__).parent / "output" / "console"
 GREETING = "Corner Hardware, how can I help?"
 ANSWER = "We are open until six today, and the paint aisle is at the back."
-CONSOLE_CONFIG = TEST_CONFIG + f"""
+CONSOLE_CONFIG = TEST_CONFIG.replace("[defaults]\n", "[defaults]\nmax_call_minutes = 30\n", 1) + f"""
 [numbers."{SHOP}".transfer]
 front_desk = "+14155550199"
 
@@ -376,6 +376,22 @@ def test_a_finished_call_opens_from_the_call_list_with_its_transcript_and_timeli
     expect(page.locator("#timeline svg text", has_text="opening_hours")).to_have_text(re.compile(r"opening_hours \d+ ms"))
     expect(page.locator("#timeline svg rect[fill='#1f6fa8']").first).to_be_attached()
     expect(page.locator("#timeline svg rect[fill='#b35412']").first).to_be_attached()
+    expect(page.locator("#call-facts")).to_contain_text(re.compile(r"Tokens\s*\d+ in \(\d+ audio"))
+
+
+def test_the_numbers_page_shows_each_numbers_call_policy_and_its_usage(page: Page, line: Line, finished_call: str) -> None:
+    sign_in(page)
+    page.goto("/console/numbers")
+    policy = page.locator("#policy")
+    expect(policy.locator("h3", has_text=SHOP)).to_be_visible()
+    expect(policy).to_contain_text("30 min a call")
+    expect(policy).to_contain_text("always open (no hours set)")
+    usage = page.locator("#usage tr", has_text=SHOP)
+    expect(usage).to_be_visible()
+    calls = int(usage.locator("td").nth(2).inner_text())
+    tokens_in = int(usage.locator("td").nth(4).inner_text())
+    assert calls >= 1 and tokens_in > 0, "the finished call's usage is counted"
+    screenshot(page, "numbers-policy")
 
 
 def test_a_calls_recording_plays_and_seeks_with_the_timeline_following(page: Page, line: Line, finished_call: str) -> None:

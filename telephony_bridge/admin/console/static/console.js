@@ -218,7 +218,18 @@ function showUnknown(section, list, record, known) {
 }
 
 const CALL_FIELDS = new Set(["call_sid", "from", "to", "direction", "started_at", "ended_at", "duration_s", "outcome",
-  "end_reason", "barge_ins", "reconnects", "model", "dialect", "transfer", "transcript", "recording", "timeline"]);
+  "end_reason", "barge_ins", "reconnects", "model", "dialect", "transfer", "transcript", "recording", "timeline",
+  "profile_in_force", "usage", "cost", "transcript_purged", "amd_result"]);
+
+function tokens(usage) {
+  const input = usage.audio_in + usage.text_in;
+  const output = usage.audio_out + usage.text_out;
+  return `${input} in (${usage.audio_in} audio, ${usage.cached_in} cached), ${output} out (${usage.audio_out} audio)`;
+}
+
+function money(value) {
+  return value === null || value === undefined ? "- (no prices for the model)" : `${value.toFixed(4)} (estimated)`;
+}
 
 // A call: its facts, transcript, timeline picture and recording, the player's position drawn on the picture.
 async function callPage() {
@@ -247,6 +258,10 @@ async function callPage() {
   const tools = call.transcript.filter((line) => line.speaker === "tool");
   fact(facts, "Tool calls", tools.length ? tools.map((line) => line.text).join("\n") : "none");
   fact(facts, "Model", `${call.model || "-"} (${call.dialect} dialect)`);
+  if (call.amd_result) fact(facts, "Answered by", call.amd_result);
+  fact(facts, "Profile in force", call.profile_in_force);
+  if (call.usage) fact(facts, "Tokens", tokens(call.usage));
+  fact(facts, "Cost", money(call.cost));
   showUnknown(document.getElementById("policy-section"), document.getElementById("policy"), call, CALL_FIELDS);
 
   const transcript = document.getElementById("transcript");
@@ -289,7 +304,51 @@ async function recording(call, transcript) {
   });
 }
 
-const PROFILE_FIELDS = new Set(["config_hash", "source", "defaults", "numbers"]);
+function hoursText(hours) {
+  if (!hours) return "always open (no hours set)";
+  const days = Object.entries(hours.open).map(([day, spans]) => `${day} ${spans}`).join(", ");
+  const holidays = hours.holidays.length ? `; closed ${hours.holidays.join(", ")}` : "";
+  return `${days} (${hours.time_zone})${holidays}: ${hours.open_now ? "open now" : "closed now"}`;
+}
+
+function limitsText(limits) {
+  const parts = [];
+  if (limits.max_call_minutes) parts.push(`${limits.max_call_minutes} min a call`);
+  if (limits.silence_hangup_seconds) parts.push(`${limits.silence_hangup_seconds} s of silence`);
+  if (limits.max_cost_per_call) parts.push(`cost ${limits.max_cost_per_call} a call`);
+  return parts.length ? parts.join(", ") : "none";
+}
+
+// The call policy of each number (GET /admin/policy): hours, the profile in force now, limits, usage and cost.
+async function policyOfNumbers() {
+  const section = document.getElementById("policy-section");
+  const answer = await api("/admin/policy");
+  if (!answer.ok) return;
+  const holder = document.getElementById("policy");
+  holder.replaceChildren();
+  const entries = [["Defaults", answer.body.defaults], ...Object.entries(answer.body.numbers)];
+  for (const [number, policy] of entries) {
+    const list = el("dl", { className: "facts" });
+    fact(list, "Hours", hoursText(policy.hours));
+    fact(list, "In force now", policy.in_force_now);
+    fact(list, "Limits", limitsText(policy.limits));
+    fact(list, "Recording", policy.recording.record ? `on; notice: ${policy.recording.notice || "none"}` : "off");
+    const days = (value) => (value === null || value === undefined ? "kept" : `${value} days`);
+    fact(list, "Retention", `recordings ${days(policy.retention_days.recordings)}, transcripts ${days(policy.retention_days.transcripts)}`);
+    holder.append(el("h3", { text: number }), list);
+  }
+  const usage = document.getElementById("usage");
+  usage.replaceChildren();
+  for (const total of answer.body.usage) {
+    const row = el("tr");
+    for (const value of [total.number, total.model || "-", total.calls, (total.line_seconds / 60).toFixed(1),
+      total.tokens.audio_in + total.tokens.text_in, total.tokens.audio_out + total.tokens.text_out,
+      total.cost === null ? "-" : total.cost.toFixed(4)]) row.append(el("td", { text: String(value) }));
+    usage.append(row);
+  }
+  if (!answer.body.usage.length) usage.append(el("tr", {}, el("td", { colspan: "7", text: "No calls logged yet." })));
+  section.hidden = false;
+}
 
 // Numbers: each number's effective profile, the configuration's hash, and reload.
 async function numbersPage() {
@@ -303,9 +362,7 @@ async function numbersPage() {
     }
     document.getElementById("config-hash").textContent = answer.body.config_hash;
     document.getElementById("config-source").textContent = answer.body.source;
-    const policy = document.getElementById("policy");
-    policy.replaceChildren();
-    showUnknown(document.getElementById("policy-section"), policy, answer.body, PROFILE_FIELDS);
+    await policyOfNumbers();
     holder.replaceChildren();
     const entries = [["Defaults (numbers not listed)", answer.body.defaults], ...Object.entries(answer.body.numbers)];
     for (const [number, profile] of entries) {
