@@ -43,6 +43,7 @@ from telephony_bridge.reload import ConfigReloader
 from telephony_bridge.store import PostgresStore, Store, StoreUnavailable
 from telephony_bridge.store import fleet as fleet_routes
 from telephony_bridge.store.base import RequestHandler
+from telephony_bridge.store.do_not_call import FleetDoNotCall
 from telephony_bridge.twilio import callbacks
 from telephony_bridge.twilio.call_updates import CallUpdates
 from telephony_bridge.twilio.media_stream import TwilioInbound
@@ -132,9 +133,10 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         )
         metrics.watch(switchboard)
         log_path = Path(config.call_log.path) if config.call_log.path else None
-        if log_path is None:
+        if log_path is None and store is None:
             log.info("no call log file: the do-not-call list is kept in memory and lost at restart")
-        outbound = OutboundCalls(settings, switchboard, DoNotCall(log_path), log_path)
+        do_not_call = DoNotCall(log_path, FleetDoNotCall(store) if store is not None else None)
+        outbound = OutboundCalls(settings, switchboard, do_not_call, log_path)
         outbound.add_outcome_listener(metrics.outbound_outcome)
         app.state.outbound = outbound
         metrics.config_loaded(config.digest)
@@ -157,7 +159,9 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             await start_campaigns(log_path, outbound, switchboard, config.campaigns.reconcile_seconds)
             if log_path is not None else None
         )
-        purging = asyncio.create_task(_purge_on_schedule(switchboard, app.state.call_log_path, recordings.folder))
+        purging = asyncio.create_task(
+            _purge_on_schedule(switchboard, app.state.call_log_path, recordings.folder, settings.database_url)
+        )
         if store is not None:
             store.on_request(fleet_requests(switchboard, settings.stream_token_secret))
         yield
@@ -452,14 +456,16 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
     return app
 
 
-async def _purge_on_schedule(switchboard: Switchboard, call_log: Path | None, recordings: Path) -> None:
+async def _purge_on_schedule(switchboard: Switchboard, call_log: Path | None, recordings: Path,
+                             database_url: str | None) -> None:
     """Delete what the numbers' `retention_days` no longer allow, at start and every `[retention] purge_every_minutes`
-    (of the configuration in force: a reload applies), off the event loop."""
+    (of the configuration in force: a reload applies), off the event loop. In a fleet every instance purges the one
+    log: deleting a transcript twice deletes nothing the second time."""
     while True:
         config = switchboard.config
         if any(profile.retention_days != Retention() for profile in (config.defaults, *config.numbers.values())):
             try:
-                await asyncio.to_thread(purge_expired, config, call_log, recordings)
+                await asyncio.to_thread(purge_expired, config, call_log, recordings, database_url=database_url)
             except (OSError, sqlite3.Error, CallLogError) as error:
                 log.warning("retention: the scheduled purge failed and is tried again later: %s", error)
         await asyncio.sleep(config.retention.purge_every_minutes * 60)

@@ -324,8 +324,12 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
         config = request.app.state.switchboard.config
         now = datetime.now(UTC)
         path: Path | None = request.app.state.call_log_path
+        url = request.app.state.store and request.app.state.database_url
         try:
-            totals = await asyncio.to_thread(usage_totals, path) if path is not None and path.is_file() else []
+            totals = (
+                await asyncio.to_thread(fleet_log.usage_totals, url) if url
+                else await asyncio.to_thread(usage_totals, path) if path is not None and path.is_file() else []
+            )
         except CallLogError as error:
             raise HTTPException(503, str(error)) from None
         return JSONResponse({

@@ -33,8 +33,9 @@ from telephony_bridge.config import CallProfile, Settings
 from telephony_bridge.errors import ConfigError, TwilioCallGone, TwilioRestError
 from telephony_bridge.logs import mask_number
 from telephony_bridge.outbound.amd import OutcomeKind, outcome_of, voicemail_instructions
-from telephony_bridge.outbound.do_not_call import DoNotCall, record_outcome
+from telephony_bridge.outbound.do_not_call import DoNotCall
 from telephony_bridge.outbound.placeholders import MissingPlaceholder, fill
+from telephony_bridge.store.base import StoreUnavailable
 from telephony_bridge.tls import tls_context
 from telephony_bridge.twilio.rest import TwilioRest
 from telephony_bridge.twilio.security import issue_stream_token
@@ -149,7 +150,11 @@ class OutboundCalls:
             raise OutboundRefused("twilio: TWILIO_ACCOUNT_SID is required to place calls (no call brings its AccountSid)")
         outbound_id = "OB" + secrets.token_hex(12)
         placed = _Placed(outbound_id, request, profile, dialled)
-        if await self.do_not_call.contains(request.to_number):
+        try:
+            listed = await self.do_not_call.contains(request.to_number)
+        except StoreUnavailable:
+            raise OutboundRefused("database: the do-not-call list cannot be checked") from None
+        if listed:
             self._report(placed, "do-not-call")
             raise OutboundRefused("do-not-call")
         self._placed[outbound_id] = placed
@@ -257,7 +262,7 @@ class OutboundCalls:
         result = OutboundOutcome(placed.outbound_id, placed.call_sid, placed.request.campaign_row, outcome, placed.amd_result)
         log.info("outbound call %s to %s: %s", placed.outbound_id, self._shown(placed.request.to_number), outcome,
                  extra={"call_sid": placed.call_sid})
-        if self._log_path is not None:
+        if self.do_not_call.keeps_outcomes:
             row = {
                 "outbound_id": placed.outbound_id, "call_sid": placed.call_sid, "from_number": placed.request.from_number,
                 "to_number": placed.request.to_number, "campaign_row": placed.request.campaign_row,
@@ -277,9 +282,8 @@ class OutboundCalls:
         return mask_number(number) if self._switchboard.config.logging.mask_caller_numbers else number
 
     async def _keep(self, row: dict[str, str | None]) -> None:
-        assert self._log_path is not None
         try:
-            await asyncio.to_thread(record_outcome, self._log_path, row)
-        except sqlite3.Error as error:
+            await self.do_not_call.record_outcome(row)
+        except (sqlite3.Error, StoreUnavailable) as error:
             log.warning("the outcome of outbound call %s was not kept in the call log: %s", row["outbound_id"], error)
 
