@@ -136,7 +136,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         if log_path is None and store is None:
             log.info("no call log file: the do-not-call list is kept in memory and lost at restart")
         do_not_call = DoNotCall(log_path, FleetDoNotCall(store) if store is not None else None)
-        outbound = OutboundCalls(settings, switchboard, do_not_call, log_path)
+        outbound = OutboundCalls(settings, switchboard, do_not_call, log_path, store)
         outbound.add_outcome_listener(metrics.outbound_outcome)
         app.state.outbound = outbound
         metrics.config_loaded(config.digest)
@@ -163,7 +163,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             _purge_on_schedule(switchboard, app.state.call_log_path, recordings.folder, settings.database_url)
         )
         if store is not None:
-            store.on_request(fleet_requests(switchboard, settings.stream_token_secret))
+            store.on_request(fleet_requests(switchboard, outbound, settings.stream_token_secret))
         yield
         purging.cancel()
         if app.state.campaigns is not None:
@@ -286,7 +286,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         params = await signed_form(request)
         if isinstance(params, Response):
             return params
-        request.app.state.outbound.amd_result(request.query_params.get("outbound", ""), params.get("AnsweredBy", ""))
+        await request.app.state.outbound.amd_callback(request.query_params.get("outbound", ""), params.get("AnsweredBy", ""))
         return Response(status_code=204)
 
     @app.post(OUTBOUND_STATUS_PATH)
@@ -295,7 +295,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         params = await signed_form(request)
         if isinstance(params, Response):
             return params
-        request.app.state.outbound.status(request.query_params.get("outbound", ""), params.get("CallStatus", ""))
+        await request.app.state.outbound.status_callback(request.query_params.get("outbound", ""), params.get("CallStatus", ""))
         return Response(status_code=204)
 
     def signed_by_twilio(url: str, params: dict[str, str], signature: str | None) -> bool:
@@ -442,7 +442,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 await websocket.close(code=POLICY_VIOLATION)
                 return
         if outbound_id:
-            call = websocket.app.state.outbound.connect(outbound_id, started.call_sid, stream_id_of(token))
+            call = await websocket.app.state.outbound.connect_stream(outbound_id, started.call_sid, stream_id_of(token))
         else:
             call = websocket.app.state.switchboard.claim(
                 started.call_sid, called_number, stream_id_of(token), caller, account_sid
@@ -471,10 +471,13 @@ async def _purge_on_schedule(switchboard: Switchboard, call_log: Path | None, re
         await asyncio.sleep(config.retention.purge_every_minutes * 60)
 
 
-def fleet_requests(switchboard: Switchboard, secret: bytes) -> RequestHandler:
-    """What this instance does for another one: end a call it carries, or say what follows a transfer's dial."""
+def fleet_requests(switchboard: Switchboard, outbound: OutboundCalls, secret: bytes) -> RequestHandler:
+    """What this instance does for another one: end a call it carries, say what follows a transfer's dial, or take
+    the stream or a callback of an outbound call it placed (or carries)."""
 
     async def handle(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op.startswith("outbound_"):
+            return await outbound.fleet_request(op, args)
         if op == "end":
             status, body = await end_live_call(switchboard, str(args["call_sid"]), str(args["goodbye"]))
             return {"status": status, "body": body}

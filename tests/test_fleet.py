@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from twilio.request_validator import RequestValidator
 
-from fleet_servers import DB_PASSWORD, Balancer, Instance, PostgresServer, RealtimeProcess, free_port
+from fleet_servers import DB_PASSWORD, OUTBOUND_LINE, Balancer, Instance, PostgresServer, RealtimeProcess, free_port
 from support import AUTH_TOKEN, CLINIC, PUBLIC_URL
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.xdist_group("fleet")
 
 ADMIN_TOKEN = "fleet-admin-token"
 ACCOUNT_SID = "AC" + "f" * 32
+PATIENT = "+15557654321"
 LOST_AFTER_S = 6.0
 """Short for the test, yet three heartbeats: a loaded machine must not make a live instance look dead."""
 
@@ -65,7 +66,7 @@ def fleet(postgres: PostgresServer) -> Iterator[Fleet]:
         "DATABASE_URL": database, "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": "sk-fleet",
         "REALTIME_URL": realtime.url, "STREAM_TOKEN_SECRET": "one-secret-for-the-whole-fleet",
         "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN, "TWILIO_API_URL": f"http://127.0.0.1:{api_port}",
-        "FLEET_LOST_AFTER_SECONDS": str(LOST_AFTER_S),
+        "FLEET_LOST_AFTER_SECONDS": str(LOST_AFTER_S), "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
     }
     instances = [Instance(name, folder, env, drain_s=20.0) for name in ("bridge-a", "bridge-b", "bridge-c")]
     for instance in instances:
@@ -240,6 +241,48 @@ async def test_calls_live_on_one_instance_lists_the_fleet_and_ends_a_call_anothe
     others = [call for call in calls if call is not victim]
     assert set(owners(fleet, others)) == {call.call_sid for call in others}
     await hang_up_all(others)
+
+
+async def test_an_outbound_call_placed_by_one_instance_streamed_to_another_and_called_back_on_a_third_behaves_as_on_one(
+    fleet: Fleet, api: TwilioApiSimulator
+) -> None:
+    placer, carrier, called_back = (fleet.by_name(name) for name in ("bridge-a", "bridge-b", "bridge-c"))
+    api.place_calls_on(carrier.url, PUBLIC_URL, callbacks_url=called_back.url)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as admin:
+        placed = await admin.post(placer.url + "/admin/calls",
+                                  json={"from": OUTBOUND_LINE, "to": PATIENT, "context": {"name": "Ada"}})
+    assert placed.status_code == 201, placed.text
+    outbound_id, call_sid = placed.json()["outbound_id"], placed.json()["call_sid"]
+    (callee,) = await api.wait_placed(1)
+    await wait_for(lambda: callee.call is not None, what="the callee answering")
+    assert callee.call is not None
+    await wait_for(lambda: owners(fleet, [callee.call]) == {call_sid: "bridge-b"}, what="the call carried by bridge-b")
+    await callee.call.wait_heard(200, timeout=15)  # the greeting waits for "human": the AMD callback reached bridge-b
+    amd_posts = [(url, status) for url, fields, status in callee.callbacks if "AnsweredBy" in fields]
+    assert [status for _, status in amd_posts] == [204]
+    await callee.call.hang_up()
+    await wait_for(lambda: fleet.query("SELECT outcome, amd_result, call_sid FROM outbound_calls WHERE outbound_id = %s",
+                                       (outbound_id,)) == [("human", "human", call_sid)], 20,
+                   what="the outcome kept by the placing instance")
+    await wait_for(lambda: fleet.query("SELECT direction, amd_result, outcome FROM calls WHERE call_sid = %s", (call_sid,))
+                   == [("outbound", "human", "caller_hung_up")], what="the call in the log")
+    assert "outbound call" in placer.log() and outbound_id in placer.log()
+
+
+async def test_a_number_put_on_the_do_not_call_list_through_one_instance_is_never_dialled_by_another(
+    fleet: Fleet, api: TwilioApiSimulator
+) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(headers=headers, timeout=30) as admin:
+        listed = await admin.post(fleet.by_name("bridge-c").url + "/admin/dnc", json={"number": "+15550007777"})
+        assert listed.status_code == 201
+        refused = await admin.post(fleet.by_name("bridge-a").url + "/admin/calls",
+                                   json={"from": OUTBOUND_LINE, "to": "+15550007777", "context": {"name": "Bo"}})
+        assert refused.status_code == 409 and refused.json() == {"refused": "do-not-call"}
+        assert (await admin.request("DELETE", fleet.by_name("bridge-b").url + "/admin/dnc",
+                                     json={"number": "+15550007777"})).json() \
+            == {"number": "+15550007777", "removed": True}
+    assert api.created == []
 
 
 async def test_the_database_restarted_mid_call_the_calls_go_on(fleet: Fleet, api: TwilioApiSimulator) -> None:
