@@ -25,7 +25,7 @@ from telephony_bridge.admin import admin_router
 from telephony_bridge.admin.api import end_live_call
 from telephony_bridge.admin.campaigns import campaigns_router
 from telephony_bridge.admin.console import console_router
-from telephony_bridge.admin.live_feed import LiveFeed
+from telephony_bridge.admin.live_feed import LiveFeed, fleet_change
 from telephony_bridge.admin.sessions import ConsoleSessions
 from telephony_bridge.call.events import StreamStarted
 from telephony_bridge.call.summary import CallSummary
@@ -125,10 +125,17 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             if store is not None:
                 store.call_ended(summary)
 
+        def live_changed(summary: CallSummary) -> None:
+            live_feed.changed(summary)
+            if store is not None:
+                store.publish_live(fleet_change(summary))
+
+        if store is not None:
+            store.on_live(live_feed.fleet_changed)
         switchboard = Switchboard(
             config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=call_ended,
             on_latency=metrics.observe_latency, call_updates=CallUpdates(settings, Transfers(clock)),
-            on_change=live_feed.changed if console_sessions is not None else None,
+            on_change=live_changed if console_sessions is not None else None,
             on_call_start=store.call_started if store is not None else lambda call_sid, number, caller: None,
         )
         metrics.watch(switchboard)

@@ -6,15 +6,17 @@ One fleet for the module: the tests that stop an instance come last and start it
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -23,6 +25,7 @@ from twilio.request_validator import RequestValidator
 
 from fleet_servers import DB_PASSWORD, OUTBOUND_LINE, Balancer, Instance, PostgresServer, RealtimeProcess, free_port
 from support import AUTH_TOKEN, CLINIC, PUBLIC_URL
+from telephony_bridge.admin.sessions import COOKIE, CSRF_HEADER, ConsoleSessions
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 
@@ -283,6 +286,56 @@ async def test_a_number_put_on_the_do_not_call_list_through_one_instance_is_neve
                                      json={"number": "+15550007777"})).json() \
             == {"number": "+15550007777", "removed": True}
     assert api.created == []
+
+
+async def test_the_console_event_stream_of_one_instance_follows_and_ends_the_calls_of_the_others(
+    fleet: Fleet, api: TwilioApiSimulator
+) -> None:
+    watching, carrying, quiet_on = (fleet.by_name(name) for name in ("bridge-a", "bridge-b", "bridge-c"))
+    quiet = await place(fleet, api, quiet_on.url)  # started before the stream: the registry seeds it
+    await wait_for(lambda: owners(fleet, [quiet]), what="the quiet call in the registry")
+    seen: list[tuple[str, dict[str, Any]]] = []
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(headers=headers, timeout=30) as admin, \
+            admin.stream("GET", watching.url + "/admin/calls/live/events") as stream:
+        events = sse_events(stream)
+
+        async def until(wanted: Callable[[str, dict[str, Any]], bool]) -> dict[str, Any]:
+            while not any(wanted(name, data) for name, data in seen):
+                seen.append(await asyncio.wait_for(anext(events), 15))
+            return next(data for name, data in seen if wanted(name, data))
+
+        seeded = await until(lambda name, data: name == "call" and data["call_sid"] == quiet.call_sid)
+        assert seeded["instance"] == "bridge-c"
+        call = await place(fleet, api, carrying.url)
+        call.say(speech_like_ulaw(600))
+        spoken = await until(lambda name, data: name == "call" and data["call_sid"] == call.call_sid
+                             and bool(data["transcript"]))
+        assert spoken["instance"] == "bridge-b" and spoken["caller"].endswith("****")
+        # The console's own request: its session cookie (any instance sharing the admin token accepts it) and CSRF token.
+        cookie, session = ConsoleSessions(ADMIN_TOKEN).issue(time.time())
+        async with httpx.AsyncClient(cookies={COOKIE: cookie}, headers={CSRF_HEADER: session.csrf_token},
+                                     timeout=30) as console:
+            ended = await console.post(f"{watching.url}/admin/calls/{call.call_sid}/end")
+        assert ended.status_code == 200 and ended.json()["outcome"] == "operator_ended", ended.text
+        gone = await until(lambda name, data: name == "ended" and data["call_sid"] == call.call_sid)
+        assert gone["outcome"] == "operator_ended"
+    updates = [data for name, data in seen if name == "call" and data["call_sid"] == call.call_sid]
+    sent = 0
+    for data in updates:
+        assert data["lines_from"] >= sent, "each update carries only lines not sent yet"
+        sent = data["lines_from"] + len(data["transcript"])
+    await call.wait_over(10)
+    await quiet.hang_up()
+
+
+async def sse_events(stream: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    name = ""
+    async for line in stream.aiter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            yield name, json.loads(line[6:])
 
 
 async def test_the_database_restarted_mid_call_the_calls_go_on(fleet: Fleet, api: TwilioApiSimulator) -> None:

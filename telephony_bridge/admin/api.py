@@ -114,10 +114,17 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
 
     @router.get("/calls/live/events")
     async def live_events(request: Request) -> StreamingResponse:
-        """Server-sent events: `call` (a live call, new or changed: only its new transcript lines) and `ended`."""
+        """Server-sent events: `call` (a live call, new or changed: only its new transcript lines) and `ended`; in a
+        fleet, of every instance's calls (another instance's carry its `instance`)."""
         if feed is None:
             raise HTTPException(404, "no live event stream on this bridge")
         switchboard: Switchboard = request.app.state.switchboard
+        store: Store | None = request.app.state.store
+        if store is not None:
+            try:
+                feed.seed(await store.live_calls(), store.instance)
+            except StoreUnavailable as error:
+                raise HTTPException(503, f"the database is unavailable: {error}") from None
         return StreamingResponse(
             _event_stream(feed, switchboard), media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},

@@ -12,6 +12,8 @@ that finds the queue full is dropped and counted.
 * Each instance heartbeats its row in `instances`; any instance moves the live calls of an instance silent
   for `lost_after_s` into the call log with the outcome `lost`.
 * An instance listens on its own channel; a request (`ask`) is a NOTIFY carrying the channel to reply on.
+* Every instance also listens on `bridge_live`, where each one publishes its live calls' changes (the latest
+  of each call, the transcript's tail) for the console's event stream, and any one publishes a lost call's end.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from telephony_bridge.call.events import TokenUsage
 from telephony_bridge.call.summary import CallSummary
 from telephony_bridge.call_log import CallRecord, LoggedCall, StreamErrorLine, TranscriptLine, UsageTotal, record_of
 from telephony_bridge.errors import CallLogError
-from telephony_bridge.store.base import LiveCall, Request, RequestHandler, StoreUnavailable
+from telephony_bridge.store.base import LiveCall, LiveHandler, Request, RequestHandler, StoreUnavailable
 from telephony_bridge.store.schema import MIGRATION_LOCK, MIGRATIONS
 from telephony_bridge.twilio.stream_errors import StreamError
 
@@ -54,6 +56,8 @@ CLAIM_CLEANUP_AFTER_S = 3600.0
 """Expired claims, and instances silent (their calls long marked lost), are deleted this long after by any heartbeat."""
 MAX_NOTIFY_BYTES = 7900
 """PostgreSQL refuses a NOTIFY payload of 8000 bytes or more."""
+LIVE_CHANNEL = "bridge_live"
+"""The channel every instance listens on for the fleet's live-call changes (the console's event stream)."""
 
 FailureReason = Literal["database", "queue_full"]
 _Write = Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
@@ -103,6 +107,10 @@ class PostgresStore:
         self._handler: RequestHandler | None = None
         self._replies: dict[str, _Pending] = {}
         self._listening = asyncio.Event()
+        self._live_handler: LiveHandler | None = None
+        self._live_pending: dict[str, Request] = {}
+        """The latest change of each call not yet published: a slow database skips states instead of queueing them."""
+        self._live_wake = asyncio.Event()
         self.writes = 0
         """Statements run for the routes and the writer since start (the bench divides it by the calls)."""
 
@@ -112,6 +120,14 @@ class PostgresStore:
 
     def on_request(self, handler: RequestHandler) -> None:
         self._handler = handler
+
+    def on_live(self, handler: LiveHandler) -> None:
+        self._live_handler = handler
+
+    def publish_live(self, change: Request) -> None:
+        """Tell the other instances a live call's change (`call_sid`, and `ended` once it has); never blocks."""
+        self._live_pending[str(change["call_sid"])] = change
+        self._live_wake.set()
 
     async def start(self, wait_s: float = 10.0) -> None:
         """Open the pool, migrate, register this instance and start the writer, the heartbeat and the listener.
@@ -128,6 +144,7 @@ class PostgresStore:
             asyncio.create_task(self._write_forever(), name="store-writer"),
             asyncio.create_task(self._heartbeat_forever(), name="store-heartbeat"),
             asyncio.create_task(self._listen_forever(), name="store-listener"),
+            asyncio.create_task(self._publish_live_forever(), name="store-live-publisher"),
         ]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listening.wait(), wait_s)
@@ -297,6 +314,11 @@ class PostgresStore:
         for (call_sid, instance) in lost:
             log.warning("call %s: marked lost, its instance %s stopped heartbeating", call_sid, instance,
                         extra={"call_sid": call_sid})
+            ended = {"call_sid": call_sid, "ended": True, "outcome": "lost",
+                     "end_reason": f"its bridge instance {instance} stopped"}
+            self.publish_live(ended)
+            if self._live_handler is not None:
+                self._live_handler(ended)
         return len(lost)
 
     # Requests between instances
@@ -320,6 +342,17 @@ class PostgresStore:
             raise ValueError(f"a request of {len(payload)} bytes is over the {MAX_NOTIFY_BYTES} a NOTIFY carries")
         await self._execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
+    async def _publish_live_forever(self) -> None:
+        while True:
+            await self._live_wake.wait()
+            self._live_wake.clear()
+            changes, self._live_pending = self._live_pending, {}
+            for change in changes.values():
+                try:
+                    await self._notify(LIVE_CHANNEL, {**change, "instance": self.instance})
+                except (StoreUnavailable, ValueError) as error:
+                    log.debug("a live call's change was not published: %s", error)
+
     async def _listen_forever(self) -> None:
         channel = channel_of(self.instance)
         while True:
@@ -327,12 +360,24 @@ class PostgresStore:
                 connection = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
                 async with connection:
                     await connection.execute(f"LISTEN {channel}")
+                    await connection.execute(f"LISTEN {LIVE_CHANNEL}")
                     self._listening.set()
                     async for notice in connection.notifies():
-                        self._received(notice.payload)
+                        if notice.channel == LIVE_CHANNEL:
+                            self._received_live(notice.payload)
+                        else:
+                            self._received(notice.payload)
             except psycopg.Error as error:
                 log.info("listening for other instances' requests again after: %s", self._redact(error))
             await asyncio.sleep(self._heartbeat_s / 2)
+
+    def _received_live(self, payload: str) -> None:
+        try:
+            change = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if self._live_handler is not None and isinstance(change, dict) and change.get("instance") != self.instance:
+            self._live_handler(change)
 
     def _received(self, payload: str) -> None:
         try:
