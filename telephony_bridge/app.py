@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
 from telephony_bridge.admin import admin_router
-from telephony_bridge.admin.api import end_live_call
+from telephony_bridge.admin.api import END_WAIT_S, end_live_call
 from telephony_bridge.admin.campaigns import campaigns_router
 from telephony_bridge.admin.console import console_router
 from telephony_bridge.admin.live_feed import LiveFeed, fleet_change
@@ -448,6 +448,9 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
                 await websocket.close(code=POLICY_VIOLATION)
                 return
+            if not outbound_id and await _carried_elsewhere(store, websocket.app.state.switchboard, started.call_sid):
+                await websocket.close(code=POLICY_VIOLATION)
+                return
         if outbound_id:
             call = await websocket.app.state.outbound.connect_stream(outbound_id, started.call_sid, stream_id_of(token))
         else:
@@ -478,6 +481,24 @@ async def _purge_on_schedule(switchboard: Switchboard, call_log: Path | None, re
         await asyncio.sleep(config.retention.purge_every_minutes * 60)
 
 
+async def _carried_elsewhere(store: Store, switchboard: Switchboard, call_sid: str) -> bool:
+    """Whether a stream's call lives on another instance: a caller back from a transfer nobody took, on a new stream
+    the balancer sent here. That call's conversation cannot move (docs/scaling.md), so its owner ends it and this
+    stream is refused: Twilio then asks `<Connect action>`, and the caller hears the number's fallback message."""
+    if switchboard.live_call(call_sid) is not None:
+        return False
+    try:
+        owner = await store.owner_of(call_sid)
+        if owner is None or owner == store.instance:
+            return False
+        log.warning("call %s: the caller came back from a transfer on this instance, but %s carries the call; it ends "
+                    "and the caller hears the fallback message", call_sid, owner, extra={"call_sid": call_sid})
+        await store.ask(owner, "returned_elsewhere", {"call_sid": call_sid}, FLEET_REQUEST_TIMEOUT_S)
+    except StoreUnavailable:
+        log.warning("call %s: refused, the database did not say which instance carries it", call_sid)
+    return True
+
+
 def fleet_requests(switchboard: Switchboard, outbound: OutboundCalls, secret: bytes) -> RequestHandler:
     """What this instance does for another one: end a call it carries, say what follows a transfer's dial, or take
     the stream or a callback of an outbound call it placed (or carries)."""
@@ -488,6 +509,13 @@ def fleet_requests(switchboard: Switchboard, outbound: OutboundCalls, secret: by
         if op == "end":
             status, body = await end_live_call(switchboard, str(args["call_sid"]), str(args["goodbye"]))
             return {"status": status, "body": body}
+        if op == "returned_elsewhere":
+            call = switchboard.live_call(str(args["call_sid"]))
+            if call is None:
+                return {"ended": False}
+            call.end("the caller came back from a transfer on another instance of the fleet", "bridge_error")
+            await asyncio.wait_for(call.ended.wait(), END_WAIT_S)
+            return {"ended": True}
         if op == "dial_ended":
             # The new stream's token is checked with the secret every instance of a fleet shares (STREAM_TOKEN_SECRET).
             return {"twiml": callbacks.dial_ended(switchboard, str(args["transfer"]), str(args["status"]), secret=secret,
