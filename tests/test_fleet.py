@@ -312,6 +312,8 @@ async def test_the_console_event_stream_of_one_instance_follows_and_ends_the_cal
         spoken = await until(lambda name, data: name == "call" and data["call_sid"] == call.call_sid
                              and bool(data["transcript"]))
         assert spoken["instance"] == "bridge-b" and spoken["caller"].endswith("****")
+        revealed = await admin.post(f"{watching.url}/admin/calls/{call.call_sid}/caller")
+        assert revealed.json() == {"call_sid": call.call_sid, "caller": call.from_number}, revealed.text
         # The console's own request: its session cookie (any instance sharing the admin token accepts it) and CSRF token.
         cookie, session = ConsoleSessions(ADMIN_TOKEN).issue(time.time())
         async with httpx.AsyncClient(cookies={COOKIE: cookie}, headers={CSRF_HEADER: session.csrf_token},

@@ -136,7 +136,17 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
         switchboard: Switchboard = request.app.state.switchboard
         live = next((call for call in switchboard.calls_in_progress() if call.call_sid == call_sid), None)
         number = live.caller_number if live is not None else None
-        if number is None and CALL_SID.match(call_sid) and request.app.state.call_log_path is not None:
+        store: Store | None = request.app.state.store
+        if number is None and store is not None and CALL_SID.match(call_sid):
+            # Another instance's live call (the registry keeps its caller), else the fleet's call log.
+            try:
+                number = next((call.caller for call in await store.live_calls() if call.call_sid == call_sid), None)
+                record = None if number else await asyncio.to_thread(fleet_log.find_call, request.app.state.database_url,
+                                                                     call_sid)
+            except (StoreUnavailable, CallLogError) as error:
+                raise HTTPException(503, str(error)) from None
+            number = number or (record.from_number if record is not None else None)
+        elif number is None and CALL_SID.match(call_sid) and request.app.state.call_log_path is not None:
             try:
                 record = await asyncio.to_thread(find_call, _call_log(request), call_sid)
             except CallLogError as error:
