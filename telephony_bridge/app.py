@@ -143,7 +143,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         if log_path is None and store is None:
             log.info("no call log file: the do-not-call list is kept in memory and lost at restart")
         do_not_call = DoNotCall(log_path, FleetDoNotCall(store) if store is not None else None)
-        outbound = OutboundCalls(settings, switchboard, do_not_call, log_path, store)
+        outbound = OutboundCalls(settings, switchboard, do_not_call, store)
         outbound.add_outcome_listener(metrics.outbound_outcome)
         app.state.outbound = outbound
         metrics.config_loaded(config.digest)

@@ -28,7 +28,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -129,13 +128,12 @@ class _Placed:
 class OutboundCalls:
     """Places calls for one server (on `app.state.outbound`), routes their callbacks and reports their outcomes."""
 
-    def __init__(self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall, log_path: Path | None,
+    def __init__(self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall,
                  store: Store | None = None) -> None:
         self.do_not_call = do_not_call
         self._store = store
         self._settings = settings
         self._switchboard = switchboard
-        self._log_path = log_path
         self._placed: dict[str, _Placed] = {}
         self._listeners: list[OutcomeListener] = []
         self._tasks: set[asyncio.Task[None]] = set()
