@@ -145,6 +145,28 @@ async def claim_latency(url: str, count: int = 2000) -> None:
           f"median {statistics.median(refused):.2f} ms, p99 {percentile(refused, 0.99):.2f} ms")
 
 
+async def ask_latency(url: str, count: int = 500) -> None:
+    """A request to another instance and its reply (LISTEN/NOTIFY): what an outbound call's stream or callback landing
+    on another instance than its placer waits for, once per hop."""
+    asker, owner = PostgresStore(url, "bench-asker"), PostgresStore(url, "bench-owner")
+
+    async def echo(op: str, args: dict[str, object]) -> dict[str, object]:
+        return {"op": op}
+
+    owner.on_request(echo)
+    await asker.start()
+    await owner.start()
+    latencies = []
+    for _ in range(count):
+        before = time.perf_counter()
+        assert await asker.ask("bench-owner", "outbound_amd", {"outbound_id": "OB1"}, 5) == {"op": "outbound_amd"}
+        latencies.append((time.perf_counter() - before) * 1000)
+    await asker.close()
+    await owner.close()
+    print(f"a request to another instance and its reply, {count} one after another: "
+          f"median {statistics.median(latencies):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms")
+
+
 def summary_of(call_sid: str) -> CallSummary:
     return CallSummary(
         call_sid=call_sid, called_number="+14155550100", caller_number="+15551234567", model="gpt-realtime", dialect="ga",
@@ -257,6 +279,7 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--rate", type=float, default=MACHINE_CALL_RATE * 10)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--only", choices=["ask"], help="measure only this figure")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     server = None
@@ -268,8 +291,12 @@ async def main() -> None:
         server = PostgresServer()
         url = server.database("bench")
     try:
+        if args.only == "ask":
+            await ask_latency(url)
+            return
         await writes_per_call(url, args.calls)
         await claim_latency(url)
+        await ask_latency(url)
         await at_rate(url, args.rate, args.seconds)
         await max_throughput(url)
         await landing(server.database("landing") if server is not None else url)

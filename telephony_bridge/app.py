@@ -22,10 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
 from telephony_bridge.admin import admin_router
-from telephony_bridge.admin.api import end_live_call
+from telephony_bridge.admin.api import END_WAIT_S, end_live_call
 from telephony_bridge.admin.campaigns import campaigns_router
 from telephony_bridge.admin.console import console_router
-from telephony_bridge.admin.live_feed import LiveFeed
+from telephony_bridge.admin.live_feed import LiveFeed, fleet_change
 from telephony_bridge.admin.sessions import ConsoleSessions
 from telephony_bridge.call.events import StreamStarted
 from telephony_bridge.call.summary import CallSummary
@@ -43,6 +43,7 @@ from telephony_bridge.reload import ConfigReloader
 from telephony_bridge.store import PostgresStore, Store, StoreUnavailable
 from telephony_bridge.store import fleet as fleet_routes
 from telephony_bridge.store.base import RequestHandler
+from telephony_bridge.store.do_not_call import FleetDoNotCall
 from telephony_bridge.twilio import callbacks
 from telephony_bridge.twilio.call_updates import CallUpdates
 from telephony_bridge.twilio.media_stream import TwilioInbound
@@ -124,17 +125,25 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             if store is not None:
                 store.call_ended(summary)
 
+        def live_changed(summary: CallSummary) -> None:
+            live_feed.changed(summary)
+            if store is not None:
+                store.publish_live(fleet_change(summary))
+
+        if store is not None:
+            store.on_live(live_feed.fleet_changed)
         switchboard = Switchboard(
             config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=call_ended,
             on_latency=metrics.observe_latency, call_updates=CallUpdates(settings, Transfers(clock)),
-            on_change=live_feed.changed if console_sessions is not None else None,
+            on_change=live_changed if console_sessions is not None else None,
             on_call_start=store.call_started if store is not None else lambda call_sid, number, caller: None,
         )
         metrics.watch(switchboard)
         log_path = Path(config.call_log.path) if config.call_log.path else None
-        if log_path is None:
+        if log_path is None and store is None:
             log.info("no call log file: the do-not-call list is kept in memory and lost at restart")
-        outbound = OutboundCalls(settings, switchboard, DoNotCall(log_path), log_path)
+        do_not_call = DoNotCall(log_path, FleetDoNotCall(store) if store is not None else None)
+        outbound = OutboundCalls(settings, switchboard, do_not_call, store)
         outbound.add_outcome_listener(metrics.outbound_outcome)
         app.state.outbound = outbound
         metrics.config_loaded(config.digest)
@@ -157,9 +166,11 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             await start_campaigns(log_path, outbound, switchboard, config.campaigns.reconcile_seconds)
             if log_path is not None else None
         )
-        purging = asyncio.create_task(_purge_on_schedule(switchboard, app.state.call_log_path, recordings.folder))
+        purging = asyncio.create_task(
+            _purge_on_schedule(switchboard, app.state.call_log_path, recordings.folder, settings.database_url)
+        )
         if store is not None:
-            store.on_request(fleet_requests(switchboard, settings.stream_token_secret))
+            store.on_request(fleet_requests(switchboard, outbound, settings.stream_token_secret))
         yield
         purging.cancel()
         if app.state.campaigns is not None:
@@ -282,7 +293,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         params = await signed_form(request)
         if isinstance(params, Response):
             return params
-        request.app.state.outbound.amd_result(request.query_params.get("outbound", ""), params.get("AnsweredBy", ""))
+        await request.app.state.outbound.amd_callback(request.query_params.get("outbound", ""), params.get("AnsweredBy", ""))
         return Response(status_code=204)
 
     @app.post(OUTBOUND_STATUS_PATH)
@@ -291,7 +302,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         params = await signed_form(request)
         if isinstance(params, Response):
             return params
-        request.app.state.outbound.status(request.query_params.get("outbound", ""), params.get("CallStatus", ""))
+        await request.app.state.outbound.status_callback(request.query_params.get("outbound", ""), params.get("CallStatus", ""))
         return Response(status_code=204)
 
     def signed_by_twilio(url: str, params: dict[str, str], signature: str | None) -> bool:
@@ -437,8 +448,11 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
                 await websocket.close(code=POLICY_VIOLATION)
                 return
+            if not outbound_id and await _carried_elsewhere(store, websocket.app.state.switchboard, started.call_sid):
+                await websocket.close(code=POLICY_VIOLATION)
+                return
         if outbound_id:
-            call = websocket.app.state.outbound.connect(outbound_id, started.call_sid, stream_id_of(token))
+            call = await websocket.app.state.outbound.connect_stream(outbound_id, started.call_sid, stream_id_of(token))
         else:
             call = websocket.app.state.switchboard.claim(
                 started.call_sid, called_number, stream_id_of(token), caller, account_sid
@@ -452,26 +466,56 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
     return app
 
 
-async def _purge_on_schedule(switchboard: Switchboard, call_log: Path | None, recordings: Path) -> None:
+async def _purge_on_schedule(switchboard: Switchboard, call_log: Path | None, recordings: Path,
+                             database_url: str | None) -> None:
     """Delete what the numbers' `retention_days` no longer allow, at start and every `[retention] purge_every_minutes`
-    (of the configuration in force: a reload applies), off the event loop."""
+    (of the configuration in force: a reload applies), off the event loop. In a fleet every instance purges the one
+    log: deleting a transcript twice deletes nothing the second time."""
     while True:
         config = switchboard.config
         if any(profile.retention_days != Retention() for profile in (config.defaults, *config.numbers.values())):
             try:
-                await asyncio.to_thread(purge_expired, config, call_log, recordings)
+                await asyncio.to_thread(purge_expired, config, call_log, recordings, database_url=database_url)
             except (OSError, sqlite3.Error, CallLogError) as error:
                 log.warning("retention: the scheduled purge failed and is tried again later: %s", error)
         await asyncio.sleep(config.retention.purge_every_minutes * 60)
 
 
-def fleet_requests(switchboard: Switchboard, secret: bytes) -> RequestHandler:
-    """What this instance does for another one: end a call it carries, or say what follows a transfer's dial."""
+async def _carried_elsewhere(store: Store, switchboard: Switchboard, call_sid: str) -> bool:
+    """Whether a stream's call lives on another instance: a caller back from a transfer nobody took, on a new stream
+    the balancer sent here. That call's conversation cannot move (docs/scaling.md), so its owner ends it and this
+    stream is refused: Twilio then asks `<Connect action>`, and the caller hears the number's fallback message."""
+    if switchboard.live_call(call_sid) is not None:
+        return False
+    try:
+        owner = await store.owner_of(call_sid)
+        if owner is None or owner == store.instance:
+            return False
+        log.warning("call %s: the caller came back from a transfer on this instance, but %s carries the call; it ends "
+                    "and the caller hears the fallback message", call_sid, owner, extra={"call_sid": call_sid})
+        await store.ask(owner, "returned_elsewhere", {"call_sid": call_sid}, FLEET_REQUEST_TIMEOUT_S)
+    except StoreUnavailable:
+        log.warning("call %s: refused, the database did not say which instance carries it", call_sid)
+    return True
+
+
+def fleet_requests(switchboard: Switchboard, outbound: OutboundCalls, secret: bytes) -> RequestHandler:
+    """What this instance does for another one: end a call it carries, say what follows a transfer's dial, or take
+    the stream or a callback of an outbound call it placed (or carries)."""
 
     async def handle(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op.startswith("outbound_"):
+            return await outbound.fleet_request(op, args)
         if op == "end":
             status, body = await end_live_call(switchboard, str(args["call_sid"]), str(args["goodbye"]))
             return {"status": status, "body": body}
+        if op == "returned_elsewhere":
+            call = switchboard.live_call(str(args["call_sid"]))
+            if call is None:
+                return {"ended": False}
+            call.end("the caller came back from a transfer on another instance of the fleet", "bridge_error")
+            await asyncio.wait_for(call.ended.wait(), END_WAIT_S)
+            return {"ended": True}
         if op == "dial_ended":
             # The new stream's token is checked with the secret every instance of a fleet shares (STREAM_TOKEN_SECRET).
             return {"twiml": callbacks.dial_ended(switchboard, str(args["transfer"]), str(args["status"]), secret=secret,

@@ -12,6 +12,7 @@ import sqlite3
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from telephony_bridge import __version__
@@ -175,33 +176,41 @@ def _place_call(args: argparse.Namespace) -> int:
 
 
 def _dnc(args: argparse.Namespace) -> int:
-    """The do-not-call list in the call log's database: add, remove or list numbers."""
+    """The do-not-call list in the call log's database (the fleet's PostgreSQL with DATABASE_URL): add, remove or list."""
     from telephony_bridge.config import environment, load_config, settings_from_env
-    from telephony_bridge.outbound.do_not_call import add_number, list_numbers, remove_number
+    from telephony_bridge.outbound import do_not_call
+    from telephony_bridge.store import do_not_call as fleet_do_not_call
 
-    config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
-    if not config.call_log.path:
-        print(f"telephony-bridge: the do-not-call list lives in the call log, which is off ([call_log] path is empty in "
-              f"{config.source})", file=sys.stderr)
-        return 2
-    path = Path(config.call_log.path)
+    env = environment(args.env_file)
+    where: Any
+    lists: ModuleType
+    if env.get("DATABASE_URL"):
+        lists, where, shown = fleet_do_not_call, env["DATABASE_URL"], "DATABASE_URL"
+    else:
+        config = load_config(settings_from_env(env, config_path=args.config).config_path)
+        if not config.call_log.path:
+            print(f"telephony-bridge: the do-not-call list lives in the call log, which is off ([call_log] path is empty "
+                  f"in {config.source})", file=sys.stderr)
+            return 2
+        lists, where = do_not_call, Path(config.call_log.path)
+        shown = str(where)
     try:
         if args.dnc_command == "add":
-            new = add_number(path, args.number, "command line")
+            new = lists.add_number(where, args.number, "command line")
             print(f"{args.number} {'added to' if new else 'is already on'} the do-not-call list")
         elif args.dnc_command == "remove":
-            if not remove_number(path, args.number):
+            if not lists.remove_number(where, args.number):
                 print(f"telephony-bridge: {args.number} is not on the do-not-call list", file=sys.stderr)
                 return 1
             print(f"{args.number} removed from the do-not-call list")
         else:
-            entries = list_numbers(path)
+            entries = lists.list_numbers(where)
             for entry in entries:
                 print(f"{entry['number']}  {entry['added_at'][:19]}  {entry['source']}")
             if not entries:
                 print("the do-not-call list is empty")
     except (sqlite3.Error, CallLogError) as error:
-        print(f"telephony-bridge: {path}: {error}", file=sys.stderr)
+        print(f"telephony-bridge: {shown}: {error}", file=sys.stderr)
         return 1
     return 0
 
@@ -382,18 +391,20 @@ def _purge(args: argparse.Namespace) -> int:
     from telephony_bridge.config import environment, load_config, settings_from_env
     from telephony_bridge.policy.purge import erase, purge_expired
 
-    config = load_config(settings_from_env(environment(args.env_file), config_path=args.config).config_path)
+    env = environment(args.env_file)
+    database_url = env.get("DATABASE_URL") or None
+    config = load_config(settings_from_env({**env, "DATABASE_URL": ""}, config_path=args.config).config_path)
     call_log = Path(config.call_log.path) if config.call_log.path else None
     recordings = Path(config.recording.folder)
     try:
         if args.call is not None:
-            purged = erase(args.call, call_log, recordings)
+            purged = erase(args.call, call_log, recordings, database_url=database_url)
             if not purged.calls:
                 print(f"nothing kept of call {args.call}")
                 return 0
             print(f"call {args.call}: deleted {', '.join(purged.calls[args.call])}")
             return 0
-        purged = purge_expired(config, call_log, recordings)
+        purged = purge_expired(config, call_log, recordings, database_url=database_url)
     except (CallLogError, sqlite3.Error) as error:
         print(f"telephony-bridge: {error}", file=sys.stderr)
         return 1

@@ -109,7 +109,13 @@ fallback_message = "Sorry, please call back later."
 
 [limits]
 drain_seconds = {drain}
+
+[numbers."+14155550199"]
+instructions = "You are the reminder line of Bright Smile Dental, calling {{name}}."
+greeting = "Hello {{name}}, this is Bright Smile Dental."
 """
+OUTBOUND_LINE = "+14155550199"
+"""The fleet's number that places calls (its instructions take the `name` placeholder)."""
 
 
 class Instance:

@@ -6,23 +6,26 @@ One fleet for the module: the tests that stop an instance come last and start it
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from twilio.request_validator import RequestValidator
 
-from fleet_servers import DB_PASSWORD, Balancer, Instance, PostgresServer, RealtimeProcess, free_port
+from fleet_servers import DB_PASSWORD, OUTBOUND_LINE, Balancer, Instance, PostgresServer, RealtimeProcess, free_port
 from support import AUTH_TOKEN, CLINIC, PUBLIC_URL
+from telephony_bridge.admin.sessions import COOKIE, CSRF_HEADER, ConsoleSessions
 from telephony_bridge.testing.twilio_api import TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 
@@ -30,6 +33,7 @@ pytestmark = pytest.mark.xdist_group("fleet")
 
 ADMIN_TOKEN = "fleet-admin-token"
 ACCOUNT_SID = "AC" + "f" * 32
+PATIENT = "+15557654321"
 LOST_AFTER_S = 6.0
 """Short for the test, yet three heartbeats: a loaded machine must not make a live instance look dead."""
 
@@ -65,7 +69,7 @@ def fleet(postgres: PostgresServer) -> Iterator[Fleet]:
         "DATABASE_URL": database, "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": "sk-fleet",
         "REALTIME_URL": realtime.url, "STREAM_TOKEN_SECRET": "one-secret-for-the-whole-fleet",
         "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN, "TWILIO_API_URL": f"http://127.0.0.1:{api_port}",
-        "FLEET_LOST_AFTER_SECONDS": str(LOST_AFTER_S),
+        "FLEET_LOST_AFTER_SECONDS": str(LOST_AFTER_S), "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
     }
     instances = [Instance(name, folder, env, drain_s=20.0) for name in ("bridge-a", "bridge-b", "bridge-c")]
     for instance in instances:
@@ -240,6 +244,100 @@ async def test_calls_live_on_one_instance_lists_the_fleet_and_ends_a_call_anothe
     others = [call for call in calls if call is not victim]
     assert set(owners(fleet, others)) == {call.call_sid for call in others}
     await hang_up_all(others)
+
+
+async def test_an_outbound_call_placed_by_one_instance_streamed_to_another_and_called_back_on_a_third_behaves_as_on_one(
+    fleet: Fleet, api: TwilioApiSimulator
+) -> None:
+    placer, carrier, called_back = (fleet.by_name(name) for name in ("bridge-a", "bridge-b", "bridge-c"))
+    api.place_calls_on(carrier.url, PUBLIC_URL, callbacks_url=called_back.url)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as admin:
+        placed = await admin.post(placer.url + "/admin/calls",
+                                  json={"from": OUTBOUND_LINE, "to": PATIENT, "context": {"name": "Ada"}})
+    assert placed.status_code == 201, placed.text
+    outbound_id, call_sid = placed.json()["outbound_id"], placed.json()["call_sid"]
+    (callee,) = await api.wait_placed(1)
+    await wait_for(lambda: callee.call is not None, what="the callee answering")
+    assert callee.call is not None
+    await wait_for(lambda: owners(fleet, [callee.call]) == {call_sid: "bridge-b"}, what="the call carried by bridge-b")
+    await callee.call.wait_heard(200, timeout=15)  # the greeting waits for "human": the AMD callback reached bridge-b
+    amd_posts = [(url, status) for url, fields, status in callee.callbacks if "AnsweredBy" in fields]
+    assert [status for _, status in amd_posts] == [204]
+    await callee.call.hang_up()
+    await wait_for(lambda: fleet.query("SELECT outcome, amd_result, call_sid FROM outbound_calls WHERE outbound_id = %s",
+                                       (outbound_id,)) == [("human", "human", call_sid)], 20,
+                   what="the outcome kept by the placing instance")
+    await wait_for(lambda: fleet.query("SELECT direction, amd_result, outcome FROM calls WHERE call_sid = %s", (call_sid,))
+                   == [("outbound", "human", "caller_hung_up")], what="the call in the log")
+    assert "outbound call" in placer.log() and outbound_id in placer.log()
+
+
+async def test_a_number_put_on_the_do_not_call_list_through_one_instance_is_never_dialled_by_another(
+    fleet: Fleet, api: TwilioApiSimulator
+) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(headers=headers, timeout=30) as admin:
+        listed = await admin.post(fleet.by_name("bridge-c").url + "/admin/dnc", json={"number": "+15550007777"})
+        assert listed.status_code == 201
+        refused = await admin.post(fleet.by_name("bridge-a").url + "/admin/calls",
+                                   json={"from": OUTBOUND_LINE, "to": "+15550007777", "context": {"name": "Bo"}})
+        assert refused.status_code == 409 and refused.json() == {"refused": "do-not-call"}
+        assert (await admin.request("DELETE", fleet.by_name("bridge-b").url + "/admin/dnc",
+                                     json={"number": "+15550007777"})).json() \
+            == {"number": "+15550007777", "removed": True}
+    assert api.created == []
+
+
+async def test_the_console_event_stream_of_one_instance_follows_and_ends_the_calls_of_the_others(
+    fleet: Fleet, api: TwilioApiSimulator
+) -> None:
+    watching, carrying, quiet_on = (fleet.by_name(name) for name in ("bridge-a", "bridge-b", "bridge-c"))
+    quiet = await place(fleet, api, quiet_on.url)  # started before the stream: the registry seeds it
+    await wait_for(lambda: owners(fleet, [quiet]), what="the quiet call in the registry")
+    seen: list[tuple[str, dict[str, Any]]] = []
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(headers=headers, timeout=30) as admin, \
+            admin.stream("GET", watching.url + "/admin/calls/live/events") as stream:
+        events = sse_events(stream)
+
+        async def until(wanted: Callable[[str, dict[str, Any]], bool]) -> dict[str, Any]:
+            while not any(wanted(name, data) for name, data in seen):
+                seen.append(await asyncio.wait_for(anext(events), 15))
+            return next(data for name, data in seen if wanted(name, data))
+
+        seeded = await until(lambda name, data: name == "call" and data["call_sid"] == quiet.call_sid)
+        assert seeded["instance"] == "bridge-c"
+        call = await place(fleet, api, carrying.url)
+        call.say(speech_like_ulaw(600))
+        spoken = await until(lambda name, data: name == "call" and data["call_sid"] == call.call_sid
+                             and bool(data["transcript"]))
+        assert spoken["instance"] == "bridge-b" and spoken["caller"].endswith("****")
+        revealed = await admin.post(f"{watching.url}/admin/calls/{call.call_sid}/caller")
+        assert revealed.json() == {"call_sid": call.call_sid, "caller": call.from_number}, revealed.text
+        # The console's own request: its session cookie (any instance sharing the admin token accepts it) and CSRF token.
+        cookie, session = ConsoleSessions(ADMIN_TOKEN).issue(time.time())
+        async with httpx.AsyncClient(cookies={COOKIE: cookie}, headers={CSRF_HEADER: session.csrf_token},
+                                     timeout=30) as console:
+            ended = await console.post(f"{watching.url}/admin/calls/{call.call_sid}/end")
+        assert ended.status_code == 200 and ended.json()["outcome"] == "operator_ended", ended.text
+        gone = await until(lambda name, data: name == "ended" and data["call_sid"] == call.call_sid)
+        assert gone["outcome"] == "operator_ended"
+    updates = [data for name, data in seen if name == "call" and data["call_sid"] == call.call_sid]
+    sent = 0
+    for data in updates:
+        assert data["lines_from"] >= sent, "each update carries only lines not sent yet"
+        sent = data["lines_from"] + len(data["transcript"])
+    await call.wait_over(10)
+    await quiet.hang_up()
+
+
+async def sse_events(stream: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    name = ""
+    async for line in stream.aiter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            yield name, json.loads(line[6:])
 
 
 async def test_the_database_restarted_mid_call_the_calls_go_on(fleet: Fleet, api: TwilioApiSimulator) -> None:

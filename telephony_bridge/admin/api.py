@@ -114,10 +114,17 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
 
     @router.get("/calls/live/events")
     async def live_events(request: Request) -> StreamingResponse:
-        """Server-sent events: `call` (a live call, new or changed: only its new transcript lines) and `ended`."""
+        """Server-sent events: `call` (a live call, new or changed: only its new transcript lines) and `ended`; in a
+        fleet, of every instance's calls (another instance's carry its `instance`)."""
         if feed is None:
             raise HTTPException(404, "no live event stream on this bridge")
         switchboard: Switchboard = request.app.state.switchboard
+        store: Store | None = request.app.state.store
+        if store is not None:
+            try:
+                feed.seed(await store.live_calls(), store.instance)
+            except StoreUnavailable as error:
+                raise HTTPException(503, f"the database is unavailable: {error}") from None
         return StreamingResponse(
             _event_stream(feed, switchboard), media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
@@ -129,7 +136,17 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
         switchboard: Switchboard = request.app.state.switchboard
         live = next((call for call in switchboard.calls_in_progress() if call.call_sid == call_sid), None)
         number = live.caller_number if live is not None else None
-        if number is None and CALL_SID.match(call_sid) and request.app.state.call_log_path is not None:
+        store: Store | None = request.app.state.store
+        if number is None and store is not None and CALL_SID.match(call_sid):
+            # Another instance's live call (the registry keeps its caller), else the fleet's call log.
+            try:
+                number = next((call.caller for call in await store.live_calls() if call.call_sid == call_sid), None)
+                record = None if number else await asyncio.to_thread(fleet_log.find_call, request.app.state.database_url,
+                                                                     call_sid)
+            except (StoreUnavailable, CallLogError) as error:
+                raise HTTPException(503, str(error)) from None
+            number = number or (record.from_number if record is not None else None)
+        elif number is None and CALL_SID.match(call_sid) and request.app.state.call_log_path is not None:
             try:
                 record = await asyncio.to_thread(find_call, _call_log(request), call_sid)
             except CallLogError as error:
@@ -324,8 +341,12 @@ def admin_router(token: str | None, sessions: ConsoleSessions | None = None, fee
         config = request.app.state.switchboard.config
         now = datetime.now(UTC)
         path: Path | None = request.app.state.call_log_path
+        url = request.app.state.store and request.app.state.database_url
         try:
-            totals = await asyncio.to_thread(usage_totals, path) if path is not None and path.is_file() else []
+            totals = (
+                await asyncio.to_thread(fleet_log.usage_totals, url) if url
+                else await asyncio.to_thread(usage_totals, path) if path is not None and path.is_file() else []
+            )
         except CallLogError as error:
             raise HTTPException(503, str(error)) from None
         return JSONResponse({

@@ -198,10 +198,11 @@ class Switchboard:
             call_sid, from_number, profile, self._endpoint, self._clock, caller_number=to_number,
             call_updates=self._call_updates, timings=self._timings, on_end=self._ended,
             tap=self._tap_for(call_sid, from_number, profile), on_latency=self._on_latency,
-            mask_caller_number=self.config.logging.mask_caller_numbers, dialled=dialled,
+            mask_caller_number=self.config.logging.mask_caller_numbers, dialled=dialled, on_change=self._on_change,
         )
         self._calls[call_sid] = call
         call.begin()
+        self._on_call_start(call_sid, from_number, to_number)
         return call
 
     def live_call(self, call_sid: str) -> Call | None:

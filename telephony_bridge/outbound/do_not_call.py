@@ -1,8 +1,10 @@
 """The do-not-call list: numbers the bridge never dials, kept in the call log's database.
 
 Checked before every dial; a person who asks not to be called again (the model's `opt_out`) is added
-when their call ends, and operators manage it with `telephony-bridge dnc` and `/admin/dnc`. Without a
-call log file the list lives in memory and is lost at restart (the bridge logs that at start-up).
+when their call ends, and operators manage it with `telephony-bridge dnc` and `/admin/dnc`. In a fleet
+(`DATABASE_URL`) the list is the fleet's, in PostgreSQL (`store/do_not_call.py`), so a number listed on one
+instance is never dialled by another. Without either the list lives in memory and is lost at restart (the
+bridge logs that at start-up).
 Every read and write runs off the event loop on a short-lived connection: a few per dial, each under
 a millisecond on a local file.
 """
@@ -14,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from telephony_bridge.call_log import open_for_writing
+from telephony_bridge.store.do_not_call import FleetDoNotCall
 
 __all__ = ["DoNotCall", "add_number", "list_numbers", "listed", "remove_number"]
 
@@ -62,18 +65,34 @@ def list_numbers(path: Path) -> list[dict[str, str]]:
 
 
 class DoNotCall:
-    """The list as the server uses it: in the call log's file at `path`, or in memory without one."""
+    """The list as the server uses it: in the fleet's PostgreSQL (`fleet`), in the call log's file at `path`, or in
+    memory without either. Outbound outcomes are kept where the list is (not in memory)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, fleet: FleetDoNotCall | None = None) -> None:
         self.path = path
+        self._fleet = fleet
         self._memory: dict[str, dict[str, str]] = {}
 
+    @property
+    def keeps_outcomes(self) -> bool:
+        return self._fleet is not None or self.path is not None
+
+    async def record_outcome(self, outcome: dict[str, str | None]) -> None:
+        if self._fleet is not None:
+            await self._fleet.record_outcome(outcome)
+        elif self.path is not None:
+            await asyncio.to_thread(record_outcome, self.path, outcome)
+
     async def contains(self, number: str) -> bool:
+        if self._fleet is not None:
+            return await self._fleet.contains(number)
         if self.path is None:
             return number in self._memory
         return await asyncio.to_thread(listed, self.path, number)
 
     async def add(self, number: str, source: str) -> bool:
+        if self._fleet is not None:
+            return await self._fleet.add(number, source)
         if self.path is None:
             new = number not in self._memory
             self._memory.setdefault(number, {"number": number, "added_at": datetime.now(UTC).isoformat(), "source": source})
@@ -81,11 +100,15 @@ class DoNotCall:
         return await asyncio.to_thread(add_number, self.path, number, source)
 
     async def remove(self, number: str) -> bool:
+        if self._fleet is not None:
+            return await self._fleet.remove(number)
         if self.path is None:
             return self._memory.pop(number, None) is not None
         return await asyncio.to_thread(remove_number, self.path, number)
 
     async def numbers(self) -> list[dict[str, str]]:
+        if self._fleet is not None:
+            return await self._fleet.numbers()
         if self.path is None:
             return sorted(self._memory.values(), key=lambda entry: (entry["added_at"], entry["number"]))
         return await asyncio.to_thread(list_numbers, self.path)

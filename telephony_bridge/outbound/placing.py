@@ -10,6 +10,12 @@ An outcome fires once per call, when it is final: Twilio's status callback says 
 bridge spoke on, with whether the callee opted out). A number on the do-not-call list is never
 dialled: `place` raises `OutboundRefused("do-not-call")` and listeners get a `do-not-call` outcome
 with no CallSid, so a campaign that writes outcomes from its listener alone records it too.
+
+In a fleet the instance that placed a call keeps its outcome (its listeners, a campaign's among them, live
+there), and records itself as the outbound id's owner in the store. The stream may land on another instance:
+that one asks the owner for the call's request and carries the call. A callback landing anywhere is passed to
+the owner, which passes who answered on to the carrier, and at the final status asks the carrier whether the
+person opted out (`store.ask`, over LISTEN/NOTIFY).
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
+
+import orjson
 
 from telephony_bridge.call.call_control import Dialled
 from telephony_bridge.call.pump import Call
@@ -33,8 +40,9 @@ from telephony_bridge.config import CallProfile, Settings
 from telephony_bridge.errors import ConfigError, TwilioCallGone, TwilioRestError
 from telephony_bridge.logs import mask_number
 from telephony_bridge.outbound.amd import OutcomeKind, outcome_of, voicemail_instructions
-from telephony_bridge.outbound.do_not_call import DoNotCall, record_outcome
+from telephony_bridge.outbound.do_not_call import DoNotCall
 from telephony_bridge.outbound.placeholders import MissingPlaceholder, fill
+from telephony_bridge.store.base import Store, StoreUnavailable
 from telephony_bridge.tls import tls_context
 from telephony_bridge.twilio.rest import TwilioRest
 from telephony_bridge.twilio.security import issue_stream_token
@@ -51,6 +59,10 @@ __all__ = ["OutboundCalls", "OutboundOutcome", "OutboundRefused", "OutboundReque
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+OWNER_LIFETIME_S = 24 * 3600.0
+"""How long a fleet remembers which instance placed an outbound call: longer than any call and its callbacks."""
+FLEET_REQUEST_TIMEOUT_S = 5.0
+"""How long a stream or callback landing on another instance waits for the placing instance's reply."""
 CALL_END_WAIT_S = 15.0
 """How long a final status waits for the live call's own end (its summary says whether the person opted out)."""
 
@@ -107,16 +119,21 @@ class _Placed:
     call: Call | None = None
     final_status: str | None = None
     done: bool = False
+    carrier: str | None = None
+    """In a fleet, the instance whose stream carries the call when it is not this one (which placed it)."""
+    owner: str | None = None
+    """In a fleet, the instance that placed the call, when this one only carries its stream."""
 
 
 class OutboundCalls:
     """Places calls for one server (on `app.state.outbound`), routes their callbacks and reports their outcomes."""
 
-    def __init__(self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall, log_path: Path | None) -> None:
+    def __init__(self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall,
+                 store: Store | None = None) -> None:
         self.do_not_call = do_not_call
+        self._store = store
         self._settings = settings
         self._switchboard = switchboard
-        self._log_path = log_path
         self._placed: dict[str, _Placed] = {}
         self._listeners: list[OutcomeListener] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -149,9 +166,19 @@ class OutboundCalls:
             raise OutboundRefused("twilio: TWILIO_ACCOUNT_SID is required to place calls (no call brings its AccountSid)")
         outbound_id = "OB" + secrets.token_hex(12)
         placed = _Placed(outbound_id, request, profile, dialled)
-        if await self.do_not_call.contains(request.to_number):
+        try:
+            listed = await self.do_not_call.contains(request.to_number)
+        except StoreUnavailable:
+            raise OutboundRefused("database: the do-not-call list cannot be checked") from None
+        if listed:
             self._report(placed, "do-not-call")
             raise OutboundRefused("do-not-call")
+        if self._store is not None:
+            try:
+                await self._store.claim("outbound", outbound_id, orjson.dumps({"instance": self._store.instance}).decode(),
+                                        OWNER_LIFETIME_S)
+            except StoreUnavailable:
+                raise OutboundRefused("database: the call's owner cannot be recorded for its callbacks") from None
         self._placed[outbound_id] = placed
         base = self._settings.public_url.rstrip("/")
         token = issue_stream_token(self._settings.stream_token_secret, outbound_id, request.from_number, time.time())
@@ -190,6 +217,79 @@ class OutboundCalls:
             return None
 
     # The media stream and Twilio's callbacks.
+    async def connect_stream(self, outbound_id: str, call_sid: str, stream_id: str) -> Call | None:
+        """`connect`, in a fleet too: a stream landing on another instance than the one that placed the call asks
+        that one for the call's request (its profile is filled here, from the same configuration)."""
+        if outbound_id in self._placed or self._store is None:
+            return self.connect(outbound_id, call_sid, stream_id)
+        owner = await self._owner(outbound_id)
+        reply = await self._store.ask(owner, "outbound_connect", {
+            "outbound_id": outbound_id, "call_sid": call_sid, "carrier": self._store.instance,
+        }, FLEET_REQUEST_TIMEOUT_S) if owner else None
+        if not reply or "request" not in reply:
+            log.warning("outbound call %s: its stream arrived, but the instance that placed it does not know it", call_sid)
+            return None
+        asked = reply["request"]
+        request = OutboundRequest(asked["from_number"], asked["to_number"], asked["context"], asked["campaign_row"])
+        try:
+            profile, dialled = self.prepare(request)
+        except OutboundRefused as refused:
+            log.warning("outbound call %s: cannot be carried here: %s", call_sid, refused.reason)
+            return None
+        self._placed[outbound_id] = _Placed(outbound_id, request, profile, dialled, call_sid, reply.get("amd_result"),
+                                            owner=owner)
+        return self.connect(outbound_id, call_sid, stream_id)
+
+    async def amd_callback(self, outbound_id: str, answered_by: str) -> None:
+        """`AsyncAmdStatusCallback`, wherever it lands: the instance that placed the call takes it."""
+        owner = await self._owner_elsewhere(outbound_id)
+        if owner is None:
+            self.amd_result(outbound_id, answered_by)
+        else:
+            await self._pass_on(owner, "outbound_amd", {"outbound_id": outbound_id, "answered_by": answered_by})
+
+    async def status_callback(self, outbound_id: str, call_status: str) -> None:
+        """`StatusCallback`, wherever it lands: the instance that placed the call reports its outcome."""
+        owner = await self._owner_elsewhere(outbound_id)
+        if owner is None:
+            self.status(outbound_id, call_status)
+        else:
+            await self._pass_on(owner, "outbound_status", {"outbound_id": outbound_id, "status": call_status})
+
+    async def _pass_on(self, owner: str, op: str, args: dict[str, Any]) -> None:
+        assert self._store is not None
+        try:
+            reply = await self._store.ask(owner, op, args, FLEET_REQUEST_TIMEOUT_S)
+        except StoreUnavailable as error:
+            reply = {"error": str(error)}
+        if reply is None or "error" in reply:
+            log.warning("outbound call %s: a callback did not reach %s, the instance that placed it: %s",
+                        args["outbound_id"], owner, "no reply" if reply is None else reply["error"])
+
+    async def fleet_request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """What another instance asks of an outbound call: the placer is asked by the stream's and callbacks'
+        instances, the carrier by the placer."""
+        outbound_id = str(args.get("outbound_id", ""))
+        placed = self._placed.get(outbound_id)
+        if op == "outbound_connect":
+            if placed is None or placed.owner is not None or placed.carrier is not None or placed.call is not None:
+                return {}
+            placed.carrier, placed.call_sid = str(args["carrier"]), placed.call_sid or str(args["call_sid"])
+            request = placed.request
+            return {"request": {"from_number": request.from_number, "to_number": request.to_number,
+                                "context": dict(request.context), "campaign_row": request.campaign_row},
+                    "amd_result": placed.amd_result}
+        if op == "outbound_amd":
+            self.amd_result(outbound_id, str(args["answered_by"]))
+        elif op == "outbound_status":
+            self.status(outbound_id, str(args["status"]))
+        elif op == "outbound_answered_by" and placed is not None and placed.call is not None:
+            placed.amd_result = str(args["answered_by"])
+            placed.call.answered_by(placed.amd_result)
+        elif op == "outbound_ended" and placed is not None:
+            return {"opted_out": await self._opted_out_when_ended(placed)}
+        return {}
+
     def connect(self, outbound_id: str, call_sid: str, stream_id: str) -> Call | None:
         """The stream of a placed call arrived (its token checked): the call's session opens now."""
         placed = self._placed.get(outbound_id)
@@ -214,6 +314,10 @@ class OutboundCalls:
         log.info("outbound call %s: answered by %s", placed.call_sid, answered_by, extra={"call_sid": placed.call_sid})
         if placed.call is not None:
             placed.call.answered_by(answered_by)
+        elif placed.carrier is not None and self._store is not None:
+            self._spawn(self._store.ask(placed.carrier, "outbound_answered_by",
+                                        {"outbound_id": placed.outbound_id, "answered_by": answered_by},
+                                        FLEET_REQUEST_TIMEOUT_S))
 
     def status(self, outbound_id: str, call_status: str) -> None:
         """A status callback; a final one reports the outcome, once the live call (if any) has ended too."""
@@ -240,15 +344,58 @@ class OutboundCalls:
         await self.do_not_call.add(number, f"opted out on call {call_sid}")
 
     async def _finish(self, placed: _Placed) -> None:
+        if placed.carrier is not None and self._store is not None:
+            reply = await self._store.ask(placed.carrier, "outbound_ended", {"outbound_id": placed.outbound_id},
+                                          CALL_END_WAIT_S + 2)
+            opted_out = bool(reply and reply.get("opted_out"))
+        else:
+            opted_out = await self._opted_out_when_ended(placed)
+        self._report(placed, outcome_of(placed.final_status or "failed", placed.amd_result, opted_out))
+        self._placed.pop(placed.outbound_id, None)
+
+    async def _opted_out_when_ended(self, placed: _Placed) -> bool:
+        """Whether the person opted out, once the call carried here has ended (or `CALL_END_WAIT_S` has passed)."""
         call = placed.call
         if call is not None:
             try:
                 await asyncio.wait_for(call.ended.wait(), CALL_END_WAIT_S)
             except TimeoutError:
                 log.warning("outbound call %s: Twilio says it ended, but its stream is still open", placed.call_sid)
-        opted_out = call is not None and call.ended.is_set() and call.summary().opted_out
-        self._report(placed, outcome_of(placed.final_status or "failed", placed.amd_result, opted_out))
-        self._placed.pop(placed.outbound_id, None)
+        if placed.owner is not None:
+            self._placed.pop(placed.outbound_id, None)
+        return call is not None and call.ended.is_set() and call.summary().opted_out
+
+    async def _owner(self, outbound_id: str) -> str | None:
+        """The instance that placed an outbound call, from its claim; `None` if no instance did."""
+        assert self._store is not None
+        try:
+            value = await self._store.claim_value("outbound", outbound_id)
+        except StoreUnavailable:
+            return None
+        try:
+            return str(orjson.loads(value)["instance"]) if value else None
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+
+    async def _owner_elsewhere(self, outbound_id: str) -> str | None:
+        """The instance to pass a callback to: `None` when this one placed the call (or there is no fleet)."""
+        placed = self._placed.get(outbound_id)
+        if self._store is None or (placed is not None and placed.owner is None):
+            return None
+        if placed is not None:
+            return placed.owner
+        owner = await self._owner(outbound_id)
+        return owner if owner != self._store.instance else None
+
+    def _spawn(self, work: Awaitable[object]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except StoreUnavailable as error:
+                log.warning("an outbound call's news did not reach the instance carrying it: %s", error)
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _report(self, placed: _Placed, outcome: OutcomeKind) -> None:
         if placed.done:
@@ -257,7 +404,7 @@ class OutboundCalls:
         result = OutboundOutcome(placed.outbound_id, placed.call_sid, placed.request.campaign_row, outcome, placed.amd_result)
         log.info("outbound call %s to %s: %s", placed.outbound_id, self._shown(placed.request.to_number), outcome,
                  extra={"call_sid": placed.call_sid})
-        if self._log_path is not None:
+        if self.do_not_call.keeps_outcomes:
             row = {
                 "outbound_id": placed.outbound_id, "call_sid": placed.call_sid, "from_number": placed.request.from_number,
                 "to_number": placed.request.to_number, "campaign_row": placed.request.campaign_row,
@@ -277,9 +424,8 @@ class OutboundCalls:
         return mask_number(number) if self._switchboard.config.logging.mask_caller_numbers else number
 
     async def _keep(self, row: dict[str, str | None]) -> None:
-        assert self._log_path is not None
         try:
-            await asyncio.to_thread(record_outcome, self._log_path, row)
-        except sqlite3.Error as error:
+            await self.do_not_call.record_outcome(row)
+        except (sqlite3.Error, StoreUnavailable) as error:
             log.warning("the outcome of outbound call %s was not kept in the call log: %s", row["outbound_id"], error)
 

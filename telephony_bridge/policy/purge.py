@@ -19,6 +19,7 @@ from pathlib import Path
 from telephony_bridge.call_log import delete_transcript, erase_call, logged_calls, open_for_writing
 from telephony_bridge.config import BridgeConfig
 from telephony_bridge.policy import expired
+from telephony_bridge.store import postgres as fleet_log
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,23 @@ def _recording_header(path: Path) -> dict[str, object] | None:
     return first if isinstance(first, dict) else None
 
 
-def purge_expired(config: BridgeConfig, call_log: Path | None, recordings: Path, now: datetime | None = None) -> Purged:
-    """Delete the transcripts and recordings whose number's `retention_days` have run out at `now`."""
+def purge_expired(config: BridgeConfig, call_log: Path | None, recordings: Path, now: datetime | None = None,
+                  *, database_url: str | None = None) -> Purged:
+    """Delete the transcripts and recordings whose number's `retention_days` have run out at `now`.
+
+    With `database_url` (a fleet) the transcripts are the fleet's, in PostgreSQL; `call_log` is not used.
+    """
     now = now or datetime.now(UTC)
     purged = Purged()
-    if call_log is not None and call_log.is_file():
+    if database_url:
+        for call in fleet_log.logged_calls(database_url):
+            retention = config.profile_for(call.to_number).retention_days
+            if call.transcript_kept and "transcript" in expired(retention, call.ended_at, now):
+                lines = fleet_log.delete_transcript(database_url, call.call_sid)
+                purged.transcripts += 1
+                purged.transcript_lines += lines
+                purged.note(call.call_sid, f"transcript ({lines} lines)")
+    elif call_log is not None and call_log.is_file():
         connection = open_for_writing(call_log)
         try:
             for call in logged_calls(connection):
@@ -94,20 +107,23 @@ def purge_expired(config: BridgeConfig, call_log: Path | None, recordings: Path,
     return purged
 
 
-def erase(call_sid: str, call_log: Path | None, recordings: Path) -> Purged:
+def erase(call_sid: str, call_log: Path | None, recordings: Path, *, database_url: str | None = None) -> Purged:
     """Delete everything the bridge keeps of one call (a caller's right to erasure): its call log row, transcript and
-    stream errors, and its recordings."""
+    stream errors (in the fleet's PostgreSQL with `database_url`), and its recordings."""
     purged = Purged()
-    if call_log is not None and call_log.is_file():
+    row, lines, errors = False, 0, 0
+    if database_url:
+        row, lines, errors = fleet_log.erase_call(database_url, call_sid)
+    elif call_log is not None and call_log.is_file():
         connection = open_for_writing(call_log)
         try:
             row, lines, errors = erase_call(connection, call_sid)
         finally:
             connection.close()
-        if row:
-            purged.calls_erased += 1
-            purged.transcript_lines += lines
-            purged.note(call_sid, f"call log row, transcript ({lines} lines), stream errors ({errors})")
+    if row:
+        purged.calls_erased += 1
+        purged.transcript_lines += lines
+        purged.note(call_sid, f"call log row, transcript ({lines} lines), stream errors ({errors})")
     for path in recordings_of(recordings, call_sid):
         path.unlink(missing_ok=True)
         purged.recordings += 1

@@ -17,6 +17,8 @@ ClaimKind = str
 Request = dict[str, Any]
 RequestHandler = Callable[[str, Request], Awaitable[Request]]
 """Runs one request another instance sent to this one (`op`, its arguments) and returns the reply."""
+LiveHandler = Callable[[Request], None]
+"""Takes a live call's change another instance published (`admin.live_feed.fleet_change` makes one)."""
 
 
 class StoreUnavailable(Exception):
@@ -76,6 +78,14 @@ class Store(Protocol):
 
     def on_request(self, handler: RequestHandler) -> None:
         """Run `handler` for each request another instance sends this one."""
+        ...
+
+    def on_live(self, handler: LiveHandler) -> None:
+        """Run `handler` for each live call's change another instance publishes."""
+        ...
+
+    def publish_live(self, change: Request) -> None:
+        """Tell the other instances a live call's change; never blocks."""
         ...
 
     async def ask(self, instance: str, op: str, args: Request, timeout_s: float) -> Request | None:

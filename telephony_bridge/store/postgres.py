@@ -12,6 +12,8 @@ that finds the queue full is dropped and counted.
 * Each instance heartbeats its row in `instances`; any instance moves the live calls of an instance silent
   for `lost_after_s` into the call log with the outcome `lost`.
 * An instance listens on its own channel; a request (`ask`) is a NOTIFY carrying the channel to reply on.
+* Every instance also listens on `bridge_live`, where each one publishes its live calls' changes (the latest
+  of each call, the transcript's tail) for the console's event stream, and any one publishes a lost call's end.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from telephony_bridge.call.events import TokenUsage
 from telephony_bridge.call.summary import CallSummary
-from telephony_bridge.call_log import CallRecord, StreamErrorLine, TranscriptLine, record_of
+from telephony_bridge.call_log import CallRecord, LoggedCall, StreamErrorLine, TranscriptLine, UsageTotal, record_of
 from telephony_bridge.errors import CallLogError
-from telephony_bridge.store.base import LiveCall, Request, RequestHandler, StoreUnavailable
+from telephony_bridge.store.base import LiveCall, LiveHandler, Request, RequestHandler, StoreUnavailable
 from telephony_bridge.store.schema import MIGRATION_LOCK, MIGRATIONS
 from telephony_bridge.twilio.stream_errors import StreamError
 
@@ -53,6 +56,8 @@ CLAIM_CLEANUP_AFTER_S = 3600.0
 """Expired claims, and instances silent (their calls long marked lost), are deleted this long after by any heartbeat."""
 MAX_NOTIFY_BYTES = 7900
 """PostgreSQL refuses a NOTIFY payload of 8000 bytes or more."""
+LIVE_CHANNEL = "bridge_live"
+"""The channel every instance listens on for the fleet's live-call changes (the console's event stream)."""
 
 FailureReason = Literal["database", "queue_full"]
 _Write = Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
@@ -102,6 +107,10 @@ class PostgresStore:
         self._handler: RequestHandler | None = None
         self._replies: dict[str, _Pending] = {}
         self._listening = asyncio.Event()
+        self._live_handler: LiveHandler | None = None
+        self._live_pending: dict[str, Request] = {}
+        """The latest change of each call not yet published: a slow database skips states instead of queueing them."""
+        self._live_wake = asyncio.Event()
         self.writes = 0
         """Statements run for the routes and the writer since start (the bench divides it by the calls)."""
 
@@ -111,6 +120,14 @@ class PostgresStore:
 
     def on_request(self, handler: RequestHandler) -> None:
         self._handler = handler
+
+    def on_live(self, handler: LiveHandler) -> None:
+        self._live_handler = handler
+
+    def publish_live(self, change: Request) -> None:
+        """Tell the other instances a live call's change (`call_sid`, and `ended` once it has); never blocks."""
+        self._live_pending[str(change["call_sid"])] = change
+        self._live_wake.set()
 
     async def start(self, wait_s: float = 10.0) -> None:
         """Open the pool, migrate, register this instance and start the writer, the heartbeat and the listener.
@@ -127,6 +144,7 @@ class PostgresStore:
             asyncio.create_task(self._write_forever(), name="store-writer"),
             asyncio.create_task(self._heartbeat_forever(), name="store-heartbeat"),
             asyncio.create_task(self._listen_forever(), name="store-listener"),
+            asyncio.create_task(self._publish_live_forever(), name="store-live-publisher"),
         ]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listening.wait(), wait_s)
@@ -155,7 +173,7 @@ class PostgresStore:
     def _redact(self, error: BaseException) -> str:
         return redact(str(error), self._url)
 
-    async def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async def _execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """One statement on a pooled connection; `StoreUnavailable` when the database does not answer."""
         try:
             async with self._pool.connection() as connection:
@@ -165,6 +183,10 @@ class PostgresStore:
         except (psycopg.Error, PoolTimeout) as error:
             self._available = False
             raise StoreUnavailable(self._redact(error)) from None
+
+    async def run(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement the routes await (the do-not-call list); `StoreUnavailable` when the database does not answer."""
+        return await self._execute(sql, params)
 
     # Once-only claims
 
@@ -292,6 +314,11 @@ class PostgresStore:
         for (call_sid, instance) in lost:
             log.warning("call %s: marked lost, its instance %s stopped heartbeating", call_sid, instance,
                         extra={"call_sid": call_sid})
+            ended = {"call_sid": call_sid, "ended": True, "outcome": "lost",
+                     "end_reason": f"its bridge instance {instance} stopped"}
+            self.publish_live(ended)
+            if self._live_handler is not None:
+                self._live_handler(ended)
         return len(lost)
 
     # Requests between instances
@@ -315,6 +342,17 @@ class PostgresStore:
             raise ValueError(f"a request of {len(payload)} bytes is over the {MAX_NOTIFY_BYTES} a NOTIFY carries")
         await self._execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
+    async def _publish_live_forever(self) -> None:
+        while True:
+            await self._live_wake.wait()
+            self._live_wake.clear()
+            changes, self._live_pending = self._live_pending, {}
+            for change in changes.values():
+                try:
+                    await self._notify(LIVE_CHANNEL, {**change, "instance": self.instance})
+                except (StoreUnavailable, ValueError) as error:
+                    log.debug("a live call's change was not published: %s", error)
+
     async def _listen_forever(self) -> None:
         channel = channel_of(self.instance)
         while True:
@@ -322,12 +360,24 @@ class PostgresStore:
                 connection = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
                 async with connection:
                     await connection.execute(f"LISTEN {channel}")
+                    await connection.execute(f"LISTEN {LIVE_CHANNEL}")
                     self._listening.set()
                     async for notice in connection.notifies():
-                        self._received(notice.payload)
+                        if notice.channel == LIVE_CHANNEL:
+                            self._received_live(notice.payload)
+                        else:
+                            self._received(notice.payload)
             except psycopg.Error as error:
                 log.info("listening for other instances' requests again after: %s", self._redact(error))
             await asyncio.sleep(self._heartbeat_s / 2)
+
+    def _received_live(self, payload: str) -> None:
+        try:
+            change = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if self._live_handler is not None and isinstance(change, dict) and change.get("instance") != self.instance:
+            self._live_handler(change)
 
     def _received(self, payload: str) -> None:
         try:
@@ -399,6 +449,8 @@ async def migrate(connection: psycopg.AsyncConnection[Any]) -> int:
 _CALL_COLUMNS = (
     "call_sid", "from_number", "to_number", "started_at", "ended_at", "duration_s", "outcome", "end_reason",
     "barge_ins", "reconnects", "model", "dialect", "direction", "transfer_target", "transfer_connected",
+    "profile_in_force", "audio_in_tokens", "text_in_tokens", "cached_in_tokens", "audio_out_tokens", "text_out_tokens",
+    "cached_audio_in_tokens", "cost", "amd_result",
 )
 
 
@@ -413,7 +465,9 @@ async def _write_record(connection: psycopg.AsyncConnection[Any], record: CallRe
             record.call_sid, record.from_number, record.to_number, record.started_at.isoformat(),
             record.ended_at.isoformat(), record.duration_s, record.outcome, record.end_reason,
             record.barge_ins, record.reconnects, record.model, record.dialect, record.direction,
-            record.transfer_target, record.transfer_connected,
+            record.transfer_target, record.transfer_connected, record.profile_in_force,
+            record.usage.audio_in, record.usage.text_in, record.usage.cached_in, record.usage.audio_out,
+            record.usage.text_out, record.usage.cached_audio_in, record.cost, record.amd_result,
         ),
     )
     await connection.execute("DELETE FROM transcript WHERE call_sid = %s", (record.call_sid,))
@@ -444,6 +498,10 @@ def _record(row: dict[str, Any], transcript: tuple[TranscriptLine, ...] = (),
         barge_ins=row["barge_ins"], reconnects=row["reconnects"], model=row["model"], dialect=row["dialect"],
         transcript=transcript, direction=row["direction"], stream_errors=errors,
         transfer_target=row["transfer_target"], transfer_connected=None if connected is None else bool(connected),
+        profile_in_force=row["profile_in_force"], cost=row["cost"], transcript_purged=row["transcript_purged"],
+        usage=TokenUsage(row["audio_in_tokens"], row["text_in_tokens"], row["cached_in_tokens"], row["audio_out_tokens"],
+                         row["text_out_tokens"], row["cached_audio_in_tokens"]),
+        amd_result=row["amd_result"],
     )
 
 
@@ -501,3 +559,61 @@ def search_calls(url: str, query: Any) -> tuple[list[CallRecord], tuple[str, str
     records = [_record(row) for row in rows[: query.limit]]
     more = len(rows) > query.limit
     return records, ((rows[query.limit - 1]["started_at"], rows[query.limit - 1]["call_sid"]) if more else None)
+
+
+def _read(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    with _connect(url) as connection:
+        try:
+            return connection.execute(sql, params).fetchall()
+        except psycopg.Error as error:
+            raise CallLogError("DATABASE_URL", f"cannot be read: {redact(str(error), url)}") from None
+
+
+def usage_totals(url: str) -> list[UsageTotal]:
+    """`call_log.usage_totals` over PostgreSQL: every number's usage, by model."""
+    rows = _read(
+        url,
+        "SELECT to_number, model, count(*) AS calls, sum(duration_s) AS seconds, sum(audio_in_tokens) AS audio_in, "
+        "sum(text_in_tokens) AS text_in, sum(cached_in_tokens) AS cached_in, sum(audio_out_tokens) AS audio_out, "
+        "sum(text_out_tokens) AS text_out, sum(cached_audio_in_tokens) AS cached_audio_in, sum(cost) AS cost "
+        "FROM calls GROUP BY to_number, model ORDER BY to_number, model",
+    )
+    return [
+        UsageTotal(row["to_number"], row["model"], int(row["calls"]), float(row["seconds"]),
+                   TokenUsage(int(row["audio_in"]), int(row["text_in"]), int(row["cached_in"]), int(row["audio_out"]),
+                              int(row["text_out"]), int(row["cached_audio_in"])),
+                   None if row["cost"] is None else float(row["cost"]))
+        for row in rows
+    ]
+
+
+def logged_calls(url: str) -> list[LoggedCall]:
+    """`call_log.logged_calls` over PostgreSQL: what retention needs of every logged call, oldest first."""
+    rows = _read(url, "SELECT call_sid, to_number, ended_at, transcript_purged FROM calls ORDER BY ended_at")
+    return [LoggedCall(row["call_sid"], row["to_number"], datetime.fromisoformat(row["ended_at"]), not row["transcript_purged"])
+            for row in rows]
+
+
+def delete_transcript(url: str, call_sid: str) -> int:
+    """Delete one call's transcript, keeping its row marked purged; how many lines went."""
+    with _connect(url) as connection:
+        try:
+            with connection.transaction():
+                deleted = connection.execute("DELETE FROM transcript WHERE call_sid = %s", (call_sid,)).rowcount
+                connection.execute("UPDATE calls SET transcript_purged = true WHERE call_sid = %s", (call_sid,))
+        except psycopg.Error as error:
+            raise CallLogError("DATABASE_URL", f"cannot be written: {redact(str(error), url)}") from None
+    return deleted
+
+
+def erase_call(url: str, call_sid: str) -> tuple[bool, int, int]:
+    """Everything the fleet's log holds of one call deleted: whether its row existed, transcript lines, stream errors."""
+    with _connect(url) as connection:
+        try:
+            with connection.transaction():
+                row = connection.execute("DELETE FROM calls WHERE call_sid = %s", (call_sid,)).rowcount
+                lines = connection.execute("DELETE FROM transcript WHERE call_sid = %s", (call_sid,)).rowcount
+                errors = connection.execute("DELETE FROM stream_errors WHERE call_sid = %s", (call_sid,)).rowcount
+        except psycopg.Error as error:
+            raise CallLogError("DATABASE_URL", f"cannot be written: {redact(str(error), url)}") from None
+    return bool(row), lines, errors

@@ -68,4 +68,33 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX live_calls_by_instance ON live_calls (instance);
     """,
+    """
+    ALTER TABLE calls
+        ADD COLUMN profile_in_force TEXT NOT NULL DEFAULT 'always',
+        ADD COLUMN audio_in_tokens INTEGER NOT NULL DEFAULT 0,
+        ADD COLUMN text_in_tokens INTEGER NOT NULL DEFAULT 0,
+        ADD COLUMN cached_in_tokens INTEGER NOT NULL DEFAULT 0,
+        ADD COLUMN audio_out_tokens INTEGER NOT NULL DEFAULT 0,
+        ADD COLUMN text_out_tokens INTEGER NOT NULL DEFAULT 0,
+        ADD COLUMN cached_audio_in_tokens INTEGER NOT NULL DEFAULT 0,
+        ADD COLUMN cost DOUBLE PRECISION,
+        ADD COLUMN transcript_purged BOOLEAN NOT NULL DEFAULT false,
+        ADD COLUMN amd_result TEXT;
+    CREATE TABLE do_not_call (
+        number TEXT PRIMARY KEY,
+        added_at TEXT NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE TABLE outbound_calls (
+        outbound_id TEXT PRIMARY KEY,
+        call_sid TEXT,
+        from_number TEXT NOT NULL,
+        to_number TEXT NOT NULL,
+        campaign_row TEXT,
+        ended_at TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        amd_result TEXT
+    );
+    CREATE INDEX outbound_calls_by_sid ON outbound_calls (call_sid);
+    """,
 )

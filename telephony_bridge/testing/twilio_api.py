@@ -174,6 +174,7 @@ class TwilioApiSimulator:
         self.answerers: dict[str, Answerer] = {}
         self.placed: dict[str, PlacedCall] = {}
         self._bridge: tuple[str, str] | None = None
+        self._callbacks_url = ""
         self._ringing: set[asyncio.Task[None]] = set()
         self._failures: list[tuple[int, int]] = []
         self._changes = Changes()
@@ -197,9 +198,11 @@ class TwilioApiSimulator:
         call.callees = self.callees
         self.calls[call.call_sid] = call
 
-    def place_calls_on(self, bridge_url: str, public_url: str) -> None:
-        """A placed call rings its ``Answerer`` and streams to the bridge at ``bridge_url`` (public: ``public_url``)."""
+    def place_calls_on(self, bridge_url: str, public_url: str, callbacks_url: str | None = None) -> None:
+        """A placed call rings its ``Answerer`` and streams to the bridge at ``bridge_url`` (public: ``public_url``);
+        its callbacks go to ``callbacks_url`` if given (another instance of a fleet), else there too."""
         self._bridge = (bridge_url.rstrip("/"), public_url.rstrip("/"))
+        self._callbacks_url = (callbacks_url or bridge_url).rstrip("/")
 
     def fail_next(self, status: int, code: int | None = None, *, times: int = 1) -> None:
         """Answer the next ``times`` requests with this error (default code: 20003, 20404, 20429 or 20500),
@@ -434,11 +437,11 @@ class TwilioApiSimulator:
     async def _post(self, placed: PlacedCall, url: str, fields: dict[str, str]) -> None:
         """A signed callback to the bridge: signed over the public URL, sent to the bridge on loopback."""
         assert self._bridge is not None
-        bridge_url, public_url = self._bridge
+        public_url = self._bridge[1]
         parts, public = urlsplit(url), urlsplit(public_url)
         target = url
         if (parts.scheme, parts.netloc) == (public.scheme, public.netloc):
-            target = bridge_url + parts.path + (f"?{parts.query}" if parts.query else "")
+            target = self._callbacks_url + parts.path + (f"?{parts.query}" if parts.query else "")
         signature = RequestValidator(self._credentials[self.account_sid]).compute_signature(url, fields)
         try:
             async with httpx.AsyncClient() as client:
