@@ -140,7 +140,7 @@ class OutboundCalls:
         profile = number.model_copy(update={
             "instructions": instructions, "greeting": greeting, "voicemail_message": message, "opt_out": True,
         })
-        return profile, Dialled(voicemail_instructions(instructions, message, context))
+        return profile, Dialled(voicemail_instructions(instructions, message, context), request.to_number, context)
 
     async def place(self, request: OutboundRequest) -> PlacedCall:
         """Dial `request.to_number` from `request.from_number`; raises `OutboundRefused` when it is not placed."""
