@@ -25,6 +25,7 @@ from telephony_bridge.outbound.placing import OutboundCalls, OutboundOutcome, Ou
 from telephony_bridge.server import tcp_listener, uvicorn_config
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
 from telephony_bridge.testing.twilio_api import Answerer, TwilioApiSimulator
+from telephony_bridge.testing.twilio_api import PlacedCall as TwilioPlacedCall
 
 ADMIN_TOKEN = "admin-token-for-outbound-tests"
 CLINIC = "+14155550100"
@@ -81,9 +82,9 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def line(realtime: RealtimeSimulator, tmp_path: Path) -> AsyncIterator[Line]:
+async def line(realtime: RealtimeSimulator, tmp_path: Path, extra_config: str = "") -> AsyncIterator[Line]:
     log = tmp_path / "calls.db"
-    config = parse_config(CONFIG.replace("LOG", str(log)), "outbound.toml")
+    config = parse_config(CONFIG.replace("LOG", str(log)) + extra_config, "outbound.toml")
     async with TwilioApiSimulator(auth_token=AUTH_TOKEN) as api:
         settings = settings_from_env({
             "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": API_KEY, "REALTIME_URL": realtime.url,
@@ -333,3 +334,56 @@ async def test_unsigned_amd_and_status_callbacks_are_refused(realtime: RealtimeS
     assert (amd.status_code, status.status_code) == (403, 403)
     assert "Hello Ada" in create["response"]["instructions"], "the forged fax result changed nothing"
     assert (outcome.outcome, outcome.amd_result) == ("human", "human")
+
+
+RECORDED_CLINIC = "+14155550111"
+
+
+async def answered(ln: Line, timeout: float = 10.0) -> TwilioPlacedCall:
+    """The one placed call, once its callee has picked up (the stand-in made its side of the call)."""
+    (callee,) = await ln.api.wait_placed(1)
+    async with asyncio.timeout(timeout):
+        while callee.call is None:
+            await asyncio.sleep(0.01)
+    return callee
+
+
+async def test_a_recorded_number_says_its_notice_to_the_callee_before_the_models_first_word(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    extra = f"""
+[numbers."{RECORDED_CLINIC}"]
+instructions = "You are the reminder line, calling {{name}}."
+greeting = "Hello {{name}}."
+record = true
+recording_notice = "This call is recorded for quality."
+
+[recording]
+folder = "{tmp_path / 'recordings'}"
+"""
+    async with line(realtime, tmp_path, extra) as ln:
+        await ln.outbound.place(OutboundRequest(RECORDED_CLINIC, PATIENT, CONTEXT))
+        callee = await answered(ln)
+        assert callee.call is not None
+        await callee.call.wait_heard(200, timeout=10)
+        await callee.call.hang_up()
+        await ln.outcome()
+    twiml = ln.api.created[0]["Twiml"]
+    assert twiml.index("<Say>This call is recorded for quality.</Say>") < twiml.index("<Connect")
+    steps = callee.call.timeline
+    said = next(step for step in steps if step.event == "say")
+    opened = next(step for step in steps if step.event == "stream-opened")
+    assert callee.call.spoken == ["This call is recorded for quality."]
+    assert said.at <= opened.at < callee.call.playback[0][0], "the notice, then the stream, then the model's first word"
+    assert len(list((tmp_path / "recordings").glob("*.jsonl"))) == 1
+
+
+async def test_a_number_that_does_not_record_says_no_notice(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    async with line(realtime, tmp_path) as ln:
+        await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        callee = await answered(ln)
+        assert callee.call is not None
+        await callee.call.wait_for_step("stream-opened", timeout=10)
+        await callee.call.hang_up()
+        await ln.outcome()
+    assert "<Say>" not in ln.api.created[0]["Twiml"] and callee.call.spoken == []

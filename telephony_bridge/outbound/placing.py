@@ -2,7 +2,9 @@
 
 The bridge issues an outbound id before dialling and binds the call's stream token to it, since
 Twilio's CallSid is only known once the create request returns. The call is created with inline
-TwiML (the same `<Connect><Stream>` as an inbound call) and asynchronous answering-machine detection;
+TwiML (the same `<Connect><Stream>` as an inbound call, after the same `<Say>` of the recording notice when the
+number records: the callee hears it before the stream opens, so before the model's first word) and
+asynchronous answering-machine detection;
 the AMD result and the call's status reach us on signed callbacks, which name the outbound id.
 
 An outcome fires once per call, when it is final: Twilio's status callback says `completed`,
@@ -157,7 +159,7 @@ class OutboundCalls:
         token = issue_stream_token(self._settings.stream_token_secret, outbound_id, request.from_number, time.time())
         twiml = stream_twiml(
             self._settings.media_stream_url, request.from_number, token, base + STREAM_ENDED_PATH, base + STREAM_STATUS_PATH,
-            outbound_id=outbound_id,
+            notice=profile.recording_notice if profile.record else None, outbound_id=outbound_id,
         )
         try:
             async with TwilioRest.from_settings(self._settings, None, tls=await tls_context()) as rest:
