@@ -36,7 +36,7 @@ from telephony_bridge.errors import ConfigError, TwilioCallGone, TwilioRestError
 from telephony_bridge.logs import mask_number
 from telephony_bridge.outbound.amd import OutcomeKind, outcome_of, voicemail_instructions
 from telephony_bridge.outbound.do_not_call import DoNotCall, record_outcome
-from telephony_bridge.outbound.placeholders import MissingPlaceholder, fill
+from telephony_bridge.outbound.placeholders import MissingPlaceholder, fill, placeholders
 from telephony_bridge.tls import tls_context
 from telephony_bridge.twilio.rest import TwilioRest
 from telephony_bridge.twilio.security import issue_stream_token
@@ -143,6 +143,15 @@ class OutboundCalls:
             "instructions": instructions, "greeting": greeting, "voicemail_message": message, "opt_out": True,
         })
         return profile, Dialled(voicemail_instructions(instructions, message, context), request.to_number, context)
+
+    def placeholders_of(self, from_number: str) -> list[str]:
+        """The placeholders `from_number`'s instructions, greeting and voicemail message hold, which every call's context
+        must fill; raises `OutboundRefused("unknown-number")` for a number the configuration does not have."""
+        number = self._switchboard.config.numbers.get(from_number)
+        if number is None:
+            raise OutboundRefused("unknown-number")
+        texts = (number.instructions, number.greeting or "", number.voicemail_message or "")
+        return list(dict.fromkeys(name for text in texts for name in placeholders(text)))
 
     async def place(self, request: OutboundRequest) -> PlacedCall:
         """Dial `request.to_number` from `request.from_number`; raises `OutboundRefused` when it is not placed."""
