@@ -387,3 +387,76 @@ async def test_a_number_that_does_not_record_says_no_notice(realtime: RealtimeSi
         await callee.call.hang_up()
         await ln.outcome()
     assert "<Say>" not in ln.api.created[0]["Twiml"] and callee.call.spoken == []
+
+
+LOST = "http://127.0.0.1:9"
+"""Where the stand-in posts callbacks once they are to be lost: nothing listens there (Twilio's 11200)."""
+
+
+def overdue_soon(outbound: OutboundCalls) -> None:
+    outbound.status_wait_s, outbound.sweep_interval_s = 0.3, 0.05
+
+
+async def test_a_call_whose_final_status_never_arrives_is_settled_from_twilios_record(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    async with line(realtime, tmp_path) as ln:
+        overdue_soon(ln.outbound)
+        ln.api.answerers[PATIENT] = Answerer("busy", ring_s=0.3)
+        placed = await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT, campaign_row="row-2"))
+        ln.api.place_calls_on(LOST, PUBLIC_URL)
+        assert ln.outbound.awaiting_status == 1
+        outcome = await ln.outcome(timeout=5)
+        (callee,) = ln.api.placed.values()
+        lookups = ln.api.requests_to(f"/Calls/{placed.call_sid}.json")
+    assert [status for _, _, status in callee.callbacks] == [0], "the status callback was lost"
+    assert (outcome.outcome, outcome.call_sid, outcome.campaign_row) == ("busy", placed.call_sid, "row-2")
+    assert [request.method for request in lookups] == ["GET"]
+    assert ln.outbound.awaiting_status == 0
+
+
+async def test_a_person_whose_final_status_is_lost_is_human_by_the_record_once_the_call_has_ended(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    async with line(realtime, tmp_path) as ln:
+        overdue_soon(ln.outbound)
+        await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        callee = await answered(ln)
+        assert callee.call is not None
+        await callee.call.wait_heard(500, timeout=10)
+        assert ln.outcomes == [] and ln.outbound.awaiting_status == 1, "a live call is never expired"
+        ln.api.place_calls_on(LOST, PUBLIC_URL)
+        await callee.call.hang_up()
+        outcome = await ln.outcome(timeout=5)
+    assert (outcome.outcome, outcome.amd_result) == ("human", "human")
+    assert callee.callbacks[-1][2] == 0 and ln.outbound.awaiting_status == 0
+
+
+async def test_a_placed_call_twilio_has_no_record_of_fails_and_is_forgotten(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    async with line(realtime, tmp_path) as ln:
+        overdue_soon(ln.outbound)
+        ln.api.answerers[PATIENT] = Answerer("no-answer", ring_s=0.3)
+        placed = await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        ln.api.place_calls_on(LOST, PUBLIC_URL)
+        del ln.api.placed[placed.call_sid]
+        outcome = await ln.outcome(timeout=5)
+    assert (outcome.outcome, outcome.call_sid) == ("failed", placed.call_sid)
+    assert ln.outbound.awaiting_status == 0
+
+
+async def test_a_placed_call_twilio_cannot_be_asked_about_is_kept_then_forgotten_after_the_bound(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    async with line(realtime, tmp_path) as ln:
+        overdue_soon(ln.outbound)
+        ln.outbound.max_keep_s = 1.5
+        ln.api.answerers[PATIENT] = Answerer("busy", ring_s=0.2)
+        await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        ln.api.place_calls_on(LOST, PUBLIC_URL)
+        ln.api.fail_next(503, times=1000)
+        await asyncio.sleep(0.8)
+        kept = ln.outbound.awaiting_status
+        async with asyncio.timeout(10):
+            while ln.outbound.awaiting_status:
+                await asyncio.sleep(0.05)
+    assert kept == 1 and ln.outcomes == []

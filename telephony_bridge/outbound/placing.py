@@ -12,6 +12,11 @@ An outcome fires once per call, when it is final: Twilio's status callback says 
 bridge spoke on, with whether the callee opted out). A number on the do-not-call list is never
 dialled: `place` raises `OutboundRefused("do-not-call")` and listeners get a `do-not-call` outcome
 with no CallSid, so a campaign that writes outcomes from its listener alone records it too.
+
+A placed call is kept in memory until its outcome. When its final status callback is lost (the bridge was
+restarting, a proxy dropped it), the bridge asks Twilio's record of the call once the callback is overdue
+(`STATUS_WAIT_S` after the stream ended, or after the dial when no stream came) and reports the outcome that
+record gives; a call Twilio cannot be asked about is forgotten after `MAX_KEEP_S`, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -55,6 +60,15 @@ log = logging.getLogger(__name__)
 FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 CALL_END_WAIT_S = 15.0
 """How long a final status waits for the live call's own end (its summary says whether the person opted out)."""
+STATUS_WAIT_S = 300.0
+"""How long a placed call with no live stream (never answered, or its stream ended) waits for its final status callback
+before the bridge asks Twilio's record instead. Twilio posts it within seconds of the end and retries a failed post only
+briefly, so five minutes of silence means it was lost (the bridge was restarting, a proxy dropped it)."""
+SWEEP_INTERVAL_S = 60.0
+"""How often the placed calls are looked over for one whose status is overdue."""
+MAX_KEEP_S = 24 * 3600.0
+"""A placed call whose outcome neither a callback nor Twilio's record gave in this long is forgotten (logged): memory
+stays bounded even when Twilio cannot be asked."""
 
 
 @dataclass(frozen=True)
@@ -109,13 +123,25 @@ class _Placed:
     call: Call | None = None
     final_status: str | None = None
     done: bool = False
+    placed_at: float = 0.0
+    quiet_since: float = 0.0
+    """When the call was last seen with a live stream (or placed): the final status is overdue `STATUS_WAIT_S` after."""
 
 
 class OutboundCalls:
     """Places calls for one server (on `app.state.outbound`), routes their callbacks and reports their outcomes."""
 
-    def __init__(self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall, log_path: Path | None) -> None:
+    def __init__(
+        self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall, log_path: Path | None, *,
+        status_wait_s: float = STATUS_WAIT_S, sweep_interval_s: float = SWEEP_INTERVAL_S, max_keep_s: float = MAX_KEEP_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.do_not_call = do_not_call
+        self.status_wait_s = status_wait_s
+        self.sweep_interval_s = sweep_interval_s
+        self.max_keep_s = max_keep_s
+        self._clock = clock
+        self._sweeper: asyncio.Task[None] | None = None
         self._settings = settings
         self._switchboard = switchboard
         self._log_path = log_path
@@ -159,7 +185,8 @@ class OutboundCalls:
         if not self._settings.twilio_account_sid:
             raise OutboundRefused("twilio: TWILIO_ACCOUNT_SID is required to place calls (no call brings its AccountSid)")
         outbound_id = "OB" + secrets.token_hex(12)
-        placed = _Placed(outbound_id, request, profile, dialled)
+        now = self._clock()
+        placed = _Placed(outbound_id, request, profile, dialled, placed_at=now, quiet_since=now)
         if await self.do_not_call.contains(request.to_number):
             self._report(placed, "do-not-call")
             raise OutboundRefused("do-not-call")
@@ -187,7 +214,52 @@ class OutboundCalls:
             raise OutboundRefused(f"twilio: {error}") from None
         placed.call_sid = str(answer.get("sid") or "")
         log.info("outbound call %s placed: %s", outbound_id, placed.call_sid, extra={"call_sid": placed.call_sid})
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="outbound-status-sweeper")
         return PlacedCall(outbound_id, placed.call_sid)
+
+    @property
+    def awaiting_status(self) -> int:
+        """Placed calls the bridge keeps until their final status (a callback, or Twilio's record when that is overdue)."""
+        return len(self._placed)
+
+    async def _sweep(self) -> None:
+        while self._placed:
+            await asyncio.sleep(self.sweep_interval_s)
+            await self._expire_overdue()
+
+    async def _expire_overdue(self) -> None:
+        """Settle each placed call whose final status callback is overdue from Twilio's record of it, or forget it."""
+        now = self._clock()
+        for placed in list(self._placed.values()):
+            if placed.final_status is not None:
+                continue  # its outcome is being reported
+            if placed.call is not None and not placed.call.ended.is_set():
+                placed.quiet_since = now
+                continue
+            if now - placed.quiet_since < self.status_wait_s:
+                continue
+            try:
+                record = await self.find_call(placed.call_sid) if placed.call_sid else None
+            except TwilioRestError as error:
+                if now - placed.placed_at >= self.max_keep_s:
+                    log.warning("outbound call %s: no final status in %.0f s and Twilio cannot be asked (%s); forgotten",
+                                placed.call_sid, now - placed.placed_at, error, extra={"call_sid": placed.call_sid})
+                    self._placed.pop(placed.outbound_id, None)
+                continue
+            status = str(record.get("status") or "") if record is not None else "failed"
+            if status not in FINAL_STATUSES:
+                placed.quiet_since = now  # Twilio says the call goes on: its callback may still come
+                continue
+            log.warning("outbound call %s: its final status callback never came; Twilio's record says %s",
+                        placed.call_sid, status if record is not None else "nothing (no such call)",
+                        extra={"call_sid": placed.call_sid})
+            answered = record.get("answered_by") if record is not None else None
+            placed.amd_result = placed.amd_result or (str(answered) if answered else None)
+            placed.final_status = status
+            opted_out = placed.call is not None and placed.call.summary().opted_out
+            self._report(placed, outcome_of(status, placed.amd_result, opted_out))
+            self._placed.pop(placed.outbound_id, None)
 
     async def find_call(self, call_sid: str) -> dict[str, Any] | None:
         """Twilio's record of a call (GET Calls/{sid}.json), for reconciliation after a crash; `None` if Twilio has none.
@@ -245,6 +317,9 @@ class OutboundCalls:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _opted_out(self, number: str, call_sid: str) -> None:
