@@ -474,19 +474,29 @@ def _campaign(args: argparse.Namespace) -> int:
         return 0
 
 
+def _admin_answer(
+    args: argparse.Namespace, method: str, path: str, body: Mapping[str, object] | None = None
+) -> dict[str, Any] | None:
+    """The admin API's JSON answer (200); `None` after saying on stderr why there is none."""
+    response = _admin_request(args, method, path, body)
+    if response is None:
+        return None
+    if response.status_code != 200:
+        print(f"telephony-bridge: {_detail(response) or f'HTTP {response.status_code}'}", file=sys.stderr)
+        return None
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
 def _settle_row(args: argparse.Namespace) -> int:
     """`campaign --settle ID --row N (--outcome OUTCOME | --redial)`: an operator's word on a row left unknown."""
     if args.row is None or args.row < 1 or (args.outcome is None) == (not args.redial):
         print("telephony-bridge: --settle needs --row N (from 1) and either --outcome OUTCOME or --redial", file=sys.stderr)
         return 2
     body: dict[str, Any] = {"redial": True} if args.redial else {"outcome": args.outcome}
-    response = _admin_request(args, "POST", f"/admin/campaigns/{args.settle}/rows/{args.row - 1}", body)
-    if response is None:
+    campaign = _admin_answer(args, "POST", f"/admin/campaigns/{args.settle}/rows/{args.row - 1}", body)
+    if campaign is None:
         return 1
-    if response.status_code != 200:
-        print(f"telephony-bridge: {_detail(response) or f'HTTP {response.status_code}'}", file=sys.stderr)
-        return 1
-    campaign = response.json()
     row = campaign["rows"][args.row - 1]
     now = row["outcome"] if row["state"] == "done" else row["state"]
     print(f"campaign {args.settle}: row {args.row} ({row['to']}) is {now}; the campaign is {campaign['state']}")

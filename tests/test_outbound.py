@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from support import API_KEY, AUTH_TOKEN, PUBLIC_URL
 from telephony_bridge.app import create_app
 from telephony_bridge.config import parse_config, settings_from_env
-from telephony_bridge.outbound.placing import OutboundCalls, OutboundOutcome, OutboundRefused, OutboundRequest
+from telephony_bridge.outbound.placing import OutboundCalls, OutboundOutcome, OutboundRefused, OutboundRequest, PlacedCall
 from telephony_bridge.server import tcp_listener, uvicorn_config
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
 from telephony_bridge.testing.twilio_api import Answerer, TwilioApiSimulator
@@ -397,14 +397,20 @@ def overdue_soon(outbound: OutboundCalls) -> None:
     outbound.status_wait_s, outbound.sweep_interval_s = 0.3, 0.05
 
 
+async def never_answered_and_status_lost(ln: Line, kind: str, row: str | None = None) -> PlacedCall:
+    """Place a call to a callee who never answers (`kind`), whose final status callback will be lost."""
+    overdue_soon(ln.outbound)
+    ln.api.answerers[PATIENT] = Answerer(kind, ring_s=0.3)  # type: ignore[arg-type]
+    placed = await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT, campaign_row=row))
+    ln.api.place_calls_on(LOST, PUBLIC_URL)
+    return placed
+
+
 async def test_a_call_whose_final_status_never_arrives_is_settled_from_twilios_record(
     realtime: RealtimeSimulator, tmp_path: Path
 ) -> None:
     async with line(realtime, tmp_path) as ln:
-        overdue_soon(ln.outbound)
-        ln.api.answerers[PATIENT] = Answerer("busy", ring_s=0.3)
-        placed = await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT, campaign_row="row-2"))
-        ln.api.place_calls_on(LOST, PUBLIC_URL)
+        placed = await never_answered_and_status_lost(ln, "busy", "row-2")
         assert ln.outbound.awaiting_status == 1
         outcome = await ln.outcome(timeout=5)
         (callee,) = ln.api.placed.values()
@@ -434,10 +440,7 @@ async def test_a_person_whose_final_status_is_lost_is_human_by_the_record_once_t
 
 async def test_a_placed_call_twilio_has_no_record_of_fails_and_is_forgotten(realtime: RealtimeSimulator, tmp_path: Path) -> None:
     async with line(realtime, tmp_path) as ln:
-        overdue_soon(ln.outbound)
-        ln.api.answerers[PATIENT] = Answerer("no-answer", ring_s=0.3)
-        placed = await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
-        ln.api.place_calls_on(LOST, PUBLIC_URL)
+        placed = await never_answered_and_status_lost(ln, "no-answer")
         del ln.api.placed[placed.call_sid]
         outcome = await ln.outcome(timeout=5)
     assert (outcome.outcome, outcome.call_sid) == ("failed", placed.call_sid)
@@ -448,11 +451,8 @@ async def test_a_placed_call_twilio_cannot_be_asked_about_is_kept_then_forgotten
     realtime: RealtimeSimulator, tmp_path: Path
 ) -> None:
     async with line(realtime, tmp_path) as ln:
-        overdue_soon(ln.outbound)
+        await never_answered_and_status_lost(ln, "busy")
         ln.outbound.max_keep_s = 1.5
-        ln.api.answerers[PATIENT] = Answerer("busy", ring_s=0.2)
-        await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
-        ln.api.place_calls_on(LOST, PUBLIC_URL)
         ln.api.fail_next(503, times=1000)
         await asyncio.sleep(0.8)
         kept = ln.outbound.awaiting_status
