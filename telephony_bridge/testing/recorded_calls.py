@@ -7,8 +7,10 @@ on purpose, re-record them all and review the diff of the replays:
     scripts/record_fixtures            # or: python -m telephony_bridge.testing.recorded_calls DIR
 
 The model's answer is 1 s of speech-like audio and each call lasts 1-3 s, so every file stays
-around 100-250 KB and every replay takes a few seconds. Twilio's REST API is `TwilioApiSimulator`,
-so a call the model ends records its REST hang-up and Twilio's answer.
+around 100-300 KB and every replay takes a few seconds. Twilio's REST API is `TwilioApiSimulator`,
+so a call the model ends records its REST hang-up and Twilio's answer. The outbound scenarios are calls
+the bridge places (`OutboundCalls.place`) to a callee the stand-in rings: a person or a voicemail, whose
+AMD result reaches the call on its signed callback and is recorded with its time.
 """
 
 from __future__ import annotations
