@@ -432,6 +432,8 @@ def _campaign(args: argparse.Namespace) -> int:
 
     env = environment(args.env_file)
     args.url = args.url or env.get("BRIDGE_URL") or DEFAULT_ADMIN_URL
+    if args.settle:
+        return _settle_row(args)
     if args.pause or args.resume:
         campaign_id = args.pause or args.resume
         response = _admin_request(args, "POST", f"/admin/campaigns/{campaign_id}/{'pause' if args.pause else 'resume'}")
@@ -481,6 +483,35 @@ def _campaign(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\nstopped following; campaign {campaign_id} runs on in the bridge", file=sys.stderr)
         return 0
+
+
+def _admin_answer(
+    args: argparse.Namespace, method: str, path: str, body: Mapping[str, object] | None = None
+) -> dict[str, Any] | None:
+    """The admin API's JSON answer (200); `None` after saying on stderr why there is none."""
+    response = _admin_request(args, method, path, body)
+    if response is None:
+        return None
+    if response.status_code != 200:
+        print(f"telephony-bridge: {_detail(response) or f'HTTP {response.status_code}'}", file=sys.stderr)
+        return None
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def _settle_row(args: argparse.Namespace) -> int:
+    """`campaign --settle ID --row N (--outcome OUTCOME | --redial)`: an operator's word on a row left unknown."""
+    if args.row is None or args.row < 1 or (args.outcome is None) == (not args.redial):
+        print("telephony-bridge: --settle needs --row N (from 1) and either --outcome OUTCOME or --redial", file=sys.stderr)
+        return 2
+    body: dict[str, Any] = {"redial": True} if args.redial else {"outcome": args.outcome}
+    campaign = _admin_answer(args, "POST", f"/admin/campaigns/{args.settle}/rows/{args.row - 1}", body)
+    if campaign is None:
+        return 1
+    row = campaign["rows"][args.row - 1]
+    now = row["outcome"] if row["state"] == "done" else row["state"]
+    print(f"campaign {args.settle}: row {args.row} ({row['to']}) is {now}; the campaign is {campaign['state']}")
+    return 0
 
 
 def _follow(args: argparse.Namespace, campaign_id: str, output: Path) -> int:
@@ -731,6 +762,11 @@ def main(argv: list[str] | None = None) -> None:
     campaign.add_argument("--follow", metavar="ID", help="follow a campaign already running instead of submitting one")
     campaign.add_argument("--pause", metavar="ID", help="pause a campaign: no new dials, calls in progress finish")
     campaign.add_argument("--resume", metavar="ID", help="resume a paused campaign")
+    campaign.add_argument("--settle", metavar="ID", help="settle a row of campaign ID left unknown: with --row and --outcome "
+                          "(what Twilio's call log shows) or --redial")
+    campaign.add_argument("--row", type=int, metavar="N", help="with --settle: the row's number in the list, from 1")
+    campaign.add_argument("--outcome", help="with --settle: human, voicemail, no-answer, busy, failed, ...")
+    campaign.add_argument("--redial", action="store_true", help="with --settle: no call was placed; dial the row again")
     campaign.set_defaults(run=_campaign, log_level="warning")
 
     init_config = commands.add_parser(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from telephony_bridge.admin.timeline import CallTimeline, timeline_of, timeline_svg
 from telephony_bridge.config import parse_config, settings_from_env
 from telephony_bridge.observe.recording import RecordedCall, read_recording, write_stereo_wav8k
 from telephony_bridge.testing.bridge_server import serve_bridge
@@ -230,32 +231,14 @@ def _latencies(recording: RecordedCall) -> tuple[list[float], list[float]]:
     return caller_to_model, model_to_caller
 
 
-def _tool_calls(recording: RecordedCall) -> list[tuple[str, float]]:
-    """Each tool call's time from its request to its answer, as the recording's `tools` lines show them."""
-    asked: dict[str, float] = {}
-    calls: list[tuple[str, float]] = []
-    for frame in recording.frames:
-        if frame.direction != "tools" or not isinstance(frame.message, dict):
-            continue
-        if frame.message.get("kind") == "request":
-            asked[frame.message["call_id"]] = frame.t_ms
-        elif frame.message.get("call_id") in asked:
-            calls.append((str(frame.message.get("tool")), frame.t_ms - asked.pop(frame.message["call_id"])))
-    return calls
-
-
-def _barge_in(recording: RecordedCall) -> tuple[float | None, int | None]:
-    """Reaction time (speech_started in -> clear out) and the truncate point, from the recording."""
-    clear = next((f for f in recording.frames if f.direction == "bridge>twilio" and f.kind == "clear"), None)
-    if clear is None:
-        return None, None
+def _barge_in_reaction(recording: RecordedCall, picture: CallTimeline) -> float | None:
+    """From the service hearing the caller (`speech_started`) to the bridge telling Twilio to clear, from the recording."""
+    if not picture.barge_ins:
+        return None
+    clear_ms = picture.barge_ins[0].at_s * 1000
     started = [f.t_ms for f in recording.frames
-               if f.direction == "realtime>bridge" and f.kind == "input_audio_buffer.speech_started" and f.t_ms <= clear.t_ms]
-    truncate = next(
-        (f for f in recording.frames if f.direction == "bridge>realtime" and f.kind == "conversation.item.truncate"), None
-    )
-    reaction = clear.t_ms - started[-1] if started else None
-    return reaction, truncate.message["audio_end_ms"] if truncate else None
+               if f.direction == "realtime>bridge" and f.kind == "input_audio_buffer.speech_started" and f.t_ms <= clear_ms]
+    return clear_ms - started[-1] if started else None
 
 
 def stereo_of_call(call: SimulatedCall, t0: float, length_s: float) -> np.ndarray:
@@ -285,42 +268,6 @@ def playing_spans(playback: list[tuple[float, int]]) -> list[tuple[float, float]
         else:
             spans.append((at, n_bytes / ULAW_RATE_HZ))
     return spans
-
-
-def _svg(timeline: Timeline, call: SimulatedCall, t0: float, length_s: float, summary: DemoSummary) -> str:
-    """A picture of the call: the caller's and the model's speech, the interruption and the cut."""
-    width, left, scale = 960, 90, (960 - 110) / max(length_s, 1.0)
-
-    def x(seconds: float) -> float:
-        return left + seconds * scale
-
-    bars = []
-    for at, ulaw in call.said:
-        said_width = len(ulaw) / ULAW_RATE_HZ * scale
-        bars.append(f'<rect x="{x(at - t0):.1f}" y="30" width="{said_width:.1f}" height="26" fill="#2b7bb9"/>')
-    for start, seconds in playing_spans(call.playback):
-        bars.append(f'<rect x="{x(start - t0):.1f}" y="80" width="{seconds * scale:.1f}" height="26" fill="#e07b39"/>')
-    marks = []
-    for moment in timeline.moments:
-        if moment.what.startswith("clear"):
-            clear_x = x(moment.at_s)
-            marks.append(f'<line x1="{clear_x:.1f}" x2="{clear_x:.1f}" y1="20" y2="120" stroke="#c0392b" stroke-width="2"/>')
-            label = "barge-in: clear"
-            if summary.truncate_ms is not None:
-                label += f" + truncate at {summary.truncate_ms} ms (heard {summary.heard_ms:.0f} ms)"
-            marks.append(f'<text x="{clear_x + 4:.1f}" y="134" font-size="12" fill="#c0392b">{label}</text>')
-    ticks = "".join(
-        f'<line x1="{x(s):.1f}" x2="{x(s):.1f}" y1="112" y2="116" stroke="#555"/>'
-        f'<text x="{x(s) - 4:.1f}" y="150" font-size="11" fill="#555">{s}s</text>'
-        for s in range(0, int(length_s) + 1)
-    )
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="170" font-family="sans-serif">'
-        '<rect width="100%" height="100%" fill="white"/>'
-        '<text x="8" y="48" font-size="13">caller</text><text x="8" y="98" font-size="13">model</text>'
-        '<text x="8" y="112" font-size="10" fill="#777">(as heard)</text>'
-        + "".join(bars) + "".join(marks) + ticks + "</svg>\n"
-    )
 
 
 async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], None] = print) -> DemoSummary:
@@ -380,12 +327,17 @@ async def run_demo(out_dir: Path, *, live: bool = False, echo: Callable[[str], N
     recording_path = next(recordings.glob(f"*{call.call_sid}.jsonl"))
     recording = read_recording(recording_path)
     caller_to_model, model_to_caller = _latencies(recording)
-    reaction, truncate_ms = _barge_in(recording)
+    picture = timeline_of(recording)
+    truncate_ms = picture.barge_ins[0].truncate_ms if picture.barge_ins else None
     heard = call.played_ms_at(call.clears[0][0]) if call.clears else None
-    summary = DemoSummary(length_s, caller_to_model, model_to_caller, reaction, truncate_ms, heard, _tool_calls(recording))
+    tool_calls = [(tool.name, tool.latency_ms) for tool in picture.tools]
+    summary = DemoSummary(
+        length_s, caller_to_model, model_to_caller, _barge_in_reaction(recording, picture), truncate_ms, heard, tool_calls
+    )
     both = stereo_of_call(call, t0, length_s)
     write_stereo_wav8k(out_dir / "call.wav", both[:, 0], both[:, 1])
-    (out_dir / "timeline.svg").write_text(_svg(timeline, call, t0, length_s, summary), encoding="utf-8")
+    # The console's picture of a call (admin/timeline.py), drawn from the recording: the demo shows what an operator sees.
+    (out_dir / "timeline.svg").write_text(timeline_svg(picture), encoding="utf-8")
     echo("\nsummary")
     for line in summary.lines():
         echo(f"  {line}")

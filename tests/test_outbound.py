@@ -21,10 +21,11 @@ from fastapi import FastAPI
 from support import API_KEY, AUTH_TOKEN, PUBLIC_URL
 from telephony_bridge.app import create_app
 from telephony_bridge.config import parse_config, settings_from_env
-from telephony_bridge.outbound.placing import OutboundCalls, OutboundOutcome, OutboundRefused, OutboundRequest
+from telephony_bridge.outbound.placing import OutboundCalls, OutboundOutcome, OutboundRefused, OutboundRequest, PlacedCall
 from telephony_bridge.server import tcp_listener, uvicorn_config
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator, ScriptedAnswer, ScriptedCall, speech_like_pcm16
 from telephony_bridge.testing.twilio_api import Answerer, TwilioApiSimulator
+from telephony_bridge.testing.twilio_api import PlacedCall as TwilioPlacedCall
 
 ADMIN_TOKEN = "admin-token-for-outbound-tests"
 CLINIC = "+14155550100"
@@ -81,9 +82,9 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def line(realtime: RealtimeSimulator, tmp_path: Path) -> AsyncIterator[Line]:
+async def line(realtime: RealtimeSimulator, tmp_path: Path, extra_config: str = "") -> AsyncIterator[Line]:
     log = tmp_path / "calls.db"
-    config = parse_config(CONFIG.replace("LOG", str(log)), "outbound.toml")
+    config = parse_config(CONFIG.replace("LOG", str(log)) + extra_config, "outbound.toml")
     async with TwilioApiSimulator(auth_token=AUTH_TOKEN) as api:
         settings = settings_from_env({
             "PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": API_KEY, "REALTIME_URL": realtime.url,
@@ -333,3 +334,129 @@ async def test_unsigned_amd_and_status_callbacks_are_refused(realtime: RealtimeS
     assert (amd.status_code, status.status_code) == (403, 403)
     assert "Hello Ada" in create["response"]["instructions"], "the forged fax result changed nothing"
     assert (outcome.outcome, outcome.amd_result) == ("human", "human")
+
+
+RECORDED_CLINIC = "+14155550111"
+
+
+async def answered(ln: Line, timeout: float = 10.0) -> TwilioPlacedCall:
+    """The one placed call, once its callee has picked up (the stand-in made its side of the call)."""
+    (callee,) = await ln.api.wait_placed(1)
+    async with asyncio.timeout(timeout):
+        while callee.call is None:
+            await asyncio.sleep(0.01)
+    return callee
+
+
+async def test_a_recorded_number_says_its_notice_to_the_callee_before_the_models_first_word(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    extra = f"""
+[numbers."{RECORDED_CLINIC}"]
+instructions = "You are the reminder line, calling {{name}}."
+greeting = "Hello {{name}}."
+record = true
+recording_notice = "This call is recorded for quality."
+
+[recording]
+folder = "{tmp_path / 'recordings'}"
+"""
+    async with line(realtime, tmp_path, extra) as ln:
+        await ln.outbound.place(OutboundRequest(RECORDED_CLINIC, PATIENT, CONTEXT))
+        callee = await answered(ln)
+        assert callee.call is not None
+        await callee.call.wait_heard(200, timeout=10)
+        await callee.call.hang_up()
+        await ln.outcome()
+    twiml = ln.api.created[0]["Twiml"]
+    assert twiml.index("<Say>This call is recorded for quality.</Say>") < twiml.index("<Connect")
+    steps = callee.call.timeline
+    said = next(step for step in steps if step.event == "say")
+    opened = next(step for step in steps if step.event == "stream-opened")
+    assert callee.call.spoken == ["This call is recorded for quality."]
+    assert said.at <= opened.at < callee.call.playback[0][0], "the notice, then the stream, then the model's first word"
+    assert len(list((tmp_path / "recordings").glob("*.jsonl"))) == 1
+
+
+async def test_a_number_that_does_not_record_says_no_notice(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    async with line(realtime, tmp_path) as ln:
+        await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        callee = await answered(ln)
+        assert callee.call is not None
+        await callee.call.wait_for_step("stream-opened", timeout=10)
+        await callee.call.hang_up()
+        await ln.outcome()
+    assert "<Say>" not in ln.api.created[0]["Twiml"] and callee.call.spoken == []
+
+
+LOST = "http://127.0.0.1:9"
+"""Where the stand-in posts callbacks once they are to be lost: nothing listens there (Twilio's 11200)."""
+
+
+def overdue_soon(outbound: OutboundCalls) -> None:
+    outbound.status_wait_s, outbound.sweep_interval_s = 0.3, 0.05
+
+
+async def never_answered_and_status_lost(ln: Line, kind: str, row: str | None = None) -> PlacedCall:
+    """Place a call to a callee who never answers (`kind`), whose final status callback will be lost."""
+    overdue_soon(ln.outbound)
+    ln.api.answerers[PATIENT] = Answerer(kind, ring_s=0.3)  # type: ignore[arg-type]
+    placed = await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT, campaign_row=row))
+    ln.api.place_calls_on(LOST, PUBLIC_URL)
+    return placed
+
+
+async def test_a_call_whose_final_status_never_arrives_is_settled_from_twilios_record(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    async with line(realtime, tmp_path) as ln:
+        placed = await never_answered_and_status_lost(ln, "busy", "row-2")
+        assert ln.outbound.awaiting_status == 1
+        outcome = await ln.outcome(timeout=5)
+        (callee,) = ln.api.placed.values()
+        lookups = ln.api.requests_to(f"/Calls/{placed.call_sid}.json")
+    assert [status for _, _, status in callee.callbacks] == [0], "the status callback was lost"
+    assert (outcome.outcome, outcome.call_sid, outcome.campaign_row) == ("busy", placed.call_sid, "row-2")
+    assert [request.method for request in lookups] == ["GET"]
+    assert ln.outbound.awaiting_status == 0
+
+
+async def test_a_person_whose_final_status_is_lost_is_human_by_the_record_once_the_call_has_ended(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    async with line(realtime, tmp_path) as ln:
+        overdue_soon(ln.outbound)
+        await ln.outbound.place(OutboundRequest(CLINIC, PATIENT, CONTEXT))
+        callee = await answered(ln)
+        assert callee.call is not None
+        await callee.call.wait_heard(500, timeout=10)
+        assert ln.outcomes == [] and ln.outbound.awaiting_status == 1, "a live call is never expired"
+        ln.api.place_calls_on(LOST, PUBLIC_URL)
+        await callee.call.hang_up()
+        outcome = await ln.outcome(timeout=5)
+    assert (outcome.outcome, outcome.amd_result) == ("human", "human")
+    assert callee.callbacks[-1][2] == 0 and ln.outbound.awaiting_status == 0
+
+
+async def test_a_placed_call_twilio_has_no_record_of_fails_and_is_forgotten(realtime: RealtimeSimulator, tmp_path: Path) -> None:
+    async with line(realtime, tmp_path) as ln:
+        placed = await never_answered_and_status_lost(ln, "no-answer")
+        del ln.api.placed[placed.call_sid]
+        outcome = await ln.outcome(timeout=5)
+    assert (outcome.outcome, outcome.call_sid) == ("failed", placed.call_sid)
+    assert ln.outbound.awaiting_status == 0
+
+
+async def test_a_placed_call_twilio_cannot_be_asked_about_is_kept_then_forgotten_after_the_bound(
+    realtime: RealtimeSimulator, tmp_path: Path
+) -> None:
+    async with line(realtime, tmp_path) as ln:
+        await never_answered_and_status_lost(ln, "busy")
+        ln.outbound.max_keep_s = 1.5
+        ln.api.fail_next(503, times=1000)
+        await asyncio.sleep(0.8)
+        kept = ln.outbound.awaiting_status
+        async with asyncio.timeout(10):
+            while ln.outbound.awaiting_status:
+                await asyncio.sleep(0.05)
+    assert kept == 1 and ln.outcomes == []

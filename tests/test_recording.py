@@ -92,7 +92,7 @@ async def test_a_recorded_call_is_a_header_then_every_frame_as_sent_or_received(
     lines = lines_of(tmp_path)
     header = lines[0]
     assert {k: header[k] for k in ("format", "version", "call_sid", "called_number", "dialect", "redacted")} == {
-        "format": "telephony-bridge-recording", "version": 2, "call_sid": call.call_sid,
+        "format": "telephony-bridge-recording", "version": 3, "call_sid": call.call_sid,
         "called_number": RECORDED, "dialect": "ga", "redacted": False,
     }
     assert header["bridge_version"] == __version__

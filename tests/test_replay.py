@@ -140,3 +140,48 @@ async def test_a_rest_request_the_recording_does_not_hold_is_a_difference(tmp_pa
     assert any(d.startswith("twilio-rest:") and "+ t=" in d and "/Calls/<call>.json" in d for d in result.differences), (
         result.report()
     )
+
+
+PERSON = RECORDINGS / "outbound-person.jsonl"
+VOICEMAIL = RECORDINGS / "outbound-voicemail.jsonl"
+
+
+def test_an_outbound_recording_holds_whom_it_dialled_and_when_amd_said_who_answered() -> None:
+    recording = read_recording(PERSON)
+    assert recording.outbound is not None
+    assert recording.outbound.callee == "+15005550199"
+    assert recording.outbound.context == {"name": "Ada", "appointment": "Tue 10:00"}
+    (amd,) = [frame for frame in recording.frames if frame.direction == "twilio-callback"]
+    assert amd.message == {"kind": "amd", "params": {"AnsweredBy": "human"}}
+    first_audio = min(f.t_ms for f in recording.frames if f.direction == "bridge>twilio" and f.kind == "media")
+    first_create = min(f.t_ms for f in recording.frames if f.direction == "bridge>realtime" and f.kind == "response.create")
+    assert amd.t_ms < first_create < first_audio, "silent until AMD, then the greeting"
+
+
+def test_an_inbound_recording_says_it_was_not_placed() -> None:
+    assert read_recording(GOODBYE).outbound is None
+
+
+async def test_a_replayed_voicemail_gets_its_message_after_amd_then_the_hang_up() -> None:
+    result = await replay(read_recording(VOICEMAIL))
+    assert result.same, result.report()
+    assert "outbound call" in result.report()
+    creates = [f.message for f in result.replayed if f.direction == "bridge>realtime" and f.kind == "response.create"]
+    assert len(creates) == 1 and "Leave exactly this message" in creates[0]["response"]["instructions"]
+    hang_ups = [f for f in result.replayed if f.direction == "twilio-rest"]
+    assert len(hang_ups) == 1 and hang_ups[0].message["params"] == {"Status": "completed"}
+
+
+async def test_a_bridge_that_greets_a_voicemail_as_a_person_is_a_difference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller, "answered_by", lambda result: "person")
+    result = await replay(read_recording(VOICEMAIL))
+    assert not result.same
+    assert any("Leave exactly this message" in d and "- t=" in d for d in result.differences), result.report()
+    assert any(d.startswith("twilio-rest:") for d in result.differences), result.report()
+
+
+async def test_an_amd_result_that_never_reaches_the_call_is_a_difference(tmp_path: Path) -> None:
+    recording = altered(PERSON, tmp_path / "no-amd.jsonl", lambda entry: None if entry["dir"] == "twilio-callback" else entry)
+    result = await replay(read_recording(recording), gate_timeout_s=0.3)
+    assert not result.same
+    assert any("- t=" in d and "Now greet the caller" in d for d in result.differences), result.report()

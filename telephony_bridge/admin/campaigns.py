@@ -1,4 +1,5 @@
-"""The admin API's campaign routes: submit a call list, follow its progress row by row, pause and resume it.
+"""The admin API's campaign routes: submit a call list, follow its progress row by row, pause and resume it, and
+settle by hand a row a restart left `unknown`.
 
 Guarded like every admin route (`bearer_guard`). The campaigns run in the server (`app.state.campaigns`,
 a `CampaignRunner`); these routes only hand requests to it and read the database through its store, so a
@@ -11,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from telephony_bridge.admin.api import bearer_guard
 from telephony_bridge.admin.sessions import ConsoleSessions
@@ -32,8 +33,7 @@ def campaigns_router(token: str | None, sessions: ConsoleSessions | None = None)
             body = CampaignRequest.model_validate_json(await request.body())
             campaign_id = await runner.submit(body)
         except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors())
-            raise HTTPException(422, problems) from None
+            raise HTTPException(422, _problems(error)) from None
         except CampaignInvalid as error:
             raise HTTPException(422, str(error)) from None
         return JSONResponse(await _progress(runner, campaign_id), status_code=201)
@@ -58,7 +58,42 @@ def campaigns_router(token: str | None, sessions: ConsoleSessions | None = None)
     async def resume(request: Request, campaign_id: str) -> JSONResponse:
         return await _move(request, campaign_id, "resume")
 
+    @router.post("/{campaign_id}/rows/{position}")
+    async def settle(request: Request, campaign_id: str, position: int) -> JSONResponse:
+        """Settle a row left `unknown` (its `position` as listed): JSON `{"outcome": "human", "call_sid"?}` for what the
+        operator found in Twilio's call log, or `{"redial": true}` to dial it again; the campaign's progress."""
+        runner = _runner(request)
+        try:
+            body = SettleRequest.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise HTTPException(422, _problems(error)) from None
+        if (body.outcome is None) == (not body.redial):
+            raise HTTPException(422, 'give either "outcome" (the row is done) or "redial": true (it is dialled again)')
+        try:
+            row = await runner.settle(campaign_id, position, body.outcome, call_sid=body.call_sid)
+        except CampaignStateError as error:
+            raise HTTPException(409, f"{error}: only a row left unknown is settled by hand") from None
+        except CampaignInvalid as error:
+            raise HTTPException(422, str(error)) from None
+        if row is None:
+            raise HTTPException(404, f"no row {position} in campaign {campaign_id}")
+        return JSONResponse(await _progress(runner, campaign_id))
+
     return router
+
+
+class SettleRequest(BaseModel):
+    """`POST /admin/campaigns/{id}/rows/{position}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: str | None = None
+    redial: bool = False
+    call_sid: str | None = None
+
+
+def _problems(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors())
 
 
 def _runner(request: Request) -> CampaignRunner:

@@ -15,13 +15,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
+from collections import deque
 from dataclasses import dataclass
 
 COOKIE = "bridge_console"
 CSRF_HEADER = "x-csrf-token"
 SESSION_S = 8 * 3600
 """A working day: an operator signs in once per shift."""
+FAILED_SIGN_INS = 5
+SIGN_IN_WINDOW_S = 60.0
+"""Five wrong tokens a minute from one address, then it waits: an operator mistypes once or twice, a guesser keeps
+going. Even at the loosest, a minute's five guesses against a 32-byte token never end."""
+TRACKED_ADDRESSES = 10_000
+"""Addresses with recent failures kept at most: a flood from many addresses costs bounded memory."""
 
 
 @dataclass(frozen=True)
@@ -77,3 +85,48 @@ class ConsoleSessions:
     def _csrf(self, session_id: str) -> str:
         digest = hmac.new(self._key, f"csrf:{session_id}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+class SignInThrottle:
+    """Counts failed sign-ins per client address; past `limit` in `window_s`, the next are refused until the oldest ages out.
+
+    Sans I/O: the caller passes the time. Once throttled, even the right token waits: the throttle does not look at
+    what is presented, so it tells a guesser nothing.
+    """
+
+    def __init__(self, limit: int = FAILED_SIGN_INS, window_s: float = SIGN_IN_WINDOW_S) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = {}
+
+    def retry_after(self, address: str, now: float) -> int | None:
+        """Whole seconds until `address` may try again; `None` when it may now."""
+        failures = self._recent(address, now)
+        if failures is None or len(failures) < self.limit:
+            return None
+        return max(1, math.ceil(failures[0] + self.window_s - now))
+
+    def failed(self, address: str, now: float) -> int:
+        """Count a failed sign-in; how many `address` has made in the window, this one included."""
+        failures = self._recent(address, now)
+        if failures is None:
+            if len(self._failures) >= TRACKED_ADDRESSES:
+                self._forget_stale(now)
+            failures = self._failures[address] = deque(maxlen=self.limit)
+        failures.append(now)
+        return len(failures)
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
+
+    def _recent(self, address: str, now: float) -> deque[float] | None:
+        failures = self._failures.get(address)
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        return failures
+
+    def _forget_stale(self, now: float) -> None:
+        """Drop addresses with no failure in the window; if all are recent, the oldest-tracked half."""
+        self._failures = {a: f for a, f in self._failures.items() if f and f[-1] > now - self.window_s}
+        if len(self._failures) >= TRACKED_ADDRESSES:
+            self._failures = dict(list(self._failures.items())[TRACKED_ADDRESSES // 2 :])

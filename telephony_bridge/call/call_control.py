@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from telephony_bridge.call.events import Action, AddNote, CallUpdate, HangUp, Transfer
@@ -37,6 +38,10 @@ class Dialled:
 
     voicemail_instructions: str
     """The instructions of the response that leaves the voicemail (the persona and the message)."""
+    callee: str = ""
+    """The number dialled."""
+    context: Mapping[str, str] = field(default_factory=dict)
+    """What the placeholders were filled from: a recording keeps it, so a replay places the same call."""
 
 
 def answered_by(amd_result: str) -> Literal["person", "machine", "fax"]:

@@ -74,9 +74,12 @@ from telephony_bridge.twilio.media_stream import TwilioInbound, encode_for_twili
 
 log = logging.getLogger(__name__)
 
-Direction = Literal["twilio>bridge", "bridge>twilio", "realtime>bridge", "bridge>realtime", "twilio-rest", "tools"]
+Direction = Literal[
+    "twilio>bridge", "bridge>twilio", "realtime>bridge", "bridge>realtime", "twilio-rest", "tools", "twilio-callback"
+]
 """`twilio-rest` carries the call's REST requests to Twilio and their answers, as JSON; `tools` the operator's
-tool requests (name and arguments) and their answers, never a signature."""
+tool requests (name and arguments) and their answers, never a signature; `twilio-callback` what Twilio's signed
+callbacks told the live call (AMD's `AnsweredBy`), which no socket of the call carries."""
 
 
 class CallTap(Protocol):
@@ -344,6 +347,7 @@ class Call:
 
     def answered_by(self, amd_result: str) -> None:
         """Twilio's answering-machine detection for this outbound call: who answered."""
+        self._record("twilio-callback", json.dumps({"kind": "amd", "params": {"AnsweredBy": amd_result}}))
         self._feed(AnsweredBy(amd_result), None)
 
     def end(self, reason: str, outcome: Outcome) -> None:

@@ -64,7 +64,7 @@ class Switchboard:
         clock: Callable[[], float],
         *,
         unclaimed_timeout_s: float = UNCLAIMED_CALL_TIMEOUT_S,
-        tap_for: Callable[[str, str, CallProfile], CallTap | None] = lambda call_sid, number, profile: None,
+        tap_for: Callable[[str, str, CallProfile, Dialled | None], CallTap | None] = lambda sid, number, profile, dialled: None,
         on_call_end: Callable[[CallSummary], None] = lambda summary: None,
         on_latency: LatencyObserver | None = None,
         call_updates: CallUpdates | None = None,
@@ -197,7 +197,7 @@ class Switchboard:
         call = Call(
             call_sid, from_number, profile, self._endpoint, self._clock, caller_number=to_number,
             call_updates=self._call_updates, timings=self._timings, on_end=self._ended,
-            tap=self._tap_for(call_sid, from_number, profile), on_latency=self._on_latency,
+            tap=self._tap_for(call_sid, from_number, profile, dialled), on_latency=self._on_latency,
             mask_caller_number=self.config.logging.mask_caller_numbers, dialled=dialled, on_change=self._on_change,
         )
         self._calls[call_sid] = call
@@ -243,7 +243,7 @@ class Switchboard:
             call_updates=self._call_updates,
             timings=self._timings,
             on_end=self._ended,
-            tap=self._tap_for(call_sid, called_number, profile),
+            tap=self._tap_for(call_sid, called_number, profile, None),
             on_latency=self._on_latency,
             mask_caller_number=self.config.logging.mask_caller_numbers,
             in_force=in_force,

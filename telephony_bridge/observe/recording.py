@@ -45,6 +45,7 @@ from typing import Any, Literal, TextIO, get_args
 import numpy as np
 
 from telephony_bridge import __version__
+from telephony_bridge.call.call_control import Dialled
 from telephony_bridge.call.pump import Direction
 from telephony_bridge.call.summary import CallSummary
 from telephony_bridge.config import CallProfile, Dialect
@@ -55,9 +56,9 @@ from telephony_bridge.wire import MODEL_AUDIO_DELTAS, ULAW_BYTES_PER_MS, ULAW_RA
 log = logging.getLogger(__name__)
 
 FORMAT = "telephony-bridge-recording"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
-"""Version 1 has no socket lines; it reads the same otherwise."""
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+"""Version 1 has no socket lines, version 2 no `twilio-callback` lines nor `outbound` header; they read the same otherwise."""
 REDACTED = "<redacted>"
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 SocketState = Literal["open", "closed"]
@@ -158,10 +159,15 @@ def cut_line(t_ms: float, reason: CutReason, limit_bytes: int) -> str:
 
 
 def header(
-    call_sid: str, called_number: str, profile: CallProfile, dialect: Dialect, started_at: datetime
+    call_sid: str, called_number: str, profile: CallProfile, dialect: Dialect, started_at: datetime,
+    dialled: Dialled | None = None,
 ) -> dict[str, Any]:
-    """The first line of a recording: what a replay needs to set the bridge up as it was."""
-    return {
+    """The first line of a recording: what a replay needs to set the bridge up as it was.
+
+    A call the bridge placed has `outbound`: whom it dialled and the context its placeholders were filled
+    from (`called_number` is then the bridge's number the call came from), so a replay places it again.
+    """
+    first: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "call_sid": call_sid,
@@ -172,6 +178,9 @@ def header(
         "started_at": started_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "redacted": profile.redact,
     }
+    if dialled is not None:
+        first["outbound"] = {"to": dialled.callee, "context": dict(dialled.context)}
+    return first
 
 
 class RecordingWriter:
@@ -381,12 +390,14 @@ class CallRecordings:
         self._recorders: dict[str, CallRecorder] = {}
         self._writer = RecordingWriter()
 
-    def tap_for(self, call_sid: str, called_number: str, profile: CallProfile) -> CallRecorder | None:
+    def tap_for(
+        self, call_sid: str, called_number: str, profile: CallProfile, dialled: Dialled | None = None
+    ) -> CallRecorder | None:
         if not profile.record:
             return None
         started_at = self._wall_clock()
         name = f"{started_at.astimezone(UTC):%Y%m%dT%H%M%S}-{_UNSAFE_IN_FILE_NAMES.sub('_', call_sid)}.jsonl"
-        first_line = header(call_sid, called_number, profile, self._dialect, started_at)
+        first_line = header(call_sid, called_number, profile, self._dialect, started_at, dialled)
         recorder = CallRecorder(
             self._writer, functools.partial(_create, self.folder / name), first_line, self._clock,
             redact=profile.redact, max_bytes=self._max_bytes, name=name,
@@ -446,9 +457,10 @@ class RecordedFrame:
 
     @property
     def kind(self) -> str:
-        """The Twilio `event`, Realtime `type` or REST `kind`; "raw" for a frame that is not a JSON object with one."""
+        """The Twilio `event`, Realtime `type`, REST or callback `kind`; "raw" for a frame that is not a JSON object with one."""
         if isinstance(self.message, dict):
-            key = {"twilio>bridge": "event", "bridge>twilio": "event", "twilio-rest": "kind"}.get(self.direction, "type")
+            key = {"twilio>bridge": "event", "bridge>twilio": "event", "twilio-rest": "kind",
+                   "twilio-callback": "kind"}.get(self.direction, "type")
             kind = self.message.get(key)
             if isinstance(kind, str):
                 return kind
@@ -470,6 +482,14 @@ class RecordedFrame:
             return base64.b64decode(holder[key], validate=True)
         except (binascii.Error, ValueError):
             return None
+
+
+@dataclass(frozen=True)
+class RecordedDial:
+    """The header's `outbound`: the call was placed by the bridge, to `callee`, its placeholders filled from `context`."""
+
+    callee: str
+    context: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -507,6 +527,16 @@ class RecordedCall:
     @property
     def dialect(self) -> Dialect:
         return self.header["dialect"]
+
+    @property
+    def outbound(self) -> RecordedDial | None:
+        """For a call the bridge placed (version 3): whom it dialled and with what context; `None` for a call it answered."""
+        placed = self.header.get("outbound")
+        if not isinstance(placed, dict):
+            return None
+        context = placed.get("context")
+        items = context.items() if isinstance(context, dict) else ()
+        return RecordedDial(str(placed.get("to", "")), {str(key): str(value) for key, value in items})
 
     @property
     def duration_ms(self) -> float:

@@ -45,7 +45,9 @@ from functools import partial
 from itertools import pairwise
 from typing import Any, Final
 from urllib.parse import parse_qsl
+from xml.etree import ElementTree
 
+import httpx
 import numpy as np
 import uvicorn
 from starlette.applications import Starlette
@@ -59,9 +61,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from telephony_bridge.call.pump import Direction
-from telephony_bridge.config import BridgeConfig, CallLogSettings, settings_from_env
+from telephony_bridge.config import BridgeConfig, CallLogSettings, CallProfile, settings_from_env
 from telephony_bridge.observe.recording import RealtimeSocketChange, RecordedCall, RecordedFrame
-from telephony_bridge.testing.bridge_server import serve_bridge
+from telephony_bridge.outbound.placing import OutboundRefused, OutboundRequest
+from telephony_bridge.testing.bridge_server import serve_app
 from telephony_bridge.testing.tool_server import ToolReply, ToolServer
 from telephony_bridge.testing.twilio_playback import TwilioPlayback
 from telephony_bridge.testing.twilio_simulator import SimulatedCall
@@ -92,6 +95,9 @@ _AUDIO_KEYS = {"bridge>twilio": ("media", "payload"), "bridge>realtime": (None, 
 _TOLERANT_KEYS = frozenset({"audio_end_ms"})
 _TWILIO_SIDE = ("twilio>bridge", "bridge>twilio")
 _REST: Final = "twilio-rest"
+_CALLBACK: Final = "twilio-callback"
+REPLAY_ACCOUNT_SID = "AC" + "0" * 32
+"""The account a replayed outbound call is placed from (placing needs one; the scripted REST API takes any)."""
 _REST_IDS = (
     (re.compile(r"/Accounts/AC[0-9a-fA-F]{32}"), "/Accounts/<account>"),
     (re.compile(r"/Calls/CA[0-9a-fA-F]{32}"), "/Calls/<call>"),
@@ -116,8 +122,11 @@ class ReplayResult:
         return not self.differences
 
     def report(self) -> str:
+        dialled = self.recording.outbound
+        call = (f"outbound call {self.recording.call_sid} from {self.recording.called_number} to {dialled.callee}"
+                if dialled is not None else f"call {self.recording.call_sid} to {self.recording.called_number}")
         head = (
-            f"replayed {self.recording.path} (call {self.recording.call_sid} to {self.recording.called_number}, "
+            f"replayed {self.recording.path} ({call}, "
             f"{self.recording.dialect} dialect, {self.recording.duration_ms / 1000:.1f} s recorded) in {self.wall_s:.1f} s"
         )
         if self.recording.cut is not None:
@@ -149,32 +158,48 @@ async def replay(call: RecordedCall, *, gate_timeout_s: float = GATE_TIMEOUT_S) 
     await service.start()
     rest = _ScriptedRest(script)
     await rest.start()
+    dialled = call.outbound
     settings = settings_from_env(
         {
             "PUBLIC_URL": PUBLIC_URL,
             "TWILIO_AUTH_TOKEN": auth_token,
             "TWILIO_API_URL": rest.url,
+            "TWILIO_ACCOUNT_SID": REPLAY_ACCOUNT_SID if dialled is not None else "",
             "OPENAI_API_KEY": "sk-replay-" + secrets.token_urlsafe(12),
             "REALTIME_URL": service.url,
             "REALTIME_API": call.dialect,
         }
     )
+    if dialled is not None:
+        profile = _escaped(profile)
     config = BridgeConfig(
         defaults=profile, numbers={call.called_number: profile}, call_log=CallLogSettings(path=""), source=str(call.path)
     )
     loop = asyncio.get_running_loop()
     try:
-        async with serve_bridge(settings, config) as bridge_url:
+        async with serve_app(settings, config) as (bridge_url, app):
             started = loop.time()
             script.begin(started)
-            caller = SimulatedCall(
-                bridge_url=bridge_url, public_url=PUBLIC_URL, auth_token=auth_token,
-                call_sid=call.call_sid, to_number=call.called_number,
-            )
-            response = await caller.dial()
-            if caller.stream_url is None:
-                return ReplayResult(call, [], [f"webhook: the bridge answered HTTP {response.status_code} without a stream"])
-            twilio = _ScriptedTwilio(script, bridge_url, caller.stream_url, auth_token, caller.parameters)
+            if dialled is None:
+                caller = SimulatedCall(
+                    bridge_url=bridge_url, public_url=PUBLIC_URL, auth_token=auth_token,
+                    call_sid=call.call_sid, to_number=call.called_number,
+                )
+                response = await caller.dial()
+                if caller.stream_url is None:
+                    return ReplayResult(call, [], [f"webhook: the bridge answered HTTP {response.status_code} without a stream"])
+                twilio = _ScriptedTwilio(script, bridge_url, caller.stream_url, auth_token, caller.parameters)
+            else:
+                try:
+                    await app.state.outbound.place(OutboundRequest(call.called_number, dialled.callee, dialled.context))
+                except OutboundRefused as refused:
+                    return ReplayResult(call, [], [f"placing the call: the bridge refused it ({refused.reason})"])
+                placed = _placed_stream(rest.created)
+                if placed is None:
+                    return ReplayResult(call, [], ["placing the call: the bridge's create request holds no <Connect><Stream>"])
+                stream_url, parameters = placed
+                callbacks = {"amd": rest.created.get("AsyncAmdStatusCallback", "")}
+                twilio = _ScriptedTwilio(script, bridge_url, stream_url, auth_token, parameters, callbacks)
             try:
                 await script.run(twilio, service)
             finally:
@@ -308,6 +333,8 @@ class _Script:
                     )
             elif frame.direction == "realtime>bridge":
                 await service.send(frame.wire_frame())
+            elif frame.direction == _CALLBACK:
+                await twilio.callback(frame)
             else:
                 await twilio.send(frame)
         if gating and not await self.wait_for(lambda: self._has_sent(self._totals)):
@@ -350,10 +377,17 @@ class _Script:
 class _ScriptedTwilio:
     """The media socket, as Twilio opens it: signed over the public wss URL, `connected` first."""
 
-    def __init__(self, script: _Script, bridge_url: str, stream_url: str, auth_token: str, parameters: dict[str, str]) -> None:
+    def __init__(
+        self, script: _Script, bridge_url: str, stream_url: str, auth_token: str, parameters: dict[str, str],
+        callbacks: dict[str, str] | None = None,
+    ) -> None:
         self._script = script
+        self._bridge_url = bridge_url
         self._target = bridge_url.replace("http://", "ws://", 1) + "/twilio/media"
-        self._signature = RequestValidator(auth_token).compute_signature(stream_url, {})
+        self._validator = RequestValidator(auth_token)
+        self._signature = self._validator.compute_signature(stream_url, {})
+        self._callbacks = callbacks or {}
+        """The callback URLs the bridge gave Twilio for this call (public), by the recorded callback `kind`."""
         self._parameters = parameters
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -371,6 +405,24 @@ class _ScriptedTwilio:
             self._reader = asyncio.get_running_loop().create_task(self._read(self._ws))
             await self._send_quietly(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         await self._send_quietly(self._rewrite(frame))
+
+    async def callback(self, frame: RecordedFrame) -> None:
+        """A recorded callback (AMD's result), posted signed to the URL the bridge gave for it, as Twilio posts it."""
+        url = self._callbacks.get(frame.kind, "")
+        if not url.startswith(PUBLIC_URL):
+            self._script.problems.append(
+                f"callback: the recording has a {frame.kind} callback at t={frame.t_ms:.0f} ms, but the bridge gave no URL for it"
+            )
+            return
+        params = {**(frame.message.get("params") or {}), "CallSid": self._script.call.call_sid}
+        target = self._bridge_url + url.removeprefix(PUBLIC_URL)
+        headers = {"X-Twilio-Signature": self._validator.compute_signature(url, params)}
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(target, data=params, headers=headers)
+        if answer.status_code >= 300:
+            self._script.problems.append(
+                f"callback: the bridge answered the {frame.kind} callback with HTTP {answer.status_code}"
+            )
 
     def _rewrite(self, frame: RecordedFrame) -> str | bytes:
         message = frame.message
@@ -447,6 +499,8 @@ class _ScriptedRest:
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.url = ""
+        self.created: dict[str, str] = {}
+        """The form of the bridge's create request (`Calls.json`), when it places the recorded call."""
 
     async def start(self) -> None:
         app = Starlette(routes=[Route("/{path:path}", self._answer, methods=["GET", "POST"])])
@@ -461,6 +515,10 @@ class _ScriptedRest:
     async def _answer(self, request: Request) -> Response:
         body = (await request.body()).decode("utf-8", "replace") if request.method == "POST" else ""
         params = dict(parse_qsl(body, keep_blank_values=True)) | dict(request.query_params)
+        if request.method == "POST" and request.url.path.endswith("/Calls.json"):
+            # Placing the call precedes its recording, which starts with its stream: it gets the recorded CallSid.
+            self.created = params
+            return JSONResponse({"sid": self._script.call.call_sid, "status": "queued"}, status_code=201)
         seen = {"kind": "request", "method": request.method, "path": request.url.path, "params": params}
         self._script.saw(_REST, json.dumps(seen))
         answers = self._script.rest_answers
@@ -536,6 +594,29 @@ class _ScriptedRealtime:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+def _escaped(profile: CallProfile) -> CallProfile:
+    """A placed call's recorded profile has its placeholders filled already: braces escaped, filling it again changes nothing."""
+
+    def escape(text: str | None) -> str | None:
+        return None if text is None else text.replace("{", "{{").replace("}", "}}")
+
+    return profile.model_copy(update={
+        "instructions": escape(profile.instructions), "greeting": escape(profile.greeting),
+        "voicemail_message": escape(profile.voicemail_message),
+    })
+
+
+def _placed_stream(created: dict[str, str]) -> tuple[str, dict[str, str]] | None:
+    """The stream URL and `<Parameter>`s of the inline TwiML a create request carries."""
+    try:
+        stream = ElementTree.fromstring(created.get("Twiml", "")).find("./Connect/Stream")
+    except ElementTree.ParseError:
+        return None
+    if stream is None or not stream.get("url"):
+        return None
+    return str(stream.get("url")), {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
 
 
 def _mark_name(message: Any) -> str:

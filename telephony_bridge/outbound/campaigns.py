@@ -67,6 +67,8 @@ class Placing(Protocol):
 
     async def find_call(self, call_sid: str) -> dict[str, Any] | None: ...
 
+    def placeholders_of(self, from_number: str) -> list[str]: ...
+
 
 class CampaignRequest(BaseModel):
     """`POST /admin/campaigns`: the rows and the settings."""
@@ -82,8 +84,12 @@ class CampaignRequest(BaseModel):
     """`HH:MM-HH:MM`, in each row's `timezone` column, else in `timezone`."""
     timezone: str = "UTC"
 
-    def campaign(self, campaign_id: str) -> tuple[CampaignSettings, list[Row]]:
-        """The settings and rows to store; raises `CampaignInvalid` naming the first thing wrong."""
+    def campaign(self, campaign_id: str, placeholders: Collection[str] = ()) -> tuple[CampaignSettings, list[Row]]:
+        """The settings and rows to store; raises `CampaignInvalid` naming the first thing wrong.
+
+        `placeholders` are those the `from` number's texts hold: a row without a value for each is refused here,
+        with its number and the placeholder, rather than found one by one as the rows come up for dialling.
+        """
         if not E164.match(self.from_number):
             raise CampaignInvalid(f"from: {self.from_number!r} is not an E.164 number such as +15550001111")
         zone(self.timezone)
@@ -100,6 +106,11 @@ class CampaignRequest(BaseModel):
                 except CampaignInvalid as error:
                     raise CampaignInvalid(f"row {position + 1}: {TIMEZONE_COLUMN}: {error}") from None
             context = {key: value for key, value in columns.items() if key not in ("to", TIMEZONE_COLUMN)}
+            missing = next((name for name in placeholders if not context.get(name, "").strip()), None)
+            if missing is not None:
+                raise CampaignInvalid(
+                    f"row {position + 1}: no value for the placeholder {{{missing}}} (a column {missing!r}, not empty)"
+                )
             rows.append(Row(campaign_id, position, to_number, context, row_zone))
         settings = CampaignSettings(self.from_number, self.concurrency, self.retries, self.retry_delay_s, window,
                                     self.timezone)
@@ -174,7 +185,13 @@ class CampaignRunner:
     async def submit(self, request: CampaignRequest) -> str:
         """Store a new campaign and start dialling it; its id. Raises `CampaignInvalid`."""
         campaign_id = "CM" + secrets.token_hex(8)
-        settings, rows = request.campaign(campaign_id)
+        try:
+            needed = self._placing.placeholders_of(request.from_number)
+        except OutboundRefused:
+            raise CampaignInvalid(
+                f"from: {request.from_number} is not one of the bridge's numbers (no [numbers.\"{request.from_number}\"] table)"
+            ) from None
+        settings, rows = request.campaign(campaign_id, needed)
         await self.store.create(campaign_id, settings, rows, self._now())
         self._campaigns[campaign_id] = Campaign(campaign_id, settings, rows)
         log.info("campaign %s: %d rows from %s, %d at once", campaign_id, len(rows), settings.from_number,
@@ -198,6 +215,34 @@ class CampaignRunner:
         log.info("campaign %s: %s", campaign_id, state)
         self._wake.set()
         return state
+
+    async def settle(self, campaign_id: str, position: int, outcome: str | None, *, call_sid: str | None = None) -> Row | None:
+        """An operator settles a row left `unknown`: `outcome` (what they found in Twilio's call log) makes it done;
+        `None` puts it back to pending, to be dialled again (reopening the campaign if it had finished).
+
+        `None` when there is no such campaign or row; raises `CampaignStateError` (the row is not unknown) or
+        `CampaignInvalid` (not an outcome).
+        """
+        campaign = self._campaigns.get(campaign_id)
+        if campaign is None:
+            view = await self.store.view(campaign_id)
+            if view is None:
+                return None
+            campaign = Campaign(view.campaign_id, view.settings, view.rows, view.state)
+        if position not in campaign.rows:
+            return None
+        if outcome is None:
+            row = campaign.redial(position, "put back to pending by an operator")
+        else:
+            row = campaign.settle(position, outcome, "settled by an operator", call_sid)
+        await self.store.save(row)
+        log.info("campaign %s: row %d (%s) settled by an operator: %s", campaign_id, position + 1, row.to_number,
+                 outcome or "dial again")
+        if campaign.state is CampaignState.RUNNING and campaign_id not in self._campaigns:
+            await self.store.set_state(campaign_id, CampaignState.RUNNING)
+            self._campaigns[campaign_id] = campaign
+        self._wake.set()
+        return row
 
     def known(self, campaign_id: str) -> bool:
         return campaign_id in self._campaigns

@@ -22,6 +22,8 @@ from telephony_bridge.errors import BridgeError
 RETRIED_OUTCOMES = frozenset({"no-answer", "busy"})
 """An attempt that ended so is tried again, `retries` times at most; every other outcome is final."""
 FINAL_OUTCOMES = frozenset({"human", "voicemail", "fax", "failed", "do-not-call", "opted-out", "refused"})
+SETTLED_OUTCOMES = frozenset(FINAL_OUTCOMES | RETRIED_OUTCOMES)
+"""What an operator may record for a row left `unknown`, having checked Twilio's call log."""
 
 
 class RowState(enum.StrEnum):
@@ -32,7 +34,8 @@ class RowState(enum.StrEnum):
     DONE = "done"
     """Its outcome is final."""
     UNKNOWN = "unknown"
-    """Found dialling after a restart with no call SID: whether Twilio placed the call is for an operator to find out."""
+    """Found dialling after a restart with no call SID: whether Twilio placed the call is for an operator to find out.
+    They settle it: `done` with the outcome they found, or back to `pending` to be dialled again."""
 
 
 class CampaignState(enum.StrEnum):
@@ -48,13 +51,17 @@ ROW_TRANSITIONS: Mapping[tuple[RowState, str], RowState] = {
     (RowState.DIALLING, "retry"): RowState.PENDING,
     (RowState.DIALLING, "final"): RowState.DONE,
     (RowState.DIALLING, "lost"): RowState.UNKNOWN,
+    (RowState.UNKNOWN, "settle"): RowState.DONE,
+    (RowState.UNKNOWN, "redial"): RowState.PENDING,
 }
 CAMPAIGN_TRANSITIONS: Mapping[tuple[CampaignState, str], CampaignState] = {
     (CampaignState.RUNNING, "pause"): CampaignState.PAUSED,
     (CampaignState.PAUSED, "resume"): CampaignState.RUNNING,
     (CampaignState.RUNNING, "finish"): CampaignState.FINISHED,
     (CampaignState.PAUSED, "finish"): CampaignState.FINISHED,
+    (CampaignState.FINISHED, "reopen"): CampaignState.RUNNING,
 }
+"""A campaign finishes when each row is done or unknown; an operator who puts an unknown row back reopens it."""
 
 
 class CampaignStateError(BridgeError):
@@ -251,6 +258,20 @@ class Campaign:
         """Found dialling after a restart with no call SID (or one Twilio does not know): never dialled again."""
         row = self.rows[position]
         return self._put(row.moved("lost", detail=detail))
+
+    def settle(self, position: int, outcome: str, detail: str, call_sid: str | None = None) -> Row:
+        """An operator's outcome for a row left unknown; raises `CampaignInvalid` for an outcome that is not one."""
+        if outcome not in SETTLED_OUTCOMES:
+            raise CampaignInvalid(f"outcome: {outcome!r} is not one of {', '.join(sorted(SETTLED_OUTCOMES))}")
+        row = self.rows[position]
+        return self._put(row.moved("settle", outcome=outcome, detail=detail, call_sid=call_sid or row.call_sid))
+
+    def redial(self, position: int, detail: str) -> Row:
+        """An operator found no call to a row left unknown: it is pending again (and the campaign runs, if it had finished)."""
+        row = self.rows[position].moved("redial", detail=detail, next_attempt_at=None)
+        if self.state is CampaignState.FINISHED:
+            self.move("reopen")
+        return self._put(row)
 
     def finish_if_settled(self) -> bool:
         """Move to `finished` once every row is settled; True when it just did."""

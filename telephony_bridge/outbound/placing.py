@@ -2,7 +2,9 @@
 
 The bridge issues an outbound id before dialling and binds the call's stream token to it, since
 Twilio's CallSid is only known once the create request returns. The call is created with inline
-TwiML (the same `<Connect><Stream>` as an inbound call) and asynchronous answering-machine detection;
+TwiML (the same `<Connect><Stream>` as an inbound call, after the same `<Say>` of the recording notice when the
+number records: the callee hears it before the stream opens, so before the model's first word) and
+asynchronous answering-machine detection;
 the AMD result and the call's status reach us on signed callbacks, which name the outbound id.
 
 An outcome fires once per call, when it is final: Twilio's status callback says `completed`,
@@ -16,6 +18,11 @@ there), and records itself as the outbound id's owner in the store. The stream m
 that one asks the owner for the call's request and carries the call. A callback landing anywhere is passed to
 the owner, which passes who answered on to the carrier, and at the final status asks the carrier whether the
 person opted out (`store.ask`, over LISTEN/NOTIFY).
+
+A placed call is kept in memory until its outcome. When its final status callback is lost (the bridge was
+restarting, a proxy dropped it), the bridge asks Twilio's record of the call once the callback is overdue
+(`STATUS_WAIT_S` after the stream ended, or after the dial when no stream came) and reports the outcome that
+record gives; a call Twilio cannot be asked about is forgotten after `MAX_KEEP_S`, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from telephony_bridge.errors import ConfigError, TwilioCallGone, TwilioRestError
 from telephony_bridge.logs import mask_number
 from telephony_bridge.outbound.amd import OutcomeKind, outcome_of, voicemail_instructions
 from telephony_bridge.outbound.do_not_call import DoNotCall
-from telephony_bridge.outbound.placeholders import MissingPlaceholder, fill
+from telephony_bridge.outbound.placeholders import MissingPlaceholder, fill, placeholders
 from telephony_bridge.store.base import Store, StoreUnavailable
 from telephony_bridge.tls import tls_context
 from telephony_bridge.twilio.rest import TwilioRest
@@ -65,6 +72,15 @@ FLEET_REQUEST_TIMEOUT_S = 5.0
 """How long a stream or callback landing on another instance waits for the placing instance's reply."""
 CALL_END_WAIT_S = 15.0
 """How long a final status waits for the live call's own end (its summary says whether the person opted out)."""
+STATUS_WAIT_S = 300.0
+"""How long a placed call with no live stream (never answered, or its stream ended) waits for its final status callback
+before the bridge asks Twilio's record instead. Twilio posts it within seconds of the end and retries a failed post only
+briefly, so five minutes of silence means it was lost (the bridge was restarting, a proxy dropped it)."""
+SWEEP_INTERVAL_S = 60.0
+"""How often the placed calls are looked over for one whose status is overdue."""
+MAX_KEEP_S = 24 * 3600.0
+"""A placed call whose outcome neither a callback nor Twilio's record gave in this long is forgotten (logged): memory
+stays bounded even when Twilio cannot be asked."""
 
 
 @dataclass(frozen=True)
@@ -123,15 +139,26 @@ class _Placed:
     """In a fleet, the instance whose stream carries the call when it is not this one (which placed it)."""
     owner: str | None = None
     """In a fleet, the instance that placed the call, when this one only carries its stream."""
+    placed_at: float = 0.0
+    quiet_since: float = 0.0
+    """When the call was last seen with a live stream (or placed): the final status is overdue `STATUS_WAIT_S` after."""
 
 
 class OutboundCalls:
     """Places calls for one server (on `app.state.outbound`), routes their callbacks and reports their outcomes."""
 
-    def __init__(self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall,
-                 store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall, store: Store | None = None, *,
+        status_wait_s: float = STATUS_WAIT_S, sweep_interval_s: float = SWEEP_INTERVAL_S, max_keep_s: float = MAX_KEEP_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.do_not_call = do_not_call
         self._store = store
+        self.status_wait_s = status_wait_s
+        self.sweep_interval_s = sweep_interval_s
+        self.max_keep_s = max_keep_s
+        self._clock = clock
+        self._sweeper: asyncio.Task[None] | None = None
         self._settings = settings
         self._switchboard = switchboard
         self._placed: dict[str, _Placed] = {}
@@ -157,7 +184,16 @@ class OutboundCalls:
         profile = number.model_copy(update={
             "instructions": instructions, "greeting": greeting, "voicemail_message": message, "opt_out": True,
         })
-        return profile, Dialled(voicemail_instructions(instructions, message, context))
+        return profile, Dialled(voicemail_instructions(instructions, message, context), request.to_number, context)
+
+    def placeholders_of(self, from_number: str) -> list[str]:
+        """The placeholders `from_number`'s instructions, greeting and voicemail message hold, which every call's context
+        must fill; raises `OutboundRefused("unknown-number")` for a number the configuration does not have."""
+        number = self._switchboard.config.numbers.get(from_number)
+        if number is None:
+            raise OutboundRefused("unknown-number")
+        texts = (number.instructions, number.greeting or "", number.voicemail_message or "")
+        return list(dict.fromkeys(name for text in texts for name in placeholders(text)))
 
     async def place(self, request: OutboundRequest) -> PlacedCall:
         """Dial `request.to_number` from `request.from_number`; raises `OutboundRefused` when it is not placed."""
@@ -165,7 +201,8 @@ class OutboundCalls:
         if not self._settings.twilio_account_sid:
             raise OutboundRefused("twilio: TWILIO_ACCOUNT_SID is required to place calls (no call brings its AccountSid)")
         outbound_id = "OB" + secrets.token_hex(12)
-        placed = _Placed(outbound_id, request, profile, dialled)
+        now = self._clock()
+        placed = _Placed(outbound_id, request, profile, dialled, placed_at=now, quiet_since=now)
         try:
             listed = await self.do_not_call.contains(request.to_number)
         except StoreUnavailable:
@@ -184,7 +221,7 @@ class OutboundCalls:
         token = issue_stream_token(self._settings.stream_token_secret, outbound_id, request.from_number, time.time())
         twiml = stream_twiml(
             self._settings.media_stream_url, request.from_number, token, base + STREAM_ENDED_PATH, base + STREAM_STATUS_PATH,
-            outbound_id=outbound_id,
+            notice=profile.recording_notice if profile.record else None, outbound_id=outbound_id,
         )
         try:
             async with TwilioRest.from_settings(self._settings, None, tls=await tls_context()) as rest:
@@ -203,7 +240,52 @@ class OutboundCalls:
             raise OutboundRefused(f"twilio: {error}") from None
         placed.call_sid = str(answer.get("sid") or "")
         log.info("outbound call %s placed: %s", outbound_id, placed.call_sid, extra={"call_sid": placed.call_sid})
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="outbound-status-sweeper")
         return PlacedCall(outbound_id, placed.call_sid)
+
+    @property
+    def awaiting_status(self) -> int:
+        """Placed calls the bridge keeps until their final status (a callback, or Twilio's record when that is overdue)."""
+        return len(self._placed)
+
+    async def _sweep(self) -> None:
+        while self._placed:
+            await asyncio.sleep(self.sweep_interval_s)
+            await self._expire_overdue()
+
+    async def _expire_overdue(self) -> None:
+        """Settle each placed call whose final status callback is overdue from Twilio's record of it, or forget it."""
+        now = self._clock()
+        for placed in list(self._placed.values()):
+            if placed.final_status is not None:
+                continue  # its outcome is being reported
+            if placed.call is not None and not placed.call.ended.is_set():
+                placed.quiet_since = now
+                continue
+            if now - placed.quiet_since < self.status_wait_s:
+                continue
+            try:
+                record = await self.find_call(placed.call_sid) if placed.call_sid else None
+            except TwilioRestError as error:
+                if now - placed.placed_at >= self.max_keep_s:
+                    log.warning("outbound call %s: no final status in %.0f s and Twilio cannot be asked (%s); forgotten",
+                                placed.call_sid, now - placed.placed_at, error, extra={"call_sid": placed.call_sid})
+                    self._placed.pop(placed.outbound_id, None)
+                continue
+            status = str(record.get("status") or "") if record is not None else "failed"
+            if status not in FINAL_STATUSES:
+                placed.quiet_since = now  # Twilio says the call goes on: its callback may still come
+                continue
+            log.warning("outbound call %s: its final status callback never came; Twilio's record says %s",
+                        placed.call_sid, status if record is not None else "nothing (no such call)",
+                        extra={"call_sid": placed.call_sid})
+            answered = record.get("answered_by") if record is not None else None
+            placed.amd_result = placed.amd_result or (str(answered) if answered else None)
+            placed.final_status = status
+            opted_out = placed.call is not None and placed.call.summary().opted_out
+            self._report(placed, outcome_of(status, placed.amd_result, opted_out))
+            self._placed.pop(placed.outbound_id, None)
 
     async def find_call(self, call_sid: str) -> dict[str, Any] | None:
         """Twilio's record of a call (GET Calls/{sid}.json), for reconciliation after a crash; `None` if Twilio has none.
@@ -338,6 +420,9 @@ class OutboundCalls:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _opted_out(self, number: str, call_sid: str) -> None:

@@ -7,8 +7,10 @@ on purpose, re-record them all and review the diff of the replays:
     scripts/record_fixtures            # or: python -m telephony_bridge.testing.recorded_calls DIR
 
 The model's answer is 1 s of speech-like audio and each call lasts 1-3 s, so every file stays
-around 100-250 KB and every replay takes a few seconds. Twilio's REST API is `TwilioApiSimulator`,
-so a call the model ends records its REST hang-up and Twilio's answer.
+around 100-300 KB and every replay takes a few seconds. Twilio's REST API is `TwilioApiSimulator`,
+so a call the model ends records its REST hang-up and Twilio's answer. The outbound scenarios are calls
+the bridge places (`OutboundCalls.place`) to a callee the stand-in rings: a person or a voicemail, whose
+AMD result reaches the call on its signed callback and is recorded with its time.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from telephony_bridge.config import parse_config, settings_from_env
-from telephony_bridge.testing.bridge_server import serve_bridge
+from telephony_bridge.outbound.placing import OutboundRequest
+from telephony_bridge.testing.bridge_server import serve_app
 from telephony_bridge.testing.realtime_simulator import (
     RealtimeSimulator,
     ScriptedAnswer,
@@ -32,7 +37,7 @@ from telephony_bridge.testing.realtime_simulator import (
     SimulatedSession,
     speech_like_pcm16,
 )
-from telephony_bridge.testing.twilio_api import TwilioApiSimulator
+from telephony_bridge.testing.twilio_api import Answerer, TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 
 AUTH_TOKEN = "twilio-auth-token-for-recordings"
@@ -41,6 +46,10 @@ PUBLIC_URL = "https://bridge.example.com"
 ACCOUNT_SID = "AC" + "0" * 32
 NUMBER = "+15005550100"
 GREETED_NUMBER = "+15005550101"
+REMINDER_NUMBER = "+15005550102"
+"""Places the outbound calls: its greeting and voicemail message are filled from the call's context."""
+CALLEE = "+15005550199"
+REMINDER_CONTEXT = {"name": "Ada", "appointment": "Tue 10:00"}
 ANSWER_MS = 1000
 SPEECH_MS = 400
 
@@ -55,6 +64,11 @@ silence_duration_ms = 300
 
 [numbers."{GREETED_NUMBER}"]
 greeting = "Hello, how can I help?"
+
+[numbers."{REMINDER_NUMBER}"]
+instructions = "You are the reminder line of Bright Smile Dental, calling {{name}}."
+greeting = "Hello {{name}}, this is Bright Smile Dental about your appointment on {{appointment}}."
+voicemail_message = "Hi {{name}}, your appointment is on {{appointment}}. Goodbye."
 
 [call_log]
 path = ""
@@ -71,6 +85,8 @@ class RecordedScenario:
     dialect: str = "ga"
     answers: tuple[ScriptedAnswer, ...] = ()
     """What the model does, response by response; empty: every response is the 1 s answer."""
+    answerer: Answerer | None = None
+    """Set for a call the bridge places (from `REMINDER_NUMBER` to `CALLEE`): who picks up; `run` gets their side."""
 
 
 async def _session(realtime: RealtimeSimulator) -> SimulatedSession:
@@ -165,6 +181,19 @@ async def _goodbye(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
     await asyncio.sleep(0.1)
 
 
+async def _person_picks_up(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    """An outbound call: the callee says "hello?", AMD says human, the model greets them; they hear it and hang up."""
+    await call.wait_heard(realtime.answer_ms, timeout=10)
+    await asyncio.sleep(0.1)
+    await call.hang_up()
+
+
+async def _voicemail_picks_up(call: SimulatedCall, realtime: RealtimeSimulator) -> None:
+    """An outbound call: a greeting and a beep, AMD says machine_end_beep, the model leaves the message, the bridge hangs up."""
+    await call.wait_for_step("hung-up", timeout=15)
+    await asyncio.sleep(0.1)
+
+
 GOODBYE = ScriptedAnswer(speech_like_pcm16(ANSWER_MS), "Goodbye!", calls=(ScriptedCall("end_call"),))
 
 SCENARIOS = (
@@ -178,6 +207,10 @@ SCENARIOS = (
     RecordedScenario("preview-dialect", _one_answer, dialect="preview"),
     RecordedScenario("realtime-drop-mid-call", _realtime_drop_mid_call),
     RecordedScenario("goodbye-end-call", _goodbye, answers=(GOODBYE,)),
+    RecordedScenario("outbound-person", _person_picks_up, number=REMINDER_NUMBER, answerer=Answerer("person")),
+    RecordedScenario(
+        "outbound-voicemail", _voicemail_picks_up, number=REMINDER_NUMBER, answerer=Answerer("voicemail", greeting_ms=600)
+    ),
 )
 
 
@@ -197,22 +230,26 @@ async def record(scenario: RecordedScenario, folder: Path) -> Path:
                     "PUBLIC_URL": PUBLIC_URL,
                     "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
                     "TWILIO_API_URL": api.url,
+                    "TWILIO_ACCOUNT_SID": ACCOUNT_SID if scenario.answerer is not None else "",
                     "OPENAI_API_KEY": API_KEY,
                     "REALTIME_URL": url,
                     "REALTIME_API": scenario.dialect,
                 }
             )
-            async with serve_bridge(settings, config) as bridge_url:
-                call = SimulatedCall(
-                    bridge_url=bridge_url,
-                    public_url=PUBLIC_URL,
-                    auth_token=AUTH_TOKEN,
-                    call_sid="CA" + hashlib.sha256(scenario.name.encode()).hexdigest()[:32],
-                    to_number=scenario.number,
-                )
-                api.register(call)
-                await call.dial()
-                await call.connect()
+            async with serve_app(settings, config) as (bridge_url, app):
+                if scenario.answerer is not None:
+                    call = await _placed(api, app, bridge_url, scenario)
+                else:
+                    call = SimulatedCall(
+                        bridge_url=bridge_url,
+                        public_url=PUBLIC_URL,
+                        auth_token=AUTH_TOKEN,
+                        call_sid="CA" + hashlib.sha256(scenario.name.encode()).hexdigest()[:32],
+                        to_number=scenario.number,
+                    )
+                    api.register(call)
+                    await call.dial()
+                    await call.connect()
                 try:
                     await scenario.run(call, realtime)
                 finally:
@@ -222,6 +259,18 @@ async def record(scenario: RecordedScenario, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         shutil.move(made, target)
         return target
+
+
+async def _placed(api: TwilioApiSimulator, app: FastAPI, bridge_url: str, scenario: RecordedScenario) -> SimulatedCall:
+    """The bridge places the scenario's call; the REST stand-in rings its answerer, whose side of the call this is."""
+    assert scenario.answerer is not None
+    api.place_calls_on(bridge_url, PUBLIC_URL)
+    api.answerers[CALLEE] = scenario.answerer
+    await app.state.outbound.place(OutboundRequest(scenario.number, CALLEE, REMINDER_CONTEXT))
+    (placed,) = await api.wait_placed(1)
+    while placed.call is None:
+        await asyncio.sleep(0.01)
+    return placed.call
 
 
 async def record_all(folder: Path, names: list[str] | None = None) -> list[Path]:

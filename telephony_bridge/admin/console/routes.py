@@ -1,5 +1,8 @@
 """The console's routes: sign-in and sign-out, the four page shells, and its static files.
 
+Failed sign-ins are throttled per client address (`SignInThrottle`: five a minute, then 429 with `Retry-After`),
+and each is logged with the address, never with what was typed.
+
 Every answer carries a strict Content-Security-Policy: scripts, styles, media and requests only from
 the bridge itself, no inline script or style, and no framing (`frame-ancestors 'none'`). The session
 cookie is `HttpOnly` and `SameSite=Strict`, and `Secure` unless the console is reached on loopback
@@ -9,6 +12,7 @@ over plain HTTP (a browser would not send a `Secure` cookie back there).
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from importlib import resources
 from pathlib import Path
@@ -18,7 +22,9 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from telephony_bridge.admin.sessions import COOKIE, SESSION_S, ConsoleSession, ConsoleSessions
+from telephony_bridge.admin.sessions import COOKIE, SESSION_S, ConsoleSession, ConsoleSessions, SignInThrottle
+
+log = logging.getLogger(__name__)
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
@@ -45,6 +51,7 @@ _templates = Environment(
 def console_router(sessions: ConsoleSessions | None) -> APIRouter:
     """The routes under `/console` (`sessions` is `None` when no admin token is set: every route answers 404)."""
     router = APIRouter(prefix="/console")
+    throttle = SignInThrottle()
 
     def signed_in(request: Request) -> ConsoleSession | None:
         if sessions is None:
@@ -80,9 +87,24 @@ def console_router(sessions: ConsoleSessions | None) -> APIRouter:
     async def sign_in(request: Request) -> Response:
         signed_in(request)
         assert sessions is not None
+        address = request.client.host if request.client else "unknown"
+        now = time.monotonic()
+        wait_s = throttle.retry_after(address, now)
+        if wait_s is not None:
+            log.warning("console sign-in from %s refused: %d failed sign-ins in %.0f s; it may try again in %d s",
+                        address, throttle.limit, throttle.window_s, wait_s,
+                        extra={"event": "console_sign_in_throttled", "client": address})
+            refused = page("sign-in", None, status=429,
+                           error=f"Too many wrong tokens from your address. Try again in {wait_s} seconds.")
+            refused.headers["Retry-After"] = str(wait_s)
+            return refused
         form = await _form(request)
         if not sessions.token_valid(form.get("token", "")):
+            failures = throttle.failed(address, now)
+            log.warning("console sign-in from %s with a wrong token (%d in the last %.0f s)", address, failures,
+                        throttle.window_s, extra={"event": "console_sign_in_failed", "client": address})
             return page("sign-in", None, status=401, error="That is not the admin token.")
+        throttle.succeeded(address)
         cookie, _ = sessions.issue(time.time())
         response = RedirectResponse("/console/live", status_code=303, headers=SECURITY_HEADERS)
         response.set_cookie(COOKIE, cookie, max_age=SESSION_S, path="/", httponly=True, samesite="strict",
