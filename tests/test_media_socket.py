@@ -12,7 +12,11 @@ from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from support import API_KEY, AUTH_TOKEN, PUBLIC_URL, TEST_CONFIG, place_call
+from telephony_bridge.app import create_app
+from telephony_bridge.config import parse_config, settings_from_env
 from telephony_bridge.server import tcp_listener, uvicorn_config
+from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
 from telephony_bridge.twilio.media_socket import MEDIA_PATH, PAUSE_READING_AT, MediaSocket
 
 Handler = Callable[[MediaSocket], Awaitable[None]]
@@ -126,3 +130,28 @@ async def test_the_peers_close_code_ends_receiving_after_what_it_sent_before() -
                 break
             await asyncio.sleep(0.02)
     assert seen == ["last words", 4000]
+
+
+async def test_under_a_stock_asgi_websocket_the_route_serves_the_same_call(realtime: RealtimeSimulator) -> None:
+    settings = settings_from_env({"PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": API_KEY,
+                                  "REALTIME_URL": realtime.url, "REALTIME_API": "ga"})
+    app = create_app(settings, parse_config(TEST_CONFIG, "test.toml"))
+    listener = tcp_listener("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", log_config=None, ws="websockets-sansio", lifespan="on"))
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        call, session = await place_call(f"http://127.0.0.1:{listener.getsockname()[1]}", realtime)
+        await session.wait_for("session.updated", sent=True)
+        call.say(b"\xff" * 1600)
+        for _ in range(100):
+            if session.input_audio_ms >= 200:
+                break
+            await asyncio.sleep(0.02)
+        assert session.input_audio_ms >= 200, "the caller's audio did not reach the model through the ASGI route"
+        await call.hang_up()
+    finally:
+        server.should_exit = True
+        await task
+        listener.close()
