@@ -46,6 +46,7 @@ from telephony_bridge.store.base import RequestHandler
 from telephony_bridge.store.do_not_call import FleetDoNotCall
 from telephony_bridge.twilio import callbacks
 from telephony_bridge.twilio.call_updates import CallUpdates
+from telephony_bridge.twilio.media_socket import MEDIA_PATH, AsgiMediaSocket, MediaSocket
 from telephony_bridge.twilio.media_stream import TwilioInbound
 from telephony_bridge.twilio.security import (
     STREAM_TOKEN_LIFETIME_S,
@@ -409,8 +410,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             return twiml(hangup_twiml())
         return twiml(sent)
 
-    @app.websocket("/twilio/media")
-    async def media(websocket: WebSocket) -> None:
+    async def serve_media(websocket: MediaSocket) -> None:
+        """A media stream: its signature, its `start` and stream token checked, then the call it belongs to."""
         stream_url = public_url(websocket.headers, websocket=True)
         if not signed_by_twilio(stream_url, {}, websocket.headers.get("x-twilio-signature")):
             log.warning("media socket with a missing or wrong Twilio signature from %s; checked against %s: %s",
@@ -433,7 +434,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             log.warning("media socket for call %s with a missing, forged or expired stream token", started.call_sid)
             await websocket.close(code=POLICY_VIOLATION)
             return
-        store: Store | None = websocket.app.state.store
+        store: Store | None = app.state.store
         caller, account_sid = "", ""
         if store is not None:
             try:
@@ -448,13 +449,13 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 log.warning("media socket for call %s refused: its stream token was used already", started.call_sid)
                 await websocket.close(code=POLICY_VIOLATION)
                 return
-            if not outbound_id and await _carried_elsewhere(store, websocket.app.state.switchboard, started.call_sid):
+            if not outbound_id and await _carried_elsewhere(store, app.state.switchboard, started.call_sid):
                 await websocket.close(code=POLICY_VIOLATION)
                 return
         if outbound_id:
-            call = await websocket.app.state.outbound.connect_stream(outbound_id, started.call_sid, stream_id_of(token))
+            call = await app.state.outbound.connect_stream(outbound_id, started.call_sid, stream_id_of(token))
         else:
-            call = websocket.app.state.switchboard.claim(
+            call = app.state.switchboard.claim(
                 started.call_sid, called_number, stream_id_of(token), caller, account_sid
             )
         if call is None:
@@ -462,6 +463,13 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             await websocket.close(code=POLICY_VIOLATION)
             return
         await call.run_media(websocket, started, started_frame, inbound)
+
+    # uvicorn (server.uvicorn_config) serves the stream below ASGI with this (twilio/media_socket.py); the route, other servers.
+    app.state.serve_media = serve_media
+
+    @app.websocket(MEDIA_PATH)
+    async def media(websocket: WebSocket) -> None:
+        await serve_media(AsgiMediaSocket(websocket))
 
     return app
 
@@ -533,7 +541,7 @@ def _without_query(url: str) -> str:
     return f"{base}?<query hidden>" if question else base
 
 
-async def _wait_for_start(websocket: WebSocket, inbound: TwilioInbound) -> tuple[StreamStarted, str | bytes] | None:
+async def _wait_for_start(websocket: MediaSocket, inbound: TwilioInbound) -> tuple[StreamStarted, str | bytes] | None:
     """Read until Twilio's `start` (after `connected`): the event and its frame.
 
     `None` once the socket is closed: by us with 1008 if no start comes in time or the socket
@@ -543,11 +551,10 @@ async def _wait_for_start(websocket: WebSocket, inbound: TwilioInbound) -> tuple
     try:
         async with asyncio.timeout(START_TIMEOUT_S):
             while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    log.warning("media socket from %s closed before its start (code %s)", websocket.client, message.get("code"))
+                frame = await websocket.receive()
+                if frame is None:
+                    log.warning("media socket from %s closed before its start (code %s)", websocket.client, websocket.close_code)
                     return None
-                frame = message.get("text") or message.get("bytes") or b""
                 event = inbound.parse(frame)
                 if isinstance(event, StreamStarted):
                     return event, frame

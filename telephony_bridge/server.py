@@ -33,6 +33,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from telephony_bridge.config import BridgeConfig, HttpLimits
+from telephony_bridge.twilio.media_socket import media_stream_protocol
 from telephony_bridge.twilio.media_stream import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ def uvicorn_config(app: FastAPI, *, log_level: str = "info", http: HttpLimits | 
     `http` bounds how long and how many clients are waited for (`[http]`; by default, its defaults).
     """
     http = http or BridgeConfig().http
+    serve_media = getattr(app.state, "serve_media", None)
     return uvicorn.Config(
         app,
         log_level=log_level,
@@ -179,8 +181,9 @@ def uvicorn_config(app: FastAPI, *, log_level: str = "info", http: HttpLimits | 
         limit_concurrency=http.max_connections,
         # uvicorn's sans-I/O websockets protocol: the cheapest per message of its three (measured
         # with scripts/bench_calls.py at 200 calls on uvloop: 3.3-3.7 ms CPU per call-second, against
-        # 4.1-4.2 for the legacy `websockets` one and for `wsproto`).
-        ws="websockets-sansio",
+        # 4.1-4.2 for the legacy `websockets` one and for `wsproto`); the media stream's upgrades it
+        # serves below ASGI (twilio/media_socket.py).
+        ws=media_stream_protocol(serve_media) if serve_media is not None else "websockets-sansio",
         ws_max_size=MAX_MESSAGE_BYTES,
         ws_per_message_deflate=False,
         proxy_headers=False,

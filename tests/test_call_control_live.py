@@ -177,6 +177,7 @@ async def test_key_0_asks_the_model_for_a_person() -> None:
         await w.call.run()
         session = await w.realtime.wait_for_session(0)
         await session.wait_for("session.updated", sent=True)
+        await w.call.wait_for_step("stream-opened")  # the session can be ready before the media socket is
         await w.call.send_dtmf("0")
         pressed = await session.wait_for(lambda e: e.get("type") == "conversation.item.create", timeout=5)
         assert "transfer_call" in pressed["item"]["content"][0]["text"]

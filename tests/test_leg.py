@@ -47,3 +47,51 @@ async def test_audio_for_a_socket_that_does_not_keep_up_is_dropped_and_counted_b
     await leg.drained(1.0)
     writer.cancel()
     assert released[-1] == '{"event":"clear"}'
+
+
+class Socket:
+    """A socket that takes frames at once unless its buffer is full; it records each write and each send."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[str]] = []
+        self.sent: list[str] = []
+        self.buffered = False
+
+    def ready(self) -> bool:
+        return not self.buffered
+
+    def write(self, frames: list[str]) -> None:
+        self.writes.append(list(frames))
+
+    async def send(self, frame: str) -> None:
+        self.sent.append(frame)
+
+
+async def test_what_one_event_queued_leaves_in_one_write_with_its_latency_observed() -> None:
+    latencies: list[float] = []
+    leg = Leg("twilio>bridge", "bridge>twilio", lambda: 10.5, None, latencies.append)
+    socket = Socket()
+    leg.send, leg.writer = socket.send, socket
+    leg.queue("media", audio_arrived_at=10.0)
+    leg.queue("mark", None)
+    assert socket.writes == [], "nothing is written before the event's actions are all queued"
+    leg.flush()
+    assert socket.writes == [["media", "mark"]] and socket.sent == []
+    assert latencies == [0.5]
+
+
+async def test_a_socket_with_a_full_buffer_goes_through_the_writer_and_keeps_the_order() -> None:
+    leg = Leg("twilio>bridge", "bridge>twilio", asyncio.get_running_loop().time, None, None)
+    socket = Socket()
+    leg.send, leg.writer = socket.send, socket
+    leg.queue("first", None)
+    socket.buffered = True
+    leg.queue("second", None)
+    assert socket.writes == [["first"]], "what was held for the write went out before the queue took over"
+    socket.buffered = False
+    leg.queue("third", None)
+    writer = asyncio.create_task(leg.write(closed=(ConnectionError,)))
+    await leg.drained(1.0)
+    writer.cancel()
+    leg.flush()
+    assert socket.writes == [["first"]] and socket.sent == ["second", "third"]

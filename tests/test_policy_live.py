@@ -76,6 +76,7 @@ async def connected(ln: Line) -> SimulatedSession:
     await ln.call.run()
     session = await ln.realtime.wait_for_session(0)
     await session.wait_for("session.updated", sent=True)
+    await ln.call.wait_for_step("stream-opened")  # the session can be ready before the media socket is
     return session
 
 

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, Protocol
 
 import httpx
-from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -60,7 +59,7 @@ from telephony_bridge.config import CallProfile, ModelPrices, RealtimeEndpoint
 from telephony_bridge.errors import RealtimeConnectError
 from telephony_bridge.logs import CallIds, bind_call, mask_number
 from telephony_bridge.policy import InForce
-from telephony_bridge.realtime.session import RealtimeEventParser, encode_for_realtime, open_realtime, sender
+from telephony_bridge.realtime.session import RealtimeEventParser, RealtimeWriter, encode_for_realtime, open_realtime, sender
 from telephony_bridge.tools.requests import (
     CallParties,
     after_call_body,
@@ -70,6 +69,7 @@ from telephony_bridge.tools.requests import (
     request_body,
 )
 from telephony_bridge.twilio.call_updates import CallUpdates
+from telephony_bridge.twilio.media_socket import MediaSocket
 from telephony_bridge.twilio.media_stream import TwilioInbound, encode_for_twilio
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,27 @@ DRAIN_TIMEOUT_S = 0.2
 """How long the end of a call waits for Twilio's writer to send what is queued (a last mark, a clear)."""
 
 
+class FrameWriter(Protocol):
+    """A socket that can take frames without awaiting: what `Leg.flush` writes through."""
+
+    def ready(self) -> bool:
+        """True when frames written now go out at once: the socket open and its buffer empty."""
+
+    def write(self, frames: list[str]) -> None:
+        """Send text messages in order, in one write to the transport."""
+
+
 class Leg:
     """One socket of a call: the one place its frames meet the tap and the latency observer, and its ordered writer.
 
     `send` is the socket's send function, or None while the leg has no socket (between Realtime
     sessions): frames queued meanwhile are dropped, since a new session starts from its own
     configuration.
+
+    With a `writer` as well, what one event queued is written by `flush` straight after the event,
+    in one write, when the writer is `ready` and nothing waits in the queue; only a socket that
+    does not keep up goes through the writer task. Waking that task cost a loop iteration per
+    event and socket, and the write per frame a syscall (docs/cpu.md).
     """
 
     def __init__(
@@ -128,6 +143,9 @@ class Leg:
         observe_latency: Callable[[float], None] | None,
     ) -> None:
         self.send: Callable[[str], Awaitable[None]] | None = None
+        self.writer: FrameWriter | None = None
+        self._batch: list[str] = []
+        self._batch_stamps: list[float] = []
         self._inbound = inbound
         self._outbound = outbound
         self._clock = clock
@@ -153,6 +171,12 @@ class Leg:
         if audio_arrived_at is not None and self._queued_chars > MAX_QUEUED_CHARS:
             self.dropped += 1
             return
+        if self.writer is not None and self.send is not None and self._idle.is_set() and self.writer.ready():
+            self._batch.append(frame)
+            if audio_arrived_at is not None:
+                self._batch_stamps.append(audio_arrived_at)
+            return
+        self.flush()
         self._queued_chars += len(frame)
         self._frames.append((frame, audio_arrived_at))
         self._idle.clear()
@@ -160,7 +184,29 @@ class Leg:
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
+    def flush(self) -> None:
+        """Write what `queue` held for the writer, in one write (see the class docstring)."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        writer = self.writer
+        if writer is None or self.send is None:
+            self._batch_stamps = []
+            return
+        if self._tap is not None:
+            for frame in batch:
+                self._tap(self._outbound, frame)
+        writer.write(batch)
+        stamps, self._batch_stamps = self._batch_stamps, []
+        if stamps and self._observe_latency is not None:
+            now = self._clock()
+            for arrived_at in stamps:
+                self._observe_latency(now - arrived_at)
+
     def drop_queued(self) -> None:
+        self._batch = []
+        self._batch_stamps = []
         self._frames.clear()
         self._queued_chars = 0
 
@@ -244,7 +290,7 @@ class Call:
         self._endpoint = endpoint
         self._parser = RealtimeEventParser(endpoint.dialect, call_sid, profile.audio_format)
         self._realtime: ClientConnection | None = None
-        self._media_socket: WebSocket | None = None
+        self._media_socket: MediaSocket | None = None
         self._twilio = Leg("twilio>bridge", "bridge>twilio", clock, tap, _observer(on_latency, "model>caller"))
         self._model = Leg("realtime>bridge", "bridge>realtime", clock, tap, _observer(on_latency, "caller>model"))
         self._http: httpx.AsyncClient | None = None
@@ -295,7 +341,7 @@ class Call:
         )
 
     async def run_media(
-        self, websocket: WebSocket, started: StreamStarted, started_frame: str | bytes, inbound: TwilioInbound
+        self, websocket: MediaSocket, started: StreamStarted, started_frame: str | bytes, inbound: TwilioInbound
     ) -> None:
         """Serve the call's Media Stream until it ends; `inbound` is the socket's parser, which read the `start`."""
         self._log_ids.stream_sid = started.stream_sid
@@ -303,18 +349,17 @@ class Call:
         inbound.call_sid = self.call_sid
         self._media_socket = websocket
         self._twilio.send = websocket.send_text
-        self._twilio_writer = self._spawn(self._twilio.write(closed=(WebSocketDisconnect, RuntimeError)))
+        self._twilio.writer = websocket
+        self._twilio_writer = self._spawn(self._twilio.write(closed=(RuntimeError,)))
         log.debug("call %s: media stream %s started", self.call_sid, started.stream_sid)
         self._twilio.received(started_frame)
         self._feed(started, None)
         try:
             while not self.ended.is_set():
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
+                frame = await websocket.receive()
+                if frame is None:
                     break
                 arrived_at = self._clock()
-                text = message.get("text")
-                frame = text if text is not None else message.get("bytes") or b""
                 self._twilio.received(frame)
                 event = inbound.parse(frame)
                 if event is not None:
@@ -322,8 +367,6 @@ class Call:
                 if inbound.flooding:
                     log.warning("call %s: the media socket flooded the bridge; closing it", self.call_sid)
                     break
-        except WebSocketDisconnect:
-            pass
         finally:
             self._feed(TwilioDisconnected(), None)
             if not self.ended.is_set() and self.controller.control.caller_away:
@@ -332,10 +375,11 @@ class Call:
                 await self.ended.wait()
                 await _close_quietly(websocket)
 
-    async def _stream_left(self, websocket: WebSocket) -> None:
+    async def _stream_left(self, websocket: MediaSocket) -> None:
         """The stream ended for a transfer: the call lives on without it until the dial's outcome."""
         await self._twilio.drained(DRAIN_TIMEOUT_S)
         self._twilio.send = None
+        self._twilio.writer = None
         self._media_socket = None
         if self._twilio_writer is not None:
             self._twilio_writer.cancel()
@@ -388,6 +432,8 @@ class Call:
             elif isinstance(action, (CloseRealtime, CloseTwilio)) and not self._closing:
                 self._closing = True
                 self._spawn(self._close(action))
+        self._twilio.flush()
+        self._model.flush()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine, name=getattr(coroutine, "__qualname__", None))
@@ -471,6 +517,7 @@ class Call:
         """Close the session but keep the call: the caller is away being transferred."""
         connection, self._realtime = self._realtime, None
         self._model.send = None
+        self._model.writer = None
         self._model.drop_queued()
         if connection is not None:
             self._spawn(connection.close(code=1000, reason="caller transferred"))
@@ -491,6 +538,7 @@ class Call:
         replaced, self._realtime = self._realtime, connection
         self._model.drop_queued()
         self._model.send = sender(connection)
+        self._model.writer = RealtimeWriter(connection)
         log.debug("call %s: realtime session open (%s dialect; %s)", self.call_sid, self.dialect, action.reason)
         if self._tap is not None:
             self._tap.realtime_opened()
@@ -513,6 +561,7 @@ class Call:
             return
         self._realtime = None
         self._model.send = None
+        self._model.writer = None
         self._model.drop_queued()
         if self._tap is not None:
             received = connection.protocol.close_rcvd
@@ -585,9 +634,6 @@ def _log_summary(summary: CallSummary) -> None:
     )
 
 
-async def _close_quietly(websocket: WebSocket) -> None:
-    """Close a media socket that may already be closed by either side."""
-    try:
-        await websocket.close(code=1000)
-    except (RuntimeError, WebSocketDisconnect):
-        pass
+async def _close_quietly(websocket: MediaSocket) -> None:
+    """Close a media socket that may already be closed by either side (its `close` never raises for that)."""
+    await websocket.close(code=1000)

@@ -422,3 +422,27 @@ def sender(connection: ClientConnection) -> Callable[[str], Awaitable[None]]:
         transport.write(b"".join(protocol.data_to_send()))
 
     return send
+
+
+class RealtimeWriter:
+    """Writes a call's messages to the service straight through the websockets protocol, without awaiting.
+
+    The call's leg writes what one event produced (an append, a `response.create`) in one
+    transport write right after the event, when `ready`; otherwise its writer task sends through
+    `sender`, which waits for the buffer or raises on a closed connection as usual.
+    """
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self._connection = connection
+        self._protocol = connection.protocol
+
+    def ready(self) -> bool:
+        return self._protocol.state is State.OPEN and not self._connection.transport.get_write_buffer_size()
+
+    def write(self, frames: list[str]) -> None:
+        protocol = self._protocol
+        if protocol.state is not State.OPEN:
+            return
+        for frame in frames:
+            protocol.send_text(frame.encode())
+        self._connection.transport.write(b"".join(protocol.data_to_send()))
