@@ -46,6 +46,7 @@ CANDIDATES = 200
 """Pending rows read per campaign and step when a calling window may leave some of them not due yet."""
 
 _Connection = psycopg.AsyncConnection[dict[str, Any]]
+_Taken = list[tuple[CampaignSettings, Row]]
 
 
 def _row(found: Mapping[str, Any]) -> Row:
@@ -134,7 +135,7 @@ class PostgresCampaigns:
                 break
             room = free_lines - len(taken)
 
-            async def work(db: _Connection, campaign_id: str = campaign_id, room: int = room) -> list[tuple[CampaignSettings, Row]]:
+            async def work(db: _Connection, campaign_id: str = campaign_id, room: int = room) -> _Taken:
                 return await self._take_of(db, campaign_id, now, room)
 
             taken.extend(await self._in_transaction(work))
