@@ -135,7 +135,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         log_path = Path(config.call_log.path) if config.call_log.path else None
         if log_path is None:
             log.info("no call log file: the do-not-call list is kept in memory and lost at restart")
-        outbound = OutboundCalls(settings, switchboard, DoNotCall(log_path), log_path)
+        outbound = OutboundCalls(settings, switchboard, DoNotCall(log_path), log_path, store)
         outbound.add_outcome_listener(metrics.outbound_outcome)
         app.state.outbound = outbound
         metrics.config_loaded(config.digest)
@@ -163,7 +163,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         )
         purging = asyncio.create_task(_purge_on_schedule(switchboard, app.state.call_log_path, recordings.folder))
         if store is not None:
-            store.on_request(fleet_requests(switchboard, settings.stream_token_secret))
+            store.on_request(fleet_requests(switchboard, settings.stream_token_secret, outbound))
         yield
         purging.cancel()
         if app.state.campaigns is not None:
@@ -286,7 +286,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         params = await signed_form(request)
         if isinstance(params, Response):
             return params
-        request.app.state.outbound.amd_result(request.query_params.get("outbound", ""), params.get("AnsweredBy", ""))
+        await request.app.state.outbound.callback("amd", request.query_params.get("outbound", ""), params.get("AnsweredBy", ""))
         return Response(status_code=204)
 
     @app.post(OUTBOUND_STATUS_PATH)
@@ -295,7 +295,8 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         params = await signed_form(request)
         if isinstance(params, Response):
             return params
-        request.app.state.outbound.status(request.query_params.get("outbound", ""), params.get("CallStatus", ""))
+        outbound_id = request.query_params.get("outbound", "")
+        await request.app.state.outbound.callback("status", outbound_id, params.get("CallStatus", ""))
         return Response(status_code=204)
 
     def signed_by_twilio(url: str, params: dict[str, str], signature: str | None) -> bool:
@@ -442,7 +443,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
                 await websocket.close(code=POLICY_VIOLATION)
                 return
         if outbound_id:
-            call = websocket.app.state.outbound.connect(outbound_id, started.call_sid, stream_id_of(token))
+            call = await websocket.app.state.outbound.connect_anywhere(outbound_id, started.call_sid, stream_id_of(token))
         else:
             call = websocket.app.state.switchboard.claim(
                 started.call_sid, called_number, stream_id_of(token), caller, account_sid
@@ -469,8 +470,9 @@ async def _purge_on_schedule(switchboard: Switchboard, call_log: Path | None, re
         await asyncio.sleep(config.retention.purge_every_minutes * 60)
 
 
-def fleet_requests(switchboard: Switchboard, secret: bytes) -> RequestHandler:
-    """What this instance does for another one: end a call it carries, or say what follows a transfer's dial."""
+def fleet_requests(switchboard: Switchboard, secret: bytes, outbound: OutboundCalls) -> RequestHandler:
+    """What this instance does for another one: end a call it carries, say what follows a transfer's dial, or hand over
+    (and route the callbacks of) an outbound call it placed."""
 
     async def handle(op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op == "end":
@@ -482,6 +484,11 @@ def fleet_requests(switchboard: Switchboard, secret: bytes) -> RequestHandler:
                                                   stream_url=str(args["stream_url"]),
                                                   stream_ended_url=str(args["stream_ended_url"]),
                                                   status_url=str(args["status_url"]))}
+        if op == "outbound_carried":
+            return outbound.carried(str(args["outbound"]), str(args["by"]))
+        if op == "outbound_callback":
+            await outbound.callback(str(args["kind"]), str(args["outbound"]), str(args["value"]))
+            return {"ok": True}
         return {"error": f"no such request {op!r}"}
 
     return handle

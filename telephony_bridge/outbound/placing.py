@@ -32,9 +32,11 @@ from telephony_bridge.call.switchboard import Switchboard
 from telephony_bridge.config import CallProfile, Settings
 from telephony_bridge.errors import ConfigError, TwilioCallGone, TwilioRestError
 from telephony_bridge.logs import mask_number
+from telephony_bridge.outbound import placing_fleet
 from telephony_bridge.outbound.amd import OutcomeKind, outcome_of, voicemail_instructions
 from telephony_bridge.outbound.do_not_call import DoNotCall, record_outcome
 from telephony_bridge.outbound.placeholders import MissingPlaceholder, fill
+from telephony_bridge.store.base import Store, StoreUnavailable
 from telephony_bridge.tls import tls_context
 from telephony_bridge.twilio.rest import TwilioRest
 from telephony_bridge.twilio.security import issue_stream_token
@@ -107,13 +109,17 @@ class _Placed:
     call: Call | None = None
     final_status: str | None = None
     done: bool = False
+    carrier: str | None = None
+    """In a fleet, the instance its stream reached when that is not the one that placed it: callbacks go there."""
 
 
 class OutboundCalls:
     """Places calls for one server (on `app.state.outbound`), routes their callbacks and reports their outcomes."""
 
-    def __init__(self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall, log_path: Path | None) -> None:
+    def __init__(self, settings: Settings, switchboard: Switchboard, do_not_call: DoNotCall, log_path: Path | None,
+                 fleet: Store | None = None) -> None:
         self.do_not_call = do_not_call
+        self._fleet = fleet
         self._settings = settings
         self._switchboard = switchboard
         self._log_path = log_path
@@ -152,6 +158,12 @@ class OutboundCalls:
         if await self.do_not_call.contains(request.to_number):
             self._report(placed, "do-not-call")
             raise OutboundRefused("do-not-call")
+        if self._fleet is not None:
+            try:
+                await placing_fleet.share(self._fleet, outbound_id, placing_fleet.Shared(
+                    self._fleet.instance, request.from_number, request.to_number, request.context, request.campaign_row))
+            except StoreUnavailable:
+                raise OutboundRefused("database-unavailable") from None
         self._placed[outbound_id] = placed
         base = self._settings.public_url.rstrip("/")
         token = issue_stream_token(self._settings.stream_token_secret, outbound_id, request.from_number, time.time())
@@ -190,6 +202,62 @@ class OutboundCalls:
             return None
 
     # The media stream and Twilio's callbacks.
+    async def connect_anywhere(self, outbound_id: str, call_sid: str, stream_id: str) -> Call | None:
+        """`connect`, also for a call another instance of the fleet placed: this one takes it over and carries it."""
+        if outbound_id in self._placed or self._fleet is None:
+            return self.connect(outbound_id, call_sid, stream_id)
+        try:
+            shared = await placing_fleet.placer_of(self._fleet, outbound_id)
+            if shared is None:
+                return None
+            request = OutboundRequest(shared.from_number, shared.to_number, shared.context, shared.campaign_row)
+            carried = {"outbound": outbound_id, "by": self._fleet.instance}
+            reply = await self._fleet.ask(shared.instance, "outbound_carried", carried, placing_fleet.REQUEST_TIMEOUT_S)
+        except StoreUnavailable:
+            return None
+        if not reply or not reply.get("ok"):
+            return None
+        try:
+            profile, dialled = self.prepare(request)
+        except OutboundRefused:
+            return None
+        self._placed[outbound_id] = _Placed(outbound_id, request, profile, dialled, call_sid=call_sid,
+                                            amd_result=reply.get("amd_result"))
+        return self.connect(outbound_id, call_sid, stream_id)
+
+    def carried(self, outbound_id: str, by: str) -> dict[str, Any]:
+        """Another instance got the stream of a call placed here: its callbacks are for that instance from now on."""
+        placed = self._placed.get(outbound_id)
+        if placed is None or placed.call is not None or placed.carrier is not None or placed.done:
+            return {"ok": False}
+        placed.carrier = by
+        return {"ok": True, "amd_result": placed.amd_result}
+
+    async def callback(self, kind: str, outbound_id: str, value: str) -> None:
+        """An AMD (`kind` "amd") or status ("status") callback, run where the call is: here, or on the instance that
+        carries it (asked through the fleet's database, via the instance that placed it when this one did not)."""
+        placed = self._placed.get(outbound_id)
+        if placed is not None and placed.carrier is None:
+            (self.amd_result if kind == "amd" else self.status)(outbound_id, value)
+            return
+        if self._fleet is None:
+            return
+        try:
+            if placed is not None and placed.carrier is not None:
+                target = placed.carrier
+                if kind == "status" and value in FINAL_STATUSES:
+                    placed.done = True  # the carrier reports the outcome
+                    self._placed.pop(outbound_id, None)
+            else:
+                shared = await placing_fleet.placer_of(self._fleet, outbound_id)
+                if shared is None or shared.instance == self._fleet.instance:
+                    return
+                target = shared.instance
+            await self._fleet.ask(target, "outbound_callback", {"kind": kind, "outbound": outbound_id, "value": value},
+                                  placing_fleet.REQUEST_TIMEOUT_S)
+        except StoreUnavailable:
+            log.warning("outbound call %s: a %s callback could not reach the instance carrying it", outbound_id, kind)
+
     def connect(self, outbound_id: str, call_sid: str, stream_id: str) -> Call | None:
         """The stream of a placed call arrived (its token checked): the call's session opens now."""
         placed = self._placed.get(outbound_id)
