@@ -30,7 +30,7 @@ from telephony_bridge.admin.sessions import ConsoleSessions
 from telephony_bridge.call.events import StreamStarted
 from telephony_bridge.call.summary import CallSummary
 from telephony_bridge.call.switchboard import Switchboard
-from telephony_bridge.call_log import CallLog
+from telephony_bridge.call_log import CallLog, open_for_writing
 from telephony_bridge.config import BridgeConfig, Retention, Settings
 from telephony_bridge.errors import CallLogError
 from telephony_bridge.observe.metrics import BridgeMetrics
@@ -135,6 +135,13 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
         log_path = Path(config.call_log.path) if config.call_log.path else None
         if log_path is None:
             log.info("no call log file: the do-not-call list is kept in memory and lost at restart")
+        if log_path is not None and call_log is None:
+            # No call log thread creates the file here (a fleet logs to PostgreSQL), yet the do-not-call list and
+            # the outbound outcomes live in it: migrate it once now, not from several threads at the first dials.
+            try:
+                await asyncio.to_thread(lambda: open_for_writing(log_path).close())
+            except (OSError, sqlite3.Error, CallLogError) as error:
+                log.warning("the call log's file %s cannot be opened (do-not-call list, outbound outcomes): %s", log_path, error)
         outbound = OutboundCalls(settings, switchboard, DoNotCall(log_path), log_path, store)
         outbound.add_outcome_listener(metrics.outbound_outcome)
         app.state.outbound = outbound

@@ -242,21 +242,32 @@ class OutboundCalls:
             return
         if self._fleet is None:
             return
+        reply = None
         try:
             if placed is not None and placed.carrier is not None:
                 target = placed.carrier
-                if kind == "status" and value in FINAL_STATUSES:
-                    placed.done = True  # the carrier reports the outcome
-                    self._placed.pop(outbound_id, None)
             else:
                 shared = await placing_fleet.placer_of(self._fleet, outbound_id)
                 if shared is None or shared.instance == self._fleet.instance:
                     return
                 target = shared.instance
-            await self._fleet.ask(target, "outbound_callback", {"kind": kind, "outbound": outbound_id, "value": value},
-                                  placing_fleet.REQUEST_TIMEOUT_S)
+            reply = await self._fleet.ask(target, "outbound_callback", {"kind": kind, "outbound": outbound_id, "value": value},
+                                          placing_fleet.REQUEST_TIMEOUT_S)
         except StoreUnavailable:
-            log.warning("outbound call %s: a %s callback could not reach the instance carrying it", outbound_id, kind)
+            pass
+        if placed is None or kind != "status" or value not in FINAL_STATUSES:
+            if reply is None:
+                log.warning("outbound call %s: a %s callback could not reach the instance carrying it", outbound_id, kind)
+            return
+        if reply is None:
+            # The carrier died with the call: the placer reports the outcome it knows, so the row is not left dialling.
+            log.warning("outbound call %s: the instance carrying it does not answer; its outcome is reported here",
+                        outbound_id)
+            placed.carrier = None
+            self.status(outbound_id, value)
+            return
+        placed.done = True  # the carrier reported the outcome
+        self._placed.pop(outbound_id, None)
 
     def connect(self, outbound_id: str, call_sid: str, stream_id: str) -> Call | None:
         """The stream of a placed call arrived (its token checked): the call's session opens now."""
