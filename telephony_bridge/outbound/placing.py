@@ -215,7 +215,13 @@ class OutboundCalls:
             reply = await self._fleet.ask(shared.instance, "outbound_carried", carried, placing_fleet.REQUEST_TIMEOUT_S)
         except StoreUnavailable:
             return None
-        if not reply or not reply.get("ok"):
+        if reply is None:
+            # The placer died (or cannot answer): the stream token was claimed once, so carrying the call here is safe;
+            # callbacks sent to the placer are lost, and the campaign row is settled from Twilio's record of the call.
+            log.warning("outbound call %s: the instance that placed it does not answer; carried here", call_sid,
+                        extra={"call_sid": call_sid})
+            reply = {"ok": True}
+        if not reply.get("ok"):
             return None
         try:
             profile, dialled = self.prepare(request)
