@@ -62,7 +62,7 @@ class FleetCampaignRunner:
     async def start(self) -> None:
         await self.store.open()
         try:
-            for row in await self.store.adopted():
+            for row in await self.store.dialling_here():
                 self._look_up_later(row)
         except StoreUnavailable as error:
             log.warning("campaigns: the database cannot be read now; this instance's rows are looked at later: %s", error)
@@ -127,6 +127,10 @@ class FleetCampaignRunner:
                      row.campaign_id, row.position + 1, row.call_sid)
             self._look_up_later(row)
         await self._reconcile(now)
+        # A call placed here and carried by another instance has its outcome written there: forget its row then.
+        still = {row.key for row in await self.store.dialling_here()}
+        for key in [key for key in self._dialling if key not in still]:
+            del self._dialling[key]
         free = self._free_lines(list(self._dialling.values()))
         if free <= 0:
             return

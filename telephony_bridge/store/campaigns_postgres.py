@@ -276,8 +276,9 @@ class PostgresCampaigns:
         result: tuple[list[Row], list[Row]] = await self._in_transaction(work)
         return result
 
-    async def adopted(self) -> list[Row]:
-        """This instance's dialling rows: what a restart of it (same instance id) finds, and what it adopted."""
+    async def dialling_here(self) -> list[Row]:
+        """The rows dialling under this instance's name: those it placed or adopted (and, at start, those a previous run
+        with the same instance id left)."""
         async def work(db: _Connection) -> list[Row]:
             cursor = await db.execute("SELECT * FROM campaign_rows WHERE state = %s AND instance = %s",
                                       (RowState.DIALLING.value, self.instance))
