@@ -171,10 +171,12 @@ class FleetCampaignRunner:
         except OutboundRefused as refused:
             outcome = refused.reason if refused.reason in FINAL_OUTCOMES else "refused"
             await self._settle(row.key, outcome, detail=refused.reason)
+            self._wake.set()  # nothing was dialled: the next row at once
             return
         except Exception as error:  # the create request may have gone out: the row is settled, never dialled again
             log.exception("campaign %s: placing row %d failed", row.campaign_id, row.position + 1)
             await self._settle(row.key, "failed", detail=type(error).__name__)
+            self._wake.set()
             return
         if row.key in self._dialling:
             self._dialling[row.key] = placed.call_sid
@@ -185,7 +187,9 @@ class FleetCampaignRunner:
                         placed.call_sid, error)
 
     def _heard(self, outcome: OutboundOutcome) -> None:
-        """The placing code's outcome of a call placed (or carried) here: its row moves on, once fleet-wide."""
+        """The outcome of a call placed here: its row moves on, once fleet-wide. The line it frees is left to whichever
+        instance steps first (no wake here): the placer hears every outcome of its calls, and waking it at each would
+        let the instance that took the first rows take all of them."""
         if self._stopped or not outcome.campaign_row:
             return
         task = asyncio.get_running_loop().create_task(
@@ -203,7 +207,6 @@ class FleetCampaignRunner:
                                    detail=detail)
         except StoreUnavailable as error:
             log.error("campaign row %s: its outcome %s was not written: %s", key, outcome, error)
-        self._wake.set()
 
     def _look_up_later(self, row: Row) -> None:
         if row.call_sid is not None:
