@@ -3,7 +3,8 @@
 The SQLite runner (`campaigns.CampaignRunner`) keeps one process's campaigns in memory and is their only writer.
 Here the database is the only truth (`store.campaigns_postgres`): each step an instance takes due rows under
 row locks (`SKIP LOCKED`), the campaign's concurrency counted across the fleet, commits them `dialling` under
-its own name, then places them. A row's outcome is written by whichever instance hears it, once. Rows left
+its own name, then places them. A row's outcome is written once, by the instance that placed its call (which hears
+it wherever the call's stream and callbacks landed: `placing.OutboundCalls`). Rows left
 dialling by an instance that died are reconciled by one instance at a time: `unknown` without a call SID, else
 adopted and settled from Twilio's record of the call, never dialled blindly again.
 
