@@ -36,6 +36,7 @@ from telephony_bridge.errors import CallLogError
 from telephony_bridge.observe.metrics import BridgeMetrics
 from telephony_bridge.observe.recording import CallRecordings
 from telephony_bridge.outbound.campaigns import start_campaigns
+from telephony_bridge.outbound.campaigns_fleet import start_fleet_campaigns
 from telephony_bridge.outbound.do_not_call import DoNotCall
 from telephony_bridge.outbound.placing import OutboundCalls
 from telephony_bridge.policy.purge import purge_expired
@@ -164,6 +165,9 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
 
         app.state.stream_failed = stream_failed
         app.state.campaigns = (
+            await start_fleet_campaigns(settings.database_url, settings.instance_id, settings.fleet_lost_after_s, outbound,
+                                        switchboard, config.campaigns.reconcile_seconds)
+            if settings.database_url else
             await start_campaigns(log_path, outbound, switchboard, config.campaigns.reconcile_seconds)
             if log_path is not None else None
         )

@@ -121,12 +121,12 @@ OUTBOUND_LINE = "+14155550199"
 class Instance:
     """One `telephony-bridge serve` process of the fleet."""
 
-    def __init__(self, name: str, folder: Path, env: dict[str, str], drain_s: float = 20.0) -> None:
+    def __init__(self, name: str, folder: Path, env: dict[str, str], drain_s: float = 20.0, extra_config: str = "") -> None:
         self.name = name
         self.port = free_port()
         self.log_path = folder / f"{name}.log"
         config = folder / f"{name}.toml"
-        config.write_text(FLEET_CONFIG.format(drain=drain_s))
+        config.write_text(FLEET_CONFIG.format(drain=drain_s) + extra_config)
         self._command = [sys.executable, "-m", "telephony_bridge", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                          "--config", str(config)]
         self._env = {**os.environ, **env, "BRIDGE_INSTANCE_ID": name, "PYTHONPATH": str(Path(__file__).parent.parent)}

@@ -26,7 +26,7 @@ from twilio.request_validator import RequestValidator
 from fleet_servers import DB_PASSWORD, OUTBOUND_LINE, Balancer, Instance, PostgresServer, RealtimeProcess, free_port
 from support import AUTH_TOKEN, CLINIC, PUBLIC_URL
 from telephony_bridge.admin.sessions import COOKIE, CSRF_HEADER, ConsoleSessions
-from telephony_bridge.testing.twilio_api import TwilioApiSimulator
+from telephony_bridge.testing.twilio_api import Answerer, TwilioApiSimulator
 from telephony_bridge.testing.twilio_simulator import SimulatedCall, speech_like_ulaw
 
 pytestmark = pytest.mark.xdist_group("fleet")
@@ -408,3 +408,26 @@ async def test_kill_9_marks_its_calls_lost_and_the_rest_goes_on(fleet: Fleet, ap
     await wait_for(lambda: owners(fleet, [later]), what="a new call taken by a live instance")
     assert owners(fleet, [later])[later.call_sid] != dying.name
     await hang_up_all([*survivors, later])
+
+
+async def test_an_outbound_call_whose_placer_died_before_its_stream_came_is_carried_by_the_stream_instance(
+    fleet: Fleet, api: TwilioApiSimulator
+) -> None:
+    placer, carrier, called_back = (fleet.by_name(name) for name in ("bridge-a", "bridge-b", "bridge-c"))
+    api.place_calls_on(carrier.url, PUBLIC_URL, callbacks_url=called_back.url)
+    api.answerers[PATIENT] = Answerer("person", ring_s=2.0)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as admin:
+        placed = await admin.post(placer.url + "/admin/calls",
+                                  json={"from": OUTBOUND_LINE, "to": PATIENT, "context": {"name": "Ada"}})
+    assert placed.status_code == 201, placed.text
+    call_sid = placed.json()["call_sid"]
+    placer.signal(signal.SIGKILL)  # still ringing: nobody but the claim knows what the call asked
+    placer.wait(10)
+    (callee,) = await api.wait_placed(1)
+    await wait_for(lambda: callee.call is not None, what="the callee answering")
+    assert callee.call is not None
+    await wait_for(lambda: owners(fleet, [callee.call]) == {call_sid: "bridge-b"}, 15, what="the call carried by bridge-b")
+    assert "does not answer; the call is carried here" in carrier.log()
+    await callee.call.hang_up()
+    await wait_for(lambda: fleet.query("SELECT direction FROM calls WHERE call_sid = %s", (call_sid,)) == [("outbound",)],
+                   15, what="the carried call in the log")

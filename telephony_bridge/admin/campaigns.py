@@ -2,8 +2,8 @@
 settle by hand a row a restart left `unknown`.
 
 Guarded like every admin route (`bearer_guard`). The campaigns run in the server (`app.state.campaigns`,
-a `CampaignRunner`); these routes only hand requests to it and read the database through its store, so a
-row shown here is a row as committed.
+a `CampaignRunner`, or a `FleetCampaignRunner` with `DATABASE_URL`); these routes only hand requests to it and
+read the database through its store, so a row shown here is a row as committed, whichever instance is asked.
 """
 
 from __future__ import annotations
@@ -17,8 +17,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from telephony_bridge.admin.api import bearer_guard
 from telephony_bridge.admin.sessions import ConsoleSessions
 from telephony_bridge.outbound.campaigns import CampaignRequest, CampaignRunner, progress_counts
+from telephony_bridge.outbound.campaigns_fleet import FleetCampaignRunner
 from telephony_bridge.outbound.campaigns_schedule import CampaignInvalid, CampaignStateError, Row
 from telephony_bridge.outbound.campaigns_store import CampaignView
+from telephony_bridge.store.base import StoreUnavailable
+
+Runner = CampaignRunner | FleetCampaignRunner
+"""One process's campaigns on SQLite, or this instance's share of the fleet's on PostgreSQL (`DATABASE_URL`)."""
+UNAVAILABLE = "the fleet's database does not answer; try again when /readyz is 200"
 
 
 def campaigns_router(token: str | None, sessions: ConsoleSessions | None = None) -> APIRouter:
@@ -36,14 +42,19 @@ def campaigns_router(token: str | None, sessions: ConsoleSessions | None = None)
             raise HTTPException(422, _problems(error)) from None
         except CampaignInvalid as error:
             raise HTTPException(422, str(error)) from None
+        except StoreUnavailable:
+            raise HTTPException(503, UNAVAILABLE) from None
         return JSONResponse(await _progress(runner, campaign_id), status_code=201)
 
     @router.get("")
     async def campaigns(request: Request) -> JSONResponse:
         runner = _runner(request)
+        try:
+            counted = await runner.store.counts()
+        except StoreUnavailable:
+            raise HTTPException(503, UNAVAILABLE) from None
         return JSONResponse({"campaigns": [
-            {"id": campaign_id, "state": state, "rows": dict(counts)}
-            for campaign_id, state, counts in await runner.store.counts()
+            {"id": campaign_id, "state": state, "rows": dict(counts)} for campaign_id, state, counts in counted
         ]})
 
     @router.get("/{campaign_id}")
@@ -75,6 +86,8 @@ def campaigns_router(token: str | None, sessions: ConsoleSessions | None = None)
             raise HTTPException(409, f"{error}: only a row left unknown is settled by hand") from None
         except CampaignInvalid as error:
             raise HTTPException(422, str(error)) from None
+        except StoreUnavailable:
+            raise HTTPException(503, UNAVAILABLE) from None
         if row is None:
             raise HTTPException(404, f"no row {position} in campaign {campaign_id}")
         return JSONResponse(await _progress(runner, campaign_id))
@@ -96,8 +109,8 @@ def _problems(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors())
 
 
-def _runner(request: Request) -> CampaignRunner:
-    runner: CampaignRunner | None = getattr(request.app.state, "campaigns", None)
+def _runner(request: Request) -> Runner:
+    runner: Runner | None = getattr(request.app.state, "campaigns", None)
     if runner is None:
         raise HTTPException(503, "campaigns are off: the call log's database is off ([call_log] path) or cannot be opened")
     return runner
@@ -109,16 +122,25 @@ async def _move(request: Request, campaign_id: str, event: str) -> JSONResponse:
         moved = await (runner.pause(campaign_id) if event == "pause" else runner.resume(campaign_id))
     except CampaignStateError as error:
         raise HTTPException(409, str(error)) from None
+    except StoreUnavailable:
+        raise HTTPException(503, UNAVAILABLE) from None
     if moved is None:
-        view = await runner.store.view(campaign_id)
+        view = await _view(runner, campaign_id)
         if view is None:
             raise HTTPException(404, f"no campaign {campaign_id}")
         raise HTTPException(409, f"campaign {campaign_id} is {view.state}: cannot {event}")
     return JSONResponse(await _progress(runner, campaign_id))
 
 
-async def _progress(runner: CampaignRunner, campaign_id: str) -> dict[str, Any]:
-    view = await runner.store.view(campaign_id)
+async def _view(runner: Runner, campaign_id: str) -> CampaignView | None:
+    try:
+        return await runner.store.view(campaign_id)
+    except StoreUnavailable:
+        raise HTTPException(503, UNAVAILABLE) from None
+
+
+async def _progress(runner: Runner, campaign_id: str) -> dict[str, Any]:
+    view = await _view(runner, campaign_id)
     if view is None:
         raise HTTPException(404, f"no campaign {campaign_id}")
     return _view_json(view)

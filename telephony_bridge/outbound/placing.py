@@ -14,10 +14,13 @@ dialled: `place` raises `OutboundRefused("do-not-call")` and listeners get a `do
 with no CallSid, so a campaign that writes outcomes from its listener alone records it too.
 
 In a fleet the instance that placed a call keeps its outcome (its listeners, a campaign's among them, live
-there), and records itself as the outbound id's owner in the store. The stream may land on another instance:
-that one asks the owner for the call's request and carries the call. A callback landing anywhere is passed to
+there), and records itself as the outbound id's owner in the store, with the call's request. The stream may land
+on another instance: that one asks the owner for the call and carries it. A callback landing anywhere is passed to
 the owner, which passes who answered on to the carrier, and at the final status asks the carrier whether the
-person opted out (`store.ask`, over LISTEN/NOTIFY).
+person opted out (`store.ask`, over LISTEN/NOTIFY). When the owner died before the stream came, the stream's
+instance carries the call anyway from the request in the claim (the stream token was claimed once, so no other
+instance does); its callbacks are then lost with the owner, and a campaign row is settled from Twilio's record by
+the instance that adopts the dead one's rows.
 
 A placed call is kept in memory until its outcome. When its final status callback is lost (the bridge was
 restarting, a proxy dropped it), the bridge asks Twilio's record of the call once the callback is overdue
@@ -212,8 +215,8 @@ class OutboundCalls:
             raise OutboundRefused("do-not-call")
         if self._store is not None:
             try:
-                await self._store.claim("outbound", outbound_id, orjson.dumps({"instance": self._store.instance}).decode(),
-                                        OWNER_LIFETIME_S)
+                await self._store.claim("outbound", outbound_id, orjson.dumps({
+                    "instance": self._store.instance, "request": _asked(request)}).decode(), OWNER_LIFETIME_S)
             except StoreUnavailable:
                 raise OutboundRefused("database: the call's owner cannot be recorded for its callbacks") from None
         self._placed[outbound_id] = placed
@@ -265,6 +268,13 @@ class OutboundCalls:
                 continue
             if now - placed.quiet_since < self.status_wait_s:
                 continue
+            if placed.owner is not None:
+                # Carried here for the instance that placed it, which reports the outcome (or, if it died, a campaign's
+                # adopter settles the row from Twilio's record): this instance only stops waiting for its question.
+                log.info("outbound call %s: carried here and over; its placer never asked how it ended", placed.call_sid,
+                         extra={"call_sid": placed.call_sid})
+                self._placed.pop(placed.outbound_id, None)
+                continue
             try:
                 record = await self.find_call(placed.call_sid) if placed.call_sid else None
             except TwilioRestError as error:
@@ -283,9 +293,7 @@ class OutboundCalls:
             answered = record.get("answered_by") if record is not None else None
             placed.amd_result = placed.amd_result or (str(answered) if answered else None)
             placed.final_status = status
-            opted_out = placed.call is not None and placed.call.summary().opted_out
-            self._report(placed, outcome_of(status, placed.amd_result, opted_out))
-            self._placed.pop(placed.outbound_id, None)
+            await self._finish(placed)
 
     async def find_call(self, call_sid: str) -> dict[str, Any] | None:
         """Twilio's record of a call (GET Calls/{sid}.json), for reconciliation after a crash; `None` if Twilio has none.
@@ -304,10 +312,18 @@ class OutboundCalls:
         that one for the call's request (its profile is filled here, from the same configuration)."""
         if outbound_id in self._placed or self._store is None:
             return self.connect(outbound_id, call_sid, stream_id)
-        owner = await self._owner(outbound_id)
-        reply = await self._store.ask(owner, "outbound_connect", {
-            "outbound_id": outbound_id, "call_sid": call_sid, "carrier": self._store.instance,
-        }, FLEET_REQUEST_TIMEOUT_S) if owner else None
+        claim = await self._claim(outbound_id)
+        owner = str(claim["instance"]) if claim else None
+        try:
+            reply = await self._store.ask(owner, "outbound_connect", {
+                "outbound_id": outbound_id, "call_sid": call_sid, "carrier": self._store.instance,
+            }, FLEET_REQUEST_TIMEOUT_S) if owner else None
+        except StoreUnavailable:
+            return None
+        if reply is None and claim is not None and "request" in claim:
+            log.warning("outbound call %s: %s, the instance that placed it, does not answer; the call is carried here",
+                        call_sid, owner, extra={"call_sid": call_sid})
+            reply = {"request": claim["request"]}
         if not reply or "request" not in reply:
             log.warning("outbound call %s: its stream arrived, but the instance that placed it does not know it", call_sid)
             return None
@@ -357,10 +373,7 @@ class OutboundCalls:
             if placed is None or placed.owner is not None or placed.carrier is not None or placed.call is not None:
                 return {}
             placed.carrier, placed.call_sid = str(args["carrier"]), placed.call_sid or str(args["call_sid"])
-            request = placed.request
-            return {"request": {"from_number": request.from_number, "to_number": request.to_number,
-                                "context": dict(request.context), "campaign_row": request.campaign_row},
-                    "amd_result": placed.amd_result}
+            return {"request": _asked(placed.request), "amd_result": placed.amd_result}
         if op == "outbound_amd":
             self.amd_result(outbound_id, str(args["answered_by"]))
         elif op == "outbound_status":
@@ -450,17 +463,23 @@ class OutboundCalls:
             self._placed.pop(placed.outbound_id, None)
         return call is not None and call.ended.is_set() and call.summary().opted_out
 
-    async def _owner(self, outbound_id: str) -> str | None:
-        """The instance that placed an outbound call, from its claim; `None` if no instance did."""
+    async def _claim(self, outbound_id: str) -> dict[str, Any] | None:
+        """The claim the placing instance made for an outbound call (`instance`, `request`); `None` if none did."""
         assert self._store is not None
         try:
             value = await self._store.claim_value("outbound", outbound_id)
         except StoreUnavailable:
             return None
         try:
-            return str(orjson.loads(value)["instance"]) if value else None
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            claim = orjson.loads(value) if value else None
+        except orjson.JSONDecodeError:
             return None
+        return claim if isinstance(claim, dict) and "instance" in claim else None
+
+    async def _owner(self, outbound_id: str) -> str | None:
+        """The instance that placed an outbound call, from its claim; `None` if no instance did."""
+        claim = await self._claim(outbound_id)
+        return str(claim["instance"]) if claim else None
 
     async def _owner_elsewhere(self, outbound_id: str) -> str | None:
         """The instance to pass a callback to: `None` when this one placed the call (or there is no fleet)."""
@@ -514,3 +533,8 @@ class OutboundCalls:
         except (sqlite3.Error, StoreUnavailable) as error:
             log.warning("the outcome of outbound call %s was not kept in the call log: %s", row["outbound_id"], error)
 
+
+def _asked(request: OutboundRequest) -> dict[str, Any]:
+    """A request as the fleet passes it (in the owner's claim, and in its answer to the stream's instance)."""
+    return {"from_number": request.from_number, "to_number": request.to_number, "context": dict(request.context),
+            "campaign_row": request.campaign_row}

@@ -97,4 +97,38 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbound_calls_by_sid ON outbound_calls (call_sid);
     """,
+    # Campaigns shared by the fleet: the SQLite file's columns, plus the instance dialling a row (for reconciliation).
+    """
+    CREATE TABLE campaigns (
+        campaign_id TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        state TEXT NOT NULL,
+        from_number TEXT NOT NULL,
+        concurrency INTEGER NOT NULL,
+        retries INTEGER NOT NULL,
+        retry_delay_s DOUBLE PRECISION NOT NULL,
+        calling_window TEXT,
+        timezone TEXT NOT NULL
+    );
+    CREATE INDEX campaigns_by_state ON campaigns (state);
+    CREATE TABLE campaign_rows (
+        campaign_id TEXT NOT NULL REFERENCES campaigns (campaign_id),
+        position INTEGER NOT NULL,
+        to_number TEXT NOT NULL,
+        context TEXT NOT NULL,
+        timezone TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TIMESTAMPTZ,
+        outcome TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        call_sid TEXT,
+        amd_result TEXT,
+        instance TEXT,
+        updated_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (campaign_id, position)
+    );
+    CREATE INDEX campaign_rows_by_state ON campaign_rows (campaign_id, state, position);
+    CREATE INDEX campaign_rows_dialling ON campaign_rows (instance) WHERE state = 'dialling';
+    """,
 )
