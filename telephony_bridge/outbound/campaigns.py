@@ -18,6 +18,7 @@ import logging
 import re
 import secrets
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,7 +129,53 @@ def switchboard_lines(switchboard: Switchboard) -> Callable[[Collection[str | No
     return free
 
 
-class CampaignRunner:
+class RunnerLifecycle(ABC):
+    """What both campaign runners share: the submit-time check of a list, pause and resume, and a stop that gives
+    create requests in flight `STOP_WAIT_S` to answer, so their rows keep the call SID that settles them after the
+    restart (one still unanswered is abandoned, its row `unknown` then)."""
+
+    store: Any
+    _placing: Placing
+    _task: asyncio.Task[None] | None
+    _calls: set[asyncio.Task[None]]
+    _stopped: bool
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._calls:
+            await asyncio.wait(list(self._calls), timeout=STOP_WAIT_S)
+        for task in list(self._calls):
+            task.cancel()
+        await asyncio.gather(*self._calls, return_exceptions=True)
+        await self.store.close()
+
+    def _checked_list(self, request: CampaignRequest) -> tuple[str, CampaignSettings, list[Row]]:
+        """A new campaign's id, settings and rows; raises `CampaignInvalid` (an unknown number, a missing placeholder)."""
+        campaign_id = "CM" + secrets.token_hex(8)
+        try:
+            needed = self._placing.placeholders_of(request.from_number)
+        except OutboundRefused:
+            raise CampaignInvalid(
+                f"from: {request.from_number} is not one of the bridge's numbers (no [numbers.\"{request.from_number}\"] table)"
+            ) from None
+        settings, rows = request.campaign(campaign_id, needed)
+        return campaign_id, settings, rows
+
+    async def pause(self, campaign_id: str) -> CampaignState | None:
+        return await self._move(campaign_id, "pause")
+
+    async def resume(self, campaign_id: str) -> CampaignState | None:
+        return await self._move(campaign_id, "resume")
+
+    @abstractmethod
+    async def _move(self, campaign_id: str, event: str) -> CampaignState | None:
+        """Pause or resume a campaign (`event`): its new state, `None` when there is no such campaign here."""
+
+
+class CampaignRunner(RunnerLifecycle):
     """Runs every unfinished campaign of the database; one per server, started and stopped with it."""
 
     def __init__(
@@ -168,42 +215,15 @@ class CampaignRunner:
         self._placing.add_outcome_listener(self._heard)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="campaigns")
 
-    async def stop(self) -> None:
-        """Stop dialling and close the store. Create requests in flight get `STOP_WAIT_S` to answer, so their rows keep
-        the call SID that settles them after the restart; one still unanswered is abandoned, its row `unknown` then."""
-        self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._calls:
-            await asyncio.wait(list(self._calls), timeout=STOP_WAIT_S)
-        for task in list(self._calls):
-            task.cancel()
-        await asyncio.gather(*self._calls, return_exceptions=True)
-        await self.store.close()
-
     async def submit(self, request: CampaignRequest) -> str:
         """Store a new campaign and start dialling it; its id. Raises `CampaignInvalid`."""
-        campaign_id = "CM" + secrets.token_hex(8)
-        try:
-            needed = self._placing.placeholders_of(request.from_number)
-        except OutboundRefused:
-            raise CampaignInvalid(
-                f"from: {request.from_number} is not one of the bridge's numbers (no [numbers.\"{request.from_number}\"] table)"
-            ) from None
-        settings, rows = request.campaign(campaign_id, needed)
+        campaign_id, settings, rows = self._checked_list(request)
         await self.store.create(campaign_id, settings, rows, self._now())
         self._campaigns[campaign_id] = Campaign(campaign_id, settings, rows)
         log.info("campaign %s: %d rows from %s, %d at once", campaign_id, len(rows), settings.from_number,
                  settings.concurrency)
         self._wake.set()
         return campaign_id
-
-    async def pause(self, campaign_id: str) -> CampaignState | None:
-        return await self._move(campaign_id, "pause")
-
-    async def resume(self, campaign_id: str) -> CampaignState | None:
-        return await self._move(campaign_id, "resume")
 
     async def _move(self, campaign_id: str, event: str) -> CampaignState | None:
         """`None` when the campaign is not running here (unknown, or finished); raises `CampaignStateError`."""

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 
 from telephony_bridge.call.switchboard import Switchboard
-from telephony_bridge.outbound.campaigns import BLOCKED_POLL_S, STOP_WAIT_S, CampaignRequest, Placing, switchboard_lines
+from telephony_bridge.outbound.campaigns import BLOCKED_POLL_S, CampaignRequest, Placing, RunnerLifecycle, switchboard_lines
 from telephony_bridge.outbound.campaigns_schedule import (
     FINAL_OUTCOMES,
-    CampaignInvalid,
     CampaignSettings,
     CampaignState,
     Row,
@@ -39,7 +37,7 @@ STEP_S = BLOCKED_POLL_S
 """How often an instance looks for rows to take: a campaign submitted, resumed or freed elsewhere is not announced."""
 
 
-class FleetCampaignRunner:
+class FleetCampaignRunner(RunnerLifecycle):
     """This instance's share of the fleet's campaigns; one per server, started and stopped with it."""
 
     def __init__(
@@ -77,39 +75,14 @@ class FleetCampaignRunner:
         self._placing.add_outcome_listener(self._heard)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="campaigns")
 
-    async def stop(self) -> None:
-        self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._calls:
-            await asyncio.wait(list(self._calls), timeout=STOP_WAIT_S)
-        for task in list(self._calls):
-            task.cancel()
-        await asyncio.gather(*self._calls, return_exceptions=True)
-        await self.store.close()
-
     async def submit(self, request: CampaignRequest) -> str:
         """Store a new campaign for the fleet to dial; its id. Raises `CampaignInvalid` or `StoreUnavailable`."""
-        campaign_id = "CM" + secrets.token_hex(8)
-        try:
-            needed = self._placing.placeholders_of(request.from_number)
-        except OutboundRefused:
-            raise CampaignInvalid(
-                f"from: {request.from_number} is not one of the bridge's numbers (no [numbers.\"{request.from_number}\"] table)"
-            ) from None
-        settings, rows = request.campaign(campaign_id, needed)
+        campaign_id, settings, rows = self._checked_list(request)
         await self.store.create(campaign_id, settings, rows, self._now())
         log.info("campaign %s: %d rows from %s, %d at once across the fleet", campaign_id, len(rows), settings.from_number,
                  settings.concurrency)
         self._wake.set()
         return campaign_id
-
-    async def pause(self, campaign_id: str) -> CampaignState | None:
-        return await self._move(campaign_id, "pause")
-
-    async def resume(self, campaign_id: str) -> CampaignState | None:
-        return await self._move(campaign_id, "resume")
 
     async def _move(self, campaign_id: str, event: str) -> CampaignState | None:
         """`None` when no such campaign exists; raises `CampaignStateError`. Every instance sees it at its next step."""
