@@ -488,30 +488,34 @@ class CallQuery:
     between two pages neither repeat nor slip through the way an offset would."""
 
 
-def search_calls(path: Path, query: CallQuery) -> tuple[list[CallRecord], tuple[str, str] | None]:
-    """A page of calls matching `query`, without transcripts, and the key of the next page (`None`: the last page)."""
+def query_where(query: CallQuery, mark: str, like: str) -> tuple[str, list[object]]:
+    """`query`'s filters and paging key as a WHERE clause (empty without any) and its values in order: `mark` is the
+    driver's placeholder, `like` its case-insensitive match (SQLite's LIKE, PostgreSQL's ILIKE)."""
     conditions: list[str] = []
     values: list[object] = []
     for column, value in (("to_number", query.number), ("outcome", query.outcome), ("direction", query.direction)):
         if value is not None:
-            conditions.append(f"{column} = ?")
+            conditions.append(f"{column} = {mark}")
             values.append(value)
     if query.since is not None:
-        conditions.append("started_at >= ?")
+        conditions.append(f"started_at >= {mark}")
         values.append(query.since.astimezone(UTC).isoformat())
     if query.until is not None:
-        conditions.append("started_at < ?")
+        conditions.append(f"started_at < {mark}")
         values.append(query.until.astimezone(UTC).isoformat())
     if query.text:
         escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conditions.append(
-            "call_sid IN (SELECT call_sid FROM transcript WHERE text LIKE ? ESCAPE '\\')"
-        )
+        conditions.append(f"call_sid IN (SELECT call_sid FROM transcript WHERE text {like} {mark} ESCAPE '\\')")
         values.append(f"%{escaped}%")
     if query.after is not None:
-        conditions.append("(started_at, call_sid) < (?, ?)")
+        conditions.append(f"(started_at, call_sid) < ({mark}, {mark})")
         values.extend(query.after)
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), values
+
+
+def search_calls(path: Path, query: CallQuery) -> tuple[list[CallRecord], tuple[str, str] | None]:
+    """A page of calls matching `query`, without transcripts, and the key of the next page (`None`: the last page)."""
+    where, values = query_where(query, "?", "LIKE")
     connection = _open_for_reading(path)
     try:
         rows = connection.execute(

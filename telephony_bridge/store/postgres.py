@@ -36,7 +36,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from telephony_bridge.call.events import TokenUsage
 from telephony_bridge.call.summary import CallSummary
-from telephony_bridge.call_log import CallRecord, LoggedCall, StreamErrorLine, TranscriptLine, UsageTotal, record_of
+from telephony_bridge.call_log import (
+    CallQuery,
+    CallRecord,
+    LoggedCall,
+    StreamErrorLine,
+    TranscriptLine,
+    UsageTotal,
+    query_where,
+    record_of,
+)
 from telephony_bridge.errors import CallLogError
 from telephony_bridge.store.base import LiveCall, LiveHandler, Request, RequestHandler, StoreUnavailable
 from telephony_bridge.store.schema import MIGRATION_LOCK, MIGRATIONS
@@ -526,28 +535,9 @@ def find_call(url: str, call_sid: str) -> CallRecord | None:
     )
 
 
-def search_calls(url: str, query: Any) -> tuple[list[CallRecord], tuple[str, str] | None]:
+def search_calls(url: str, query: CallQuery) -> tuple[list[CallRecord], tuple[str, str] | None]:
     """`call_log.search_calls` over PostgreSQL: the same filters, order and paging key."""
-    conditions: list[str] = []
-    values: list[object] = []
-    for column, value in (("to_number", query.number), ("outcome", query.outcome), ("direction", query.direction)):
-        if value is not None:
-            conditions.append(f"{column} = %s")
-            values.append(value)
-    if query.since is not None:
-        conditions.append("started_at >= %s")
-        values.append(query.since.astimezone(UTC).isoformat())
-    if query.until is not None:
-        conditions.append("started_at < %s")
-        values.append(query.until.astimezone(UTC).isoformat())
-    if query.text:
-        escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conditions.append("call_sid IN (SELECT call_sid FROM transcript WHERE text ILIKE %s ESCAPE '\\')")
-        values.append(f"%{escaped}%")
-    if query.after is not None:
-        conditions.append("(started_at, call_sid) < (%s, %s)")
-        values.extend(query.after)
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    where, values = query_where(query, "%s", "ILIKE")
     with _connect(url) as connection:
         try:
             rows = connection.execute(
