@@ -14,12 +14,10 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.requests import ClientDisconnect
 
 from telephony_bridge.admin import admin_router
 from telephony_bridge.admin.api import END_WAIT_S, end_live_call
@@ -47,6 +45,7 @@ from telephony_bridge.store.base import RequestHandler
 from telephony_bridge.store.do_not_call import FleetDoNotCall
 from telephony_bridge.twilio import callbacks
 from telephony_bridge.twilio.call_updates import CallUpdates
+from telephony_bridge.twilio.callback_routes import FLEET_REQUEST_TIMEOUT_S, callback_router
 from telephony_bridge.twilio.media_socket import MEDIA_PATH, AsgiMediaSocket, MediaSocket
 from telephony_bridge.twilio.media_stream import TwilioInbound
 from telephony_bridge.twilio.security import (
@@ -54,20 +53,16 @@ from telephony_bridge.twilio.security import (
     issue_stream_token,
     stream_id_of,
     stream_token_valid,
-    twilio_signature_valid,
 )
-from telephony_bridge.twilio.stream_errors import StreamError, stream_error_of
+from telephony_bridge.twilio.signed_requests import SIGNED_URL_HINT, SignedRequests, twiml
+from telephony_bridge.twilio.stream_errors import StreamError
 from telephony_bridge.twilio.transfers import Transfers
 from telephony_bridge.twilio.webhook import (
     CALLED_NUMBER_PARAMETER,
-    DIAL_ENDED_PATH,
-    OUTBOUND_AMD_PATH,
     OUTBOUND_PARAMETER,
-    OUTBOUND_STATUS_PATH,
     STREAM_ENDED_PATH,
     STREAM_STATUS_PATH,
     STREAM_TOKEN_PARAMETER,
-    WHISPER_PATH,
     hangup_twiml,
     refusal_twiml,
     stream_twiml,
@@ -75,15 +70,8 @@ from telephony_bridge.twilio.webhook import (
 
 log = logging.getLogger(__name__)
 
-MAX_WEBHOOK_BODY_BYTES = 16 * 1024
 START_TIMEOUT_S = 10.0
-FLEET_REQUEST_TIMEOUT_S = 12.0
-"""How long a request to another instance waits for its reply: ending a call waits up to `END_WAIT_S` there."""
 POLICY_VIOLATION = 1008
-SIGNED_URL_HINT = (
-    "PUBLIC_URL (or, behind a proxy, TRUST_FORWARDED_HEADERS with its X-Forwarded-Proto/-Host) must match the URL Twilio calls"
-)
-"""Said with every signature refused: nearly always the URL, not the token, is what differs."""
 
 
 def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = False) -> FastAPI:
@@ -194,127 +182,10 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
     app.include_router(admin_router(settings.admin_token, console_sessions, live_feed))
     app.include_router(campaigns_router(settings.admin_token, console_sessions))
     app.include_router(console_router(console_sessions))
+    signed = SignedRequests(settings)
+    public_url, signed_form, signed_by_twilio = signed.public_url, signed.signed_form, signed.signed_by_twilio
+    app.include_router(callback_router(signed))
 
-    def public_url(headers: Mapping[str, str], *, websocket: bool, path: str | None = None) -> str:
-        """The URL Twilio called (and signed): from PUBLIC_URL, or from a trusted proxy's forwarded headers."""
-        host = headers.get("x-forwarded-host") if settings.trust_forwarded_headers else None
-        if not host:
-            if path is not None:
-                return settings.public_url.rstrip("/") + path
-            return settings.media_stream_url if websocket else settings.voice_webhook_url
-        proto = headers.get("x-forwarded-proto", "https").split(",")[0].strip()
-        if websocket:
-            return f"{'ws' if proto == 'http' else 'wss'}://{host.split(',')[0].strip()}/twilio/media"
-        return f"{proto}://{host.split(',')[0].strip()}{path or '/twilio/voice'}"
-
-    async def signed_form(request: Request) -> dict[str, str] | Response:
-        """A webhook's or callback's form fields, once Twilio's signature over its public URL and fields checks out;
-        else the answer to send (413 too big, 400 cut off, 403 not signed by Twilio)."""
-        body = bytearray()
-        try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_WEBHOOK_BODY_BYTES:
-                    return Response("request body too large", status_code=413)
-        except ClientDisconnect:
-            # Gone mid-body (or cut off at the body deadline): nobody is left to answer.
-            log.info("request to %s from %s: the client left before sending its whole body", request.url.path, request.client)
-            return Response(status_code=400)
-        params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
-        query = f"?{request.url.query}" if request.url.query else ""
-        url = public_url(request.headers, websocket=False, path=request.url.path) + query
-        if not signed_by_twilio(url, params, request.headers.get("x-twilio-signature")):
-            log.warning("request to %s with a missing or wrong Twilio signature from %s; checked against %s: %s",
-                        request.url.path, request.client, _without_query(url), SIGNED_URL_HINT)
-            return Response("invalid Twilio signature", status_code=403)
-        return params
-
-    def twiml(text: str) -> Response:
-        return Response(text, media_type="text/xml")
-
-    @app.post(STREAM_STATUS_PATH)
-    async def stream_status(request: Request) -> Response:
-        """`<Stream statusCallback>`: a stream error is logged, counted and kept in the call log; other events are not."""
-        params = await signed_form(request)
-        if isinstance(params, Response):
-            return params
-        error = stream_error_of(params)
-        if error is not None:
-            log.warning("call %s: Twilio reports a media stream error %s: %s", error.call_sid, error.code, error.detail,
-                        extra={"call_sid": error.call_sid})
-            request.app.state.stream_failed(error)
-        return Response(status_code=204)
-
-    @app.post(STREAM_ENDED_PATH)
-    async def stream_ended(request: Request) -> Response:
-        params = await signed_form(request)
-        if isinstance(params, Response):
-            return params
-        switchboard = request.app.state.switchboard
-        limits, defaults = switchboard.config.limits, switchboard.config.defaults
-        call_sid = params.get("CallSid", "")
-        store: Store | None = request.app.state.store
-        if store is not None and switchboard.ending(call_sid) is None:
-            try:
-                outcome = await fleet_routes.ending(store, call_sid)
-            except StoreUnavailable:
-                outcome = None
-            fallback = switchboard.config.profile_for(params.get("To", "")).fallback_message
-            return twiml(callbacks.after_stream_elsewhere(outcome, limits.shutdown_message, fallback))
-        return twiml(callbacks.after_stream(switchboard, call_sid, limits.shutdown_message, defaults.fallback_message))
-
-    @app.post(WHISPER_PATH)
-    async def whisper(request: Request) -> Response:
-        params = await signed_form(request)
-        if isinstance(params, Response):
-            return params
-        return twiml(callbacks.whisper(request.app.state.switchboard, request.query_params.get("transfer", "")))
-
-    @app.post(DIAL_ENDED_PATH)
-    async def dial_ended(request: Request) -> Response:
-        params = await signed_form(request)
-        if isinstance(params, Response):
-            return params
-        switchboard: Switchboard = request.app.state.switchboard
-        transfer_id, status = request.query_params.get("transfer", ""), params.get("DialCallStatus", "")
-        urls = {"stream_url": public_url(request.headers, websocket=True),
-                "stream_ended_url": public_url(request.headers, websocket=False, path=STREAM_ENDED_PATH),
-                "status_url": public_url(request.headers, websocket=False, path=STREAM_STATUS_PATH)}
-        store: Store | None = request.app.state.store
-        if store is not None and switchboard.transfers.whisper(transfer_id) is None:
-            # The transfer is another instance's: its call's owner redeems it and says what comes next.
-            try:
-                owner = await store.owner_of(params.get("CallSid", ""))
-                reply = await store.ask(owner, "dial_ended", {"transfer": transfer_id, "status": status, **urls},
-                                        FLEET_REQUEST_TIMEOUT_S) if owner else None
-            except StoreUnavailable:
-                reply = None
-            return twiml(str(reply["twiml"]) if reply and "twiml" in reply else hangup_twiml())
-        return twiml(callbacks.dial_ended(switchboard, transfer_id, status, secret=settings.stream_token_secret, **urls))
-
-    @app.post(OUTBOUND_AMD_PATH)
-    async def outbound_amd(request: Request) -> Response:
-        """`AsyncAmdStatusCallback` of a call the bridge placed: who answered reaches the live call."""
-        params = await signed_form(request)
-        if isinstance(params, Response):
-            return params
-        await request.app.state.outbound.amd_callback(request.query_params.get("outbound", ""), params.get("AnsweredBy", ""))
-        return Response(status_code=204)
-
-    @app.post(OUTBOUND_STATUS_PATH)
-    async def outbound_status(request: Request) -> Response:
-        """`StatusCallback` of a call the bridge placed: a final status makes its outcome."""
-        params = await signed_form(request)
-        if isinstance(params, Response):
-            return params
-        await request.app.state.outbound.status_callback(request.query_params.get("outbound", ""), params.get("CallStatus", ""))
-        return Response(status_code=204)
-
-    def signed_by_twilio(url: str, params: dict[str, str], signature: str | None) -> bool:
-        if settings.twilio_auth_token is None:
-            log.warning("accepting an unsigned request to %s: the bridge runs with --insecure", url)
-            return True
-        return twilio_signature_valid(settings.twilio_auth_token, url, params, signature)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
@@ -537,12 +408,6 @@ def fleet_requests(switchboard: Switchboard, outbound: OutboundCalls, secret: by
         return {"error": f"no such request {op!r}"}
 
     return handle
-
-
-def _without_query(url: str) -> str:
-    """The URL a signature was checked against, for a log line: its query string may carry what only Twilio should see."""
-    base, question, _ = url.partition("?")
-    return f"{base}?<query hidden>" if question else base
 
 
 async def _wait_for_start(websocket: MediaSocket, inbound: TwilioInbound) -> tuple[StreamStarted, str | bytes] | None:

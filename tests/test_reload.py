@@ -232,7 +232,7 @@ async def test_a_refused_signature_logs_the_url_it_was_checked_against_and_the_h
 ) -> None:
     settings = settings_from_env({"PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "OPENAI_API_KEY": API_KEY,
                                   "REALTIME_URL": realtime.url})
-    caplog.set_level(logging.WARNING, logger="telephony_bridge.app")
+    caplog.set_level(logging.WARNING, logger="telephony_bridge.twilio.signed_requests")
     async with serve_bridge(settings, parse_config(TEST_CONFIG, "test.toml")) as bridge:
         forged = SimulatedCall(bridge_url=bridge, public_url=PUBLIC_URL, auth_token="not-the-token", to_number=CLINIC)
         response = await forged.dial()
