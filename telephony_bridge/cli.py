@@ -10,7 +10,7 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from telephony_bridge.logs import configure_logging
 if TYPE_CHECKING:
     import httpx
 
+    from telephony_bridge.call_log import CallRecord
     from telephony_bridge.config import BridgeConfig, Settings
 
 log = logging.getLogger("telephony_bridge")
@@ -354,7 +355,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _calls(args: argparse.Namespace) -> int:
     """List recent calls, or show one with its transcript, from the call log the configuration names."""
-    from telephony_bridge.call_log import call_details, calls_table, find_call, recent_calls
+    from telephony_bridge.call_log import find_call, recent_calls
     from telephony_bridge.config import environment, load_config, settings_from_env
 
     if args.calls_command == "end":
@@ -370,17 +371,29 @@ def _calls(args: argparse.Namespace) -> int:
         print(f"telephony-bridge: the call log is off ([call_log] path is empty in {config.source})", file=sys.stderr)
         return 2
     path = Path(config.call_log.path)
+    return _print_calls(args, lambda limit: recent_calls(path, limit), lambda call_sid: find_call(path, call_sid), str(path))
+
+
+def _print_calls(
+    args: argparse.Namespace,
+    recent: Callable[[int], list[CallRecord]],
+    find: Callable[[str], CallRecord | None],
+    where: str,
+) -> int:
+    """`calls` (the most recent) or `calls show SID`, from the call log `recent` and `find` read; `where` names it."""
+    from telephony_bridge.call_log import call_details, calls_table
+
     try:
         if args.call_sid is None:
-            records = recent_calls(path, args.limit)
-            print(calls_table(records) if records else f"no calls in {path} yet")
+            records = recent(args.limit)
+            print(calls_table(records) if records else f"no calls in {where} yet")
             return 0
-        record = find_call(path, args.call_sid)
+        record = find(args.call_sid)
     except CallLogError as error:
         print(f"telephony-bridge: {error}", file=sys.stderr)
         return 1
     if record is None:
-        print(f"telephony-bridge: no call {args.call_sid} in {path}", file=sys.stderr)
+        print(f"telephony-bridge: no call {args.call_sid} in {where}", file=sys.stderr)
         return 1
     print(call_details(record))
     return 0
@@ -560,23 +573,11 @@ def _progress_line(campaign: Mapping[str, Any]) -> str:
 
 def _fleet_calls(url: str, args: argparse.Namespace) -> int:
     """`calls` and `calls show` from the fleet's PostgreSQL (`DATABASE_URL`): the same output as from SQLite."""
-    from telephony_bridge.call_log import CallQuery, call_details, calls_table
+    from telephony_bridge.call_log import CallQuery
     from telephony_bridge.store.postgres import find_call, search_calls
 
-    try:
-        if args.call_sid is None:
-            records, _ = search_calls(url, CallQuery(limit=args.limit))
-            print(calls_table(records) if records else "no calls in the fleet's call log yet")
-            return 0
-        record = find_call(url, args.call_sid)
-    except CallLogError as error:
-        print(f"telephony-bridge: {error}", file=sys.stderr)
-        return 1
-    if record is None:
-        print(f"telephony-bridge: no call {args.call_sid} in the fleet's call log", file=sys.stderr)
-        return 1
-    print(call_details(record))
-    return 0
+    return _print_calls(args, lambda limit: search_calls(url, CallQuery(limit=limit))[0],
+                        lambda call_sid: find_call(url, call_sid), "the fleet's call log")
 
 
 def _demo(args: argparse.Namespace) -> int:
