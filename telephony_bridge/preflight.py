@@ -23,7 +23,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from websockets.exceptions import ConnectionClosed
 
 from telephony_bridge.config import (
     DEFAULT_CONFIG_PATH,
@@ -236,14 +235,21 @@ async def realtime_reachable(settings: Settings, timeout_s: float = ONLINE_TIMEO
         connection = await open_realtime(endpoint, timeout_s)
     except RealtimeConnectError as error:
         return OnlineResult("Realtime API", False, f"{where}: {error}")
+    received: asyncio.Future[str | bytes] = asyncio.get_running_loop().create_future()
+    connection.listen(lambda message: None if received.done() else received.set_result(message))
+    closed = asyncio.ensure_future(connection.wait_closed())
     try:
         async with asyncio.timeout(timeout_s):
-            first = json.loads(await connection.recv())
+            await asyncio.wait((received, closed), return_when=asyncio.FIRST_COMPLETED)
+        if not received.done():
+            return OnlineResult(
+                "Realtime API", False, f"{where}: the service closed the session: {connection.protocol.close_exc}"
+            )
+        first = json.loads(received.result())
     except (TimeoutError, ValueError, OSError) as error:
         return OnlineResult("Realtime API", False, f"{where}: no session.created: {type(error).__name__}")
-    except ConnectionClosed as error:
-        return OnlineResult("Realtime API", False, f"{where}: the service closed the session: {error}")
     finally:
+        closed.cancel()
         await connection.close()
     kind = first.get("type") if isinstance(first, dict) else None
     if kind == "error":

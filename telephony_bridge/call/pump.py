@@ -11,6 +11,7 @@ does it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import statistics
@@ -20,8 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, Protocol
 
 import httpx
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from telephony_bridge.call.call_control import Dialled
 from telephony_bridge.call.controller import CallController
@@ -59,7 +59,14 @@ from telephony_bridge.config import CallProfile, ModelPrices, RealtimeEndpoint
 from telephony_bridge.errors import RealtimeConnectError
 from telephony_bridge.logs import CallIds, bind_call, mask_number
 from telephony_bridge.policy import InForce
-from telephony_bridge.realtime.session import RealtimeEventParser, RealtimeWriter, encode_for_realtime, open_realtime, sender
+from telephony_bridge.realtime.session import (
+    RealtimeConnection,
+    RealtimeEventParser,
+    RealtimeWriter,
+    encode_for_realtime,
+    open_realtime,
+    sender,
+)
 from telephony_bridge.tools.requests import (
     CallParties,
     after_call_body,
@@ -289,7 +296,7 @@ class Call:
         self._clock = clock
         self._endpoint = endpoint
         self._parser = RealtimeEventParser(endpoint.dialect, call_sid, profile.audio_format)
-        self._realtime: ClientConnection | None = None
+        self._realtime: RealtimeConnection | None = None
         self._media_socket: MediaSocket | None = None
         self._twilio = Leg("twilio>bridge", "bridge>twilio", clock, tap, _observer(on_latency, "model>caller"))
         self._model = Leg("realtime>bridge", "bridge>realtime", clock, tap, _observer(on_latency, "caller>model"))
@@ -447,6 +454,27 @@ class Call:
         if task.cancelled() or task.exception() is None:
             return
         log.error("call %s: task %s failed; ending the call", self.call_sid, task.get_name(), exc_info=task.exception())
+        self._fail()
+
+    def _guarded(self, handle: Callable[[str | bytes], None]) -> Callable[[str | bytes], None]:
+        """`handle` as a socket's message callback: in the call's logging context, and failing like a task fails.
+
+        Sockets call it from their protocol's `data_received`, outside any task of the call; an
+        exception there must end this call loudly, not reach (and close) the socket's transport.
+        """
+        context = contextvars.copy_context()
+
+        def guarded(message: str | bytes) -> None:
+            try:
+                context.run(handle, message)
+            except Exception:
+                log.error("call %s: handling a message failed; ending the call", self.call_sid, exc_info=True)
+                self._fail()
+
+        return guarded
+
+    def _fail(self) -> None:
+        """A failure of the bridge's own: end the call, and the caller hears the fallback message."""
         try:
             self.end("the bridge failed", "bridge_error")
         finally:
@@ -547,15 +575,19 @@ class Call:
             self._spawn(replaced.close(code=1000, reason="session replaced"))
         self._feed(RealtimeConnected(), None)
 
-    async def _read_realtime(self, connection: ClientConnection) -> None:
-        reason = "closed by the service"
-        try:
-            async for frame in connection:
-                self._model.received(frame)
-                event = self._parser.read(frame)
-                if event is not None:
-                    self._feed(event, self._clock())
-        except ConnectionClosed as closed:
+    def _realtime_message(self, frame: str | bytes) -> None:
+        self._model.received(frame)
+        event = self._parser.read(frame)
+        if event is not None:
+            self._feed(event, self._clock())
+
+    async def _read_realtime(self, connection: RealtimeConnection) -> None:
+        connection.listen(self._guarded(self._realtime_message))
+        await connection.wait_closed()
+        closed = connection.protocol.close_exc
+        if isinstance(closed, ConnectionClosedOK):
+            reason = "closed by the service"
+        else:
             reason = f"connection lost ({closed.rcvd.code if closed.rcvd else 'no close frame'})"
         if connection is not self._realtime or self._closing:
             return
