@@ -361,20 +361,25 @@ class Call:
         log.debug("call %s: media stream %s started", self.call_sid, started.stream_sid)
         self._twilio.received(started_frame)
         self._feed(started, None)
+        flooded = asyncio.get_running_loop().create_future()
+
+        def media_message(frame: str | bytes) -> None:
+            if flooded.done():
+                return
+            arrived_at = self._clock()
+            self._twilio.received(frame)
+            event = inbound.parse(frame)
+            if event is not None:
+                self._feed(event, arrived_at)
+            if inbound.flooding:
+                log.warning("call %s: the media socket flooded the bridge; closing it", self.call_sid)
+                flooded.set_result(None)
+
+        listening = asyncio.ensure_future(websocket.listen(self._guarded(media_message)))
         try:
-            while not self.ended.is_set():
-                frame = await websocket.receive()
-                if frame is None:
-                    break
-                arrived_at = self._clock()
-                self._twilio.received(frame)
-                event = inbound.parse(frame)
-                if event is not None:
-                    self._feed(event, arrived_at)
-                if inbound.flooding:
-                    log.warning("call %s: the media socket flooded the bridge; closing it", self.call_sid)
-                    break
+            await asyncio.wait((listening, flooded), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            listening.cancel()
             self._feed(TwilioDisconnected(), None)
             if not self.ended.is_set() and self.controller.control.caller_away:
                 await self._stream_left(websocket)

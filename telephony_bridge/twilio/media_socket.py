@@ -6,8 +6,10 @@ middleware stack's wrappers and Starlette's `WebSocket` state checks: 17 % of py
 the bridge at 100 calls went to receiving and sending on this socket (docs/cpu.md). Here uvicorn's
 sans-I/O websockets protocol still parses the upgrade, answers pings, enforces `ws_max_size`
 (1009), counts the connection for `limit_concurrency` and closes on shutdown; only an upgrade to
-`MEDIA_PATH` skips the ASGI app: its frames go to a deque the call's reader takes them from, and
-the call's writer hands what one event produced to the transport in one write.
+`MEDIA_PATH` skips the ASGI app: until the stream has started its frames go to a deque the
+handler `receive`s them from; then each goes from `data_received` straight to the call
+(`listen`), with no task woken per message; and the call hands what one event produced to the
+transport in one write.
 
 The handshake's answers (accept, or a close before it: a 403) still go through uvicorn's own
 `send`, so its access log line and rejection stay as they were. Any other websocket path is served
@@ -58,6 +60,9 @@ class MediaSocket(Protocol):
     async def receive(self) -> str | bytes | None:
         """The next whole message; None once the socket is closed."""
 
+    async def listen(self, on_message: Callable[[str | bytes], None]) -> None:
+        """Hand every message to `on_message` as it arrives, those already read first, until the socket closes."""
+
     async def send_text(self, text: str) -> None:
         """Send one text message, waiting while the transport's buffer is full; closed sockets drop it."""
 
@@ -81,9 +86,14 @@ class RawMediaSocket:
         self.close_code: int | None = None
         self._frames: deque[str | bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._on_message: Callable[[str | bytes], None] | None = None
 
     def received(self, frame: str | bytes) -> None:
         """A whole message from the peer (called by the protocol)."""
+        on_message = self._on_message
+        if on_message is not None:
+            on_message(frame)
+            return
         self._frames.append(frame)
         if len(self._frames) >= PAUSE_READING_AT and not self._protocol.read_paused:
             self._protocol.read_paused = True
@@ -116,6 +126,22 @@ class RawMediaSocket:
             protocol.read_paused = False
             protocol.transport.resume_reading()
         return frames.popleft()
+
+    async def listen(self, on_message: Callable[[str | bytes], None]) -> None:
+        frames = self._frames
+        while frames:
+            on_message(frames.popleft())
+        protocol = self._protocol
+        if protocol.read_paused and not protocol.close_sent:
+            protocol.read_paused = False
+            protocol.transport.resume_reading()
+        self._on_message = on_message
+        try:
+            while self.close_code is None:
+                self._waiter = protocol.loop.create_future()
+                await self._waiter
+        finally:
+            self._on_message = None
 
     def ready(self) -> bool:
         protocol = self._protocol
@@ -245,6 +271,10 @@ class AsgiMediaSocket:
             return None
         text = message.get("text")
         return text if text is not None else message.get("bytes") or b""
+
+    async def listen(self, on_message: Callable[[str | bytes], None]) -> None:
+        while (message := await self.receive()) is not None:
+            on_message(message)
 
     async def send_text(self, text: str) -> None:
         await self._websocket.send_text(text)
