@@ -376,10 +376,12 @@ class Call:
                 flooded.set_result(None)
 
         listening = asyncio.ensure_future(websocket.listen(self._guarded(media_message)))
+        ended = asyncio.ensure_future(self.ended.wait())
         try:
-            await asyncio.wait((listening, flooded), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((listening, flooded, ended), return_when=asyncio.FIRST_COMPLETED)
         finally:
             listening.cancel()
+            ended.cancel()
             self._feed(TwilioDisconnected(), None)
             if not self.ended.is_set() and self.controller.control.caller_away:
                 await self._stream_left(websocket)

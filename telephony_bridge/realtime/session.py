@@ -54,6 +54,7 @@ from telephony_bridge.errors import RealtimeConnectError
 from telephony_bridge.logs import LogThrottle
 from telephony_bridge.tls import tls_context
 from telephony_bridge.tools.http_tools import function_definitions, mcp_definitions
+from telephony_bridge.websocket_frames import MaskKeys, client_text_frame
 from telephony_bridge.wire import PCM24K_RATE_HZ, SERVER_EVENTS, loads
 
 log = logging.getLogger(__name__)
@@ -470,23 +471,24 @@ def sender(connection: ClientConnection) -> Callable[[str], Awaitable[None]]:
     server's receive included). The short way is taken only for a message that has nothing to wait
     for: the connection open and the transport's buffer empty. Otherwise ``send`` runs, and raises
     ``ConnectionClosed`` or waits for the buffer to drain as usual. Only whole text messages go
-    through here, so the fragmentation that ``send`` guards against never arises.
+    through here, so the fragmentation that ``send`` guards against never arises; they are framed
+    by hand (`websocket_frames`).
     """
     protocol = connection.protocol
+    keys = MaskKeys()
 
     async def send(text: str) -> None:
         transport = connection.transport
         if protocol.state is not State.OPEN or transport.get_write_buffer_size():
             await connection.send(text)
             return
-        protocol.send_text(text.encode())
-        transport.write(b"".join(protocol.data_to_send()))
+        transport.write(client_text_frame(text.encode(), keys))
 
     return send
 
 
 class RealtimeWriter:
-    """Writes a call's messages to the service straight through the websockets protocol, without awaiting.
+    """Writes a call's messages to the service straight to the transport, framed by hand, without awaiting.
 
     The call's leg writes what one event produced (an append, a `response.create`) in one
     transport write right after the event, when `ready`; otherwise its writer task sends through
@@ -496,14 +498,13 @@ class RealtimeWriter:
     def __init__(self, connection: ClientConnection) -> None:
         self._connection = connection
         self._protocol = connection.protocol
+        self._keys = MaskKeys()
 
     def ready(self) -> bool:
         return self._protocol.state is State.OPEN and not self._connection.transport.get_write_buffer_size()
 
     def write(self, frames: list[str]) -> None:
-        protocol = self._protocol
-        if protocol.state is not State.OPEN:
+        if self._protocol.state is not State.OPEN:
             return
-        for frame in frames:
-            protocol.send_text(frame.encode())
-        self._connection.transport.write(b"".join(protocol.data_to_send()))
+        keys = self._keys
+        self._connection.transport.write(b"".join([client_text_frame(frame.encode(), keys) for frame in frames]))

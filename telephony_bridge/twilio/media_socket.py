@@ -28,8 +28,11 @@ from typing import Any, ClassVar, Protocol
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.exceptions import InvalidState
+from websockets.frames import Opcode
 from websockets.http11 import Request
+from websockets.protocol import State
+
+from telephony_bridge.websocket_frames import FIN, OVERSIZED, next_client_frame, server_text_frame
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +152,10 @@ class RawMediaSocket:
 
     def write(self, frames: list[str]) -> None:
         protocol = self._protocol
-        if protocol.close_sent or protocol.disconnected:
+        # Once the peer's close arrived (the state is no longer open), what it no longer reads is dropped.
+        if protocol.close_sent or protocol.disconnected or protocol.conn.state is not State.OPEN:
             return
-        conn = protocol.conn
-        try:
-            for frame in frames:
-                conn.send_text(frame.encode())
-        except InvalidState:  # the peer's close arrived: what it no longer reads is dropped
-            return
-        protocol.transport.write(b"".join(conn.data_to_send()))
+        protocol.transport.write(b"".join([server_text_frame(frame.encode()) for frame in frames]))
 
     async def send_text(self, text: str) -> None:
         await self._protocol.writable.wait()
@@ -184,6 +182,60 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._media: RawMediaSocket | None = None
+        self._unread = b""
+        self._fragmented = False
+        self._protocol_reads = False
+
+    def data_received(self, data: bytes) -> None:
+        """Once a media socket is open, whole text frames are read here and every other frame goes to the protocol whole.
+
+        See `websocket_frames`: websockets' parser took 4.8 us a media frame. The protocol still
+        sees every control frame, fragment and malformed frame, at a frame boundary, and keeps the
+        state machine; after a frame over the size limit it reads everything itself.
+        """
+        media = self._media
+        if media is None or not self.handshake_complete or self._protocol_reads or self.close_sent:
+            super().data_received(data)
+            return
+        buffer = self._unread + data if self._unread else data
+        start = 0
+        while (frame := next_client_frame(buffer, start, self.config.ws_max_size)) is not None:
+            if frame is OVERSIZED:
+                self._protocol_reads = True
+                self._unread = b""
+                super().data_received(buffer[start:])
+                return
+            assert frame.end is not None
+            if frame.text is None or self._fragmented:
+                self._to_protocol(buffer[start : frame.end])
+            else:
+                self._received_text(media, frame.text)
+            start = frame.end
+            if self.close_sent:
+                self._unread = b""
+                return
+        self._unread = buffer[start:]
+
+    def _to_protocol(self, frame: bytes) -> None:
+        opcode, fin = frame[0] & 0x0F, frame[0] & FIN
+        if opcode in (Opcode.TEXT, Opcode.BINARY) and not fin:
+            self._fragmented = True
+        elif opcode == Opcode.CONT and fin:
+            self._fragmented = False
+        super().data_received(frame)
+
+    def _received_text(self, media: RawMediaSocket, payload: bytes) -> None:
+        try:
+            text = str(payload, "utf-8")
+        except UnicodeDecodeError:
+            self._invalid_utf8(media)
+            return
+        media.received(text)
+
+    def _invalid_utf8(self, media: RawMediaSocket) -> None:
+        self.conn.send_close(1007)
+        self.handle_parser_exception()
+        media.closed(1007)
 
     def handle_connect(self, event: Request) -> None:
         if event.path.partition("?")[0] == MEDIA_PATH:
@@ -223,9 +275,7 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         try:
             media.received(data.decode())
         except UnicodeDecodeError:
-            self.conn.send_close(1007)
-            self.handle_parser_exception()
-            media.closed(1007)
+            self._invalid_utf8(media)
 
     def handle_close(self, event: Any) -> None:
         super().handle_close(event)
