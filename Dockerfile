@@ -1,6 +1,19 @@
 # telephony-bridge: a small image that runs `telephony-bridge serve` as a non-root user.
 # Build: docker build -t telephony-bridge .
 # Run:   docker run -p 8080:8080 --env-file .env -v "$PWD/config:/etc/telephony-bridge:ro" telephony-bridge
+
+# The audio converters' C extension (telephony_bridge/_polyphase.c) needs a compiler, which the
+# slim image lacks: the wheel is built here and only the wheel is carried over.
+FROM python:3.11 AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
+COPY telephony_bridge ./telephony_bridge
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,10 +22,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     BRIDGE_CONFIG=/etc/telephony-bridge/bridge.toml
 
-WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
-COPY telephony_bridge ./telephony_bridge
-RUN pip install . && rm -rf /src
+COPY --from=builder /wheels /wheels
+RUN pip install /wheels/*.whl && rm -rf /wheels
 
 # The call log and recordings are written under /var/lib/telephony-bridge (the working directory): mount a volume there.
 RUN useradd --system --uid 10001 --home-dir /var/lib/telephony-bridge --create-home bridge

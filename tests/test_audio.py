@@ -1,17 +1,21 @@
 """Behaviour of the 8 kHz mu-law <-> 24 kHz PCM16 converters, one property per test."""
 
 import audioop
+import wave
+from importlib import resources
 from itertools import pairwise
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.lib.stride_tricks import sliding_window_view
 
 from telephony_bridge.audio import (
     DELAY_MS,
     Pcm24kToUlaw8k,
     Ulaw8kToPcm24k,
+    _lowpass,
     pcm24k_to_ulaw8k,
     ulaw8k_to_pcm24k,
 )
@@ -69,22 +73,16 @@ cuts = st.lists(st.integers(min_value=0, max_value=6000), max_size=12)
 
 @settings(deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), samples=st.integers(0, 6000), cuts=cuts)
-def test_pcm24k_to_ulaw8k_streaming_equals_one_shot(seed: int, samples: int, cuts: list[int]) -> None:
+def test_pcm24k_to_ulaw8k_streaming_equals_one_shot_bit_for_bit(seed: int, samples: int, cuts: list[int]) -> None:
     pcm = noise_pcm(seed, samples)
-    streamed = run(Pcm24kToUlaw8k(), split(pcm, cuts, 2))
-    one_shot = pcm24k_to_ulaw8k(pcm)
-    assert len(streamed) == len(one_shot)
-    assert np.abs(ulaw_steps(streamed) - ulaw_steps(one_shot)).max(initial=0) <= 1
+    assert run(Pcm24kToUlaw8k(), split(pcm, cuts, 2)) == pcm24k_to_ulaw8k(pcm)
 
 
 @settings(deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), samples=st.integers(0, 2000), cuts=cuts)
-def test_ulaw8k_to_pcm24k_streaming_equals_one_shot(seed: int, samples: int, cuts: list[int]) -> None:
+def test_ulaw8k_to_pcm24k_streaming_equals_one_shot_bit_for_bit(seed: int, samples: int, cuts: list[int]) -> None:
     ulaw = noise_ulaw(seed, samples)
-    streamed = run(Ulaw8kToPcm24k(), split(ulaw, cuts, 1))
-    one_shot = ulaw8k_to_pcm24k(ulaw)
-    assert len(streamed) == len(one_shot)
-    assert np.abs(as_int(streamed) - as_int(one_shot)).max(initial=0) <= 1
+    assert run(Ulaw8kToPcm24k(), split(ulaw, cuts, 1)) == ulaw8k_to_pcm24k(ulaw)
 
 
 @settings(max_examples=30, deadline=None)
@@ -133,6 +131,13 @@ def test_ulaw8k_to_pcm24k_reset_drops_held_audio() -> None:
     converter.convert(noise_ulaw(3, 333))
     converter.reset()
     assert run(converter, [b"\xff" * 320]) == bytes(2 * 960)
+
+
+@pytest.mark.parametrize("as_buffer", [bytearray, memoryview, lambda data: memoryview(b"x" + data)[1:]])
+def test_converters_take_any_bytes_like_chunk(as_buffer) -> None:
+    pcm, ulaw = noise_pcm(5, 1001 * 3), noise_ulaw(5, 1001)
+    assert run(Pcm24kToUlaw8k(), [as_buffer(pcm)]) == pcm24k_to_ulaw8k(pcm)
+    assert run(Ulaw8kToPcm24k(), [as_buffer(ulaw)]) == ulaw8k_to_pcm24k(ulaw)
 
 
 def test_mulaw_silence_decodes_to_pcm_zeros() -> None:
@@ -246,3 +251,80 @@ def test_ulaw8k_to_pcm24k_passes_1khz_at_its_level() -> None:
 def test_odd_length_pcm_raises_value_error() -> None:
     with pytest.raises(ValueError, match="half a sample"):
         Pcm24kToUlaw8k().convert(b"\x00" * 961)
+
+
+# The design in numpy, summed in float64 from the same float32 taps: what the converters must give
+# to within float32 rounding. They sum in float32, as the numpy converters did, and land under
+# 0.004 LSB from the float64 sum on these inputs: an output further than FLOAT_SLACK from a
+# rounding boundary must come out identical.
+FLOAT_SLACK = 0.02
+DESIGN_HALF = 66
+
+
+def design_pcm24k_to_14bit(pcm: bytes) -> np.ndarray:
+    """Each 8 kHz output in 14-bit G.711 units before rounding: the filter centred on every third input."""
+    taps = (_lowpass() / 4).astype(np.float32).astype(np.float64)
+    x = np.concatenate([np.zeros(DESIGN_HALF), as_int(pcm), np.zeros(DESIGN_HALF)])
+    return sliding_window_view(x, len(taps))[::3][: len(pcm) // 6] @ taps
+
+
+def design_ulaw8k_to_pcm24k(ulaw: bytes) -> np.ndarray:
+    """Each 24 kHz output before rounding: the 8 kHz input, zero-stuffed, through the filter with gain 3."""
+    taps = (3 * _lowpass()).astype(np.float32).astype(np.float64)
+    stuffed = np.zeros(3 * len(ulaw))
+    stuffed[::3] = as_int(audioop.ulaw2lin(ulaw, 2))
+    return np.convolve(stuffed, taps)[DESIGN_HALF : DESIGN_HALF + len(stuffed)]
+
+
+def near_a_half(values: np.ndarray) -> np.ndarray:
+    return np.abs(values - np.floor(values) - 0.5) < FLOAT_SLACK
+
+
+def fixture_pcm(name: str) -> bytes:
+    with wave.open(str(resources.files("telephony_bridge") / "fixtures" / name)) as wav:
+        return wav.readframes(wav.getnframes())
+
+
+ULAW_OF_14BIT = np.frombuffer(audioop.lin2ulaw((np.arange(-8192, 8192, dtype=np.int16) * 4).tobytes(), 2), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "pcm",
+    [
+        fixture_pcm("model_answer_1.wav"),
+        tone_pcm(1000, 24000, 1.0, 8000),
+        tone_pcm(3900, 24000, 1.0, 32000),
+        noise_pcm(6, 24000),
+    ],
+    ids=["speech", "1khz", "3.9khz-full-scale", "noise-saturating"],
+)
+def test_pcm24k_to_ulaw8k_gives_the_numpy_designs_codes(pcm: bytes) -> None:
+    """Rounded to the nearest 14-bit value, saturated, encoded: identical codes but at float ties."""
+    exact = design_pcm24k_to_14bit(pcm)
+    want = ULAW_OF_14BIT[np.clip(np.floor(exact + 8192.5), 0, 16383).astype(np.intp)]
+    got = np.frombuffer(pcm24k_to_ulaw8k(pcm), np.uint8)
+    assert len(got) == len(want)
+    differs = got != want
+    assert near_a_half(exact[differs]).all()
+    assert np.abs(ulaw_steps(got.tobytes()) - ulaw_steps(want.tobytes())).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "ulaw",
+    [
+        audioop.lin2ulaw(fixture_pcm("caller_turn_1.wav"), 2),
+        audioop.lin2ulaw(tone_pcm(1000, 8000, 1.0, 8000), 2),
+        audioop.lin2ulaw(tone_pcm(3900, 8000, 1.0, 32000), 2),
+        noise_ulaw(6, 8000),
+    ],
+    ids=["speech", "1khz", "3.9khz-full-scale", "noise-saturating"],
+)
+def test_ulaw8k_to_pcm24k_gives_the_numpy_designs_samples(ulaw: bytes) -> None:
+    """Rounded to nearest and saturated: identical samples but at float ties, and never 1 LSB further."""
+    exact = design_ulaw8k_to_pcm24k(ulaw)
+    want = np.clip(np.rint(exact), -32768, 32767)
+    got = as_int(ulaw8k_to_pcm24k(ulaw))
+    assert len(got) == len(want)
+    differs = got != want
+    assert near_a_half(exact[differs]).all()
+    assert np.abs(got - want).max() <= 1
