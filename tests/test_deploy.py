@@ -94,13 +94,15 @@ def dockerfile() -> list[tuple[str, str]]:
 
 def test_the_dockerfile_runs_as_a_non_root_user_with_a_healthcheck_and_drains_on_sigterm() -> None:
     instructions = dockerfile()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
+    stages = [arguments for name, arguments in instructions if name == "FROM"]
+    assert stages[-1] == "python:3.11-slim", "the image that runs is the slim one; only the wheel is built in a full one"
     users = [arguments for name, arguments in instructions if name == "USER"]
     assert users and users[-1] not in ("root", "0")
     [healthcheck] = [arguments for name, arguments in instructions if name == "HEALTHCHECK"]
     assert "/healthz" in healthcheck
     assert ("STOPSIGNAL", "SIGTERM") in instructions
-    assert any(name == "RUN" and "pip install ." in arguments for name, arguments in instructions)
+    assert any(name == "RUN" and "pip wheel" in arguments for name, arguments in instructions)
+    assert any(name == "RUN" and "pip install" in arguments and ".whl" in arguments for name, arguments in instructions)
     assert any(name == "VOLUME" and "/etc/telephony-bridge" in arguments for name, arguments in instructions)
 
 
