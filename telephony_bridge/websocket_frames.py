@@ -2,12 +2,12 @@
 
 A call's two sockets carry about 130 small messages a second between them. Almost all are whole,
 unfragmented text frames: the caller's media and Twilio's mark echoes in (masked, from a client),
-the model's audio out to Twilio (unmasked, as the server) and the caller's audio out to the
-service (masked, as a client). Framing those few shapes by hand costs a fraction of going through
-websockets' sans-I/O parser and serializer, a generator and a `Frame` object per message (4.8 us
-to parse a media frame there, against about 1 us here). Every other frame (control frames,
-fragments, binary, anything malformed) still goes to websockets' protocol whole, which keeps the
-state machine, the close handshake and the error codes.
+the model's events in (unmasked, from a server), the model's audio out to Twilio (unmasked, as the
+server) and the caller's audio out to the service (masked, as a client). Framing those few shapes
+by hand costs a fraction of going through websockets' sans-I/O parser and serializer, a generator
+and a `Frame` object per message (4.8 us to parse a media frame there, against about 1 us here).
+Every other frame (control frames, fragments, binary, anything malformed) still goes to
+websockets' protocol whole, which keeps the state machine, the close handshake and the error codes.
 
 A client must mask every frame with a key from "a strong source of entropy" (RFC 6455 5.3);
 websockets draws 4 bytes from `os.urandom` per frame, a system call each. `MaskKeys` draws them
@@ -67,8 +67,8 @@ def client_text_frame(payload: bytes, keys: MaskKeys) -> bytes:
     return _header(FIN_TEXT, MASKED, len(payload)) + key + apply_mask(payload, key)
 
 
-class ClientFrame(NamedTuple):
-    """One frame a client sent, located in the buffer it was read from."""
+class WireFrame(NamedTuple):
+    """One frame a peer sent, located in the buffer it was read from."""
 
     end: int | None
     """Where the frame ends in the buffer; None for a frame over the size limit, which the protocol refuses from its header."""
@@ -76,14 +76,16 @@ class ClientFrame(NamedTuple):
     """The unmasked payload of a whole text frame; None for any other frame, which goes to the protocol whole."""
 
 
-OVERSIZED = ClientFrame(None, None)
+OVERSIZED = WireFrame(None, None)
 
 
-def next_client_frame(buffer: bytes, start: int, max_size: int) -> ClientFrame | None:
+def next_frame(buffer: bytes, start: int, max_size: int, *, from_client: bool) -> WireFrame | None:
     """The frame at `start` of `buffer`, or None while it has not arrived in full.
 
-    A frame declared longer than `max_size` is `OVERSIZED` as soon as its header is in, with no
-    payload waited for: the protocol refuses it (1009) without it being buffered.
+    `from_client`: the peer is a client, whose frames must be masked (a server's must not be); a
+    text frame masked the wrong way is left to the protocol, which refuses it. A frame declared
+    longer than `max_size` is `OVERSIZED` as soon as its header is in, with no payload waited for:
+    the protocol refuses it (1009) without it being buffered.
     """
     available = len(buffer) - start
     if available < 2:
@@ -103,11 +105,13 @@ def next_client_frame(buffer: bytes, start: int, max_size: int) -> ClientFrame |
         header = 10
     if length > max_size:
         return OVERSIZED
-    masked = second & MASKED
+    masked = bool(second & MASKED)
     end = start + header + (4 if masked else 0) + length
     if end > len(buffer):
         return None
-    if first != FIN_TEXT or not masked:
-        return ClientFrame(end, None)
+    if first != FIN_TEXT or masked is not from_client:
+        return WireFrame(end, None)
+    if not masked:
+        return WireFrame(end, buffer[start + header : end])
     key_at = start + header
-    return ClientFrame(end, apply_mask(buffer[key_at + 4 : end], buffer[key_at : key_at + 4]))
+    return WireFrame(end, apply_mask(buffer[key_at + 4 : end], buffer[key_at : key_at + 4]))

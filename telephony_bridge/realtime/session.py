@@ -54,7 +54,7 @@ from telephony_bridge.errors import RealtimeConnectError
 from telephony_bridge.logs import LogThrottle
 from telephony_bridge.tls import tls_context
 from telephony_bridge.tools.http_tools import function_definitions, mcp_definitions
-from telephony_bridge.websocket_frames import MaskKeys, client_text_frame
+from telephony_bridge.websocket_frames import FIN, OVERSIZED, MaskKeys, client_text_frame, next_frame
 from telephony_bridge.wire import PCM24K_RATE_HZ, SERVER_EVENTS, loads
 
 log = logging.getLogger(__name__)
@@ -366,18 +366,26 @@ def _error(event: dict[str, Any]) -> RealtimeErrorReported | ConfigurationRefuse
     return RealtimeErrorReported(str(code), message)
 
 
+MAX_HANDSHAKE_BYTES = 64 * 1024
+"""The handshake's response headers are waited for whole up to this size; past it the protocol reads them (and refuses them)."""
+
 MessageListener = Callable[[str | bytes], None]
 """Takes each whole message of a socket as it is read: text as `str`, binary as `bytes`."""
 
 
 class RealtimeConnection(ClientConnection):
-    """websockets' client connection, handing each whole message to the call as soon as it is parsed.
+    """websockets' client connection, handing each whole message to the call as soon as it is read.
 
     Read through `async for`, each event the service sent crossed websockets' assembler, its queue, a
     future and a task's wake-up before the call saw it: about 8 % of py-spy's samples of the bridge
     at 50 calls (docs/cpu.md). Here `data_received` hands it to the call's listener directly, and
-    messages that arrive before the call `listen`s wait, in order, until it does. The handshake,
-    pings, `max_size`, the close handshake and the keepalive stay websockets'; nothing uses `recv`.
+    messages that arrive before the call `listen`s wait, in order, until it does.
+
+    Once the handshake's response is in, whole text frames are read by hand (`websocket_frames`):
+    websockets' parser was 7 % of the bridge's samples at 100 calls with the model's 20 ms deltas.
+    The handshake, every other frame (pings, the close, fragments, binary, anything malformed) and
+    everything after the connection leaves the open state go to websockets' protocol, whole and at
+    a frame boundary, so its state machine, `max_size`, close codes and keepalive stay its own.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -386,6 +394,9 @@ class RealtimeConnection(ClientConnection):
         self._waiting: list[str | bytes] = []
         self._fragments: list[bytes] = []
         self._text = True
+        self._unread = b""
+        self._protocol_fragmented = False
+        self._protocol_reads = False
 
     def listen(self, on_message: MessageListener) -> None:
         """Hand every message to `on_message` from now on, those that already arrived first."""
@@ -393,6 +404,76 @@ class RealtimeConnection(ClientConnection):
         waiting, self._waiting = self._waiting, []
         for message in waiting:
             on_message(message)
+
+    def data_received(self, data: bytes) -> None:
+        if self._protocol_reads:
+            super().data_received(data)
+            return
+        buffer = self._unread + data if self._unread else data
+        self._unread = b""
+        start: int | None = 0
+        if self.protocol.state is State.CONNECTING:
+            start = self._read_handshake(buffer)
+        if start is None:
+            return
+        max_size = self.protocol.max_message_size or MAX_EVENT_BYTES
+        while (frame := next_frame(buffer, start, max_size, from_client=False)) is not None:
+            if frame is OVERSIZED or self.protocol.state is not State.OPEN:
+                self._protocol_reads = True
+                super().data_received(buffer[start:])
+                return
+            assert frame.end is not None
+            if frame.text is None or self._protocol_fragmented:
+                self._to_protocol(buffer[start : frame.end])
+            else:
+                self._received_text(frame.text, buffer[start : frame.end])
+            start = frame.end
+        self._unread = buffer[start:]
+
+    def _read_handshake(self, buffer: bytes) -> int | None:
+        """Give the protocol the handshake's response, and nothing after it; returns where the frames start.
+
+        None when the response has not arrived in full (it waits in `_unread`), or when the protocol
+        now reads everything: a handshake that failed, or headers too long to wait for.
+        """
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            if len(buffer) > MAX_HANDSHAKE_BYTES:
+                self._protocol_reads = True
+                super().data_received(buffer)
+            else:
+                self._unread = buffer
+            return None
+        frames_start = head_end + 4
+        super().data_received(buffer[:frames_start])
+        if self.protocol.state is not State.OPEN:
+            self._protocol_reads = True
+            if frames_start < len(buffer):
+                super().data_received(buffer[frames_start:])
+            return None
+        return frames_start
+
+    def _to_protocol(self, frame: bytes) -> None:
+        opcode, fin = frame[0] & 0x0F, frame[0] & FIN
+        if opcode in (Opcode.TEXT, Opcode.BINARY) and not fin:
+            self._protocol_fragmented = True
+        elif opcode == Opcode.CONT and fin:
+            self._protocol_fragmented = False
+        super().data_received(frame)
+
+    def _received_text(self, payload: bytes, frame: bytes) -> None:
+        try:
+            message = str(payload, "utf-8")
+        except UnicodeDecodeError:
+            self._to_protocol(frame)  # refused there, as any text frame that is not UTF-8
+            return
+        self._deliver(message)
+
+    def _deliver(self, message: str | bytes) -> None:
+        if self._on_message is None:
+            self._waiting.append(message)
+        else:
+            self._on_message(message)
 
     def process_event(self, event: ProtocolEvent) -> None:
         if self.response is None or not isinstance(event, Frame) or event.opcode not in DATA_OPCODES:
@@ -406,20 +487,16 @@ class RealtimeConnection(ClientConnection):
             return
         data = b"".join([*self._fragments, event.data]) if self._fragments else event.data
         self._fragments = []
-        message: str | bytes
-        if self._text:
-            try:
-                message = str(data, "utf-8")
-            except UnicodeDecodeError:
-                self.protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
-                self.send_data()
-                return
-        else:
-            message = bytes(data)
-        if self._on_message is None:
-            self._waiting.append(message)
-        else:
-            self._on_message(message)
+        if not self._text:
+            self._deliver(bytes(data))
+            return
+        try:
+            text = str(data, "utf-8")
+        except UnicodeDecodeError:
+            self.protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+            self.send_data()
+            return
+        self._deliver(text)
 
 
 async def open_realtime(endpoint: RealtimeEndpoint, timeout_s: float) -> RealtimeConnection:

@@ -32,7 +32,7 @@ from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from telephony_bridge.websocket_frames import FIN, OVERSIZED, next_client_frame, server_text_frame
+from telephony_bridge.websocket_frames import FIN, OVERSIZED, next_frame, server_text_frame
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             return
         buffer = self._unread + data if self._unread else data
         start = 0
-        while (frame := next_client_frame(buffer, start, self.config.ws_max_size)) is not None:
+        while (frame := next_frame(buffer, start, self.config.ws_max_size, from_client=True)) is not None:
             if frame is OVERSIZED:
                 self._protocol_reads = True
                 self._unread = b""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -105,11 +106,17 @@ def parse_twilio_message(frame: str | bytes) -> Event | None:
         return _reject(f"unparseable message: {type(error).__name__}")
 
 
+@functools.lru_cache(maxsize=4096)
+def _quoted(stream_sid: str) -> str:
+    """A stream's id as a JSON string, encoded once per stream rather than once per media frame."""
+    return json.dumps(stream_sid)
+
+
 def encode_for_twilio(action: TwilioMessage, stream_sid: str) -> str:
     """The JSON text frame Twilio expects for an action (the hot path builds media frames by hand)."""
     if isinstance(action, SendTwilioMedia):
         payload = base64.b64encode(action.ulaw).decode("ascii")
-        return f'{{"event":"media","streamSid":{json.dumps(stream_sid)},"media":{{"payload":"{payload}"}}}}'
+        return f'{{"event":"media","streamSid":{_quoted(stream_sid)},"media":{{"payload":"{payload}"}}}}'
     if isinstance(action, SendTwilioMark):
         return json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": action.name}})
     if isinstance(action, ClearTwilio):
