@@ -76,8 +76,39 @@ async def test_what_one_event_queued_leaves_in_one_write_with_its_latency_observ
     leg.queue("mark", None)
     assert socket.writes == [], "nothing is written before the event's actions are all queued"
     leg.flush()
+    assert socket.writes == [], "nothing is written before the loop's pending callbacks have run"
+    await asyncio.sleep(0)
     assert socket.writes == [["media", "mark"]] and socket.sent == []
     assert latencies == [0.5]
+
+
+async def test_the_writes_of_one_pass_of_the_loop_go_out_together_after_it_and_a_failure_stays_with_its_leg() -> None:
+    order: list[str] = []
+    failures: list[Exception] = []
+
+    class Failing(Socket):
+        def write(self, frames: list[str]) -> None:
+            raise RuntimeError("transport closed")
+
+    legs = [Leg("twilio>bridge", "bridge>twilio", lambda: 0.0, None, None) for _ in range(3)]
+    sockets = [Socket(), Failing(), Socket()]
+    for n, (leg, socket) in enumerate(zip(legs, sockets, strict=True)):
+        leg.send, leg.writer = socket.send, socket
+        leg.on_write_error = failures.append
+
+    def event(n: int) -> None:
+        legs[n].queue(f"frame {n}", None)
+        legs[n].flush()
+        order.append(f"event {n}" if all(not socket.writes for socket in sockets) else "written too early")
+
+    loop = asyncio.get_running_loop()
+    for n in (2, 1, 0, 2):
+        loop.call_soon(event, n)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert order == ["event 2", "event 1", "event 0", "event 2"]
+    assert sockets[2].writes == [["frame 2", "frame 2"]] and sockets[0].writes == [["frame 0"]]
+    assert [str(error) for error in failures] == ["transport closed"]
 
 
 async def test_a_socket_with_a_full_buffer_goes_through_the_writer_and_keeps_the_order() -> None:

@@ -168,7 +168,7 @@ class CallController:
 
     def handle(self, event: Event) -> list[Action]:
         """Take one event; return what must be sent, opened or closed, in order."""
-        if self.ended:
+        if self.outcome is not None:
             return []
         handler = _HANDLERS.get(type(event))
         if handler is None:
@@ -227,6 +227,8 @@ class CallController:
 
     def _route(self, actions: list[Action]) -> list[Action]:
         """Hold back messages whose socket is not ready yet; release them, in order, when it is."""
+        if self.stream_sid is not None and self.session.ready:
+            return actions
         ready: list[Action] = []
         for action in actions:
             if isinstance(action, TwilioMessage) and self.stream_sid is None:

@@ -10,7 +10,6 @@ is spelled the same in both. See docs/protocols.md sections 4 and 5.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import json
 import logging
@@ -161,7 +160,8 @@ def _ga_format(profile: CallProfile) -> dict[str, Any]:
 def encode_for_realtime(action: RealtimeMessage, dialect: Dialect) -> str:
     """The JSON text of the client event for an action (audio appends are built by hand: the hot path)."""
     if isinstance(action, AppendAudio):
-        return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(action.pcm).decode("ascii") + '"}'
+        audio = binascii.b2a_base64(action.pcm, newline=False).decode("ascii")
+        return '{"type":"input_audio_buffer.append","audio":"' + audio + '"}'
     if isinstance(action, TruncateItem):
         event: dict[str, Any] = {
             "type": "conversation.item.truncate",
@@ -584,4 +584,7 @@ class RealtimeWriter:
         if self._protocol.state is not State.OPEN:
             return
         keys = self._keys
-        self._connection.transport.write(b"".join([client_text_frame(frame.encode(), keys) for frame in frames]))
+        if len(frames) == 1:
+            self._connection.transport.write(client_text_frame(frames[0].encode(), keys))
+        else:
+            self._connection.transport.write(b"".join([client_text_frame(frame.encode(), keys) for frame in frames]))

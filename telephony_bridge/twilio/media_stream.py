@@ -7,7 +7,6 @@ reason the caller's call can log and count, never an exception.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import json
@@ -115,7 +114,7 @@ def _quoted(stream_sid: str) -> str:
 def encode_for_twilio(action: TwilioMessage, stream_sid: str) -> str:
     """The JSON text frame Twilio expects for an action (the hot path builds media frames by hand)."""
     if isinstance(action, SendTwilioMedia):
-        payload = base64.b64encode(action.ulaw).decode("ascii")
+        payload = binascii.b2a_base64(action.ulaw, newline=False).decode("ascii")
         return f'{{"event":"media","streamSid":{_quoted(stream_sid)},"media":{{"payload":"{payload}"}}}}'
     if isinstance(action, SendTwilioMark):
         return json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": action.name}})
