@@ -451,7 +451,9 @@ class CallController:
             return []
         mark = self.playback.sent(item_id, ulaw_ms(len(ulaw)))
         self._counts["frames_out"] += 1
-        return [SendTwilioMedia(ulaw), *_mark(mark)]
+        if mark is None:
+            return [SendTwilioMedia(ulaw)]
+        return [SendTwilioMedia(ulaw), SendTwilioMark(mark)]
 
     def _stop_outbound_item(self) -> list[Action]:
         """The item being streamed will send no more audio: what came of it is muted from now on.

@@ -118,14 +118,14 @@ class Playback:
 
     def generated(self, item_id: str, ms: float) -> None:
         """The model produced `ms` of audio for `item_id` (before conversion: the truncate's unit)."""
-        self._items.setdefault(item_id, _ItemAudio()).generated_ms += ms
+        self._item(item_id).generated_ms += ms
 
     def sent(self, item_id: str, ms: float) -> str | None:
         """`ms` of `item_id` goes to Twilio now; returns the name of the mark to send after it, if one is due.
 
         The item's previous audio must be complete (`complete`, its mark sent) before another item's is sent.
         """
-        item = self._items.setdefault(item_id, _ItemAudio())
+        item = self._item(item_id)
         item.sent_ms += ms
         now = self._clock()
         if item.first_sent_at is None:
@@ -138,6 +138,13 @@ class Playback:
         if not idle and self._tail_ms < MARK_EVERY_MS:
             return None
         return self._mark(item_id, item, now, ms if idle else None)
+
+    def _item(self, item_id: str) -> _ItemAudio:
+        """`item_id`'s accounting, started at its first audio (a lookup per delta: no new object unless it is new)."""
+        item = self._items.get(item_id)
+        if item is None:
+            item = self._items[item_id] = _ItemAudio()
+        return item
 
     def complete(self, item_id: str) -> str | None:
         """No more audio of `item_id` will be sent; returns the mark to send after its last audio, if any is unmarked.

@@ -209,7 +209,12 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             if frame.text is None or self._fragmented:
                 self._to_protocol(buffer[start : frame.end])
             else:
-                self._received_text(media, frame.text)
+                try:
+                    text = str(frame.text, "utf-8")
+                except UnicodeDecodeError:
+                    self._invalid_utf8(media)
+                else:
+                    media.received(text)
             start = frame.end
             if self.close_sent:
                 self._unread = b""
@@ -223,14 +228,6 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         elif opcode == Opcode.CONT and fin:
             self._fragmented = False
         super().data_received(frame)
-
-    def _received_text(self, media: RawMediaSocket, payload: bytes) -> None:
-        try:
-            text = str(payload, "utf-8")
-        except UnicodeDecodeError:
-            self._invalid_utf8(media)
-            return
-        media.received(text)
 
     def _invalid_utf8(self, media: RawMediaSocket) -> None:
         self.conn.send_close(1007)
