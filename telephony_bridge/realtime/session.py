@@ -10,7 +10,6 @@ is spelled the same in both. See docs/protocols.md sections 4 and 5.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,8 @@ from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.protocol import Event as ProtocolEvent
 from websockets.protocol import State
 
+from telephony_bridge._base64 import decode as base64_decode
+from telephony_bridge._base64 import encode as base64_encode
 from telephony_bridge.call.call_control import function_tools
 from telephony_bridge.call.events import (
     AddCallerText,
@@ -160,8 +161,7 @@ def _ga_format(profile: CallProfile) -> dict[str, Any]:
 def encode_for_realtime(action: RealtimeMessage, dialect: Dialect) -> str:
     """The JSON text of the client event for an action (audio appends are built by hand: the hot path)."""
     if isinstance(action, AppendAudio):
-        audio = binascii.b2a_base64(action.pcm, newline=False).decode("ascii")
-        return '{"type":"input_audio_buffer.append","audio":"' + audio + '"}'
+        return '{"type":"input_audio_buffer.append","audio":"' + base64_encode(action.pcm) + '"}'
     if isinstance(action, TruncateItem):
         event: dict[str, Any] = {
             "type": "conversation.item.truncate",
@@ -320,12 +320,12 @@ def _function_call_item(event: dict[str, Any]) -> FunctionCallRequested | None:
 
 def _ulaw_delta(event: dict[str, Any]) -> ModelAudio:
     """A mu-law delta: any number of bytes is whole samples."""
-    ulaw = binascii.a2b_base64(_str(event, "delta"), strict_mode=True)
+    ulaw = base64_decode(_str(event, "delta"))
     return ModelAudio(response_id=_str(event, "response_id"), item_id=_str(event, "item_id"), pcm=ulaw)
 
 
 def _audio_delta(event: dict[str, Any]) -> ModelAudio:
-    pcm = binascii.a2b_base64(_str(event, "delta"), strict_mode=True)  # base64.b64decode(validate=True), unwrapped
+    pcm = base64_decode(_str(event, "delta"))
     if len(pcm) % 2:
         raise ValueError("odd number of PCM16 bytes")
     return ModelAudio(response_id=_str(event, "response_id"), item_id=_str(event, "item_id"), pcm=pcm)
