@@ -417,17 +417,18 @@ class RealtimeConnection(ClientConnection):
         if start is None:
             return
         max_size = self.protocol.max_message_size or MAX_EVENT_BYTES
-        while (frame := next_frame(buffer, start, max_size, from_client=False)) is not None:
+        while (frame := next_frame(buffer, start, max_size, False)) is not None:
             if frame is OVERSIZED or self.protocol.state is not State.OPEN:
                 self._protocol_reads = True
                 super().data_received(buffer[start:])
                 return
-            assert frame.end is not None
-            if frame.text is None or self._protocol_fragmented:
-                self._to_protocol(buffer[start : frame.end])
+            end, payload = frame
+            assert end is not None
+            if payload is None or self._protocol_fragmented:
+                self._to_protocol(buffer[start:end])
             else:
-                self._received_text(frame.text, buffer[start : frame.end])
-            start = frame.end
+                self._received_text(payload, buffer[start:end])
+            start = end
         self._unread = buffer[start:]
 
     def _read_handshake(self, buffer: bytes) -> int | None:
@@ -559,7 +560,7 @@ def sender(connection: ClientConnection) -> Callable[[str], Awaitable[None]]:
         if protocol.state is not State.OPEN or transport.get_write_buffer_size():
             await connection.send(text)
             return
-        transport.write(client_text_frame(text.encode(), keys))
+        transport.write(client_text_frame(text, keys.take()))
 
     return send
 
@@ -585,6 +586,6 @@ class RealtimeWriter:
             return
         keys = self._keys
         if len(frames) == 1:
-            self._connection.transport.write(client_text_frame(frames[0].encode(), keys))
+            self._connection.transport.write(client_text_frame(frames[0], keys.take()))
         else:
-            self._connection.transport.write(b"".join([client_text_frame(frame.encode(), keys) for frame in frames]))
+            self._connection.transport.write(b"".join([client_text_frame(frame, keys.take()) for frame in frames]))

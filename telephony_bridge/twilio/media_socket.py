@@ -155,7 +155,7 @@ class RawMediaSocket:
         # Once the peer's close arrived (the state is no longer open), what it no longer reads is dropped.
         if protocol.close_sent or protocol.disconnected or protocol.conn.state is not State.OPEN:
             return
-        protocol.transport.write(b"".join([server_text_frame(frame.encode()) for frame in frames]))
+        protocol.transport.write(b"".join([server_text_frame(frame) for frame in frames]))
 
     async def send_text(self, text: str) -> None:
         await self._protocol.writable.wait()
@@ -199,23 +199,24 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             return
         buffer = self._unread + data if self._unread else data
         start = 0
-        while (frame := next_frame(buffer, start, self.config.ws_max_size, from_client=True)) is not None:
+        while (frame := next_frame(buffer, start, self.config.ws_max_size, True)) is not None:
             if frame is OVERSIZED:
                 self._protocol_reads = True
                 self._unread = b""
                 super().data_received(buffer[start:])
                 return
-            assert frame.end is not None
-            if frame.text is None or self._fragmented:
-                self._to_protocol(buffer[start : frame.end])
+            end, payload = frame
+            assert end is not None
+            if payload is None or self._fragmented:
+                self._to_protocol(buffer[start:end])
             else:
                 try:
-                    text = str(frame.text, "utf-8")
+                    text = str(payload, "utf-8")
                 except UnicodeDecodeError:
                     self._invalid_utf8(media)
                 else:
                     media.received(text)
-            start = frame.end
+            start = end
             if self.close_sent:
                 self._unread = b""
                 return
