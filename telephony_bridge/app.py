@@ -124,7 +124,7 @@ def create_app(settings: Settings, config: BridgeConfig, *, insecure: bool = Fal
             store.on_live(live_feed.fleet_changed)
         switchboard = Switchboard(
             config, settings.realtime, clock, tap_for=recordings.tap_for, on_call_end=call_ended,
-            on_latency=metrics.observe_latency, call_updates=CallUpdates(settings, Transfers(clock)),
+            on_latency=metrics.latency_observer, call_updates=CallUpdates(settings, Transfers(clock)),
             on_change=live_changed if console_sessions is not None else None,
             on_call_start=store.call_started if store is not None else lambda call_sid, number, caller: None,
         )

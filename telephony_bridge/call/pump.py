@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import json
 import logging
 import statistics
@@ -56,6 +55,7 @@ from telephony_bridge.call.events import (
     TransferFailed,
     TwilioDisconnected,
     TwilioMessage,
+    TwilioMessageRejected,
 )
 from telephony_bridge.call.summary import CallSummary
 from telephony_bridge.call.supervision import CallTimings
@@ -111,8 +111,9 @@ class CallTap(Protocol):
         """The service closed or dropped the call's session; `code` is the close code it sent, None if no close frame came."""
 
 
-LatencyObserver = Callable[[Literal["caller>model", "model>caller"], float], None]
-"""Told, for each frame of audio, the seconds from its arrival at the bridge to its audio leaving."""
+LatencyObserver = Callable[[Literal["caller>model", "model>caller"]], Callable[[float], None]]
+"""Gives, for a direction, what to tell for each frame of audio: the seconds from its arrival at the bridge to its
+audio leaving."""
 
 TICK_S = 0.5
 MAX_QUEUED_CHARS = 2 * 1024 * 1024
@@ -433,9 +434,10 @@ class Call:
             if self._tap is not None:
                 self._tap("twilio>bridge", frame)
             event = inbound.parse(frame)
-            if event is not None:
-                self._feed(event, arrived_at)
-            if inbound.flooding:
+            if event is None:
+                return
+            self._feed(event, arrived_at)
+            if type(event) is TwilioMessageRejected and inbound.flooding:  # only a message over the cap can flood
                 log.warning("call %s: the media socket flooded the bridge; closing it", self.call_sid)
                 flooded.set_result(None)
 
@@ -717,9 +719,7 @@ def _not_possible(update: CallUpdate, reason: str) -> Event:
 def _observer(
     on_latency: LatencyObserver | None, direction: Literal["caller>model", "model>caller"]
 ) -> Callable[[float], None] | None:
-    if on_latency is None:
-        return None
-    return functools.partial(on_latency, direction)
+    return on_latency(direction) if on_latency is not None else None
 
 
 def _log_summary(summary: CallSummary) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -189,9 +189,12 @@ class BridgeMetrics:
         """Take the live calls from `switchboard` at each scrape."""
         self._switchboard = switchboard
 
-    def observe_latency(self, direction: Literal["caller>model", "model>caller"], seconds: float) -> None:
-        """The switchboard's `on_latency` hook: called for every audio frame, so kept to one bucket increment."""
-        self._added_latency[direction].observe(seconds)
+    def latency_observer(self, direction: Literal["caller>model", "model>caller"]) -> Callable[[float], None]:
+        """The switchboard's `on_latency` hook: what each call's leg in `direction` tells of every audio frame.
+
+        The histogram's own `observe`, with nothing in between: it runs 75 times a call-second.
+        """
+        return self._added_latency[direction].observe
 
     def call_ended(self, summary: CallSummary) -> None:
         """Fold an ended call's figures into the totals (part of the switchboard's `on_call_end` hook)."""
