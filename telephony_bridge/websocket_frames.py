@@ -24,7 +24,9 @@ from websockets.frames import Opcode
 
 from telephony_bridge._frames import OVERSIZED, client_text_frame, next_frame, server_text_frame
 
-__all__ = ["FIN", "OVERSIZED", "MaskKeys", "WireFrame", "client_text_frame", "next_frame", "server_text_frame"]
+__all__ = [
+    "OVERSIZED", "MaskKeys", "WireFrame", "client_text_frame", "fragmenting", "next_frame", "server_text_frame",
+]
 
 FIN = 0x80
 FIN_TEXT = FIN | Opcode.TEXT
@@ -35,6 +37,19 @@ WireFrame = tuple[int | None, bytes | None]
 """What `next_frame` found: where the frame ends in the buffer (None for `OVERSIZED`: refused from
 its header), and the unmasked payload of a whole text frame masked as the peer must mask it (None
 for any other frame, which goes to the protocol whole)."""
+
+
+def fragmenting(frame: bytes, fragmented: bool) -> bool:
+    """Whether a fragmented message is under way once the protocol has read `frame` (`fragmented`: before it).
+
+    While one is, every data frame goes to the protocol too, which reassembles the message.
+    """
+    opcode, fin = frame[0] & 0x0F, frame[0] & FIN
+    if opcode in (Opcode.TEXT, Opcode.BINARY) and not fin:
+        return True
+    if opcode == Opcode.CONT and fin:
+        return False
+    return fragmented
 
 
 class MaskKeys:

@@ -54,7 +54,7 @@ from telephony_bridge.errors import RealtimeConnectError
 from telephony_bridge.logs import LogThrottle
 from telephony_bridge.tls import tls_context
 from telephony_bridge.tools.http_tools import function_definitions, mcp_definitions
-from telephony_bridge.websocket_frames import FIN, OVERSIZED, MaskKeys, client_text_frame, next_frame
+from telephony_bridge.websocket_frames import OVERSIZED, MaskKeys, client_text_frame, fragmenting, next_frame
 from telephony_bridge.wire import PCM24K_RATE_HZ, SERVER_EVENTS, loads
 
 log = logging.getLogger(__name__)
@@ -455,11 +455,7 @@ class RealtimeConnection(ClientConnection):
         return frames_start
 
     def _to_protocol(self, frame: bytes) -> None:
-        opcode, fin = frame[0] & 0x0F, frame[0] & FIN
-        if opcode in (Opcode.TEXT, Opcode.BINARY) and not fin:
-            self._protocol_fragmented = True
-        elif opcode == Opcode.CONT and fin:
-            self._protocol_fragmented = False
+        self._protocol_fragmented = fragmenting(frame, self._protocol_fragmented)
         super().data_received(frame)
 
     def _received_text(self, payload: bytes, frame: bytes) -> None:

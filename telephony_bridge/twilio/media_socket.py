@@ -28,11 +28,10 @@ from typing import Any, ClassVar, Protocol
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from telephony_bridge.websocket_frames import FIN, OVERSIZED, next_frame, server_text_frame
+from telephony_bridge.websocket_frames import OVERSIZED, fragmenting, next_frame, server_text_frame
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +222,7 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         self._unread = buffer[start:]
 
     def _to_protocol(self, frame: bytes) -> None:
-        opcode, fin = frame[0] & 0x0F, frame[0] & FIN
-        if opcode in (Opcode.TEXT, Opcode.BINARY) and not fin:
-            self._fragmented = True
-        elif opcode == Opcode.CONT and fin:
-            self._fragmented = False
+        self._fragmented = fragmenting(frame, self._fragmented)
         super().data_received(frame)
 
     def _invalid_utf8(self, media: RawMediaSocket) -> None:
