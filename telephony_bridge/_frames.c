@@ -62,7 +62,7 @@ next_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         header = 10;
     }
-    if (length > (uint64_t)max_size) {
+    if (max_size < 0 || length > (uint64_t)max_size || length > (uint64_t)(PY_SSIZE_T_MAX - 14)) {
         result = Py_NewRef(OVERSIZED);
         goto done;
     }
