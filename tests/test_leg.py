@@ -92,7 +92,7 @@ async def test_the_writes_of_one_pass_of_the_loop_go_out_together_after_it_and_a
 
     legs = [Leg("twilio>bridge", "bridge>twilio", lambda: 0.0, None, None) for _ in range(3)]
     sockets = [Socket(), Failing(), Socket()]
-    for n, (leg, socket) in enumerate(zip(legs, sockets, strict=True)):
+    for leg, socket in zip(legs, sockets, strict=True):
         leg.send, leg.writer = socket.send, socket
         leg.on_write_error = failures.append
 
