@@ -19,6 +19,7 @@ sockets count too).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -211,6 +212,10 @@ def run(app: FastAPI, host: str, port: int, drain_seconds: float, log_level: str
     """Serve until a signal, then drain (see the module docstring)."""
     listener = tcp_listener(host, port)
     server = DrainingServer(uvicorn_config(app, log_level=log_level, http=http), app, drain_seconds)
+    # What start-up built (about 95 000 objects: the libraries, the app, the configuration) lives as
+    # long as the process: out of the collector's sight, a full collection no longer walks it. One
+    # had stopped every call for 40-75 ms at 100 calls; 20-30 ms after (docs/cpu.md).
+    gc.freeze()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(server.serve(sockets=[listener]))
 
