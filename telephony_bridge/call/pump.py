@@ -137,8 +137,9 @@ class Outbox:
     """The writes of one pass of the event loop's callbacks, made together once they have all run.
 
     A send on loopback that finds its peer's process idle pays for waking it: on this project's
-    2-core VM a 1.7 KB send took 25 us when spaced out, 7 us back to back, and that wake-up was a
-    third of the bridge's CPU at 100 calls (docs/cpu.md). Each event's frames are still one write
+    2-core VM a 1.7 KB send took 27 us 0.2 ms after the last one, 3 us right after it
+    (scripts/bench_loopback_send.py), and the bridge's writes, each made right after its event,
+    were a third of its CPU at 100 calls (docs/cpu.md). Each event's frames are still one write
     per socket, but the writes of every event the loop handled in one pass go out in a row, after
     them, so one wake-up serves them all. What waits is only the rest of that pass, well under a
     millisecond of added latency, and each socket keeps its order: a leg's held frames are written
