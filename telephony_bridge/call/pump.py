@@ -29,7 +29,6 @@ from telephony_bridge.call.controller import CallController
 from telephony_bridge.call.events import (
     Action,
     AnsweredBy,
-    AppendAudio,
     CallerAudio,
     CallUpdate,
     CarriesAudio,
@@ -47,7 +46,6 @@ from telephony_bridge.call.events import (
     RealtimeDisconnected,
     RealtimeMessage,
     RunTool,
-    SendTwilioMedia,
     StreamStarted,
     Tick,
     ToolAnswered,
@@ -497,12 +495,6 @@ class Call:
     def _perform(self, actions: list[Action], arrived_at: float | None) -> None:
         """Carry out each action once, by its kind; `arrived_at` stamps the audio it carries for the latency observer."""
         for action in actions:
-            if type(action) is AppendAudio:  # the two kinds of nearly every event first: 50 and up to 50 a second
-                self._model.queue(encode_for_realtime(action, self.dialect), arrived_at)
-                continue
-            if type(action) is SendTwilioMedia:
-                self._twilio.queue(encode_for_twilio(action, self.controller.stream_sid or ""), arrived_at)
-                continue
             stamp = arrived_at if isinstance(action, CarriesAudio) else None
             if isinstance(action, TwilioMessage):
                 self._twilio.queue(encode_for_twilio(action, self.controller.stream_sid or ""), stamp)
