@@ -24,19 +24,10 @@ from websockets.frames import Opcode
 
 from telephony_bridge._frames import OVERSIZED, client_text_frame, next_frame, server_text_frame
 
-__all__ = [
-    "OVERSIZED", "MaskKeys", "WireFrame", "client_text_frame", "fragmenting", "next_frame", "server_text_frame",
-]
+__all__ = ["OVERSIZED", "MaskKeys", "client_text_frame", "fragmenting", "next_frame", "server_text_frame"]
 
 FIN = 0x80
-FIN_TEXT = FIN | Opcode.TEXT
-"""The first byte of a whole text frame: FIN set, no extension bits."""
 _ENTROPY_BYTES = 4096
-
-WireFrame = tuple[int | None, bytes | None]
-"""What `next_frame` found: where the frame ends in the buffer (None for `OVERSIZED`: refused from
-its header), and the unmasked payload of a whole text frame masked as the peer must mask it (None
-for any other frame, which goes to the protocol whole)."""
 
 
 def fragmenting(frame: bytes, fragmented: bool) -> bool:

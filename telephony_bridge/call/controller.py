@@ -168,7 +168,7 @@ class CallController:
 
     def handle(self, event: Event) -> list[Action]:
         """Take one event; return what must be sent, opened or closed, in order."""
-        if self.outcome is not None:
+        if self.ended:
             return []
         handler = _HANDLERS.get(type(event))
         if handler is None:
@@ -451,9 +451,7 @@ class CallController:
             return []
         mark = self.playback.sent(item_id, ulaw_ms(len(ulaw)))
         self._counts["frames_out"] += 1
-        if mark is None:
-            return [SendTwilioMedia(ulaw)]
-        return [SendTwilioMedia(ulaw), SendTwilioMark(mark)]
+        return [SendTwilioMedia(ulaw), *_mark(mark)]
 
     def _stop_outbound_item(self) -> list[Action]:
         """The item being streamed will send no more audio: what came of it is muted from now on.

@@ -430,8 +430,7 @@ class Call:
             if flooded.done():
                 return
             arrived_at = self._clock()
-            if self._tap is not None:
-                self._tap("twilio>bridge", frame)
+            self._twilio.received(frame)
             event = inbound.parse(frame)
             if event is None:
                 return

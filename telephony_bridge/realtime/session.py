@@ -581,7 +581,4 @@ class RealtimeWriter:
         if self._protocol.state is not State.OPEN:
             return
         keys = self._keys
-        if len(frames) == 1:
-            self._connection.transport.write(client_text_frame(frames[0], keys.take()))
-        else:
-            self._connection.transport.write(b"".join([client_text_frame(frame, keys.take()) for frame in frames]))
+        self._connection.transport.write(b"".join([client_text_frame(frame, keys.take()) for frame in frames]))
