@@ -69,6 +69,7 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import gc
 import itertools
 import json
 import multiprocessing
@@ -129,6 +130,8 @@ TRANSCRIPT_EVERY_MS = 200
 SPEEDUP_MODULES = ("uvloop", "httptools", "orjson")
 AUTH_TOKEN = "bench-twilio-auth-token"
 NUMBER_BASE = "+1415555"
+LATENESS_PROBE_S = 0.005
+LATE_REPORTED_S = 0.002
 
 # ----------------------------------------------------------------------------- generator: shared
 
@@ -529,6 +532,10 @@ class LoadGenerator:
         self.delta_payloads = _delta_payloads()
         self.done = loop.create_future()
         self.server: asyncio.AbstractServer | None = None
+        self.late: list[tuple[float, float]] = []
+        """(when, by how much) this process's loop ran late: the latency figures include it."""
+        self._probe_due = 0.0
+        self._probe: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         self.server = await self.loop.create_server(
@@ -570,9 +577,21 @@ class LoadGenerator:
 
         try:
             await asyncio.gather(*(open_one(tag) for tag in tags))
+            # A full collection over the calls' objects stopped this process for 30 ms, which the
+            # latency figures then charged to the bridge: collect only what the window allocates.
+            gc.freeze()
+            self._probe_due = time.monotonic()
+            self._probe_lateness()
             self._reply("ready", time.monotonic())
         except Exception as error:  # report, do not hang the orchestrator
             self._reply("failed", f"{type(error).__name__}: {error}")
+
+    def _probe_lateness(self) -> None:
+        now = time.monotonic()
+        if now - self._probe_due > LATE_REPORTED_S:
+            self.late.append((now, now - self._probe_due))
+        self._probe_due = now + LATENESS_PROBE_S
+        self._probe = self.loop.call_later(LATENESS_PROBE_S, self._probe_lateness)
 
     async def _dial(self, port: int, tag: int) -> TwilioLeg:
         public = f"http://127.0.0.1:{port}"
@@ -627,13 +646,17 @@ class LoadGenerator:
         await asyncio.sleep(drain_s)
         calls = {tag: leg.record for tag, leg in self.calls.items()}
         sessions = {tag: session.record for tag, session in self.sessions.items()}
-        self._reply("result", calls, sessions)
+        if self._probe is not None:
+            self._probe.cancel()
+        self._reply("result", calls, sessions, self.late)
+        self.late = []
         for leg in self.calls.values():
             leg.hang_up()
         for session in self.sessions.values():
             session.close()
         self.calls.clear()
         self.sessions.clear()
+        gc.unfreeze()
 
 
 def _generator_main(conn: Any, cpu: int | None, standin_port: int, talk: float, period_s: float) -> None:
@@ -679,6 +702,15 @@ def steal_ticks(cpu: int | None) -> int:
         if fields[0] == name:
             return int(fields[8]) if len(fields) > 8 else 0
     return 0
+
+
+def run_queue_wait_s(pid: int) -> float:
+    """Time the process's threads were ready to run but waited for a CPU (schedstat), in seconds."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def _status(pid: int, key: str) -> int:
@@ -906,16 +938,21 @@ class Generators:
             pipe.send(("run", bridge_port, list(range(index, calls, len(self.pipes))), deltas_ms))
         return max(self._expect(pipe, "ready", 60 + calls * 0.2)[1] for pipe in self.pipes)
 
-    def stop(self, drain_s: float) -> tuple[dict[int, CallerRecord], dict[int, ModelRecord]]:
+    def stop(
+        self, drain_s: float
+    ) -> tuple[dict[int, CallerRecord], dict[int, ModelRecord], list[tuple[float, float]]]:
+        """What each call sent and received, and when (and by how much) a generator's own loop ran late."""
         for pipe in self.pipes:
             pipe.send(("stop", drain_s))
         calls: dict[int, CallerRecord] = {}
         sessions: dict[int, ModelRecord] = {}
+        late: list[tuple[float, float]] = []
         for pipe in self.pipes:
-            _, their_calls, their_sessions = self._expect(pipe, "result", drain_s + 30)
+            _, their_calls, their_sessions, their_late = self._expect(pipe, "result", drain_s + 30)
             calls.update(their_calls)
             sessions.update(their_sessions)
-        return calls, sessions
+            late.extend(their_late)
+        return calls, sessions, late
 
     def close(self) -> None:
         for pipe in self.pipes:
@@ -961,16 +998,25 @@ def measure(
             )
         t0, bridge0 = time.monotonic(), cpu_times(bridge.pid)
         generators0, wakeups0 = generators.cpu_seconds(), wakeups(bridge.pid)
-        steal0 = steal_ticks(bridge_cpu)
+        steal0, waited0 = steal_ticks(bridge_cpu), run_queue_wait_s(bridge.pid)
         time.sleep(seconds)
         t1, bridge1 = time.monotonic(), cpu_times(bridge.pid)
         generators1, wakeups1 = generators.cpu_seconds(), wakeups(bridge.pid)
         steal = (steal_ticks(bridge_cpu) - steal0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
+        waited = run_queue_wait_s(bridge.pid) - waited0
         if steal > 0.01:
             notes.append(f"the hypervisor stole {100 * steal:.0f} % of the bridge's CPU: figures are noisy")
+        if waited > 0.001 * seconds:
+            notes.append(f"the bridge waited {1000 * waited:.0f} ms in all for a CPU it was ready to use")
         rss = rss_bytes(bridge.pid)
         census = tcp_nodelay_census(bridge.pid)
-        callers, sessions = generators.stop(1.0)
+        callers, sessions, generator_late = generators.stop(1.0)
+        late_in_window = [by for at, by in generator_late if t0 <= at < t1]
+        if late_in_window:
+            notes.append(
+                f"the generators' own loops ran over {1000 * LATE_REPORTED_S:g} ms late {len(late_in_window)} times, "
+                f"worst {1000 * max(late_in_window):.1f} ms: the latency figures include it"
+            )
         if profiler is not None:
             profiler.wait(30)
             notes.append(f"profile: {raw}")
