@@ -321,14 +321,14 @@ def _function_call_item(event: dict[str, Any]) -> FunctionCallRequested | None:
 def _ulaw_delta(event: dict[str, Any]) -> ModelAudio:
     """A mu-law delta: any number of bytes is whole samples."""
     ulaw = base64_decode(_str(event, "delta"))
-    return ModelAudio(response_id=_str(event, "response_id"), item_id=_str(event, "item_id"), pcm=ulaw)
+    return ModelAudio(_str(event, "response_id"), _str(event, "item_id"), ulaw)
 
 
 def _audio_delta(event: dict[str, Any]) -> ModelAudio:
     pcm = base64_decode(_str(event, "delta"))
     if len(pcm) % 2:
         raise ValueError("odd number of PCM16 bytes")
-    return ModelAudio(response_id=_str(event, "response_id"), item_id=_str(event, "item_id"), pcm=pcm)
+    return ModelAudio(_str(event, "response_id"), _str(event, "item_id"), pcm)
 
 
 REALTIME_ERROR_CODES = frozenset({
