@@ -112,3 +112,38 @@ async def test_a_row_left_unknown_is_settled_by_an_operator_or_put_back_to_be_di
     assert await first.settle("CMsettle", 9, "human", NOW) is None
     assert await first.settle("CMnone", 0, "human", NOW) is None
     await first.close()
+
+
+async def test_the_last_two_rows_settled_at_once_by_two_instances_finish_the_campaign(database: str) -> None:
+    """Each settling commit is held back half a second, after its transaction's own statements: a check of the other
+    rows made inside the transaction sees the other row still dialling, and the campaign stayed running for good."""
+    first, second = await stores(database, "alive-1", "alive-2")
+    await first.create("CMlast", CampaignSettings("+14155550100", concurrency=2), rows("CMlast", 2), NOW)
+    taken = [row for _, row in await first.take(NOW, free_lines=2)]
+    for row in taken:
+        await first.placed(row, f"CA{row.position}")
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as db:
+        await db.execute("CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql"
+                         " AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$")
+        await db.execute("CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON campaign_rows DEFERRABLE INITIALLY DEFERRED"
+                         " FOR EACH ROW WHEN (NEW.state = 'done') EXECUTE FUNCTION slow_commit()")
+    settled = await asyncio.gather(first.ended(taken[0].key, "human", NOW, call_sid="CA0"),
+                                   second.ended(taken[1].key, "busy", NOW, call_sid="CA1"))
+    assert all(row is not None and row.state is RowState.DONE for row in settled)
+    view = await second.view("CMlast")
+    assert view is not None and view.state == "finished"
+    await first.close()
+    await second.close()
+
+
+async def test_a_campaign_whose_last_settler_stopped_before_finishing_it_is_finished_by_the_next_take(database: str) -> None:
+    first, second = await stores(database, "alive-1", "alive-2")
+    await first.create("CMstop", CampaignSettings("+14155550100"), rows("CMstop", 1), NOW)
+    [(_, row)] = await first.take(NOW, free_lines=1)
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as db:  # its commit, then nothing
+        await db.execute("UPDATE campaign_rows SET state = 'done', outcome = 'human' WHERE campaign_id = 'CMstop'")
+    assert await second.take(NOW, free_lines=1) == []
+    view = await second.view("CMstop")
+    assert view is not None and view.state == "finished"
+    await first.close()
+    await second.close()

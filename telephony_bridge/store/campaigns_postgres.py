@@ -172,6 +172,9 @@ class PostgresCampaigns:
         candidates = [_row(row) for row in await cursor.fetchall()]
         campaign = Campaign(campaign_id, settings, candidates)
         due = campaign.to_dial(now, room)
+        if not due:
+            # A settling instance that stopped between its commit and its check left the campaign running.
+            await self._finish_if_settled(db, campaign_id)
         taken = []
         for row in due:
             dialling = campaign.dial(row.position)
@@ -218,10 +221,11 @@ class PostgresCampaigns:
             moved = campaign.ended(int(position), outcome, now, amd_result=amd_result, call_sid=call_sid, detail=detail)
             if moved is not None:
                 await self._write(db, moved, now)
-                await self._finish_if_settled(db, campaign_id)
             return moved
 
         result: Row | None = await self._in_transaction(work)
+        if result is not None:
+            await self._finish(campaign_id)
         return result
 
     async def settle(self, campaign_id: str, position: int, outcome: str | None, now: datetime, *,
@@ -259,6 +263,18 @@ class PostgresCampaigns:
              now, row.campaign_id, row.position),
         )
 
+    async def _finish(self, campaign_id: str) -> None:
+        """Finish the campaign if every row is settled, checked after the settling commit, not inside it.
+
+        Inside it, two instances settling a campaign's last two rows at once each saw the other's row
+        still dialling (neither had committed) and neither finished it: every row done, the campaign
+        running for good. Checked after its commit, the later of the two sees both.
+        """
+        async def work(db: _Connection) -> None:
+            await self._finish_if_settled(db, campaign_id)
+
+        await self._in_transaction(work)
+
     @staticmethod
     async def _finish_if_settled(db: _Connection, campaign_id: str) -> None:
         await db.execute(
@@ -289,7 +305,6 @@ class PostgresCampaigns:
                     moved = row.moved("lost", detail=f"its instance {found['instance']} stopped while placing this call;"
                                                       " check Twilio's call log")
                     await self._write(db, moved, now)
-                    await self._finish_if_settled(db, row.campaign_id)
                     lost.append(moved)
                 else:
                     await db.execute(
@@ -300,6 +315,8 @@ class PostgresCampaigns:
             return lost, adopted
 
         result: tuple[list[Row], list[Row]] = await self._in_transaction(work)
+        for campaign_id in sorted({row.campaign_id for row in result[0]}):
+            await self._finish(campaign_id)
         return result
 
     async def dialling_here(self) -> list[Row]:
