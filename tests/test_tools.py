@@ -78,11 +78,15 @@ async def clinic(
         yield bridge
 
 
+def output_index(session: Any, call_id: str) -> int:
+    """Where the bridge's output for `call_id` is among the events the session received."""
+    return next(i for i, e in enumerate(session.received) if e.get("item", {}).get("call_id") == call_id
+                and e.get("item", {}).get("type") == "function_call_output")
+
+
 def creates_after(session: Any, call_id: str) -> list[dict[str, Any]]:
     """The `response.create`s the bridge sent after its output for `call_id`."""
-    index = next(i for i, e in enumerate(session.received) if e.get("item", {}).get("call_id") == call_id
-                 and e.get("item", {}).get("type") == "function_call_output")
-    return [e for e in session.received[index:] if e["type"] == "response.create"]
+    return [e for e in session.received[output_index(session, call_id):] if e["type"] == "response.create"]
 
 
 async def test_a_tool_call_is_a_signed_post_whose_answer_is_the_output_and_one_response_follows() -> None:
@@ -97,7 +101,7 @@ async def test_a_tool_call_is_a_signed_post_whose_answer_is_the_output_and_one_r
                                 "call": {"call_sid": call.call_sid, "from": call.from_number, "to": CLINIC_LINE}}
         assert verify(SECRET.encode(), request.body, request.headers[SIGNATURE_HEADER.lower()], time.time())
         call_id = next(iter(session.function_call_outputs))
-        await session.wait_for(lambda e: e["type"] == "response.create", since=len(session.received) - 1)
+        await session.wait_for("response.create", since=output_index(session, call_id))
         await asyncio.sleep(0.3)
         assert len(creates_after(session, call_id)) == 1
         tools = {t["name"]: t for t in session.config["tools"]}
