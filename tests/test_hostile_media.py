@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from support import AUTH_TOKEN, PUBLIC_URL, place_call
 from telephony_bridge.testing.realtime_simulator import RealtimeSimulator
-from telephony_bridge.twilio.media_stream import TwilioInbound
+from telephony_bridge.twilio.media_stream import FLOOD_SECONDS, TwilioInbound
 
 
 def test_a_burst_is_capped_but_a_sustained_flood_is_flooding() -> None:
@@ -53,7 +53,9 @@ async def test_a_flood_before_start_is_closed_and_a_live_call_beside_it_goes_on(
     signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL.replace("https://", "wss://") + "/twilio/media", {})
     before = session.input_audio_ms
     sent, closed_after = await flood(media_url, signature, seconds=4.0)
-    assert closed_after is not None and closed_after < 2.0, f"the flooding socket was read on ({sent} messages)"
+    # Closed within a second at over FLOOD_MESSAGES_PER_S; a loaded machine may flood slower, and over the cap for
+    # FLOOD_SECONDS running is the rule that closes it then.
+    assert closed_after is not None and closed_after < FLOOD_SECONDS + 0.5, f"the flooding socket was read on ({sent} messages)"
     await asyncio.sleep(0.5)
     assert session.input_audio_ms > before and call.closed_at is None, "the neighbouring call stalled or ended"
     async with httpx.AsyncClient() as client:
