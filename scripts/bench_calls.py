@@ -42,6 +42,8 @@ What is measured, over a window that starts after all calls are up and warmed:
 
 Latency is from the generator's send to the generator's receive: two loopback hops and the
 generator's own scheduling are included, so it is an upper bound of the bridge's added latency.
+Under each row the report says how often a generator's own loop ran over 2 ms late, how long the
+bridge waited for its CPU while ready to run, and the hypervisor's steal, when there was any.
 
 Usage (about 30 s per N and configuration)::
 
@@ -59,6 +61,12 @@ each N and workload, so the bridge's CPU reads against the cost of the simplest 
 runs this tree a second time with ``audio_format = "pcmu"`` for every number::
 
     .venv/bin/python scripts/bench_calls.py --calls 10,100 --baseline-relay   # both workloads
+
+``--repeat N`` measures everything N times, reversing the flavours' order every other round, and
+ends with each flavour's median ratio to the first flavour's CPU measured in the same round: the
+machine's speed drifts over minutes, and a relay that saturates its core cannot show it::
+
+    .venv/bin/python scripts/bench_calls.py --calls 100 --baseline-relay --repeat 3
 """
 
 from __future__ import annotations
@@ -905,6 +913,7 @@ class Result:
     nodelay: str
     matched: tuple[int, int]
     notes: list[str]
+    round: int = 0
 
 
 class Generators:
@@ -1082,6 +1091,36 @@ def measure(
 # ----------------------------------------------------------------------------- report
 
 
+def same_round_ratios(results: list[Result], reference: str) -> str:
+    """Each flavour's CPU against `reference`'s measured in the same round, as medians over the rounds.
+
+    The machine's speed drifts over minutes (the hypervisor's steal, its neighbours), and a relay
+    that saturates its core cannot show a slower machine while the bridge does: only a ratio
+    whose two figures were taken minutes apart means anything.
+    """
+    by_round = {(r.round, r.calls, r.workload, r.flavour): r for r in results}
+    lines = [
+        f"| bridge | deltas ms | calls | rounds | CPU / {reference}, median (range) | CPU ms per call-s, median "
+        "| p99 ms each way, median |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    rounds = sorted({r.round for r in results})
+    groups = sorted({(r.calls, r.workload, r.flavour) for r in results if r.flavour != reference})
+    for calls, workload, flavour in groups:
+        both = [((n, calls, workload, flavour), (n, calls, workload, reference)) for n in rounds]
+        paired = [(by_round[mine], by_round[theirs]) for mine, theirs in both if mine in by_round and theirs in by_round]
+        if not paired:
+            continue
+        ratios = [r.cpu_ms_per_call_s / ref.cpu_ms_per_call_s for r, ref in paired]
+        deltas = "20-100" if workload == "mixed" else workload
+        lines.append(
+            f"| {flavour} | {deltas} | {calls} | {len(paired)} | {np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) "
+            f"| {np.median([r.cpu_ms_per_call_s for r, _ in paired]):.2f} "
+            f"| {np.median([r.up_p99 for r, _ in paired]):.1f} / {np.median([r.down_p99 for r, _ in paired]):.1f} |"
+        )
+    return "\n".join(lines)
+
+
 HEADER = (
     "| bridge | deltas ms | calls | CPU ms per call-s | bridge core (kernel share) | RSS MB per call | wakeups per call-s "
     "| caller->model p50 / p99 ms | model->caller p50 / p99 ms | audio lost (bytes up / down) | generator core | TCP_NODELAY |\n"
@@ -1174,6 +1213,11 @@ def main() -> None:
         "--deltas-ms", default="mixed,20", type=_workloads,
         help="comma-separated workloads: 'mixed' (model deltas of 20-100 ms) and/or '20' (20 ms deltas at real-time pace)",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="measure everything N times, the flavours' order reversed every other round, and print each flavour's "
+             "medians of its ratio to the first flavour (the relay, with --baseline-relay) within the same round",
+    )
     parser.add_argument("--bridge-cpu", type=int, default=0)
     parser.add_argument("--generator-cpu", type=int, default=1)
     args = parser.parse_args()
@@ -1214,32 +1258,38 @@ def main() -> None:
         generators = Generators(args.generators, generator_cpu, standin_port, args.talk, args.period)
         results: list[Result] = []
         try:
-            for calls, workload, flavour in itertools.product(counts, args.deltas_ms, flavours):
-                label = f"{flavour.name}, {calls} calls, deltas {workload}"
-                try:
-                    result = measure(
-                        flavour, calls, args.seconds, generators, standin_port, config, bridge_cpu, args.profile,
-                        args.native, workload,
+            for round_no, calls, workload in itertools.product(range(args.repeat), counts, args.deltas_ms):
+                # Odd rounds run the flavours in reverse, so a machine that drifts favours none of them.
+                for flavour in flavours if round_no % 2 == 0 else flavours[::-1]:
+                    label = f"{flavour.name}, {calls} calls, deltas {workload}"
+                    try:
+                        result = measure(
+                            flavour, calls, args.seconds, generators, standin_port, config, bridge_cpu, args.profile,
+                            args.native, workload,
+                        )
+                    except RuntimeError as error:  # one failed ramp costs one row, not the run
+                        print(f"  {label}: FAILED: {error}", flush=True)
+                        generators.close()
+                        generators = Generators(args.generators, generator_cpu, standin_port, args.talk, args.period)
+                        continue
+                    result.round = round_no
+                    results.append(result)
+                    print(
+                        f"  {label}: {result.cpu_ms_per_call_s:.2f} ms CPU per call-s, "
+                        f"p99 {result.up_p99:.1f} / {result.down_p99:.1f} ms, matched {result.matched[0]} frames "
+                        f"/ {result.matched[1]} deltas, {result.calls_lossy} calls with a gap"
+                        + "".join(f"\n    {note}" for note in result.notes[:5]),
+                        flush=True,
                     )
-                except RuntimeError as error:  # one failed ramp costs one row, not the run
-                    print(f"  {label}: FAILED: {error}", flush=True)
-                    generators.close()
-                    generators = Generators(args.generators, generator_cpu, standin_port, args.talk, args.period)
-                    continue
-                results.append(result)
-                print(
-                    f"  {label}: {result.cpu_ms_per_call_s:.2f} ms CPU per call-s, "
-                    f"p99 {result.up_p99:.1f} / {result.down_p99:.1f} ms, matched {result.matched[0]} frames "
-                    f"/ {result.matched[1]} deltas, {result.calls_lossy} calls with a gap"
-                    + "".join(f"\n    {note}" for note in result.notes[:5]),
-                    flush=True,
-                )
         finally:
             generators.close()
     print()
     print(HEADER)
     for result in results:
         print(row(result))
+    if args.repeat > 1 and len(flavours) > 1:
+        print()
+        print(same_round_ratios(results, flavours[0].name))
     if args.profile:
         for path in sorted(args.profile.glob("*.txt")):
             print()
