@@ -21,6 +21,7 @@ from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.protocol import Event as ProtocolEvent
 from websockets.protocol import State
 
+from telephony_bridge._audio_json import realtime_audio_delta
 from telephony_bridge._base64 import decode as base64_decode
 from telephony_bridge._base64 import encode as base64_encode
 from telephony_bridge.call.call_control import function_tools
@@ -212,6 +213,8 @@ class RealtimeEventParser:
         self.call_sid = call_sid
         self._logged_errors = LogThrottle()
         names = SERVER_EVENTS[dialect]
+        self._audio_delta = names.audio_delta
+        self._decode_audio = base64_decode if audio_format == "pcmu" else _pcm
         self._handlers: dict[str, Callable[[dict[str, Any]], Event | None]] = {
             names.audio_delta: _ulaw_delta if audio_format == "pcmu" else _audio_delta,
             names.audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
@@ -247,6 +250,13 @@ class RealtimeEventParser:
         """
         if not isinstance(frame, str):
             return RealtimeMessageRejected("binary frame")
+        delta = realtime_audio_delta(frame, self._audio_delta)
+        if delta is not None:
+            response_id, item_id, audio = delta
+            try:
+                return ModelAudio(response_id, item_id, self._decode_audio(audio))
+            except ValueError:
+                pass  # the general parse below rejects it, and says why
         try:
             event = loads(frame)
         except ValueError:
@@ -325,10 +335,15 @@ def _ulaw_delta(event: dict[str, Any]) -> ModelAudio:
 
 
 def _audio_delta(event: dict[str, Any]) -> ModelAudio:
-    pcm = base64_decode(_str(event, "delta"))
+    pcm = _pcm(_str(event, "delta"))
+    return ModelAudio(_str(event, "response_id"), _str(event, "item_id"), pcm)
+
+
+def _pcm(delta: str) -> bytes:
+    pcm = base64_decode(delta)
     if len(pcm) % 2:
         raise ValueError("odd number of PCM16 bytes")
-    return ModelAudio(_str(event, "response_id"), _str(event, "item_id"), pcm)
+    return pcm
 
 
 REALTIME_ERROR_CODES = frozenset({

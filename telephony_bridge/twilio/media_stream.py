@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from telephony_bridge._audio_json import twilio_media_payload
 from telephony_bridge._base64 import decode as base64_decode
 from telephony_bridge._base64 import encode as base64_encode
 from telephony_bridge.call.events import (
@@ -58,6 +59,12 @@ def parse_twilio_message(frame: str | bytes) -> Event | None:
             return _reject("binary frame (Twilio sends text only)")
         if len(frame) > MAX_MESSAGE_BYTES:
             return _reject(f"oversized message ({len(frame)} bytes)")
+        payload = twilio_media_payload(frame)
+        if payload is not None:
+            try:
+                return CallerAudio(base64_decode(payload))
+            except ValueError:
+                pass  # the general parse below rejects it, and says why
         try:
             message = loads(frame)
         except ValueError:
