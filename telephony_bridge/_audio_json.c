@@ -90,31 +90,20 @@ skip_number(const char *s, Py_ssize_t i, Py_ssize_t n)
 }
 
 static Py_ssize_t skip_value(const char *s, Py_ssize_t i, Py_ssize_t n, int depth);
+static Py_ssize_t scan_object(const char *s, Py_ssize_t i, Py_ssize_t n, Wanted *wanted, int count, int depth);
 
-/* s[i] is '{' or '[': the index past its close, or -1. */
+/* s[i] is '[': the index past its close, or -1. */
 static Py_ssize_t
-skip_container(const char *s, Py_ssize_t i, Py_ssize_t n, int depth)
+skip_array(const char *s, Py_ssize_t i, Py_ssize_t n, int depth)
 {
-    char close = s[i] == '{' ? '}' : ']';
-    int object = close == '}';
     if (depth >= MAX_DEPTH) {
         return -1;
     }
     i = skip_space(s, i + 1, n);
-    if (i < n && s[i] == close) {
+    if (i < n && s[i] == ']') {
         return i + 1;
     }
     for (;;) {
-        if (object) {
-            if (i >= n || s[i] != '"' || (i = skip_string(s, i, n)) < 0) {
-                return -1;
-            }
-            i = skip_space(s, i, n);
-            if (i >= n || s[i] != ':') {
-                return -1;
-            }
-            i = skip_space(s, i + 1, n);
-        }
         if ((i = skip_value(s, i, n, depth + 1)) < 0) {
             return -1;
         }
@@ -123,7 +112,7 @@ skip_container(const char *s, Py_ssize_t i, Py_ssize_t n, int depth)
             i = skip_space(s, i + 1, n);
             continue;
         }
-        return i < n && s[i] == close ? i + 1 : -1;
+        return i < n && s[i] == ']' ? i + 1 : -1;
     }
 }
 
@@ -145,8 +134,9 @@ skip_value(const char *s, Py_ssize_t i, Py_ssize_t n, int depth)
     case '"':
         return skip_string(s, i, n);
     case '{':
+        return scan_object(s, i, n, NULL, 0, depth);
     case '[':
-        return skip_container(s, i, n, depth);
+        return skip_array(s, i, n, depth);
     case 't':
         return skip_literal(s, i, n, "true");
     case 'f':
@@ -158,12 +148,12 @@ skip_value(const char *s, Py_ssize_t i, Py_ssize_t n, int depth)
     }
 }
 
-/* The object at s[i] ('{'): records each wanted key's value; the index past it, or -1 (also for a
- * wanted key seen twice, whose last value a JSON parser would keep). */
+/* The object at s[i] ('{'): records each of the `count` wanted keys' values; the index past it,
+ * or -1 (also for a wanted key seen twice, whose last value a JSON parser would keep). */
 static Py_ssize_t
 scan_object(const char *s, Py_ssize_t i, Py_ssize_t n, Wanted *wanted, int count, int depth)
 {
-    if (i >= n || s[i] != '{') {
+    if (i >= n || s[i] != '{' || depth >= MAX_DEPTH) {
         return -1;
     }
     i = skip_space(s, i + 1, n);

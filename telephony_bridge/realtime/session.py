@@ -213,7 +213,7 @@ class RealtimeEventParser:
         self.call_sid = call_sid
         self._logged_errors = LogThrottle()
         names = SERVER_EVENTS[dialect]
-        self._audio_delta = names.audio_delta
+        self._audio_delta_type = names.audio_delta
         self._decode_audio = base64_decode if audio_format == "pcmu" else _pcm
         self._handlers: dict[str, Callable[[dict[str, Any]], Event | None]] = {
             names.audio_delta: _ulaw_delta if audio_format == "pcmu" else _audio_delta,
@@ -250,7 +250,7 @@ class RealtimeEventParser:
         """
         if not isinstance(frame, str):
             return RealtimeMessageRejected("binary frame")
-        delta = realtime_audio_delta(frame, self._audio_delta)
+        delta = realtime_audio_delta(frame, self._audio_delta_type)
         if delta is not None:
             response_id, item_id, audio = delta
             try:
