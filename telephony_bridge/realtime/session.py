@@ -215,8 +215,9 @@ class RealtimeEventParser:
         names = SERVER_EVENTS[dialect]
         self._audio_delta_type = names.audio_delta
         self._decode_audio = base64_decode if audio_format == "pcmu" else _pcm
+        """A delta's audio from its base64: mu-law, any number of bytes whole samples; or PCM16, in whole samples."""
         self._handlers: dict[str, Callable[[dict[str, Any]], Event | None]] = {
-            names.audio_delta: _ulaw_delta if audio_format == "pcmu" else _audio_delta,
+            names.audio_delta: self._audio_delta,
             names.audio_done: lambda e: ModelAudioDone(item_id=_str(e, "item_id")),
             names.transcript_done: lambda e: TranscriptDone("model", _str(e, "item_id"), _str(e, "transcript")),
             "session.updated": lambda e: SessionConfigured(),
@@ -231,6 +232,10 @@ class RealtimeEventParser:
             ),
             "error": _error,
         }
+
+    def _audio_delta(self, event: dict[str, Any]) -> ModelAudio:
+        audio = self._decode_audio(_str(event, "delta"))
+        return ModelAudio(_str(event, "response_id"), _str(event, "item_id"), audio)
 
     def read(self, frame: str | bytes) -> Event | None:
         """`parse`, and log the service's error events sparingly: a service can send thousands."""
@@ -326,17 +331,6 @@ def _function_call_item(event: dict[str, Any]) -> FunctionCallRequested | None:
     if not isinstance(item, dict) or item.get("type") != "function_call":
         return None
     return FunctionCallRequested(_str(event, "response_id"), _str(item, "call_id"), _str(item, "name"), _str(item, "arguments"))
-
-
-def _ulaw_delta(event: dict[str, Any]) -> ModelAudio:
-    """A mu-law delta: any number of bytes is whole samples."""
-    ulaw = base64_decode(_str(event, "delta"))
-    return ModelAudio(_str(event, "response_id"), _str(event, "item_id"), ulaw)
-
-
-def _audio_delta(event: dict[str, Any]) -> ModelAudio:
-    pcm = _pcm(_str(event, "delta"))
-    return ModelAudio(_str(event, "response_id"), _str(event, "item_id"), pcm)
 
 
 def _pcm(delta: str) -> bytes:
